@@ -1,0 +1,187 @@
+"""Every config key with its default, the paper's presets, and the short argument strings.
+
+configs/*.py are thin: they call `task_config(task, arg)`. Living in the package (not in
+configs/) lets a config file be loaded from any working directory.
+
+Argument strings (`--config=configs/rte.py:model=roberta-large,setting=ours,lr=1e-5`) are
+comma-separated key=value pairs; a bare token continues the previous value, so
+`seeds=1,3,7` works.
+"""
+import os
+
+import ml_collections
+
+from jaxstab.errors import ConfigError
+
+_GLUE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
+                         "shared", "glue")
+
+# Per-model differences the paper applies (NOTES.md, "Per model").
+MODELS = {
+    "bert-large-uncased": {},
+    "bert-base-uncased": {},
+    "roberta-large": {"optim.weight_decay": 0.1, "optim.b2": 0.98, "optim.clip_norm": 0.0},
+    "roberta-base": {"optim.weight_decay": 0.1, "optim.b2": 0.98, "optim.clip_norm": 0.0},
+    "albert-large-v2": {"model.dropout": 0.0, "optim.weight_decay": 0.0},
+    "albert-base-v2": {"model.dropout": 0.0, "optim.weight_decay": 0.0},
+    "tiny-bert": {"model.tokenizer": "wordpiece"},
+    "tiny-roberta": {"model.tokenizer": "wordpiece"},
+    "tiny-albert": {"model.tokenizer": "wordpiece"},
+}
+
+# The recipes compared in the paper's Table 1 (NOTES.md, "Settings").
+SETTINGS = {
+    "devlin": {"optim.bias_correction": False, "train.epochs": 3.0, "select": "final"},
+    "ours": {"optim.bias_correction": True, "optim.eps_mode": "hf", "train.epochs": 20.0,
+             "select": "best"},
+}
+
+ARG_KEYS = {
+    "model": "model.name_or_path (a preset: " + ", ".join(MODELS) + "; or any hub id / folder)",
+    "setting": "recipe preset: " + ", ".join(SETTINGS),
+    "lr": "optim.lr", "epochs": "train.epochs", "seed": "seed", "seeds": "seeds",
+    "dtype": "model.dtype", "data": "data.source",
+}
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "rte"                       # rte | mrpc | cola | sst2 | qnli | demo
+  c.seed = 1                           # the run's seed (used when `seeds` is empty)
+  c.seeds = ""                         # '1-25', '1,3,7' or '5'; empty = [seed]
+  c.setting = "devlin"                 # name of the recipe preset applied (for the record)
+  c.select = "final"                   # which dev result a setting reports: final | best
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "tsv"                # tsv | hf | tfds | synthetic
+  c.data.dir = os.path.normpath(_GLUE_DIR)  # GLUE folder (tsv), cache dir (hf), data_dir (tfds)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name_or_path = "bert-large-uncased"  # hub id, local folder, or tiny-bert|roberta|albert
+  c.model.tokenizer = ""               # '' = the model's own; 'wordpiece' = trained on the task
+  c.model.dtype = "float32"            # computation dtype: float32 | bfloat16 (params stay fp32)
+  c.model.dropout = -1.0               # < 0 keeps the model's own dropout probabilities
+  c.model.pass_segment_ids = True      # False reproduces the reference code's quirk (all zeros)
+  c.model.tiny = ml_collections.ConfigDict(dict(
+      hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
+      max_position_embeddings=256, vocab_size=2000, init_seed=0))
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 2e-5                    # peak learning rate
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-6
+  c.optim.bias_correction = False      # False = BERTAdam (Devlin); True = the paper's baseline
+  c.optim.eps_mode = "hf"              # hf (reference: eps outside the corrected root) | optax
+  c.optim.warmup_ratio = 0.1           # linear warmup over int(ratio * total steps), from 0
+  c.optim.weight_decay = 0.01          # decoupled, not on biases / LayerNorm
+  c.optim.clip_norm = 1.0              # global-norm clipping before Adam; 0 = off
+  c.optim.moments_dtype = "float32"    # float32 | bfloat16 (Adam moments)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 3.0
+  c.train.max_steps = 0                # > 0 overrides epochs
+  c.train.batch_size = 16
+  c.train.eval_batch_size = 100
+  c.train.max_seq_length = 128
+  c.train.evals_per_epoch = 3          # dev evaluations per epoch (plus step 0 and the end)
+  c.train.seeds_per_step = 0           # seeds advanced together by one vmapped step; 0 = all
+
+  c.probe = ml_collections.ConfigDict()
+  c.probe.every = 10                   # record gradient norms at step 0 and every N steps
+  return c
+
+
+def set_path(cfg, dotted: str, value):
+  """Sets cfg.a.b = value, refusing keys that do not exist (and naming the allowed ones)."""
+  node, parts = cfg, dotted.split(".")
+  for i, p in enumerate(parts):
+    if p not in node:
+      where = ".".join(parts[:i]) or "the top level"
+      raise ConfigError(f"unknown config key {dotted!r}: {where} has {', '.join(sorted(node.keys()))}")
+    if i < len(parts) - 1:
+      node = node[p]
+  old = node[parts[-1]]
+  if isinstance(old, bool) and isinstance(value, str):
+    value = value.lower() in ("1", "true", "yes")
+  elif isinstance(old, (int, float)) and not isinstance(old, bool) and isinstance(value, str):
+    value = type(old)(float(value)) if isinstance(old, float) else int(value)
+  node[parts[-1]] = value
+
+
+def apply_preset(cfg, kind: str, name: str):
+  table = {"model": MODELS, "setting": SETTINGS}[kind]
+  if name not in table:
+    if kind == "model":  # any hub id or folder is allowed; it just has no preset overrides
+      cfg.model.name_or_path = name
+      return
+    raise ConfigError(f"unknown {kind} {name!r}; choose one of: {', '.join(table)}")
+  for k, v in table[name].items():
+    set_path(cfg, k, v)
+  if kind == "model":
+    cfg.model.name_or_path = name
+  else:
+    cfg.setting = name
+
+
+def parse_arg(arg: str):
+  """'a=1,b=x,seeds=1,3' -> [('a','1'), ('b','x'), ('seeds','1,3')]."""
+  pairs = []
+  for tok in [t for t in (arg or "").split(",") if t.strip()]:
+    if "=" in tok:
+      k, v = tok.split("=", 1)
+      pairs.append([k.strip(), v.strip()])
+    elif pairs:
+      pairs[-1][1] += "," + tok.strip()
+    else:
+      raise ConfigError(f"config argument {arg!r}: expected key=value pairs; keys: {', '.join(ARG_KEYS)}")
+  return [tuple(p) for p in pairs]
+
+
+def apply_arg(cfg, arg: str):
+  pairs = parse_arg(arg)
+  # model first, then setting, then scalars: the explicit values win over presets.
+  order = {"model": 0, "setting": 1}
+  for k, v in sorted(pairs, key=lambda kv: order.get(kv[0], 2)):
+    if k in ("model", "setting"):
+      apply_preset(cfg, k, v)
+    elif k in ARG_KEYS:
+      set_path(cfg, ARG_KEYS[k], v)
+    else:
+      raise ConfigError(f"unknown config argument {k!r}; allowed: {', '.join(ARG_KEYS)}")
+  return cfg
+
+
+def task_config(task: str, arg: str = "", **defaults) -> ml_collections.ConfigDict:
+  cfg = base_config()
+  cfg.task = task
+  for k, v in defaults.items():
+    set_path(cfg, k.replace("__", "."), v)
+  apply_preset(cfg, "model", cfg.model.name_or_path)
+  apply_preset(cfg, "setting", cfg.setting)
+  return apply_arg(cfg, arg)
+
+
+def parse_seeds(cfg):
+  """`seeds` ('1-25', '1,3,7', '5', or an int) as a list; [seed] when empty."""
+  spec = cfg.seeds
+  if isinstance(spec, int) and not isinstance(spec, bool):
+    return [spec]
+  spec = str(spec).strip()
+  if not spec:
+    return [int(cfg.seed)]
+  out = []
+  try:
+    for part in spec.replace(" ", "").split(","):
+      if "-" in part[1:]:
+        a, b = part.split("-", 1)
+        if int(b) < int(a):
+          raise ValueError
+        out.extend(range(int(a), int(b) + 1))
+      else:
+        out.append(int(part))
+  except ValueError:
+    raise ConfigError(f"seeds={spec!r}: expected a range '1-25', a list '1,3,7' or one int") from None
+  if len(set(out)) != len(out):
+    raise ConfigError(f"seeds={spec!r} lists a seed twice")
+  return out

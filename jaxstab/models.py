@@ -1,0 +1,150 @@
+"""Load transformers' Flax sequence classifiers and call them as pure functions of params.
+
+A model here is a `Model` record: the transformers object (used only as a function, never for
+its stored params), the pretrained parameter tree, the architecture family and the layer count.
+Built-in tiny architectures (`tiny-bert`, `tiny-roberta`, `tiny-albert`) are randomly initialised
+and need no download; they are what tests and the offline demo use.
+"""
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxstab.errors import ConfigError
+
+ARCHS = ("bert", "roberta", "albert")
+TINY = {"tiny-bert": "bert", "tiny-roberta": "roberta", "tiny-albert": "albert"}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class Model:
+  flax_model: Any          # transformers FlaxPreTrainedModel, used as a function
+  params: Any              # pretrained (or random) parameters, float32
+  arch: str                # 'bert' | 'roberta' | 'albert'
+  num_layers: int
+  config: Any              # transformers PretrainedConfig
+  name: str
+
+  def logits(self, params, batch, *, train: bool = False, dropout_key=None,
+             pass_segment_ids: bool = True):
+    """Forward pass; `batch` holds input_ids, attention_mask, token_type_ids. Logits in fp32."""
+    segments = batch["token_type_ids"] if pass_segment_ids else jnp.zeros_like(batch["input_ids"])
+    out = self.flax_model(batch["input_ids"], attention_mask=batch["attention_mask"],
+                          token_type_ids=segments, params=params,
+                          dropout_rng=dropout_key if train else None, train=train)
+    return out.logits.astype(jnp.float32)
+
+
+def _classes(arch):
+  import transformers as tr  # pylint: disable=import-outside-toplevel
+  return {"bert": (tr.BertConfig, tr.FlaxBertForSequenceClassification),
+          "roberta": (tr.RobertaConfig, tr.FlaxRobertaForSequenceClassification),
+          "albert": (tr.AlbertConfig, tr.FlaxAlbertForSequenceClassification)}[arch]
+
+
+def _arch_of(config) -> str:
+  mt = getattr(config, "model_type", "")
+  for a in ARCHS:
+    if mt == a:
+      return a
+  if mt in ("xlm-roberta", "camembert"):
+    return "roberta"
+  raise ConfigError(f"model type {mt!r} is not supported; jaxstab handles {', '.join(ARCHS)}")
+
+
+def _config_overrides(model_cfg, arch):
+  kw = {}
+  if model_cfg.get("dropout", -1.0) is not None and model_cfg.get("dropout", -1.0) >= 0:
+    p = float(model_cfg.dropout)
+    kw.update(hidden_dropout_prob=p, attention_probs_dropout_prob=p)
+    if arch == "albert":
+      kw["classifier_dropout_prob"] = p
+  return kw
+
+
+def _tiny(model_cfg, arch, num_labels, tokenizer, dtype):
+  config_cls, model_cls = _classes(arch)
+  t = model_cfg.tiny
+  kw = dict(vocab_size=len(tokenizer), hidden_size=t.hidden_size, num_hidden_layers=t.num_layers,
+            num_attention_heads=t.num_heads, intermediate_size=t.intermediate_size,
+            max_position_embeddings=t.max_position_embeddings, num_labels=num_labels,
+            type_vocab_size=2)
+  if arch == "albert":
+    kw["embedding_size"] = max(t.hidden_size // 2, 8)
+  # Special-token ids must agree with the tokenizer (RoBERTa derives position ids from padding).
+  kw.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id)
+  kw.update(_config_overrides(model_cfg, arch))
+  config = config_cls(**kw)
+  flax_model = model_cls(config, seed=int(t.init_seed), dtype=dtype)
+  return flax_model, config
+
+
+def _has_flax_weights(folder):
+  return os.path.isfile(os.path.join(folder, "flax_model.msgpack"))
+
+
+def load(model_cfg, num_labels: int, tokenizer=None) -> Model:
+  """Loads `model.name_or_path` (tiny-*, a local folder or a hub id) as a Flax classifier."""
+  name = model_cfg.name_or_path
+  if model_cfg.dtype not in DTYPES:
+    raise ConfigError(f"model.dtype={model_cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
+  dtype = DTYPES[model_cfg.dtype]
+  if name in TINY:
+    if tokenizer is None:
+      raise ValueError("a tiny model is sized by its tokenizer; pass one")
+    flax_model, config = _tiny(model_cfg, TINY[name], num_labels, tokenizer, dtype)
+  else:
+    import transformers as tr  # pylint: disable=import-outside-toplevel
+    local = os.path.isdir(name)
+    try:
+      config = tr.AutoConfig.from_pretrained(name, num_labels=num_labels)
+    except (OSError, ValueError) as e:
+      raise ConfigError(
+          f"cannot load model {name!r} (model.name_or_path): {str(e).splitlines()[0]}. "
+          "If this machine is offline, pass a local folder holding config.json and the weights "
+          "(flax_model.msgpack or model.safetensors / pytorch_model.bin): "
+          "--config.model.name_or_path=/path/to/folder") from e
+    arch = _arch_of(config)
+    for k, v in _config_overrides(model_cfg, arch).items():
+      setattr(config, k, v)
+    _, model_cls = _classes(arch)
+    from_pt = local and not _has_flax_weights(name)
+    try:
+      flax_model = model_cls.from_pretrained(name, config=config, dtype=dtype, from_pt=from_pt)
+    except OSError as e:
+      if local or from_pt:
+        raise ConfigError(f"cannot load weights of {name!r}: {e}") from e
+      flax_model = model_cls.from_pretrained(name, config=config, dtype=dtype, from_pt=True)
+  arch = _arch_of(config)
+  params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), flax_model.params)
+  return Model(flax_model, params, arch, int(config.num_hidden_layers), config, name)
+
+
+def init_head(params, key, init_range: float):
+  """Re-draws the classification head from `key`: N(0, init_range) kernels, zero biases.
+
+  transformers initialises a missing head from one fixed seed; the paper's seeds differ in
+  exactly this draw (and data order and dropout), so each run draws its own head here.
+  """
+  head = params["classifier"]
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(head)
+  keys = jax.random.split(key, len(leaves))
+  new = []
+  for (path, leaf), k in zip(leaves, keys):
+    last = str(getattr(path[-1], "key", path[-1]))
+    if last == "kernel":
+      new.append(init_range * jax.random.normal(k, leaf.shape, leaf.dtype))
+    else:
+      new.append(jnp.zeros_like(leaf))
+  out = dict(params)
+  out["classifier"] = jax.tree_util.tree_unflatten(treedef, new)
+  return out
+
+
+def param_count(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))

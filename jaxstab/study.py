@@ -1,0 +1,186 @@
+"""Run one setting of one task over its seeds and write the results.
+
+Seeds are trained K at a time (train.seeds_per_step; 0 = all) by one vmapped, jitted step, so
+every group of the same size reuses one compiled program. Evaluation is vmapped the same way.
+"""
+import os
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from jaxstab import config_lib, data, metrics, models, optim, outputs, probe, stats, tasks
+from jaxstab import train as train_lib
+from jaxstab import vocab
+from jaxstab.errors import ConfigError
+
+ENUMS = {"data.source": data.SOURCES, "model.dtype": tuple(models.DTYPES),
+         "optim.eps_mode": optim.EPS_MODES, "select": ("final", "best"),
+         "optim.moments_dtype": ("float32", "bfloat16")}
+
+
+def validate(cfg) -> None:
+  """Checks everything that can be checked before any file is read or written."""
+  tasks.get_task(cfg.task)
+  for key, allowed in ENUMS.items():
+    node = cfg
+    for p in key.split("."):
+      node = node[p]
+    if node not in allowed:
+      raise ConfigError(f"{key}={node!r} is not allowed; choose one of: {', '.join(allowed)}")
+  positive = {"train.batch_size": cfg.train.batch_size, "train.eval_batch_size": cfg.train.eval_batch_size,
+              "train.max_seq_length": cfg.train.max_seq_length, "probe.every": cfg.probe.every,
+              "train.evals_per_epoch": cfg.train.evals_per_epoch}
+  for k, v in positive.items():
+    if v <= 0:
+      raise ConfigError(f"{k}={v} must be positive")
+  if cfg.train.max_steps <= 0 and cfg.train.epochs <= 0:
+    raise ConfigError("set train.epochs > 0 or train.max_steps > 0")
+  n_dev = jax.device_count()
+  if cfg.train.batch_size % n_dev:
+    raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
+                      f"{n_dev} devices; choose a multiple of {n_dev}")
+  config_lib.parse_seeds(cfg)
+
+
+def eval_points(steps_per_epoch: int, total: int, per_epoch: int):
+  """Step 0, `per_epoch` evenly spaced points in each epoch (the last at its end), and the end."""
+  pts = {0, total}
+  epoch = 0
+  while epoch * steps_per_epoch < total:
+    for k in range(1, per_epoch + 1):
+      pts.add(min(epoch * steps_per_epoch + round(k * steps_per_epoch / per_epoch), total))
+    epoch += 1
+  return sorted(pts)
+
+
+def _prepare(cfg, workdir):
+  task = tasks.get_task(cfg.task)
+  train_split = data.load_split(task, "train", cfg.data.source, cfg.data.dir)
+  dev_split = data.load_split(task, "dev", cfg.data.source, cfg.data.dir)
+  tokenizer = vocab.load(cfg.model, lambda: train_split.text_a + (train_split.text_b or []))
+  model = models.load(cfg.model, task.num_labels, tokenizer)
+  cache = os.path.join(workdir, "cache")
+  length = cfg.train.max_seq_length
+  train_arrays = data.tokenize_cached(train_split, tokenizer, length, cache, f"{task.name}-train")
+  dev_arrays = data.tokenize_cached(dev_split, tokenizer, length, cache, f"{task.name}-dev")
+  return task, model, train_arrays, dev_arrays
+
+
+def _clear_results(workdir):
+  """A new run starts from nothing, so no stale file can pass for this run's result."""
+  for name in (outputs.SUMMARY, outputs.PROBE, outputs.METRICS):
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      os.remove(path)
+  shutil.rmtree(os.path.join(workdir, "tensorboard"), ignore_errors=True)
+
+
+def run(cfg, workdir: str) -> dict:
+  """Trains every seed of `cfg`, writes config.json, metrics.jsonl, TensorBoard events,
+  probe.npz and (last) summary.json into workdir; returns the summary."""
+  validate(cfg)
+  seeds = config_lib.parse_seeds(cfg)
+  os.makedirs(workdir, exist_ok=True)
+  _clear_results(workdir)
+  task, model, train_arrays, dev_arrays = _prepare(cfg, workdir)
+  outputs.write_json(os.path.join(workdir, outputs.CONFIG), cfg.to_dict())
+
+  n_train, batch = len(train_arrays["labels"]), cfg.train.batch_size
+  spe = data.num_batches(n_train, batch)
+  total = optim.total_train_steps(cfg.train, spe)
+  tx, schedule = optim.from_config(cfg.optim, total)
+  groups = probe.group_names(model.params, model.arch, model.num_layers)
+  logging.info("%s: %d train / %d dev examples, %d steps per epoch, %d steps, %d seeds, model %s "
+               "(%s, %.1fM params)", task.name, n_train, len(dev_arrays["labels"]), spe, total,
+               len(seeds), model.name, model.arch, models.param_count(model.params) / 1e6)
+
+  majority = metrics.majority(task.metric, dev_arrays["labels"])
+  dev_batches = data.eval_batches(dev_arrays, cfg.train.eval_batch_size)
+  dev_labels = dev_arrays["labels"]
+  train_dev = jax.device_put(train_arrays)
+  dev_dev = jax.device_put({k: v for k, v in dev_batches.items() if k != "weight"})
+
+  create = jax.jit(jax.vmap(lambda key: train_lib.create_train_state(
+      model, tx, key, total, cfg.probe.every, groups)))
+  step_fn = jax.jit(jax.vmap(train_lib.make_train_step(
+      model, tx, schedule, n_train=n_train, batch_size=batch, probe_every=cfg.probe.every,
+      group_names=groups, b1=cfg.optim.b1, b2=cfg.optim.b2,
+      pass_segment_ids=cfg.model.pass_segment_ids), in_axes=(0, None)), donate_argnums=0)
+  eval_fn = jax.jit(jax.vmap(train_lib.make_eval_logits(model, cfg.model.pass_segment_ids),
+                             in_axes=(0, None)))
+
+  k = cfg.train.seeds_per_step or len(seeds)
+  points = eval_points(spe, total, cfg.train.evals_per_epoch)
+  log = outputs.Log(workdir, seeds)
+  runs, probes = [], []
+  try:
+    for g in range(0, len(seeds), k):
+      group = seeds[g:g + k]
+      runs += _train_group(group, create, step_fn, eval_fn, train_dev, dev_dev, dev_labels,
+                           task, points, schedule, log, probes, batch)
+  finally:
+    log.close()
+
+  probe_arrays = {key: np.concatenate([p[key] for p in probes]) for key in probes[0]}
+  probe_arrays["step"] = probe_arrays["step"][0]
+  outputs.write_npz(os.path.join(workdir, outputs.PROBE), groups=np.asarray(groups),
+                    seeds=np.asarray(seeds), **probe_arrays)
+  summary = _summary(cfg, task, model, majority, runs, total)
+  outputs.write_json(os.path.join(workdir, outputs.SUMMARY), summary)
+  logging.info("done: %d/%d failed runs; %s final %s", summary["failed_runs"], len(runs),
+               task.metric, summary["final_spread"])
+  return summary
+
+
+def _train_group(group, create, step_fn, eval_fn, train_dev, dev_dev, dev_labels, task, points,
+                 schedule, log, probes, batch):
+  """Trains one group of seeds together; returns their run records."""
+  state = create(jnp.stack([train_lib.seed_key(s) for s in group]))
+  history = {s: [] for s in group}
+  total, step, t0, last_loss = points[-1], 0, time.time(), [None] * len(group)
+  for point in points:
+    while step < point:
+      state = step_fn(state, train_dev)
+      step += 1
+    if step > 0:  # mean training loss since the previous evaluation, read once here
+      loss = np.asarray(state.loss_sum / jnp.maximum(state.loss_count, 1.0))
+      state = state.replace(loss_sum=jnp.zeros_like(state.loss_sum),
+                            loss_count=jnp.zeros_like(state.loss_count))
+      last_loss = [float(x) for x in loss]
+    logits = np.asarray(eval_fn(state.params, dev_dev), np.float32)
+    logits = logits.reshape(len(group), -1, logits.shape[-1])[:, :len(dev_labels)]
+    lr = float(schedule(max(step - 1, 0)))
+    for i, s in enumerate(group):
+      m = metrics.compute(task.metric, logits[i].argmax(-1), dev_labels)
+      history[s].append(dict(step=step, **m))
+      log.write(dict(kind="dev", seed=s, step=step, train_loss=last_loss[i], lr=lr, **m))
+    elapsed = time.time() - t0
+    rate = step * batch * len(group) / max(elapsed, 1e-9)
+    eta = (total - step) * batch * len(group) / max(rate, 1e-9)
+    logging.info("seeds %s: step %d/%d, %.1f examples/s, ETA %.0fs, dev %s %s", group, step,
+                 total, rate, eta, task.metric,
+                 " ".join(f"{history[s][-1][task.metric]:.3f}" for s in group))
+  host = jax.device_get(state.probe)
+  probes.append({k: np.asarray(v) for k, v in host.items()})
+  return [_run_record(s, history[s], task, last_loss[i]) for i, s in enumerate(group)]
+
+
+def _run_record(seed, history, task, final_train_loss):
+  final = dict(history[-1])
+  best = max(history, key=lambda h: (h[task.metric], -h["step"]))
+  return {"seed": seed, "final": final, "best": dict(best), "final_train_loss": final_train_loss}
+
+
+def _summary(cfg, task, model, majority, runs, total):
+  for r in runs:
+    r["failed"] = metrics.is_failed(r["final"][task.metric], majority[task.metric])
+  finals = [r["final"][task.metric] for r in runs]
+  bests = [r["best"][task.metric] for r in runs]
+  return {"task": task.name, "metric": task.metric, "majority": majority,
+          "setting": cfg.setting, "select": cfg.select, "model": model.name,
+          "total_steps": total, "failed_runs": sum(r["failed"] for r in runs),
+          "final_spread": stats.spread(finals), "best_spread": stats.spread(bests), "runs": runs}

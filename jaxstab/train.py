@@ -1,0 +1,109 @@
+"""The train state, the jitted train step (with the probe) and evaluation.
+
+Pure functions of explicit state: nothing here reads files, flags or seed lists. One seed's
+state is a pytree; a group of seeds is the same pytree with a leading axis, and the step is
+`jax.vmap`ped over it, so K seeds share one compiled program.
+"""
+from typing import Any, Callable, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxstab import data as data_lib
+from jaxstab import models, probe
+from jaxstab.optim import bias_correction_factor
+
+# Streams derived from a run's seed key with fold_in: the seed decides all three, independently.
+HEAD, DATA, DROPOUT = 0, 1, 2
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array          # updates applied so far (int32)
+  params: Any
+  opt_state: Any
+  key: jax.Array           # the run's seed key (raw uint32[2], checkpoint-friendly)
+  probe: dict              # fixed-size record buffers, see probe.init_buffers
+  loss_sum: jax.Array      # running sums of the weighted training loss since the last read
+  loss_count: jax.Array
+
+
+def seed_key(seed: int):
+  return jax.random.PRNGKey(seed)
+
+
+def create_train_state(model: models.Model, tx: optax.GradientTransformation, key,
+                       total_steps: int, probe_every: int, group_names: Sequence[str]):
+  """A fresh state for one seed: pretrained backbone, a head drawn from the seed (jittable)."""
+  params = models.init_head(model.params, jax.random.fold_in(key, HEAD),
+                            model.config.initializer_range)
+  return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params),
+                    key=key, probe=probe.init_buffers(total_steps, probe_every, len(group_names)),
+                    loss_sum=jnp.zeros([], jnp.float32), loss_count=jnp.zeros([], jnp.float32))
+
+
+def weighted_xent(logits, labels, weight):
+  """Mean cross-entropy over the real (weight 1) examples of a padded batch."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+  return jnp.sum(ce * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def make_train_step(model: models.Model, tx, schedule: Callable, *, n_train: int,
+                    batch_size: int, probe_every: int, group_names: Sequence[str],
+                    b1: float, b2: float, pass_segment_ids: bool = True):
+  """Returns train_step(state, train_arrays) -> state for one seed (vmap it for many)."""
+  is_albert = model.arch == "albert"
+
+  def loss_fn(params, deltas, batch, weight, dropout_key):
+    def forward():
+      return model.logits(params, batch, train=True, dropout_key=dropout_key,
+                          pass_segment_ids=pass_segment_ids)
+    if is_albert:
+      with probe.albert_depth_deltas(deltas):
+        logits = forward()
+    else:
+      logits = forward()
+    return weighted_xent(logits, batch["labels"], weight)
+
+  def train_step(state: TrainState, train_arrays: dict) -> TrainState:
+    step = state.step
+    idx, weight = data_lib.batch_indices(jax.random.fold_in(state.key, DATA), step, n_train,
+                                         batch_size)
+    batch = data_lib.gather(train_arrays, idx)
+    dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, DROPOUT), step)
+    deltas = None
+    if is_albert:
+      zeros = jax.tree_util.tree_map(jnp.zeros_like, probe.albert_shared(state.params))
+      deltas = [zeros] * model.num_layers
+    loss, (grads, depth_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1))(
+        state.params, deltas, batch, weight, dropout_key)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    values = {
+        "grad_norm": probe.group_norms(grads, model.arch, group_names, depth_grads),
+        "total_grad_norm": optax.global_norm(grads),
+        "param_norm": optax.global_norm(state.params),
+        "update_norm": optax.global_norm(updates),
+        "loss": loss,
+        "lr": schedule(step),
+        "bias_correction": bias_correction_factor(step + 1, b1, b2),
+    }
+    return state.replace(step=step + 1, params=params, opt_state=opt_state,
+                         probe=probe.record(state.probe, step, probe_every, values),
+                         loss_sum=state.loss_sum + loss, loss_count=state.loss_count + 1.0)
+
+  return train_step
+
+
+def make_eval_logits(model: models.Model, pass_segment_ids: bool = True):
+  """Returns eval_logits(params, dev_batches) -> [num_batches, B, C] (deterministic)."""
+
+  def eval_logits(params, dev_batches):
+    def one(batch):
+      return model.logits(params, batch, train=False, pass_segment_ids=pass_segment_ids)
+    inputs = {k: dev_batches[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    return jax.lax.map(one, inputs)
+
+  return eval_logits
