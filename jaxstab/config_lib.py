@@ -92,6 +92,15 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def get_path(cfg, dotted: str):
+  node = cfg
+  for p in dotted.split("."):
+    if p not in node:
+      return None
+    node = node[p]
+  return node
+
+
 def set_path(cfg, dotted: str, value):
   """Sets cfg.a.b = value, refusing keys that do not exist (and naming the allowed ones)."""
   node, parts = cfg, dotted.split(".")

@@ -8,9 +8,52 @@ from ml_collections import config_flags
 from jaxstab.errors import ConfigError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+flags.DEFINE_string("workdir", None, "Directory for logs and results.")
 config_flags.DEFINE_config_file("config", None, "Config file (path[:argument]).", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
+
+_OVERRIDE = "--config."
+
+
+def _fail(message: str):
+  print(f"jaxstab: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _explain_override(argv):
+  """Names the first `--config.a.b=v` whose key does not exist, with the keys that do."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  from jaxstab import config_lib  # pylint: disable=import-outside-toplevel
+  spec = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")][-1]
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("jaxstab_user_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  cfg = module.get_config(arg) if arg else module.get_config()
+  for a in argv:
+    if a.startswith(_OVERRIDE):
+      key = a[len(_OVERRIDE):].split("=", 1)[0]
+      config_lib.set_path(cfg, key, config_lib.get_path(cfg, key))  # raises naming the key
+
+
+def parse_flags(argv):
+  """absl flag parsing, with bad configs and overrides reported in one line, not a traceback."""
+  try:
+    return FLAGS(argv)
+  except ConfigError as e:
+    _fail(str(e))
+  except Exception as e:  # pylint: disable=broad-except
+    text = str(e)
+    marker = "jaxstab.errors.ConfigError: "
+    if marker in text:  # raised inside a config file's get_config
+      _fail(text.split(marker, 1)[1].strip().splitlines()[0])
+    try:
+      _explain_override(argv)
+    except ConfigError as bad_key:
+      _fail(str(bad_key))
+    except Exception:  # pylint: disable=broad-except
+      pass
+    _fail(text.replace("\\n", " ").replace("\n", " "))
 
 
 def main(argv):
@@ -19,15 +62,18 @@ def main(argv):
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
   from jaxstab import study  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.INFO)
+  path = config_flags.get_config_filename(FLAGS["config"]).split(":", 1)[0]
+  if not os.path.isfile(path):
+    _fail(f"config file {path!r} not found (flag --config); the configs are in configs/*.py")
+  config = FLAGS.config
   try:
-    study.run(FLAGS.config, FLAGS.workdir)
+    study.run(config, FLAGS.workdir)
   except ConfigError as e:
-    print(f"jaxstab: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e))
 
 
 def run():
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
