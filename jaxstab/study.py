@@ -57,17 +57,21 @@ def eval_points(steps_per_epoch: int, total: int, per_epoch: int):
   return sorted(pts)
 
 
-def _prepare(cfg, workdir):
+def _load_inputs(cfg):
+  """Data, tokenizer and model: everything that can fail on bad input, before any write."""
   task = tasks.get_task(cfg.task)
   train_split = data.load_split(task, "train", cfg.data.source, cfg.data.dir)
   dev_split = data.load_split(task, "dev", cfg.data.source, cfg.data.dir)
   tokenizer = vocab.load(cfg.model, lambda: train_split.text_a + (train_split.text_b or []))
   model = models.load(cfg.model, task.num_labels, tokenizer)
+  return task, model, tokenizer, train_split, dev_split
+
+
+def _tokenize(cfg, workdir, task, tokenizer, train_split, dev_split):
   cache = os.path.join(workdir, "cache")
   length = cfg.train.max_seq_length
-  train_arrays = data.tokenize_cached(train_split, tokenizer, length, cache, f"{task.name}-train")
-  dev_arrays = data.tokenize_cached(dev_split, tokenizer, length, cache, f"{task.name}-dev")
-  return task, model, train_arrays, dev_arrays
+  return (data.tokenize_cached(train_split, tokenizer, length, cache, f"{task.name}-train"),
+          data.tokenize_cached(dev_split, tokenizer, length, cache, f"{task.name}-dev"))
 
 
 def _clear_results(workdir):
@@ -84,9 +88,10 @@ def run(cfg, workdir: str) -> dict:
   probe.npz and (last) summary.json into workdir; returns the summary."""
   validate(cfg)
   seeds = config_lib.parse_seeds(cfg)
+  task, model, tokenizer, train_split, dev_split = _load_inputs(cfg)
   os.makedirs(workdir, exist_ok=True)
   _clear_results(workdir)
-  task, model, train_arrays, dev_arrays = _prepare(cfg, workdir)
+  train_arrays, dev_arrays = _tokenize(cfg, workdir, task, tokenizer, train_split, dev_split)
   outputs.write_json(os.path.join(workdir, outputs.CONFIG), cfg.to_dict())
 
   n_train, batch = len(train_arrays["labels"]), cfg.train.batch_size

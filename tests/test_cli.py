@@ -1,0 +1,340 @@
+"""End to end: `python -m jaxstab.main ...` in a subprocess, on CPU, kept small.
+
+Successful runs: the offline demo (2 seeds, 2 epochs) and 12 steps of a tiny BERT on each of
+RTE, MRPC and CoLA (real GLUE files), plus one repeat of the RTE run for determinism. Failing
+runs must exit non-zero with one `jaxstab: error: ...` line naming the culprit and must not leave
+a summary.json behind.
+"""
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ERROR_PREFIX = "jaxstab: error:"
+
+
+def run_cli(args, workdir, env=None, timeout=300):
+  full_env = dict(os.environ)
+  full_env.pop("XLA_FLAGS", None)  # one CPU device unless a test asks for more
+  full_env.update({"JAX_PLATFORMS": "cpu", "TOKENIZERS_PARALLELISM": "false"})
+  full_env.update(env or {})
+  cmd = [sys.executable, "-m", "jaxstab.main", f"--workdir={workdir}", *args]
+  return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True,
+                        timeout=timeout, check=False)
+
+
+def assert_ok(proc):
+  assert proc.returncode == 0, f"exit {proc.returncode}\nstderr tail:\n{proc.stderr[-4000:]}"
+
+
+def error_line(proc) -> str:
+  """The CLI's one-line error; fails the test if the run succeeded or printed none."""
+  assert proc.returncode != 0, "the run should have failed"
+  lines = [l for l in proc.stderr.splitlines() if l.startswith(ERROR_PREFIX)]
+  assert lines, f"no line starting with {ERROR_PREFIX!r} in stderr:\n{proc.stderr[-4000:]}"
+  return lines[0]
+
+
+def read_jsonl(path):
+  with open(path, encoding="utf-8") as f:
+    lines = [l for l in f.read().splitlines() if l.strip()]
+  return [json.loads(l) for l in lines]  # every line must parse
+
+
+def load_npz(path):
+  with np.load(path) as z:
+    return {k: z[k] for k in z.files}
+
+
+# ====================================================================== the demo, end to end
+
+DEMO_ARGS = ["--config=configs/demo.py", "--config.train.epochs=2", "--config.seeds=1-2"]
+DEMO_SEEDS = [1, 2]
+TINY_GROUPS = ["embeddings", "layer_0", "layer_1", "pooler", "classifier"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("demo") / "work"
+  proc = run_cli(DEMO_ARGS, workdir)
+  assert_ok(proc)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def demo_expected():
+  """Independent of the run: sizes and labels of the demo task, and the demo config's values."""
+  from jaxstab import demo_task  # pylint: disable=import-outside-toplevel
+  _, _, dev_labels = demo_task.generate(demo_task.SIZES["dev"], demo_task.SEEDS["dev"])
+  dev_labels = np.asarray(dev_labels)
+  majority_acc = np.bincount(dev_labels).max() / len(dev_labels)
+  batch, every, epochs = 32, 5, 2  # configs/demo.py: batch_size 32, probe.every 5; epochs=2 above
+  total = epochs * math.ceil(demo_task.SIZES["train"] / batch)
+  return {"total": total, "every": every, "majority": float(majority_acc)}
+
+
+def test_demo_writes_every_output_file(demo_run):
+  for name in ("config.json", "metrics.jsonl", "probe.npz", "summary.json"):
+    assert (demo_run / name).is_file(), name
+  for seed in DEMO_SEEDS:
+    folder = demo_run / "tensorboard" / f"seed_{seed}"
+    events = list(folder.glob("events.out.tfevents*"))
+    assert events, f"no TensorBoard events file in {folder}"
+    assert events[0].stat().st_size > 0
+
+
+def test_demo_config_json_records_the_overrides(demo_run):
+  cfg = json.loads((demo_run / "config.json").read_text())
+  assert cfg["task"] == "demo"
+  assert cfg["train"]["epochs"] == 2.0
+  assert cfg["seeds"] == "1-2"
+  assert cfg["data"]["source"] == "synthetic"
+  assert cfg["model"]["name_or_path"] == "tiny-bert"
+
+
+def test_demo_metrics_jsonl(demo_run, demo_expected):
+  records = read_jsonl(demo_run / "metrics.jsonl")
+  dev = [r for r in records if r.get("kind") == "dev"]
+  total = demo_expected["total"]
+  for seed in DEMO_SEEDS:
+    steps = [r["step"] for r in dev if r["seed"] == seed]
+    assert 0 in steps and total in steps, (seed, steps)
+    assert steps == sorted(steps) and max(steps) == total
+  start = [r for r in dev if r["step"] == 0]
+  assert sorted(r["seed"] for r in start) == DEMO_SEEDS
+  for r in start:
+    assert r["lr"] == 0.0, "warmup starts at 0"
+    assert 0.0 <= r["accuracy"] <= 1.0
+  assert any(r["lr"] > 0 for r in dev if r["step"] > 0)
+
+
+def test_demo_probe_npz(demo_run, demo_expected):
+  p = load_npz(demo_run / "probe.npz")
+  total, every = demo_expected["total"], demo_expected["every"]
+  expected_steps = np.arange(0, total, every)  # one record per `every` updates, steps < total
+  t, s, g = len(expected_steps), len(DEMO_SEEDS), len(TINY_GROUPS)
+  np.testing.assert_array_equal(p["step"], expected_steps)
+  assert list(p["groups"]) == TINY_GROUPS
+  assert p["grad_norm"].shape == (s, t, g)
+  for key in ("total_grad_norm", "loss", "lr"):
+    assert p[key].shape == (s, t), key
+  if "seeds" in p:
+    assert list(p["seeds"]) == DEMO_SEEDS
+  assert np.all(np.isfinite(p["grad_norm"])) and np.all(p["grad_norm"] > 0)
+  np.testing.assert_array_equal(p["lr"][:, 0], 0.0)  # warmup starts at 0
+  assert np.all(p["lr"][:, 1:] > 0)
+  # the groups cover every parameter of a BERT, so their norms add up to the global norm
+  np.testing.assert_allclose(np.sqrt(np.sum(p["grad_norm"] ** 2, axis=-1)), p["total_grad_norm"],
+                             rtol=1e-3)
+  # two seeds are two different runs
+  assert not np.array_equal(p["grad_norm"][0], p["grad_norm"][1])
+
+
+def test_demo_summary(demo_run, demo_expected):
+  summary = json.loads((demo_run / "summary.json").read_text())
+  assert summary["task"] == "demo"
+  assert summary["metric"] == "accuracy"
+  metric = summary["metric"]
+  assert summary["majority"][metric] == pytest.approx(demo_expected["majority"])
+  runs = summary["runs"]
+  assert [r["seed"] for r in runs] == DEMO_SEEDS
+  dev = [r for r in read_jsonl(demo_run / "metrics.jsonl") if r.get("kind") == "dev"]
+  for r in runs:
+    assert r["final"]["step"] == demo_expected["total"]
+    assert "step" in r["best"]
+    assert isinstance(r["failed"], bool)
+    assert r["failed"] == (r["final"][metric] <= summary["majority"][metric])
+    history = [d for d in dev if d["seed"] == r["seed"]]
+    assert r["final"][metric] == pytest.approx(history[-1][metric])
+    assert r["best"][metric] == pytest.approx(max(d[metric] for d in history))
+    assert r["best"]["step"] in [d["step"] for d in history if d[metric] == r["best"][metric]]
+  if "failed_runs" in summary:
+    assert summary["failed_runs"] == sum(r["failed"] for r in runs)
+
+
+# ====================================================================== real GLUE tasks, tiny model
+
+# Majority-class dev baselines from ../shared/glue/README.md (label counts per dev file).
+MAJORITY = {
+    "rte": {"accuracy": 146 / 277},
+    "mrpc": {"accuracy": 279 / 408, "f1": 2 * 279 / (2 * 279 + 129),
+             "acc_and_f1": (279 / 408 + 2 * 279 / (2 * 279 + 129)) / 2},
+    "cola": {"mcc": 0.0, "accuracy": 721 / 1043},
+}
+TASK_METRIC = {"rte": "accuracy", "mrpc": "acc_and_f1", "cola": "mcc"}
+TASK_STEPS, TASK_EVERY = 12, 4
+
+
+def task_args(task, glue_dir):
+  return [f"--config=configs/{task}.py:model=tiny-bert", f"--config.data.dir={glue_dir}",
+          f"--config.train.max_steps={TASK_STEPS}", "--config.train.max_seq_length=32",
+          "--config.train.batch_size=8", "--config.train.eval_batch_size=64",
+          f"--config.probe.every={TASK_EVERY}"]
+
+
+@pytest.fixture(scope="module")
+def task_run(tmp_path_factory, glue_dir):
+  """task -> workdir of a finished run (each task trained once per module)."""
+  done = {}
+
+  def get(task):
+    if task not in done:
+      workdir = tmp_path_factory.mktemp(task) / "work"
+      assert_ok(run_cli(task_args(task, glue_dir), workdir))
+      done[task] = workdir
+    return done[task]
+
+  return get
+
+
+@pytest.mark.parametrize("task", ["rte", "mrpc", "cola"])
+def test_tiny_model_on_a_glue_task(task, task_run, glue_dir):
+  workdir = task_run(task)
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["task"] == task
+  assert summary["metric"] == TASK_METRIC[task]
+  assert set(summary["majority"]) >= set(MAJORITY[task])
+  for k, v in MAJORITY[task].items():
+    assert summary["majority"][k] == pytest.approx(v, abs=1e-9), k
+  assert summary["total_steps"] == TASK_STEPS
+  (run,) = summary["runs"]
+  assert run["seed"] == 1
+  assert run["final"]["step"] == TASK_STEPS
+  assert run["failed"] == (run["final"][summary["metric"]] <= summary["majority"][summary["metric"]])
+  p = load_npz(workdir / "probe.npz")
+  np.testing.assert_array_equal(p["step"], np.arange(0, TASK_STEPS, TASK_EVERY))
+  assert list(p["groups"]) == TINY_GROUPS
+  assert p["grad_norm"].shape == (1, TASK_STEPS // TASK_EVERY, len(TINY_GROUPS))
+  cfg = json.loads((workdir / "config.json").read_text())
+  assert cfg["data"]["dir"] == glue_dir
+  assert cfg["model"]["name_or_path"] == "tiny-bert"
+
+
+def test_rte_majority_is_146_of_277(task_run):
+  summary = json.loads((task_run("rte") / "summary.json").read_text())
+  assert summary["majority"]["accuracy"] == 146 / 277
+
+
+def test_same_seed_twice_gives_identical_results(task_run, glue_dir, tmp_path):
+  first = task_run("rte")
+  second = tmp_path / "again"
+  # stale files from an older run in the second workdir must not survive a successful run
+  (second / "tensorboard" / "seed_99").mkdir(parents=True)
+  (second / "metrics.jsonl").write_text(json.dumps({"kind": "dev", "seed": 99, "step": 0}) + "\n")
+  (second / "summary.json").write_text("{\"stale\": true}\n")
+  assert_ok(run_cli(task_args("rte", glue_dir), second))
+  assert not (second / "tensorboard" / "seed_99").exists()
+  assert all(r["seed"] == 1 for r in read_jsonl(second / "metrics.jsonl"))
+
+  s1 = json.loads((first / "summary.json").read_text())
+  s2 = json.loads((second / "summary.json").read_text())
+  assert s1["runs"] == s2["runs"]
+  p1, p2 = load_npz(first / "probe.npz"), load_npz(second / "probe.npz")
+  assert sorted(p1) == sorted(p2)
+  for k in p1:
+    assert np.array_equal(p1[k], p2[k]), k
+  assert read_jsonl(first / "metrics.jsonl") == read_jsonl(second / "metrics.jsonl")
+
+
+# ====================================================================== errors
+
+
+def assert_failed_cleanly(proc, workdir, *patterns):
+  line = error_line(proc)
+  for pat in patterns:
+    assert re.search(pat, line), f"{pat!r} not in {line!r}"
+  assert "Traceback" not in line
+  assert not (Path(workdir) / "summary.json").exists()
+  return line
+
+
+@pytest.mark.parametrize("args,patterns", [
+    pytest.param(["--config=configs/rte.py", "--config.task=qqp"],
+                 [r"'qqp'", r"\brte\b", r"\bmrpc\b", r"\bcola\b"], id="unknown-task"),
+    pytest.param(["--config=configs/rte.py", "--config.optim.lrr=1"],
+                 [r"optim\.lrr", r"\blr\b"], id="unknown-override-key"),
+    pytest.param(["--config=configs/rte.py:foo=1"],
+                 [r"'foo'", r"\bmodel\b", r"\bsetting\b", r"\bseeds\b"], id="unknown-config-arg"),
+    pytest.param(["--config=configs/rte.py:setting=bogus"],
+                 [r"'bogus'", r"\bdevlin\b", r"\bours\b"], id="unknown-setting"),
+    pytest.param(["--config=configs/rte.py:seeds=1,2,1"], [r"seeds", r"twice"],
+                 id="duplicated-seed"),
+    pytest.param(["--config=configs/nothere.py"], [r"configs/nothere\.py"],
+                 id="missing-config-file"),
+])
+def test_bad_command_line(args, patterns, tmp_path):
+  workdir = tmp_path / "work"
+  assert_failed_cleanly(run_cli(args, workdir), workdir, *patterns)
+
+
+def test_missing_data_dir(tmp_path):
+  workdir, missing = tmp_path / "work", tmp_path / "nonexistent"
+  proc = run_cli(["--config=configs/rte.py:model=tiny-bert", f"--config.data.dir={missing}"],
+                 workdir)
+  assert_failed_cleanly(proc, workdir, re.escape(str(missing / "RTE" / "train.tsv")))
+
+
+def test_missing_data_dir_leaves_an_old_run_untouched(tmp_path):
+  """Inputs are checked before the workdir is touched: an old finished run survives."""
+  workdir = tmp_path / "work"
+  (workdir / "tensorboard" / "seed_1").mkdir(parents=True)
+  old = {"summary.json": "{\"old\": true}\n", "metrics.jsonl": "{\"kind\": \"dev\"}\n",
+         "probe.npz": "not really an npz", "tensorboard/seed_1/events.out.tfevents.old": "x"}
+  for name, text in old.items():
+    (workdir / name).write_text(text)
+  proc = run_cli(["--config=configs/rte.py:model=tiny-bert",
+                  f"--config.data.dir={tmp_path / 'nonexistent'}"], workdir)
+  error_line(proc)
+  for name, text in old.items():
+    assert (workdir / name).read_text() == text, f"{name} was changed by a failed run"
+  assert sorted(p.name for p in workdir.iterdir()) == ["metrics.jsonl", "probe.npz",
+                                                        "summary.json", "tensorboard"]
+
+
+@pytest.mark.parametrize("split,line", [("dev", 10), ("train", 3)])
+def test_malformed_tsv_row(split, line, tmp_path, glue_dir):
+  data_dir = tmp_path / "glue"
+  shutil.copytree(Path(glue_dir) / "RTE", data_dir / "RTE")
+  path = data_dir / "RTE" / f"{split}.tsv"
+  with open(path, encoding="utf-8", newline="") as f:
+    rows = f.read().split("\n")
+  rows[line - 1] = "\t".join(rows[line - 1].split("\t")[:2])  # 2 of the 4 columns
+  with open(path, "w", encoding="utf-8", newline="") as f:
+    f.write("\n".join(rows))
+  workdir = tmp_path / "work"
+  proc = run_cli(["--config=configs/rte.py:model=tiny-bert", f"--config.data.dir={data_dir}"],
+                 workdir)
+  assert_failed_cleanly(proc, workdir, re.escape(f"{path}:{line}") + r"\b")
+
+
+def test_offline_hub_model(tmp_path, glue_dir):
+  workdir = tmp_path / "work"
+  env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"),
+         "HF_HUB_CACHE": str(tmp_path / "hf_home" / "hub")}
+  proc = run_cli(["--config=configs/rte.py", f"--config.data.dir={glue_dir}",
+                  "--config.model.name_or_path=bert-large-uncased"], workdir, env=env)
+  assert_failed_cleanly(proc, workdir, r"bert-large-uncased", r"local folder")
+
+
+def test_batch_size_not_divisible_by_device_count(tmp_path):
+  workdir = tmp_path / "work"
+  proc = run_cli(["--config=configs/demo.py", "--config.train.batch_size=3"], workdir,
+                 env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert_failed_cleanly(proc, workdir, r"train\.batch_size=3\b", r"\b2 devices")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a non-numeric value in a config argument "
+                                       "(`configs/rte.py:lr=abc`) prints a flattened traceback "
+                                       "that does not name optim.lr")
+def test_non_numeric_config_argument(tmp_path):
+  workdir = tmp_path / "work"
+  proc = run_cli(["--config=configs/rte.py:lr=abc"], workdir)
+  assert_failed_cleanly(proc, workdir, r"\blr\b|optim\.lr", r"'abc'")

@@ -1,0 +1,95 @@
+"""The train step: it learns, it is deterministic, and a vmapped seed group equals seeds alone."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxstab import models, optim, probe
+from jaxstab import train as train_lib
+from tests.helpers import build_step, tiny_setup, tree_max_abs_diff
+
+
+def _run(create, step, arrays, seed, n):
+  state = jax.jit(create)(train_lib.seed_key(seed))
+  f = jax.jit(step)
+  dev = jax.device_put(arrays)
+  for _ in range(n):
+    state = f(state, dev)
+  return state
+
+
+def test_tiny_model_reduces_training_loss(glue_dir):
+  cfg, model, arrays = tiny_setup(glue_dir, "bert", n=32, probe__every=1, optim__lr=1e-3,
+                                  optim__bias_correction=True, optim__warmup_ratio=0.1)
+  create, step, _ = build_step(cfg, model, arrays, total_steps=48)
+  state = _run(create, step, arrays, 1, 48)
+  loss = np.asarray(state.probe["loss"])
+  assert loss[-8:].mean() < 0.5 * loss[:8].mean(), loss
+
+
+def test_same_seed_is_bit_identical_and_seeds_differ(glue_dir):
+  cfg, model, arrays = tiny_setup(glue_dir, "bert", model__dropout=0.1, probe__every=2)
+  create, step, _ = build_step(cfg, model, arrays)
+  a = _run(create, step, arrays, 7, 6)
+  b = _run(create, step, arrays, 7, 6)
+  c = _run(create, step, arrays, 8, 6)
+  assert tree_max_abs_diff(a.params, b.params) == 0.0
+  for k in a.probe:
+    np.testing.assert_array_equal(np.asarray(a.probe[k]), np.asarray(b.probe[k]))
+  assert tree_max_abs_diff(a.params["classifier"], c.params["classifier"]) > 0
+  assert not np.array_equal(np.asarray(a.probe["loss"]), np.asarray(c.probe["loss"]))
+
+
+def test_vmapped_seed_group_equals_each_seed_alone(glue_dir):
+  cfg, model, arrays = tiny_setup(glue_dir, "bert", model__dropout=0.1, probe__every=1)
+  create, step, _ = build_step(cfg, model, arrays)
+  seeds = [3, 11]
+  group = jax.jit(jax.vmap(create))(jnp.stack([train_lib.seed_key(s) for s in seeds]))
+  vstep = jax.jit(jax.vmap(step, in_axes=(0, None)))
+  dev = jax.device_put(arrays)
+  for _ in range(5):
+    group = vstep(group, dev)
+  for i, s in enumerate(seeds):
+    alone = _run(create, step, arrays, s, 5)
+    mine = jax.tree_util.tree_map(lambda x, i=i: x[i], group)
+    assert tree_max_abs_diff(alone.params, mine.params) < 1e-5
+    np.testing.assert_allclose(np.asarray(mine.probe["grad_norm"]),
+                               np.asarray(alone.probe["grad_norm"]), rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(mine.probe["loss"]), np.asarray(alone.probe["loss"]),
+                               rtol=1e-5)
+
+
+def test_padded_batch_loss_is_mean_over_real_examples():
+  logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [5.0, -5.0], [9.0, 9.0]])
+  labels = jnp.array([0, 1, 1, 0])
+  weight = jnp.array([1.0, 1.0, 1.0, 0.0])
+  ce = -jax.nn.log_softmax(logits)[jnp.arange(4), labels]
+  np.testing.assert_allclose(float(train_lib.weighted_xent(logits, labels, weight)),
+                             float(ce[:3].mean()), rtol=1e-6)
+
+
+def test_head_is_drawn_from_the_seed(glue_dir):
+  _, model, _ = tiny_setup(glue_dir, "roberta")
+  a = models.init_head(model.params, jax.random.PRNGKey(1), 0.02)
+  b = models.init_head(model.params, jax.random.PRNGKey(2), 0.02)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(a["classifier"])[0]:
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name == "bias":
+      assert float(jnp.abs(leaf).max()) == 0.0
+    else:
+      assert 0.01 < float(jnp.std(leaf)) < 0.03
+  assert tree_max_abs_diff(a["classifier"], b["classifier"]) > 0
+  assert tree_max_abs_diff(a["roberta"], model.params["roberta"]) == 0.0
+
+
+def test_lr_and_bias_correction_are_recorded(glue_dir):
+  cfg, model, arrays = tiny_setup(glue_dir, "bert", probe__every=1, optim__warmup_ratio=0.25)
+  create, step, _ = build_step(cfg, model, arrays, total_steps=8)
+  state = _run(create, step, arrays, 1, 8)
+  sched = optim.linear_warmup_decay(cfg.optim.lr, 2, 8)
+  np.testing.assert_allclose(np.asarray(state.probe["lr"]), [float(sched(t)) for t in range(8)],
+                             rtol=1e-6)
+  assert float(state.probe["lr"][0]) == 0.0
+  np.testing.assert_allclose(np.asarray(state.probe["bias_correction"]),
+                             [np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) for t in range(1, 9)],
+                             rtol=1e-4)
+  assert set(probe.SCALARS) | {"step", "grad_norm"} == set(state.probe)
