@@ -100,7 +100,7 @@ def albert_depth_deltas(deltas):
 
 def init_buffers(total_steps: int, every: int, num_groups: int) -> dict:
   """Empty probe records: T = number of recorded steps (0, every, 2*every, ... < total)."""
-  t = (max(total_steps, 1) - 1) // every + 1
+  t = (max(total_steps, 1) - 1) // every + 1 if every > 0 else 0
   buf = {"step": jnp.full((t,), -1, jnp.int32), "grad_norm": jnp.zeros((t, num_groups), jnp.float32)}
   buf.update({k: jnp.zeros((t,), jnp.float32) for k in SCALARS})
   return buf

@@ -54,13 +54,13 @@ def make_train_step(model: models.Model, tx, schedule: Callable, *, n_train: int
                     batch_size: int, probe_every: int, group_names: Sequence[str],
                     b1: float, b2: float, pass_segment_ids: bool = True):
   """Returns train_step(state, train_arrays) -> state for one seed (vmap it for many)."""
-  is_albert = model.arch == "albert"
+  is_albert = model.arch == "albert"  # per-depth norms of the shared layer need interception
 
   def loss_fn(params, deltas, batch, weight, dropout_key):
     def forward():
       return model.logits(params, batch, train=True, dropout_key=dropout_key,
                           pass_segment_ids=pass_segment_ids)
-    if is_albert:
+    if deltas is not None:
       with probe.albert_depth_deltas(deltas):
         logits = forward()
     else:
@@ -74,13 +74,17 @@ def make_train_step(model: models.Model, tx, schedule: Callable, *, n_train: int
     batch = data_lib.gather(train_arrays, idx)
     dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, DROPOUT), step)
     deltas = None
-    if is_albert:
+    if is_albert and probe_every > 0:
       zeros = jax.tree_util.tree_map(jnp.zeros_like, probe.albert_shared(state.params))
       deltas = [zeros] * model.num_layers
     loss, (grads, depth_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1))(
         state.params, deltas, batch, weight, dropout_key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    common = dict(step=step + 1, params=params, opt_state=opt_state,
+                  loss_sum=state.loss_sum + loss, loss_count=state.loss_count + 1.0)
+    if probe_every <= 0:  # probe off (benchmarks): no norms, no records
+      return state.replace(**common)
     values = {
         "grad_norm": probe.group_norms(grads, model.arch, group_names, depth_grads),
         "total_grad_norm": optax.global_norm(grads),
@@ -90,9 +94,7 @@ def make_train_step(model: models.Model, tx, schedule: Callable, *, n_train: int
         "lr": schedule(step),
         "bias_correction": bias_correction_factor(step + 1, b1, b2),
     }
-    return state.replace(step=step + 1, params=params, opt_state=opt_state,
-                         probe=probe.record(state.probe, step, probe_every, values),
-                         loss_sum=state.loss_sum + loss, loss_count=state.loss_count + 1.0)
+    return state.replace(probe=probe.record(state.probe, step, probe_every, values), **common)
 
   return train_step
 
