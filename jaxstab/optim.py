@@ -123,8 +123,9 @@ def total_train_steps(train_cfg, steps_per_epoch: int) -> int:
   return int(round(train_cfg.epochs * steps_per_epoch))
 
 
-def from_config(optim_cfg, total_steps: int):
-  """The full chain the recipe describes: [clip] -> adamw(schedule). Returns (tx, schedule)."""
+def from_config(optim_cfg, total_steps: int, lr_scales=None):
+  """The full chain the recipe describes: [clip] -> adamw(schedule) [-> per-layer lr scales].
+  Returns (tx, schedule)."""
   if not 0.0 <= optim_cfg.warmup_ratio < 1.0:
     raise ConfigError(f"optim.warmup_ratio={optim_cfg.warmup_ratio} must be in [0, 1)")
   warmup = int(optim_cfg.warmup_ratio * total_steps)
@@ -136,4 +137,7 @@ def from_config(optim_cfg, total_steps: int):
                      weight_decay=optim_cfg.weight_decay, bias_correction=optim_cfg.bias_correction,
                      eps_mode=optim_cfg.eps_mode,
                      mu_dtype=jnp.bfloat16 if optim_cfg.get("moments_dtype") == "bfloat16" else None))
+  if lr_scales is not None:
+    from jaxstab.stabilisers import scale_by_tree  # pylint: disable=import-outside-toplevel
+    parts.append(scale_by_tree(lr_scales))
   return optax.chain(*parts), schedule

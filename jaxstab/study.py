@@ -3,6 +3,7 @@
 Seeds are trained K at a time (train.seeds_per_step; 0 = all) by one vmapped, jitted step, so
 every group of the same size reuses one compiled program. Evaluation is vmapped the same way.
 """
+import functools
 import os
 import shutil
 import time
@@ -12,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxstab import config_lib, data, metrics, models, optim, outputs, probe, stats, tasks
+from jaxstab import config_lib, data, metrics, models, optim, outputs, probe, stabilisers, stats
+from jaxstab import tasks
 from jaxstab import train as train_lib
 from jaxstab import vocab
 from jaxstab.errors import ConfigError
@@ -44,6 +46,10 @@ def validate(cfg) -> None:
     raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
                       f"{n_dev} devices; choose a multiple of {n_dev}")
   config_lib.parse_seeds(cfg)
+  stabilisers.check(cfg.stabilisers)
+  if cfg.stabilisers.mixout > 0 and cfg.model.dropout != 0.0:
+    logging.info("Mixout is on: dropout forced to 0 (was %s)", cfg.model.dropout)
+    cfg.model.dropout = 0.0
 
 
 def eval_points(steps_per_epoch: int, total: int, per_epoch: int):
@@ -97,7 +103,11 @@ def run(cfg, workdir: str) -> dict:
   n_train, batch = len(train_arrays["labels"]), cfg.train.batch_size
   spe = data.num_batches(n_train, batch)
   total = optim.total_train_steps(cfg.train, spe)
-  tx, schedule = optim.from_config(cfg.optim, total)
+  st = cfg.stabilisers
+  lr_scales = (stabilisers.layerwise_scales(model.params, model.arch, model.num_layers, st.llrd)
+               if st.llrd != 1.0 else None)
+  tx, schedule = optim.from_config(cfg.optim, total, lr_scales)
+  anchor = jax.device_put(stabilisers.anchor_of(model.params)) if stabilisers.uses_anchor(st) else None
   groups = probe.group_names(model.params, model.arch, model.num_layers)
   logging.info("%s: %d train / %d dev examples, %d steps per epoch, %d steps, %d seeds, model %s "
                "(%s, %.1fM params)", task.name, n_train, len(dev_arrays["labels"]), spe, total,
@@ -110,11 +120,12 @@ def run(cfg, workdir: str) -> dict:
   dev_dev = jax.device_put({k: v for k, v in dev_batches.items() if k != "weight"})
 
   create = jax.jit(jax.vmap(lambda key: train_lib.create_train_state(
-      model, tx, key, total, cfg.probe.every, groups)))
+      model, tx, key, total, cfg.probe.every, groups, st.reinit_layers, st.reinit_pooler)))
   step_fn = jax.jit(jax.vmap(train_lib.make_train_step(
       model, tx, schedule, n_train=n_train, batch_size=batch, probe_every=cfg.probe.every,
       group_names=groups, b1=cfg.optim.b1, b2=cfg.optim.b2,
-      pass_segment_ids=cfg.model.pass_segment_ids), in_axes=(0, None)), donate_argnums=0)
+      pass_segment_ids=cfg.model.pass_segment_ids, mixout=st.mixout, prior_wd=st.prior_wd),
+      in_axes=(0, None, None)), donate_argnums=0)
   eval_fn = jax.jit(jax.vmap(train_lib.make_eval_logits(model, cfg.model.pass_segment_ids),
                              in_axes=(0, None)))
 
@@ -125,8 +136,9 @@ def run(cfg, workdir: str) -> dict:
   try:
     for g in range(0, len(seeds), k):
       group = seeds[g:g + k]
-      runs += _train_group(group, create, step_fn, eval_fn, train_dev, dev_dev, dev_labels,
-                           task, points, schedule, log, probes, batch)
+      runs += _train_group(group, create, functools.partial(_with_anchor, step_fn, anchor), eval_fn,
+                           train_dev, dev_dev, dev_labels, task, points, schedule, log, probes,
+                           batch)
   finally:
     log.close()
 
@@ -139,6 +151,10 @@ def run(cfg, workdir: str) -> dict:
   logging.info("done: %d/%d failed runs; %s final %s", summary["failed_runs"], len(runs),
                task.metric, summary["final_spread"])
   return summary
+
+
+def _with_anchor(step_fn, anchor, state, train_dev):
+  return step_fn(state, train_dev, anchor)
 
 
 def _train_group(group, create, step_fn, eval_fn, train_dev, dev_dev, dev_labels, task, points,

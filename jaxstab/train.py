@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import optax
 
 from jaxstab import data as data_lib
-from jaxstab import models, probe
+from jaxstab import models, probe, stabilisers
 from jaxstab.optim import bias_correction_factor
 
 # Streams derived from a run's seed key with fold_in: the seed decides all three, independently.
-HEAD, DATA, DROPOUT = 0, 1, 2
+HEAD, DATA, DROPOUT, REINIT, MIXOUT = 0, 1, 2, 3, 4
 
 
 @flax.struct.dataclass
@@ -35,10 +35,16 @@ def seed_key(seed: int):
 
 
 def create_train_state(model: models.Model, tx: optax.GradientTransformation, key,
-                       total_steps: int, probe_every: int, group_names: Sequence[str]):
-  """A fresh state for one seed: pretrained backbone, a head drawn from the seed (jittable)."""
-  params = models.init_head(model.params, jax.random.fold_in(key, HEAD),
-                            model.config.initializer_range)
+                       total_steps: int, probe_every: int, group_names: Sequence[str],
+                       reinit_layers: int = 0, reinit_pooler: bool = False):
+  """A fresh state for one seed: pretrained backbone, a head drawn from the seed, optionally
+  the pooler and top layers re-drawn from the seed too (jittable)."""
+  init_range = model.config.initializer_range
+  params = models.init_head(model.params, jax.random.fold_in(key, HEAD), init_range)
+  if reinit_layers or reinit_pooler:
+    params = stabilisers.reinit_top_layers(params, jax.random.fold_in(key, REINIT), model.arch,
+                                           model.num_layers, reinit_layers, reinit_pooler,
+                                           init_range)
   return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params),
                     key=key, probe=probe.init_buffers(total_steps, probe_every, len(group_names)),
                     loss_sum=jnp.zeros([], jnp.float32), loss_count=jnp.zeros([], jnp.float32))
@@ -52,11 +58,16 @@ def weighted_xent(logits, labels, weight):
 
 def make_train_step(model: models.Model, tx, schedule: Callable, *, n_train: int,
                     batch_size: int, probe_every: int, group_names: Sequence[str],
-                    b1: float, b2: float, pass_segment_ids: bool = True):
-  """Returns train_step(state, train_arrays) -> state for one seed (vmap it for many)."""
+                    b1: float, b2: float, pass_segment_ids: bool = True,
+                    mixout: float = 0.0, prior_wd: bool = False):
+  """Returns train_step(state, train_arrays, anchor=None) -> state for one seed (vmap it for
+  many). `anchor` (stabilisers.anchor_of(pretrained)) is needed by Mixout and prior_wd."""
   is_albert = model.arch == "albert"  # per-depth norms of the shared layer need interception
 
-  def loss_fn(params, deltas, batch, weight, dropout_key):
+  def loss_fn(params, deltas, batch, weight, dropout_key, mixout_key, anchor):
+    if mixout > 0:
+      params = stabilisers.mixout(params, anchor, mixout_key, mixout)
+
     def forward():
       return model.logits(params, batch, train=True, dropout_key=dropout_key,
                           pass_segment_ids=pass_segment_ids)
@@ -67,7 +78,7 @@ def make_train_step(model: models.Model, tx, schedule: Callable, *, n_train: int
       logits = forward()
     return weighted_xent(logits, batch["labels"], weight)
 
-  def train_step(state: TrainState, train_arrays: dict) -> TrainState:
+  def train_step(state: TrainState, train_arrays: dict, anchor=None) -> TrainState:
     step = state.step
     idx, weight = data_lib.batch_indices(jax.random.fold_in(state.key, DATA), step, n_train,
                                          batch_size)
@@ -78,8 +89,12 @@ def make_train_step(model: models.Model, tx, schedule: Callable, *, n_train: int
       zeros = jax.tree_util.tree_map(jnp.zeros_like, probe.albert_shared(state.params))
       deltas = [zeros] * model.num_layers
     loss, (grads, depth_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1))(
-        state.params, deltas, batch, weight, dropout_key)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        state.params, deltas, batch, weight, dropout_key,
+        jax.random.fold_in(jax.random.fold_in(state.key, MIXOUT), step), anchor)
+    # Decoupled decay reads only the parameters: decay toward theta_p is decay of theta - theta_p.
+    decay_params = (jax.tree_util.tree_map(jnp.subtract, state.params, anchor) if prior_wd
+                    else state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, decay_params)
     params = optax.apply_updates(state.params, updates)
     common = dict(step=step + 1, params=params, opt_state=opt_state,
                   loss_sum=state.loss_sum + loss, loss_count=state.loss_count + 1.0)
