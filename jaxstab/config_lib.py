@@ -52,7 +52,7 @@ ARG_KEYS = {
     "model": "model.name_or_path (a preset: " + ", ".join(MODELS) + "; or any hub id / folder)",
     "setting": "recipe preset: " + ", ".join(SETTINGS),
     "lr": "optim.lr", "epochs": "train.epochs", "seed": "seed", "seeds": "seeds",
-    "dtype": "model.dtype", "data": "data.source",
+    "dtype": "model.dtype", "data": "data.source", "task": "task",
 }
 
 
@@ -63,6 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.seeds = ""                         # '1-25', '1,3,7' or '5'; empty = [seed]
   c.setting = "devlin"                 # name of the recipe preset applied (for the record)
   c.select = "final"                   # which dev result a setting reports: final | best
+  c.settings = ml_collections.ConfigDict()  # study: name -> argument string (study_*.py)
+  c.overwrite = False                  # True: discard a workdir's results of another config
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "tsv"                # tsv | hf | tfds | synthetic
@@ -114,7 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
 def get_path(cfg, dotted: str):
   node = cfg
   for p in dotted.split("."):
-    if p not in node:
+    if not isinstance(node, ml_collections.ConfigDict) or p not in node:
       return None
     node = node[p]
   return node
@@ -124,16 +126,25 @@ def set_path(cfg, dotted: str, value):
   """Sets cfg.a.b = value, refusing keys that do not exist (and naming the allowed ones)."""
   node, parts = cfg, dotted.split(".")
   for i, p in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict):
+      raise ConfigError(f"unknown config key {dotted!r}: {'.'.join(parts[:i])} is a value, "
+                        "not a group of keys")
     if p not in node:
       where = ".".join(parts[:i]) or "the top level"
       raise ConfigError(f"unknown config key {dotted!r}: {where} has {', '.join(sorted(node.keys()))}")
     if i < len(parts) - 1:
       node = node[p]
   old = node[parts[-1]]
-  if isinstance(old, bool) and isinstance(value, str):
-    value = value.lower() in ("1", "true", "yes")
-  elif isinstance(old, (int, float)) and not isinstance(old, bool) and isinstance(value, str):
-    value = type(old)(float(value)) if isinstance(old, float) else int(value)
+  try:
+    if isinstance(old, bool) and isinstance(value, str):
+      if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+        raise ValueError
+      value = value.lower() in ("1", "true", "yes")
+    elif isinstance(old, (int, float)) and not isinstance(old, bool) and isinstance(value, str):
+      value = float(value) if isinstance(old, float) else int(value)
+  except ValueError:
+    raise ConfigError(f"config key {dotted!r}: {value!r} is not a valid "
+                      f"{type(old).__name__}") from None
   node[parts[-1]] = value
 
 
@@ -189,6 +200,36 @@ def task_config(task: str, arg: str = "", **defaults) -> ml_collections.ConfigDi
   apply_preset(cfg, "model", cfg.model.name_or_path)
   apply_preset(cfg, "setting", cfg.setting)
   return apply_arg(cfg, arg)
+
+
+def study_config(arg: str, *, tasks, settings, models=(), seeds="1-25"):
+  """A grid study: every task x setting (x model) as one named setting sharing the seeds.
+
+  `arg` may narrow the grid with tasks=a+b, settings=a+b, models=a+b; other keys apply to all.
+  """
+  grid = {"tasks": list(tasks), "settings": list(settings), "models": list(models)}
+  rest = []
+  for k, v in parse_arg(arg):
+    if k in grid:
+      grid[k] = [x for x in v.split("+") if x]
+    else:
+      rest.append(f"{k}={v}")
+  for t in grid["tasks"]:
+    from jaxstab.tasks import get_task  # pylint: disable=import-outside-toplevel
+    get_task(t)
+  for s in grid["settings"]:
+    if s not in SETTINGS:
+      raise ConfigError(f"unknown setting {s!r} in settings=; choose from: {', '.join(SETTINGS)}")
+  cfg = task_config(grid["tasks"][0], "")
+  cfg.seeds = seeds
+  apply_arg(cfg, ",".join(rest))
+  for m in grid["models"] or [None]:
+    for t in grid["tasks"]:
+      for s in grid["settings"]:
+        name = "_".join(x for x in (m, t, s) if x)
+        cfg.settings[name.replace(".", "_").replace("/", "_")] = ",".join(
+            ([f"model={m}"] if m else []) + [f"task={t}", f"setting={s}"])
+  return cfg
 
 
 def parse_seeds(cfg):

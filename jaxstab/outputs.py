@@ -33,8 +33,8 @@ def _jsonable(x):
 class Log:
   """metrics.jsonl (one JSON object a line) plus TensorBoard event files, one folder per seed."""
 
-  def __init__(self, workdir: str, seeds):
-    self._jsonl = open(os.path.join(workdir, METRICS), "a", encoding="utf-8")  # pylint: disable=consider-using-with
+  def __init__(self, workdir: str, seeds, truncate: bool = False):
+    self._jsonl = open(os.path.join(workdir, METRICS), "w" if truncate else "a", encoding="utf-8")  # pylint: disable=consider-using-with
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
     self._tb = {s: SummaryWriter(os.path.join(workdir, "tensorboard", f"seed_{s}")) for s in seeds}
 

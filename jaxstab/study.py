@@ -1,207 +1,53 @@
-"""Run one setting of one task over its seeds and write the results.
+"""A study: one or more settings (each a set of overrides) that share the seeds.
 
-Seeds are trained K at a time (train.seeds_per_step; 0 = all) by one vmapped, jitted step, so
-every group of the same size reuses one compiled program. Evaluation is vmapped the same way.
+A plain task config is a study of one setting, written straight into the workdir. A study
+config lists its settings in `settings` (name -> argument string, e.g. "task=mrpc,setting=ours");
+each runs in workdir/<name>/ and the study writes the comparison: summary.json (a `settings`
+list plus Levene p-values), summary.csv and table.md (Table 1's shape). Each setting's results
+are written as soon as it finishes, so a later crash loses nothing finished.
 """
-import functools
 import os
-import shutil
-import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from absl import logging
-
-from jaxstab import config_lib, data, metrics, models, optim, outputs, probe, stabilisers, stats
-from jaxstab import tasks
-from jaxstab import train as train_lib
-from jaxstab import vocab
-from jaxstab.errors import ConfigError
-
-ENUMS = {"data.source": data.SOURCES, "model.dtype": tuple(models.DTYPES),
-         "optim.eps_mode": optim.EPS_MODES, "select": ("final", "best"),
-         "optim.moments_dtype": ("float32", "bfloat16")}
+from jaxstab import config_lib, experiment, outputs, stats
 
 
-def validate(cfg) -> None:
-  """Checks everything that can be checked before any file is read or written."""
-  tasks.get_task(cfg.task)
-  for key, allowed in ENUMS.items():
-    node = cfg
-    for p in key.split("."):
-      node = node[p]
-    if node not in allowed:
-      raise ConfigError(f"{key}={node!r} is not allowed; choose one of: {', '.join(allowed)}")
-  positive = {"train.batch_size": cfg.train.batch_size, "train.eval_batch_size": cfg.train.eval_batch_size,
-              "train.max_seq_length": cfg.train.max_seq_length, "probe.every": cfg.probe.every,
-              "train.evals_per_epoch": cfg.train.evals_per_epoch}
-  for k, v in positive.items():
-    if v <= 0:
-      raise ConfigError(f"{k}={v} must be positive")
-  if cfg.train.max_steps <= 0 and cfg.train.epochs <= 0:
-    raise ConfigError("set train.epochs > 0 or train.max_steps > 0")
-  n_dev = jax.device_count()
-  if cfg.train.batch_size % n_dev:
-    raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
-                      f"{n_dev} devices; choose a multiple of {n_dev}")
-  config_lib.parse_seeds(cfg)
-  stabilisers.check(cfg.stabilisers)
-  if cfg.stabilisers.mixout > 0 and cfg.model.dropout != 0.0:
-    logging.info("Mixout is on: dropout forced to 0 (was %s)", cfg.model.dropout)
-    cfg.model.dropout = 0.0
-
-
-def eval_points(steps_per_epoch: int, total: int, per_epoch: int):
-  """Step 0, `per_epoch` evenly spaced points in each epoch (the last at its end), and the end."""
-  pts = {0, total}
-  epoch = 0
-  while epoch * steps_per_epoch < total:
-    for k in range(1, per_epoch + 1):
-      pts.add(min(epoch * steps_per_epoch + round(k * steps_per_epoch / per_epoch), total))
-    epoch += 1
-  return sorted(pts)
-
-
-def _load_inputs(cfg):
-  """Data, tokenizer and model: everything that can fail on bad input, before any write."""
-  task = tasks.get_task(cfg.task)
-  train_split = data.load_split(task, "train", cfg.data.source, cfg.data.dir)
-  dev_split = data.load_split(task, "dev", cfg.data.source, cfg.data.dir)
-  tokenizer = vocab.load(cfg.model, lambda: train_split.text_a + (train_split.text_b or []))
-  model = models.load(cfg.model, task.num_labels, tokenizer)
-  return task, model, tokenizer, train_split, dev_split
-
-
-def _tokenize(cfg, workdir, task, tokenizer, train_split, dev_split):
-  cache = os.path.join(workdir, "cache")
-  length = cfg.train.max_seq_length
-  return (data.tokenize_cached(train_split, tokenizer, length, cache, f"{task.name}-train"),
-          data.tokenize_cached(dev_split, tokenizer, length, cache, f"{task.name}-dev"))
-
-
-def _clear_results(workdir):
-  """A new run starts from nothing, so no stale file can pass for this run's result."""
-  for name in (outputs.SUMMARY, outputs.PROBE, outputs.METRICS):
-    path = os.path.join(workdir, name)
-    if os.path.exists(path):
-      os.remove(path)
-  shutil.rmtree(os.path.join(workdir, "tensorboard"), ignore_errors=True)
+def expand(cfg):
+  """[(name, config)] for every setting of the study; one unnamed entry for a plain config."""
+  if not cfg.get("settings"):
+    return [("", cfg)]
+  out = []
+  for name, arg in cfg.settings.items():
+    sub = cfg.copy_and_resolve_references()
+    with sub.unlocked():
+      sub.settings = {}
+    config_lib.apply_arg(sub, arg)
+    out.append((name, sub))
+  return out
 
 
 def run(cfg, workdir: str) -> dict:
-  """Trains every seed of `cfg`, writes config.json, metrics.jsonl, TensorBoard events,
-  probe.npz and (last) summary.json into workdir; returns the summary."""
-  validate(cfg)
-  seeds = config_lib.parse_seeds(cfg)
-  task, model, tokenizer, train_split, dev_split = _load_inputs(cfg)
+  settings = expand(cfg)
+  for _, sub in settings:  # every setting is checked before the first one trains
+    experiment.validate(sub)
+  results = []
+  for name, sub in settings:
+    where = os.path.join(workdir, name) if name else workdir
+    summary = experiment.run_setting(sub, where)
+    results.append(dict(summary, name=name or f"{summary['task']}_{summary['setting']}",
+                        recipe=sub.setting))
+  return _write(workdir, results)
+
+
+def _write(workdir, results):
+  table = stats.table1_markdown(results)
+  study = {"settings": results, "levene": stats.levene_table(results), "table": table}
+  if len(results) == 1:  # a plain run: its own summary with the study fields added
+    study = dict(results[0], **study)
   os.makedirs(workdir, exist_ok=True)
-  _clear_results(workdir)
-  train_arrays, dev_arrays = _tokenize(cfg, workdir, task, tokenizer, train_split, dev_split)
-  outputs.write_json(os.path.join(workdir, outputs.CONFIG), cfg.to_dict())
-
-  n_train, batch = len(train_arrays["labels"]), cfg.train.batch_size
-  spe = data.num_batches(n_train, batch)
-  total = optim.total_train_steps(cfg.train, spe)
-  st = cfg.stabilisers
-  lr_scales = (stabilisers.layerwise_scales(model.params, model.arch, model.num_layers, st.llrd)
-               if st.llrd != 1.0 else None)
-  tx, schedule = optim.from_config(cfg.optim, total, lr_scales)
-  anchor = jax.device_put(stabilisers.anchor_of(model.params)) if stabilisers.uses_anchor(st) else None
-  groups = probe.group_names(model.params, model.arch, model.num_layers)
-  logging.info("%s: %d train / %d dev examples, %d steps per epoch, %d steps, %d seeds, model %s "
-               "(%s, %.1fM params)", task.name, n_train, len(dev_arrays["labels"]), spe, total,
-               len(seeds), model.name, model.arch, models.param_count(model.params) / 1e6)
-
-  majority = metrics.majority(task.metric, dev_arrays["labels"])
-  dev_batches = data.eval_batches(dev_arrays, cfg.train.eval_batch_size)
-  dev_labels = dev_arrays["labels"]
-  train_dev = jax.device_put(train_arrays)
-  dev_dev = jax.device_put({k: v for k, v in dev_batches.items() if k != "weight"})
-
-  create = jax.jit(jax.vmap(lambda key: train_lib.create_train_state(
-      model, tx, key, total, cfg.probe.every, groups, st.reinit_layers, st.reinit_pooler)))
-  step_fn = jax.jit(jax.vmap(train_lib.make_train_step(
-      model, tx, schedule, n_train=n_train, batch_size=batch, probe_every=cfg.probe.every,
-      group_names=groups, b1=cfg.optim.b1, b2=cfg.optim.b2,
-      pass_segment_ids=cfg.model.pass_segment_ids, mixout=st.mixout, prior_wd=st.prior_wd),
-      in_axes=(0, None, None)), donate_argnums=0)
-  eval_fn = jax.jit(jax.vmap(train_lib.make_eval_logits(model, cfg.model.pass_segment_ids),
-                             in_axes=(0, None)))
-
-  k = cfg.train.seeds_per_step or len(seeds)
-  points = eval_points(spe, total, cfg.train.evals_per_epoch)
-  log = outputs.Log(workdir, seeds)
-  runs, probes = [], []
-  try:
-    for g in range(0, len(seeds), k):
-      group = seeds[g:g + k]
-      runs += _train_group(group, create, functools.partial(_with_anchor, step_fn, anchor), eval_fn,
-                           train_dev, dev_dev, dev_labels, task, points, schedule, log, probes,
-                           batch)
-  finally:
-    log.close()
-
-  probe_arrays = {key: np.concatenate([p[key] for p in probes]) for key in probes[0]}
-  probe_arrays["step"] = probe_arrays["step"][0]
-  outputs.write_npz(os.path.join(workdir, outputs.PROBE), groups=np.asarray(groups),
-                    seeds=np.asarray(seeds), **probe_arrays)
-  summary = _summary(cfg, task, model, majority, runs, total)
-  outputs.write_json(os.path.join(workdir, outputs.SUMMARY), summary)
-  logging.info("done: %d/%d failed runs; %s final %s", summary["failed_runs"], len(runs),
-               task.metric, summary["final_spread"])
-  return summary
-
-
-def _with_anchor(step_fn, anchor, state, train_dev):
-  return step_fn(state, train_dev, anchor)
-
-
-def _train_group(group, create, step_fn, eval_fn, train_dev, dev_dev, dev_labels, task, points,
-                 schedule, log, probes, batch):
-  """Trains one group of seeds together; returns their run records."""
-  state = create(jnp.stack([train_lib.seed_key(s) for s in group]))
-  history = {s: [] for s in group}
-  total, step, t0, last_loss = points[-1], 0, time.time(), [None] * len(group)
-  for point in points:
-    while step < point:
-      state = step_fn(state, train_dev)
-      step += 1
-    if step > 0:  # mean training loss since the previous evaluation, read once here
-      loss = np.asarray(state.loss_sum / jnp.maximum(state.loss_count, 1.0))
-      state = state.replace(loss_sum=jnp.zeros_like(state.loss_sum),
-                            loss_count=jnp.zeros_like(state.loss_count))
-      last_loss = [float(x) for x in loss]
-    logits = np.asarray(eval_fn(state.params, dev_dev), np.float32)
-    logits = logits.reshape(len(group), -1, logits.shape[-1])[:, :len(dev_labels)]
-    lr = float(schedule(max(step - 1, 0)))
-    for i, s in enumerate(group):
-      m = metrics.compute(task.metric, logits[i].argmax(-1), dev_labels)
-      history[s].append(dict(step=step, **m))
-      log.write(dict(kind="dev", seed=s, step=step, train_loss=last_loss[i], lr=lr, **m))
-    elapsed = time.time() - t0
-    rate = step * batch * len(group) / max(elapsed, 1e-9)
-    eta = (total - step) * batch * len(group) / max(rate, 1e-9)
-    logging.info("seeds %s: step %d/%d, %.1f examples/s, ETA %.0fs, dev %s %s", group, step,
-                 total, rate, eta, task.metric,
-                 " ".join(f"{history[s][-1][task.metric]:.3f}" for s in group))
-  host = jax.device_get(state.probe)
-  probes.append({k: np.asarray(v) for k, v in host.items()})
-  return [_run_record(s, history[s], task, last_loss[i]) for i, s in enumerate(group)]
-
-
-def _run_record(seed, history, task, final_train_loss):
-  final = dict(history[-1])
-  best = max(history, key=lambda h: (h[task.metric], -h["step"]))
-  return {"seed": seed, "final": final, "best": dict(best), "final_train_loss": final_train_loss}
-
-
-def _summary(cfg, task, model, majority, runs, total):
-  for r in runs:
-    r["failed"] = metrics.is_failed(r["final"][task.metric], majority[task.metric])
-  finals = [r["final"][task.metric] for r in runs]
-  bests = [r["best"][task.metric] for r in runs]
-  return {"task": task.name, "metric": task.metric, "majority": majority,
-          "setting": cfg.setting, "select": cfg.select, "model": model.name,
-          "total_steps": total, "failed_runs": sum(r["failed"] for r in runs),
-          "final_spread": stats.spread(finals), "best_spread": stats.spread(bests), "runs": runs}
+  with open(os.path.join(workdir, "summary.csv"), "w", encoding="utf-8") as f:
+    f.write(stats.summary_csv(results))
+  with open(os.path.join(workdir, "table.md"), "w", encoding="utf-8") as f:
+    f.write(table + "\n")
+  outputs.write_json(os.path.join(workdir, outputs.SUMMARY), study)
+  print("final dev results, std / mean / median / max (x100):\n" + table)
+  return study

@@ -28,6 +28,7 @@ class TrainState:
   probe: dict              # fixed-size record buffers, see probe.init_buffers
   loss_sum: jax.Array      # running sums of the weighted training loss since the last read
   loss_count: jax.Array
+  diverged_at: jax.Array   # first step with a non-finite loss or gradient; -1 while healthy
 
 
 def seed_key(seed: int):
@@ -47,7 +48,8 @@ def create_train_state(model: models.Model, tx: optax.GradientTransformation, ke
                                            init_range)
   return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params),
                     key=key, probe=probe.init_buffers(total_steps, probe_every, len(group_names)),
-                    loss_sum=jnp.zeros([], jnp.float32), loss_count=jnp.zeros([], jnp.float32))
+                    loss_sum=jnp.zeros([], jnp.float32), loss_count=jnp.zeros([], jnp.float32),
+                    diverged_at=jnp.full([], -1, jnp.int32))
 
 
 def weighted_xent(logits, labels, weight):
@@ -96,13 +98,21 @@ def make_train_step(model: models.Model, tx, schedule: Callable, *, n_train: int
                     else state.params)
     updates, opt_state = tx.update(grads, state.opt_state, decay_params)
     params = optax.apply_updates(state.params, updates)
-    common = dict(step=step + 1, params=params, opt_state=opt_state,
-                  loss_sum=state.loss_sum + loss, loss_count=state.loss_count + 1.0)
+    # A seed whose loss or gradient is not finite stops updating from that step on (its slot in
+    # a vmapped group is frozen, the other seeds go on); the step counter still advances.
+    grad_norm = optax.global_norm(grads)
+    healthy = (state.diverged_at < 0) & jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(healthy, a, b), new, old)
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    diverged_at = jnp.where((state.diverged_at < 0) & ~healthy, step, state.diverged_at)
+    common = dict(step=step + 1, params=params, opt_state=opt_state, diverged_at=diverged_at,
+                  loss_sum=state.loss_sum + jnp.where(healthy, loss, 0.0),
+                  loss_count=state.loss_count + healthy.astype(jnp.float32))
     if probe_every <= 0:  # probe off (benchmarks): no norms, no records
       return state.replace(**common)
     values = {
         "grad_norm": probe.group_norms(grads, model.arch, group_names, depth_grads),
-        "total_grad_norm": optax.global_norm(grads),
+        "total_grad_norm": grad_norm,
         "param_norm": optax.global_norm(state.params),
         "update_norm": optax.global_norm(updates),
         "loss": loss,

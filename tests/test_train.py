@@ -18,10 +18,10 @@ def _run(create, step, arrays, seed, n):
 
 
 def test_tiny_model_reduces_training_loss(glue_dir):
-  cfg, model, arrays = tiny_setup(glue_dir, "bert", n=32, probe__every=1, optim__lr=1e-3,
+  cfg, model, arrays = tiny_setup(glue_dir, "bert", n=32, probe__every=1, optim__lr=2e-3,
                                   optim__bias_correction=True, optim__warmup_ratio=0.1)
-  create, step, _ = build_step(cfg, model, arrays, total_steps=48)
-  state = _run(create, step, arrays, 1, 48)
+  create, step, _ = build_step(cfg, model, arrays, total_steps=64)
+  state = _run(create, step, arrays, 1, 64)
   loss = np.asarray(state.probe["loss"])
   assert loss[-8:].mean() < 0.5 * loss[:8].mean(), loss
 

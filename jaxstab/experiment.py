@@ -1,0 +1,271 @@
+"""One setting of one task over its seeds: train, evaluate, write per-seed and merged results.
+
+Seeds are trained K at a time (train.seeds_per_step; 0 = all) by one vmapped, jitted step, so
+every group of the same size reuses one compiled program. Evaluation is vmapped the same way.
+Each finished seed is written at once to runs/ (atomically), so a rerun of the same command
+skips it; the merged summary.json / probe.npz / metrics.jsonl are rebuilt from runs/.
+"""
+import functools
+import json
+import os
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from jaxstab import config_lib, data, metrics, models, optim, outputs, probe, stabilisers, stats
+from jaxstab import tasks
+from jaxstab import train as train_lib
+from jaxstab import vocab
+from jaxstab.errors import ConfigError
+
+ENUMS = {"data.source": data.SOURCES, "model.dtype": tuple(models.DTYPES),
+         "optim.eps_mode": optim.EPS_MODES, "select": ("final", "best"),
+         "optim.moments_dtype": ("float32", "bfloat16")}
+
+
+def validate(cfg) -> None:
+  """Checks everything that can be checked before any file is read or written."""
+  tasks.get_task(cfg.task)
+  for key, allowed in ENUMS.items():
+    node = cfg
+    for p in key.split("."):
+      node = node[p]
+    if node not in allowed:
+      raise ConfigError(f"{key}={node!r} is not allowed; choose one of: {', '.join(allowed)}")
+  positive = {"train.batch_size": cfg.train.batch_size, "train.eval_batch_size": cfg.train.eval_batch_size,
+              "train.max_seq_length": cfg.train.max_seq_length, "probe.every": cfg.probe.every,
+              "train.evals_per_epoch": cfg.train.evals_per_epoch}
+  for k, v in positive.items():
+    if v <= 0:
+      raise ConfigError(f"{k}={v} must be positive")
+  if cfg.train.max_steps <= 0 and cfg.train.epochs <= 0:
+    raise ConfigError("set train.epochs > 0 or train.max_steps > 0")
+  n_dev = jax.device_count()
+  if cfg.train.batch_size % n_dev:
+    raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
+                      f"{n_dev} devices; choose a multiple of {n_dev}")
+  config_lib.parse_seeds(cfg)
+  stabilisers.check(cfg.stabilisers)
+  if cfg.stabilisers.mixout > 0 and cfg.model.dropout != 0.0:
+    logging.info("Mixout is on: dropout forced to 0 (was %s)", cfg.model.dropout)
+    cfg.model.dropout = 0.0
+
+
+def eval_points(steps_per_epoch: int, total: int, per_epoch: int):
+  """Step 0, `per_epoch` evenly spaced points in each epoch (the last at its end), and the end."""
+  pts = {0, total}
+  epoch = 0
+  while epoch * steps_per_epoch < total:
+    for k in range(1, per_epoch + 1):
+      pts.add(min(epoch * steps_per_epoch + round(k * steps_per_epoch / per_epoch), total))
+    epoch += 1
+  return sorted(pts)
+
+
+def _load_inputs(cfg):
+  """Data, tokenizer and model: everything that can fail on bad input, before any write."""
+  task = tasks.get_task(cfg.task)
+  train_split = data.load_split(task, "train", cfg.data.source, cfg.data.dir)
+  dev_split = data.load_split(task, "dev", cfg.data.source, cfg.data.dir)
+  tokenizer = vocab.load(cfg.model, lambda: train_split.text_a + (train_split.text_b or []))
+  model = models.load(cfg.model, task.num_labels, tokenizer)
+  return task, model, tokenizer, train_split, dev_split
+
+
+def _tokenize(cfg, workdir, task, tokenizer, train_split, dev_split):
+  cache = os.path.join(workdir, "cache")
+  length = cfg.train.max_seq_length
+  return (data.tokenize_cached(train_split, tokenizer, length, cache, f"{task.name}-train"),
+          data.tokenize_cached(dev_split, tokenizer, length, cache, f"{task.name}-dev"))
+
+
+# Keys that do not change any one seed's result: a rerun may change them and still resume.
+RESUMABLE = ("seed", "seeds", "train.seeds_per_step", "overwrite", "settings")
+
+
+def config_diff(old: dict, new: dict, prefix=""):
+  """Dotted keys whose values differ between two config dicts (RESUMABLE keys ignored)."""
+  out = []
+  for k in sorted(set(old) | set(new)):
+    key = prefix + k
+    if key in RESUMABLE:
+      continue
+    a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += config_diff(a, b, key + ".")
+    elif a != b:
+      out.append(f"{key}: {a!r} -> {b!r}")
+  return out
+
+
+def _prepare_workdir(cfg, workdir):
+  """Creates workdir, or checks that its earlier results were made by the same config."""
+  path = os.path.join(workdir, outputs.CONFIG)
+  new = json.loads(json.dumps(cfg.to_dict()))
+  if os.path.isfile(path) and not cfg.get("overwrite", False):
+    with open(path, encoding="utf-8") as f:
+      diff = config_diff(json.load(f), new)
+    if diff:
+      raise ConfigError(f"{workdir} holds results of a different config ({'; '.join(diff)}). "
+                        "Use a new --workdir, or pass --config.overwrite=True to discard them.")
+  elif os.path.isdir(workdir):
+    shutil.rmtree(os.path.join(workdir, RUNS), ignore_errors=True)
+  os.makedirs(os.path.join(workdir, RUNS), exist_ok=True)
+  for name in (outputs.SUMMARY, outputs.PROBE):  # merged files are rebuilt at the end
+    if os.path.exists(os.path.join(workdir, name)):
+      os.remove(os.path.join(workdir, name))
+  outputs.write_json(path, new)
+
+
+RUNS = "runs"
+
+
+def _run_path(workdir, seed, kind):
+  return os.path.join(workdir, RUNS, {"json": f"seed_{seed}.json", "npz": f"probe_seed_{seed}.npz",
+                                      "jsonl": f"metrics_seed_{seed}.jsonl"}[kind])
+
+
+def run_setting(cfg, workdir: str) -> dict:
+  """Trains the seeds of `cfg` not finished yet in workdir, then writes the merged config.json,
+  metrics.jsonl, TensorBoard events, probe.npz and (last) summary.json; returns the summary."""
+  validate(cfg)
+  seeds = config_lib.parse_seeds(cfg)
+  task, model, tokenizer, train_split, dev_split = _load_inputs(cfg)
+  _prepare_workdir(cfg, workdir)
+  train_arrays, dev_arrays = _tokenize(cfg, workdir, task, tokenizer, train_split, dev_split)
+  todo = [s for s in seeds if not os.path.isfile(_run_path(workdir, s, "json"))]
+  if len(todo) < len(seeds):
+    logging.info("resuming: %d of %d seeds already finished in %s", len(seeds) - len(todo),
+                 len(seeds), workdir)
+
+  n_train, batch = len(train_arrays["labels"]), cfg.train.batch_size
+  spe = data.num_batches(n_train, batch)
+  total = optim.total_train_steps(cfg.train, spe)
+  st = cfg.stabilisers
+  lr_scales = (stabilisers.layerwise_scales(model.params, model.arch, model.num_layers, st.llrd)
+               if st.llrd != 1.0 else None)
+  tx, schedule = optim.from_config(cfg.optim, total, lr_scales)
+  anchor = jax.device_put(stabilisers.anchor_of(model.params)) if stabilisers.uses_anchor(st) else None
+  groups = probe.group_names(model.params, model.arch, model.num_layers)
+  logging.info("%s: %d train / %d dev examples, %d steps per epoch, %d steps, %d seeds, model %s "
+               "(%s, %.1fM params)", task.name, n_train, len(dev_arrays["labels"]), spe, total,
+               len(seeds), model.name, model.arch, models.param_count(model.params) / 1e6)
+
+  majority = metrics.majority(task.metric, dev_arrays["labels"])
+  dev_batches = data.eval_batches(dev_arrays, cfg.train.eval_batch_size)
+  dev_labels = dev_arrays["labels"]
+  train_dev = jax.device_put(train_arrays)
+  dev_dev = jax.device_put({k: v for k, v in dev_batches.items() if k != "weight"})
+
+  create = jax.jit(jax.vmap(lambda key: train_lib.create_train_state(
+      model, tx, key, total, cfg.probe.every, groups, st.reinit_layers, st.reinit_pooler)))
+  step_fn = jax.jit(jax.vmap(train_lib.make_train_step(
+      model, tx, schedule, n_train=n_train, batch_size=batch, probe_every=cfg.probe.every,
+      group_names=groups, b1=cfg.optim.b1, b2=cfg.optim.b2,
+      pass_segment_ids=cfg.model.pass_segment_ids, mixout=st.mixout, prior_wd=st.prior_wd),
+      in_axes=(0, None, None)), donate_argnums=0)
+  eval_fn = jax.jit(jax.vmap(train_lib.make_eval_logits(model, cfg.model.pass_segment_ids),
+                             in_axes=(0, None)))
+
+  k = cfg.train.seeds_per_step or max(len(todo), 1)
+  points = eval_points(spe, total, cfg.train.evals_per_epoch)
+  for g in range(0, len(todo), k):
+    group = todo[g:g + k]
+    _train_group(group, create, functools.partial(_with_anchor, step_fn, anchor), eval_fn,
+                 train_dev, dev_dev, dev_labels, task, points, schedule, batch, workdir)
+  summary = _merge(cfg, workdir, seeds, task, model, majority, total, groups)
+  logging.info("%s: %d/%d failed runs; final %s %s", workdir, summary["failed_runs"], len(seeds),
+               task.metric, summary["final_spread"])
+  return summary
+
+
+def _with_anchor(step_fn, anchor, state, train_dev):
+  return step_fn(state, train_dev, anchor)
+
+
+def _train_group(group, create, step_fn, eval_fn, train_dev, dev_dev, dev_labels, task, points,
+                 schedule, batch, workdir):
+  """Trains one group of seeds together and writes each seed's files into runs/."""
+  state = create(jnp.stack([train_lib.seed_key(s) for s in group]))
+  history = {s: [] for s in group}
+  logs = {s: open(_run_path(workdir, s, "jsonl"), "w", encoding="utf-8") for s in group}  # pylint: disable=consider-using-with
+  total, step, t0, last_loss = points[-1], 0, time.time(), [None] * len(group)
+  try:
+    for point in points:
+      while step < point:
+        state = step_fn(state, train_dev)
+        step += 1
+      if step > 0:  # mean training loss since the previous evaluation, read once here
+        loss = np.asarray(state.loss_sum / jnp.maximum(state.loss_count, 1.0))
+        state = state.replace(loss_sum=jnp.zeros_like(state.loss_sum),
+                              loss_count=jnp.zeros_like(state.loss_count))
+        last_loss = [float(x) for x in loss]
+      logits = np.asarray(eval_fn(state.params, dev_dev), np.float32)
+      logits = logits.reshape(len(group), -1, logits.shape[-1])[:, :len(dev_labels)]
+      lr = float(schedule(max(step - 1, 0)))
+      for i, s in enumerate(group):
+        m = metrics.compute(task.metric, logits[i].argmax(-1), dev_labels)
+        history[s].append(dict(step=step, **m))
+        logs[s].write(json.dumps(dict(kind="dev", seed=s, step=step, train_loss=last_loss[i],
+                                      lr=lr, **m)) + "\n")
+        logs[s].flush()
+      elapsed = time.time() - t0
+      rate = step * batch * len(group) / max(elapsed, 1e-9)
+      eta = (total - step) / max(step, 1) * elapsed
+      logging.info("seeds %s: step %d/%d, %.1f examples/s, ETA %.0fs, dev %s %s", group, step,
+                   total, rate, eta, task.metric,
+                   " ".join(f"{history[s][-1][task.metric]:.3f}" for s in group))
+  finally:
+    for f in logs.values():
+      f.close()
+  host = {k: np.asarray(v) for k, v in jax.device_get(state.probe).items()}
+  diverged = np.asarray(state.diverged_at)
+  for i, s in enumerate(group):  # probe first, record last: the record marks the seed finished
+    outputs.write_npz(_run_path(workdir, s, "npz"), **{k: v[i] for k, v in host.items()})
+    record = _run_record(s, history[s], task, last_loss[i])
+    record["diverged_at"] = int(diverged[i]) if diverged[i] >= 0 else None
+    outputs.write_json(_run_path(workdir, s, "json"), record)
+
+
+def _merge(cfg, workdir, seeds, task, model, majority, total, groups):
+  """Builds metrics.jsonl, TensorBoard events, probe.npz and summary.json from runs/."""
+  runs, probes = [], []
+  for s in seeds:
+    with open(_run_path(workdir, s, "json"), encoding="utf-8") as f:
+      runs.append(json.load(f))
+    with np.load(_run_path(workdir, s, "npz")) as z:
+      probes.append({k: z[k] for k in z.files})
+  shutil.rmtree(os.path.join(workdir, "tensorboard"), ignore_errors=True)
+  log = outputs.Log(workdir, seeds, truncate=True)
+  try:
+    for s in seeds:
+      with open(_run_path(workdir, s, "jsonl"), encoding="utf-8") as f:
+        for line in f:
+          log.write(json.loads(line))
+  finally:
+    log.close()
+  merged = {k: np.stack([p[k] for p in probes]) for k in probes[0] if k != "step"}
+  outputs.write_npz(os.path.join(workdir, outputs.PROBE), step=probes[0]["step"],
+                    groups=np.asarray(groups), seeds=np.asarray(seeds), **merged)
+  summary = _summary(cfg, task, model, majority, runs, total)
+  outputs.write_json(os.path.join(workdir, outputs.SUMMARY), summary)
+  return summary
+
+
+def _run_record(seed, history, task, final_train_loss):
+  final = dict(history[-1])
+  best = max(history, key=lambda h: (h[task.metric], -h["step"]))
+  return {"seed": seed, "final": final, "best": dict(best), "final_train_loss": final_train_loss}
+
+
+def _summary(cfg, task, model, majority, runs, total):
+  for r in runs:
+    r["failed"] = bool(r.get("diverged_at") is not None
+                       or metrics.is_failed(r["final"][task.metric], majority[task.metric]))
+  return {"task": task.name, "metric": task.metric, "majority": majority,
+          "setting": cfg.setting, "select": cfg.select, "model": model.name,
+          "total_steps": total, "seeds": [r["seed"] for r in runs], **stats.setting_stats(runs, task.metric), "runs": runs}

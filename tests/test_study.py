@@ -1,0 +1,122 @@
+"""Studies: several settings sharing seeds, statistics, resume, divergence isolation."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from jaxstab import config_lib, stats, study
+from jaxstab import train as train_lib
+from tests.helpers import build_step, tiny_setup, tree_max_abs_diff
+
+
+def _demo(seeds="1-2", **over):
+  cfg = config_lib.task_config("demo", "model=tiny-bert")
+  cfg.data.source = "synthetic"
+  cfg.model.tiny.vocab_size = 200
+  cfg.train.batch_size = 32
+  cfg.train.max_seq_length = 24
+  cfg.train.max_steps = 6
+  cfg.train.evals_per_epoch = 1
+  cfg.probe.every = 2
+  cfg.optim.lr = 1e-3
+  cfg.seeds = seeds
+  for k, v in over.items():
+    config_lib.set_path(cfg, k.replace("__", "."), v)
+  return cfg
+
+
+def test_spread_and_levene_against_direct_computation():
+  v = [0.5, 0.7, 0.9, 0.6]
+  sp = stats.spread(v)
+  assert sp["n"] == 4 and sp["min"] == 0.5 and sp["max"] == 0.9
+  assert sp["mean"] == pytest.approx(0.675) and sp["median"] == pytest.approx(0.65)
+  assert sp["std"] == pytest.approx(np.sqrt(np.mean((np.array(v) - 0.675) ** 2)))
+  a, b = [0.5, 0.52, 0.7, 0.71, 0.53], [0.69, 0.70, 0.71, 0.70, 0.72]
+  assert stats.levene(a, b) == pytest.approx(sps.levene(a, b, center="median").pvalue)
+  # By hand: one-way ANOVA on absolute deviations from each group's median.
+  z = [np.abs(np.array(g) - np.median(g)) for g in (a, b)]
+  zbar = np.concatenate(z).mean()
+  between = sum(len(g) * (g.mean() - zbar) ** 2 for g in z)
+  within = sum(((g - g.mean()) ** 2).sum() for g in z)
+  w = (10 - 2) / (2 - 1) * between / within
+  assert stats.levene(a, b) == pytest.approx(sps.f.sf(w, 1, 8), rel=1e-9)
+
+
+def test_two_settings_share_seeds_and_are_compared(tmp_path):
+  cfg = _demo()
+  cfg.settings["plain"] = "setting=devlin"
+  cfg.settings["corrected"] = "setting=ours"
+  cfg.train.max_steps = 6  # `ours` sets 20 epochs; max_steps still bounds both
+  result = study.run(cfg, str(tmp_path))
+  with open(tmp_path / "summary.json", encoding="utf-8") as f:
+    saved = json.load(f)
+  names = [s["name"] for s in saved["settings"]]
+  assert sorted(names) == ["corrected", "plain"]
+  for s in saved["settings"]:
+    assert [r["seed"] for r in s["runs"]] == [1, 2]
+    assert os.path.isfile(tmp_path / s["name"] / "summary.json")
+    finals = [r["final"]["accuracy"] for r in s["runs"]]
+    assert s["final_spread"]["mean"] == pytest.approx(np.mean(finals))
+    assert s["failed_runs"] == sum(f <= s["majority"]["accuracy"] for f in finals)
+  by = {s["name"]: s for s in saved["settings"]}
+  assert by["corrected"]["setting"] == "ours" and by["plain"]["setting"] == "devlin"
+  assert len(saved["levene"]) == 1 and saved["levene"][0]["task"] == "demo"
+  csv_rows = (tmp_path / "summary.csv").read_text().strip().splitlines()
+  assert len(csv_rows) == 1 + 2 * 2
+  table = (tmp_path / "table.md").read_text()
+  assert "| devlin |" in table and "| ours |" in table and "DEMO" in table
+  assert result["levene"] == saved["levene"]
+
+
+def test_rerun_skips_finished_seeds_and_refuses_a_changed_config(tmp_path):
+  first = study.run(_demo("1-2"), str(tmp_path))
+  stamp = os.path.getmtime(tmp_path / "runs" / "seed_1.json")
+  second = study.run(_demo("1-3"), str(tmp_path))
+  assert os.path.getmtime(tmp_path / "runs" / "seed_1.json") == stamp  # not retrained
+  assert [r["seed"] for r in second["runs"]] == [1, 2, 3]
+  assert second["runs"][:2] == first["runs"]
+  with np.load(tmp_path / "probe.npz") as z:
+    assert z["grad_norm"].shape[0] == 3 and list(z["seeds"]) == [1, 2, 3]
+  from jaxstab.errors import ConfigError
+  with pytest.raises(ConfigError, match="train.max_steps"):
+    study.run(_demo("1-3", train__max_steps=8), str(tmp_path))
+  again = study.run(_demo("1-2", train__max_steps=8, overwrite=True), str(tmp_path))
+  assert again["total_steps"] == 8 and [r["seed"] for r in again["runs"]] == [1, 2]
+
+
+def test_a_diverging_seed_is_frozen_and_the_others_continue(glue_dir):
+  cfg, model, arrays = tiny_setup(glue_dir, "bert", probe__every=1)
+  create, step, _ = build_step(cfg, model, arrays)
+  group = jax.jit(jax.vmap(create))(jnp.stack([train_lib.seed_key(s) for s in (4, 9)]))
+  vstep = jax.jit(jax.vmap(step, in_axes=(0, None)))
+  dev = jax.device_put(arrays)
+  group = vstep(group, dev)
+  # Poison seed 4 after one step: its classifier becomes non-finite.
+  kern = group.params["classifier"]["kernel"]
+  group = group.replace(params=dict(group.params, classifier=dict(
+      group.params["classifier"], kernel=kern.at[0].set(jnp.inf))))
+  frozen = jax.tree_util.tree_map(lambda x: x[0], group.params)
+  for _ in range(3):
+    group = vstep(group, dev)
+  assert np.asarray(group.diverged_at).tolist() == [1, -1]
+  assert tree_max_abs_diff(jax.tree_util.tree_map(lambda x: x[0], group.params), frozen) == 0.0
+  alone = jax.jit(create)(train_lib.seed_key(9))
+  for _ in range(4):
+    alone = jax.jit(step)(alone, dev)
+  healthy = jax.tree_util.tree_map(lambda x: x[1], group.params)
+  assert tree_max_abs_diff(healthy, alone.params) < 1e-5
+
+
+def test_a_diverged_setting_is_failed_while_the_other_finishes(tmp_path):
+  cfg = _demo("1-2")
+  cfg.settings["sane"] = "lr=1e-3"
+  cfg.settings["absurd"] = "lr=1e30"
+  result = study.run(cfg, str(tmp_path))
+  by = {s["name"]: s for s in result["settings"]}
+  assert all(r["diverged_at"] is not None and r["failed"] for r in by["absurd"]["runs"])
+  assert all(r["diverged_at"] is None for r in by["sane"]["runs"])
+  assert all(np.isfinite(r["final"]["accuracy"]) for r in by["absurd"]["runs"])
