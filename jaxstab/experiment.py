@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxstab import config_lib, data, metrics, models, optim, outputs, probe, stabilisers, stats
+from jaxstab import config_lib, data, metrics, models, optim, outputs, parallel, probe
+from jaxstab import stabilisers, stats
 from jaxstab import tasks
 from jaxstab import train as train_lib
 from jaxstab import vocab
@@ -149,7 +150,9 @@ def run_setting(cfg, workdir: str) -> dict:
   lr_scales = (stabilisers.layerwise_scales(model.params, model.arch, model.num_layers, st.llrd)
                if st.llrd != 1.0 else None)
   tx, schedule = optim.from_config(cfg.optim, total, lr_scales)
-  anchor = jax.device_put(stabilisers.anchor_of(model.params)) if stabilisers.uses_anchor(st) else None
+  layout = parallel.Layout.create()
+  anchor = (jax.device_put(stabilisers.anchor_of(model.params), layout.replicated)
+            if stabilisers.uses_anchor(st) else None)
   groups = probe.group_names(model.params, model.arch, model.num_layers)
   logging.info("%s: %d train / %d dev examples, %d steps per epoch, %d steps, %d seeds, model %s "
                "(%s, %.1fM params)", task.name, n_train, len(dev_arrays["labels"]), spe, total,
@@ -158,11 +161,20 @@ def run_setting(cfg, workdir: str) -> dict:
   majority = metrics.majority(task.metric, dev_arrays["labels"])
   dev_batches = data.eval_batches(dev_arrays, cfg.train.eval_batch_size)
   dev_labels = dev_arrays["labels"]
-  train_dev = jax.device_put(train_arrays)
-  dev_dev = jax.device_put({k: v for k, v in dev_batches.items() if k != "weight"})
+  train_dev = jax.device_put(train_arrays, layout.replicated)
+  dev_dev = jax.device_put({k: v for k, v in dev_batches.items() if k != "weight"},
+                           layout.replicated)
 
+  c = model.config
+  per_seed = parallel.bytes_per_seed(models.param_count(model.params), batch,
+                                     cfg.train.max_seq_length, c.hidden_size,
+                                     c.num_hidden_layers, c.num_attention_heads,
+                                     2 if cfg.model.dtype == "bfloat16" else 4)
+  k = parallel.seeds_per_step(cfg.train.seeds_per_step, max(len(todo), 1), layout, per_seed,
+                              8 * models.param_count(model.params))
   create = jax.jit(jax.vmap(lambda key: train_lib.create_train_state(
-      model, tx, key, total, cfg.probe.every, groups, st.reinit_layers, st.reinit_pooler)))
+      model, tx, key, total, cfg.probe.every, groups, st.reinit_layers, st.reinit_pooler)),
+                   out_shardings=layout.seed_sharding(k))
   step_fn = jax.jit(jax.vmap(train_lib.make_train_step(
       model, tx, schedule, n_train=n_train, batch_size=batch, probe_every=cfg.probe.every,
       group_names=groups, b1=cfg.optim.b1, b2=cfg.optim.b2,
@@ -171,11 +183,12 @@ def run_setting(cfg, workdir: str) -> dict:
   eval_fn = jax.jit(jax.vmap(train_lib.make_eval_logits(model, cfg.model.pass_segment_ids),
                              in_axes=(0, None)))
 
-  k = cfg.train.seeds_per_step or max(len(todo), 1)
   points = eval_points(spe, total, cfg.train.evals_per_epoch)
+  logging.info("%d seeds to train, %d per vmapped step, on %d device(s)", len(todo), k,
+               layout.num_devices)
   for g in range(0, len(todo), k):
     group = todo[g:g + k]
-    _train_group(group, create, functools.partial(_with_anchor, step_fn, anchor), eval_fn,
+    _train_group(group, k, create, functools.partial(_with_anchor, step_fn, anchor), eval_fn,
                  train_dev, dev_dev, dev_labels, task, points, schedule, batch, workdir)
   summary = _merge(cfg, workdir, seeds, task, model, majority, total, groups)
   logging.info("%s: %d/%d failed runs; final %s %s", workdir, summary["failed_runs"], len(seeds),
@@ -187,10 +200,12 @@ def _with_anchor(step_fn, anchor, state, train_dev):
   return step_fn(state, train_dev, anchor)
 
 
-def _train_group(group, create, step_fn, eval_fn, train_dev, dev_dev, dev_labels, task, points,
+def _train_group(group, k, create, step_fn, eval_fn, train_dev, dev_dev, dev_labels, task, points,
                  schedule, batch, workdir):
-  """Trains one group of seeds together and writes each seed's files into runs/."""
-  state = create(jnp.stack([train_lib.seed_key(s) for s in group]))
+  """Trains one group of seeds together (padded to k with repeats of its last seed, whose
+  results are dropped) and writes each real seed's files into runs/."""
+  padded = list(group) + [group[-1]] * (k - len(group))
+  state = create(jnp.stack([train_lib.seed_key(s) for s in padded]))
   history = {s: [] for s in group}
   logs = {s: open(_run_path(workdir, s, "jsonl"), "w", encoding="utf-8") for s in group}  # pylint: disable=consider-using-with
   total, step, t0, last_loss = points[-1], 0, time.time(), [None] * len(group)
@@ -203,9 +218,9 @@ def _train_group(group, create, step_fn, eval_fn, train_dev, dev_dev, dev_labels
         loss = np.asarray(state.loss_sum / jnp.maximum(state.loss_count, 1.0))
         state = state.replace(loss_sum=jnp.zeros_like(state.loss_sum),
                               loss_count=jnp.zeros_like(state.loss_count))
-        last_loss = [float(x) for x in loss]
+        last_loss = [float(x) for x in loss[:len(group)]]
       logits = np.asarray(eval_fn(state.params, dev_dev), np.float32)
-      logits = logits.reshape(len(group), -1, logits.shape[-1])[:, :len(dev_labels)]
+      logits = logits.reshape(k, -1, logits.shape[-1])[:len(group), :len(dev_labels)]
       lr = float(schedule(max(step - 1, 0)))
       for i, s in enumerate(group):
         m = metrics.compute(task.metric, logits[i].argmax(-1), dev_labels)

@@ -1,5 +1,6 @@
 """Tokenizers: the model's own fast tokenizer, or a small WordPiece vocabulary trained on the
 task's training text (for the built-in tiny models, so nothing has to be downloaded)."""
+import collections
 import os
 import tempfile
 
@@ -9,18 +10,24 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def train_wordpiece(corpus, vocab_size: int):
-  """A lower-casing BERT-style WordPiece tokenizer fitted to `corpus`.
+  """A lower-casing BERT-style WordPiece tokenizer fitted to `corpus`, fully deterministic.
 
-  The trainer finds the same token set every time but numbers it differently from process to
-  process, so ids are reassigned in a fixed order (specials, then sorted tokens): the same
-  corpus always gives the same ids, hence the same runs.
+  The vocabulary is every character (alone and as a ##continuation) plus the most frequent
+  whole words (ties broken alphabetically) up to `vocab_size`; unknown words fall back to
+  characters. tokenizers' own trainer is not used: with ties its vocabulary and ids change
+  from process to process, and with them every number of a run.
   """
-  from tokenizers import BertWordPieceTokenizer  # pylint: disable=import-outside-toplevel
+  from tokenizers.normalizers import BertNormalizer  # pylint: disable=import-outside-toplevel
+  from tokenizers.pre_tokenizers import BertPreTokenizer  # pylint: disable=import-outside-toplevel
   from transformers import BertTokenizerFast  # pylint: disable=import-outside-toplevel
-  wp = BertWordPieceTokenizer(lowercase=True)
-  wp.train_from_iterator(corpus, vocab_size=vocab_size, min_frequency=1,
-                         special_tokens=SPECIALS, show_progress=False)
-  tokens = SPECIALS + sorted(t for t in wp.get_vocab() if t not in SPECIALS)
+  norm, pre = BertNormalizer(lowercase=True), BertPreTokenizer()
+  counts = collections.Counter()
+  for text in corpus:
+    counts.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(text)))
+  chars = sorted({c for w in counts for c in w})
+  tokens = SPECIALS + chars + ["##" + c for c in chars]
+  words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+  tokens += words[:max(vocab_size - len(tokens), 0)]
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "vocab.txt")
     with open(path, "w", encoding="utf-8") as f:
