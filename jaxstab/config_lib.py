@@ -108,6 +108,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.stabilisers.llrd = 1.0             # layer-wise lr decay gamma; 1 = off
   c.stabilisers.prior_wd = False       # weight decay toward the pretrained weights
 
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 500       # orbax checkpoint of a seed group every N steps; 0 = off
+  c.checkpoint.keep = 2                # newest checkpoints kept per seed group
+
   c.probe = ml_collections.ConfigDict()
   c.probe.every = 10                   # record gradient norms at step 0 and every N steps
   return c

@@ -5,18 +5,20 @@ every group of the same size reuses one compiled program. Evaluation is vmapped 
 Each finished seed is written at once to runs/ (atomically), so a rerun of the same command
 skips it; the merged summary.json / probe.npz / metrics.jsonl are rebuilt from runs/.
 """
+import dataclasses
 import functools
 import json
 import os
 import shutil
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxstab import config_lib, data, metrics, models, optim, outputs, parallel, probe
+from jaxstab import checkpoint, config_lib, data, metrics, models, optim, outputs, parallel, probe
 from jaxstab import stabilisers, stats
 from jaxstab import tasks
 from jaxstab import train as train_lib
@@ -85,7 +87,8 @@ def _tokenize(cfg, workdir, task, tokenizer, train_split, dev_split):
 
 
 # Keys that do not change any one seed's result: a rerun may change them and still resume.
-RESUMABLE = ("seed", "seeds", "train.seeds_per_step", "overwrite", "settings")
+RESUMABLE = ("seed", "seeds", "train.seeds_per_step", "overwrite", "settings",
+             "checkpoint.every_steps", "checkpoint.keep")
 
 
 def config_diff(old: dict, new: dict, prefix=""):
@@ -134,8 +137,17 @@ def run_setting(cfg, workdir: str) -> dict:
   """Trains the seeds of `cfg` not finished yet in workdir, then writes the merged config.json,
   metrics.jsonl, TensorBoard events, probe.npz and (last) summary.json; returns the summary."""
   validate(cfg)
+  inputs = _load_inputs(cfg)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"cannot create the workdir {workdir}: {e.strerror}") from None
+  with checkpoint.workdir_lock(workdir):
+    return _run_setting_locked(cfg, workdir, *inputs)
+
+
+def _run_setting_locked(cfg, workdir, task, model, tokenizer, train_split, dev_split):
   seeds = config_lib.parse_seeds(cfg)
-  task, model, tokenizer, train_split, dev_split = _load_inputs(cfg)
   _prepare_workdir(cfg, workdir)
   train_arrays, dev_arrays = _tokenize(cfg, workdir, task, tokenizer, train_split, dev_split)
   todo = [s for s in seeds if not os.path.isfile(_run_path(workdir, s, "json"))]
@@ -186,10 +198,12 @@ def run_setting(cfg, workdir: str) -> dict:
   points = eval_points(spe, total, cfg.train.evals_per_epoch)
   logging.info("%d seeds to train, %d per vmapped step, on %d device(s)", len(todo), k,
                layout.num_devices)
-  for g in range(0, len(todo), k):
-    group = todo[g:g + k]
-    _train_group(group, k, create, functools.partial(_with_anchor, step_fn, anchor), eval_fn,
-                 train_dev, dev_dev, dev_labels, task, points, schedule, batch, workdir)
+  with checkpoint.sigterm_flag() as stop:
+    loop = _Loop(create, functools.partial(_with_anchor, step_fn, anchor), eval_fn, train_dev,
+                 dev_dev, dev_labels, task, points, schedule, batch, workdir,
+                 cfg.checkpoint.every_steps, cfg.checkpoint.keep, stop)
+    for g in range(0, len(todo), k):
+      _train_group(todo[g:g + k], k, loop)
   summary = _merge(cfg, workdir, seeds, task, model, majority, total, groups)
   logging.info("%s: %d/%d failed runs; final %s %s", workdir, summary["failed_runs"], len(seeds),
                task.metric, summary["final_spread"])
@@ -200,50 +214,89 @@ def _with_anchor(step_fn, anchor, state, train_dev):
   return step_fn(state, train_dev, anchor)
 
 
-def _train_group(group, k, create, step_fn, eval_fn, train_dev, dev_dev, dev_labels, task, points,
-                 schedule, batch, workdir):
+@dataclasses.dataclass
+class _Loop:
+  """What every seed group of a setting shares: compiled functions, device data, schedule."""
+  create: Any
+  step_fn: Any
+  eval_fn: Any
+  train_dev: Any
+  dev_dev: Any
+  dev_labels: np.ndarray
+  task: Any
+  points: list
+  schedule: Any
+  batch: int
+  workdir: str
+  ckpt_every: int
+  ckpt_keep: int
+  stop: list
+
+
+def _train_group(group, k, loop: _Loop):
   """Trains one group of seeds together (padded to k with repeats of its last seed, whose
-  results are dropped) and writes each real seed's files into runs/."""
+  results are dropped), resuming from its newest checkpoint, and writes each real seed's files
+  into runs/."""
   padded = list(group) + [group[-1]] * (k - len(group))
-  state = create(jnp.stack([train_lib.seed_key(s) for s in padded]))
-  history = {s: [] for s in group}
-  logs = {s: open(_run_path(workdir, s, "jsonl"), "w", encoding="utf-8") for s in group}  # pylint: disable=consider-using-with
-  total, step, t0, last_loss = points[-1], 0, time.time(), [None] * len(group)
-  try:
-    for point in points:
-      while step < point:
-        state = step_fn(state, train_dev)
-        step += 1
-      if step > 0:  # mean training loss since the previous evaluation, read once here
-        loss = np.asarray(state.loss_sum / jnp.maximum(state.loss_count, 1.0))
-        state = state.replace(loss_sum=jnp.zeros_like(state.loss_sum),
-                              loss_count=jnp.zeros_like(state.loss_count))
-        last_loss = [float(x) for x in loss[:len(group)]]
-      logits = np.asarray(eval_fn(state.params, dev_dev), np.float32)
-      logits = logits.reshape(k, -1, logits.shape[-1])[:len(group), :len(dev_labels)]
-      lr = float(schedule(max(step - 1, 0)))
-      for i, s in enumerate(group):
-        m = metrics.compute(task.metric, logits[i].argmax(-1), dev_labels)
-        history[s].append(dict(step=step, **m))
-        logs[s].write(json.dumps(dict(kind="dev", seed=s, step=step, train_loss=last_loss[i],
-                                      lr=lr, **m)) + "\n")
-        logs[s].flush()
-      elapsed = time.time() - t0
-      rate = step * batch * len(group) / max(elapsed, 1e-9)
-      eta = (total - step) / max(step, 1) * elapsed
-      logging.info("seeds %s: step %d/%d, %.1f examples/s, ETA %.0fs, dev %s %s", group, step,
-                   total, rate, eta, task.metric,
-                   " ".join(f"{history[s][-1][task.metric]:.3f}" for s in group))
-  finally:
-    for f in logs.values():
-      f.close()
-  host = {k: np.asarray(v) for k, v in jax.device_get(state.probe).items()}
+  state = loop.create(jnp.stack([train_lib.seed_key(s) for s in padded]))
+  name = f"seeds_{'-'.join(map(str, group))}_of_{k}"
+  ckpt = checkpoint.GroupCheckpointer(loop.workdir, name, loop.ckpt_every, loop.ckpt_keep)
+  records, last_loss, step = {s: [] for s in group}, [None] * len(group), 0
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    step, state, host = restored
+    records = {s: host["records"][str(s)] for s in group}
+    last_loss = host["last_loss"]
+    logging.info("seeds %s: resumed from the checkpoint at step %d", group, step)
+  host_state = lambda: {"records": {str(s): records[s] for s in group}, "last_loss": last_loss}
+  done = {r["step"] for r in records[group[0]]}
+  t0, t_step = time.time(), step
+  for point in loop.points:
+    if point in done:
+      continue
+    while step < point:
+      state = loop.step_fn(state, loop.train_dev)
+      step += 1
+      checkpoint.fault("kill_at_step", step)
+      checkpoint.fault("sigterm_at_step", step)
+      if loop.stop[0]:
+        ckpt.save(step, state, host_state(), wait=True)
+        raise checkpoint.Preempted(f"stopped by SIGTERM at step {step}; checkpoint in "
+                                   f"{ckpt.directory}; rerun the same command to resume")
+      if ckpt.due(step) and step != point:
+        ckpt.save(step, state, host_state())
+    if step > 0:  # mean training loss since the previous evaluation, read once here
+      loss = np.asarray(state.loss_sum / jnp.maximum(state.loss_count, 1.0))
+      state = state.replace(loss_sum=jnp.zeros_like(state.loss_sum),
+                            loss_count=jnp.zeros_like(state.loss_count))
+      last_loss = [float(x) for x in loss[:len(group)]]
+    logits = np.asarray(loop.eval_fn(state.params, loop.dev_dev), np.float32)
+    checkpoint.fault("kill_in_eval", step)
+    logits = logits.reshape(k, -1, logits.shape[-1])[:len(group), :len(loop.dev_labels)]
+    lr = float(loop.schedule(max(step - 1, 0)))
+    for i, s in enumerate(group):
+      m = metrics.compute(loop.task.metric, logits[i].argmax(-1), loop.dev_labels)
+      records[s].append(dict(kind="dev", seed=s, step=step, train_loss=last_loss[i], lr=lr, **m))
+    if ckpt.due(step):
+      ckpt.save(step, state, host_state())
+    elapsed = time.time() - t0
+    rate = (step - t_step) * loop.batch * len(group) / max(elapsed, 1e-9)
+    eta = (loop.points[-1] - step) / max(step - t_step, 1) * elapsed
+    logging.info("seeds %s: step %d/%d, %.1f examples/s, ETA %.0fs, dev %s %s", group, step,
+                 loop.points[-1], rate, eta, loop.task.metric,
+                 " ".join(f"{records[s][-1][loop.task.metric]:.3f}" for s in group))
+  probes = {key: np.asarray(v) for key, v in jax.device_get(state.probe).items()}
   diverged = np.asarray(state.diverged_at)
-  for i, s in enumerate(group):  # probe first, record last: the record marks the seed finished
-    outputs.write_npz(_run_path(workdir, s, "npz"), **{k: v[i] for k, v in host.items()})
-    record = _run_record(s, history[s], task, last_loss[i])
+  for i, s in enumerate(group):  # record last: its presence marks the seed finished
+    outputs.write_npz(_run_path(loop.workdir, s, "npz"), **{key: v[i] for key, v in probes.items()})
+    with open(_run_path(loop.workdir, s, "jsonl"), "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(r) + "\n" for r in records[s])
+    history = [{key: v for key, v in r.items() if key not in ("kind", "seed", "train_loss", "lr")}
+               for r in records[s]]
+    record = _run_record(s, history, loop.task, last_loss[i])
     record["diverged_at"] = int(diverged[i]) if diverged[i] >= 0 else None
-    outputs.write_json(_run_path(workdir, s, "json"), record)
+    outputs.write_json(_run_path(loop.workdir, s, "json"), record)
+  ckpt.close(remove=True)
 
 
 def _merge(cfg, workdir, seeds, task, model, majority, total, groups):

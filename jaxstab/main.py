@@ -62,14 +62,21 @@ def main(argv):
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
   from jaxstab import study  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.INFO)
+  # orbax reports every background save at INFO; keep its warnings, drop the chatter.
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= 30 or "orbax" not in r.pathname)  # 30: python WARNING
   path = config_flags.get_config_filename(FLAGS["config"]).split(":", 1)[0]
   if not os.path.isfile(path):
     _fail(f"config file {path!r} not found (flag --config); the configs are in configs/*.py")
   config = FLAGS.config
+  from jaxstab.checkpoint import Preempted  # pylint: disable=import-outside-toplevel
   try:
     study.run(config, FLAGS.workdir)
   except ConfigError as e:
     _fail(str(e))
+  except Preempted as e:
+    print(f"jaxstab: {e}", file=sys.stderr)
+    sys.exit(143)  # 128 + SIGTERM: not finished, resumable
 
 
 def run():

@@ -1,0 +1,151 @@
+"""Checkpoints of a seed group inside training, workdir locks, and fault injection for tests.
+
+A seed group's whole train state (params, optimizer state, step, keys, probe buffers, divergence
+marks, running loss) is one pytree saved by orbax every `checkpoint.every_steps` steps; the
+host-side loop state (evaluations so far, their metric records) travels beside it as JSON.
+Saves are asynchronous, so training goes on while they are written; orbax commits a step
+atomically, and a step that cannot be read falls back to the one before it. SIGTERM (what a
+preemption sends) triggers a final synchronous checkpoint and a clean exit.
+"""
+import contextlib
+import errno
+import os
+import shutil
+import signal
+from typing import Optional
+
+import jax
+from absl import logging
+
+from jaxstab.errors import ConfigError
+
+# Tests only: JAXSTAB_FAULT="<where>:<step>" with where one of kill_at_step, kill_in_save,
+# kill_in_eval (SIGKILL there) or sigterm_at_step (SIGTERM, as a preemption would send).
+FAULT_ENV = "JAXSTAB_FAULT"
+
+
+def fault(where: str, step: int) -> None:
+  """Signals this process when JAXSTAB_FAULT asks for `where` at `step` (fault-injection tests)."""
+  spec = os.environ.get(FAULT_ENV, "")
+  for name, sig in (("kill", signal.SIGKILL), ("sigterm", signal.SIGTERM)):
+    if spec == f"{where}:{step}" and where.startswith(name):
+      logging.warning("fault injection: %s at %s", sig.name, spec)
+      os.kill(os.getpid(), sig)
+
+
+class Preempted(Exception):
+  """Raised after the final checkpoint that a SIGTERM asked for."""
+
+
+class GroupCheckpointer:
+  """Orbax checkpoints of one seed group, in <workdir>/checkpoints/<group name>/."""
+
+  def __init__(self, workdir: str, group_name: str, every_steps: int, keep: int):
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    self._ocp = ocp
+    self.every = int(every_steps)
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints", group_name))
+    self._mgr = None
+    if self.every > 0:
+      self._mgr = ocp.CheckpointManager(
+          self.directory, options=ocp.CheckpointManagerOptions(
+              max_to_keep=max(int(keep), 1), enable_async_checkpointing=True, create=True))
+
+  @property
+  def enabled(self) -> bool:
+    return self._mgr is not None
+
+  def due(self, step: int) -> bool:
+    return self.enabled and step > 0 and step % self.every == 0
+
+  def save(self, step: int, state, host: dict, wait: bool = False) -> None:
+    ocp = self._ocp
+    self._mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                 host=ocp.args.JsonSave(host)), force=True)
+    fault("kill_in_save", step)
+    if wait:
+      self._mgr.wait_until_finished()
+
+  def restore_latest(self, like) -> Optional[tuple]:
+    """(step, state, host) of the newest readable checkpoint, or None. `like` gives the
+    structure, dtypes and shardings of the state."""
+    if not self.enabled:
+      return None
+    ocp = self._ocp
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+    for step in sorted(self._mgr.all_steps(), reverse=True):
+      try:
+        got = self._mgr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), host=ocp.args.JsonRestore()))
+        return step, got["state"], got["host"]
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("checkpoint step %d in %s is unreadable (%s); trying an older one",
+                        step, self.directory, str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return None
+
+  def close(self, remove: bool = False) -> None:
+    if self._mgr is not None:
+      self._mgr.wait_until_finished()
+      self._mgr.close()
+    if remove:
+      shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sigterm_flag():
+  """Yields a one-element list that becomes [True] when SIGTERM arrives (main thread only)."""
+  flag = [False]
+
+  def handler(signum, frame):  # pylint: disable=unused-argument
+    logging.warning("SIGTERM: checkpointing and stopping")
+    flag[0] = True
+
+  try:
+    old = signal.signal(signal.SIGTERM, handler)
+  except ValueError:  # not the main thread: no handler, no flag
+    yield flag
+    return
+  try:
+    yield flag
+  finally:
+    signal.signal(signal.SIGTERM, old)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except OSError as e:
+    return e.errno == errno.EPERM
+  return True
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+  """Refuses a workdir another live process is training in; takes over a stale lock."""
+  path = os.path.join(workdir, ".lock")
+  while True:
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+      break
+    except FileExistsError:
+      try:
+        with open(path, encoding="utf-8") as f:
+          owner = int(f.read().strip() or 0)
+      except (OSError, ValueError):
+        owner = 0
+      if owner and owner != os.getpid() and _alive(owner):
+        raise ConfigError(f"{workdir} is in use by another jaxstab process (pid {owner}); wait "
+                          f"for it or use another --workdir (lock file {path})") from None
+      logging.warning("taking over the stale lock %s (pid %s is gone)", path, owner)
+      os.remove(path)
+    except OSError as e:
+      raise ConfigError(f"cannot write in the workdir {workdir}: {e.strerror}") from None
+  with os.fdopen(fd, "w") as f:
+    f.write(str(os.getpid()))
+  try:
+    yield
+  finally:
+    with contextlib.suppress(OSError):
+      os.remove(path)
+
+

@@ -1,0 +1,72 @@
+"""Builds the whole report of a finished workdir: the PNG figures and index.html."""
+import dataclasses
+import os
+import re
+from typing import Dict, List
+
+from jaxstab.report import figures, gradnorms, html, load, picks
+
+
+@dataclasses.dataclass
+class Report:
+  index: str                      # path of index.html
+  figures: Dict[str, str]         # figure key -> PNG path
+  captions: Dict[str, str]        # figure key -> caption
+  picks: Dict[str, picks.Pick]    # setting name -> the seeds its gradient-norm figure shows
+
+
+def safe_name(name: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "setting"
+
+
+def build(workdir: str, out: str = None) -> Report:
+  """Reads `workdir` (a finished run or study) and writes the report into `out`
+  (default workdir/report). Raises jaxstab.errors.ConfigError when workdir is not finished."""
+  study = load.load(workdir)
+  out = os.path.abspath(out or os.path.join(study.workdir, "report"))
+  os.makedirs(out, exist_ok=True)
+  settings = study.settings
+  pngs, captions, chosen, notes = {}, {}, {}, []
+  for s in settings:
+    if s.missing:
+      notes.append(f"{s.name}: missing {', '.join(os.path.basename(m) for m in s.missing)}; "
+                   "the figures that need them skip this setting.")
+
+  def draw(key, fn, *args):
+    path = os.path.join(out, f"{key}.png")
+    caption = fn(*args, path)
+    pngs[key], captions[key] = path, caption
+    return caption
+
+  draw("spread", figures.spread, settings)
+  for s in settings:
+    key = f"gradnorms_{safe_name(s.name)}"
+    path = os.path.join(out, f"{key}.png")
+    caption, chosen[s.name] = gradnorms.figure(s, path)
+    if caption is None:
+      captions[key] = f"{s.title()}: no probe.npz with gradient norms; figure skipped."
+    else:
+      pngs[key], captions[key] = path, caption
+  draw("bias_correction", figures.bias_correction, settings)
+  draw("generalization", figures.generalization, settings)
+  draw("train_loss", figures.train_loss, settings)
+
+  fig = lambda key, alt: html.figure(pngs.get(key), alt, captions[key])
+  sections: List[str] = [
+      "<h2>1. Seed spread</h2>",
+      "<div class='side'>" + fig("spread", "box plots of the final dev metric per setting")
+      + "<div class='tables'>" + html.table1(settings) + html.details_table(settings)
+      + html.levene_table(study) + "</div></div>",
+      "<h2>2. Gradient norms: failed vs successful runs</h2>",
+      *[f"<h3>{html.esc(s.title())}</h3>"
+        + fig(f"gradnorms_{safe_name(s.name)}", f"gradient norms of {s.name}") for s in settings],
+      "<h2>3. Bias correction acts as warmup</h2>",
+      fig("bias_correction", "bias-correction factor and effective learning rate"),
+      "<h2>4. Generalization</h2>",
+      fig("generalization", "final dev metric vs final training loss"),
+      fig("train_loss", "training-loss curves of every seed"),
+  ]
+  index = os.path.join(out, "index.html")
+  with open(index, "w", encoding="utf-8") as f:
+    f.write(html.page(study, out, sections, notes))
+  return Report(index, pngs, captions, chosen)

@@ -1,0 +1,155 @@
+"""The report page: one self-contained index.html (PNG figures embedded as base64 data URIs),
+with the Table-1-style results, captions, each setting's config and links to the raw files."""
+import base64
+import datetime
+import html
+import json
+import math
+import os
+from typing import List, Optional
+
+from jaxstab import outputs, stats
+from jaxstab.report import picks
+from jaxstab.report.load import Setting, Study, num
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px; padding: 0 1em;
+       color: #222; line-height: 1.4; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: .92em; color: #333; max-width: 1100px; }
+table { border-collapse: collapse; margin: .8em 0; font-size: .92em; }
+th, td { border: 1px solid #bbb; padding: .25em .6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f2f2f2; }
+.side { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
+.side figure { flex: 1 1 640px; } .side .tables { flex: 0 1 520px; }
+.note { color: #8a4b00; } pre { background: #f7f7f7; padding: .6em; overflow-x: auto; font-size: .85em; }
+"""
+
+
+def esc(x) -> str:
+  return html.escape(str(x), quote=True)
+
+
+def img(path: str, alt: str) -> str:
+  with open(path, "rb") as f:
+    data = base64.b64encode(f.read()).decode("ascii")
+  return f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
+
+
+def figure(path: Optional[str], alt: str, caption: str) -> str:
+  body = img(path, alt) if path else ""
+  return f"<figure>{body}<figcaption>{esc(caption)}</figcaption></figure>"
+
+
+def pct(x) -> str:
+  x = num(x)
+  return f"{100 * x:.1f}" if math.isfinite(x) else "—"
+
+
+def final_spread(s: Setting) -> dict:
+  sp = s.summary.get("final_spread")
+  if sp and sp.get("n"):
+    return sp
+  return stats.spread([v for v in (s.final(r) for r in s.runs) if math.isfinite(v)])
+
+
+def failed_count(s: Setting) -> int:
+  return sum(picks.is_failed(s, r) for r in s.runs)
+
+
+def table1(settings: List[Setting]) -> str:
+  """Rows: recipes (setting names when two settings of a task share a recipe); columns: tasks;
+  cells: std / mean / median / max of the final dev metric, x100, and the failed count."""
+  tasks = list(dict.fromkeys(s.task for s in settings))
+  keys = [(s.task, s.recipe) for s in settings]
+  row_of = (lambda s: s.name) if len(set(keys)) < len(keys) else (lambda s: s.recipe)
+  rows = list(dict.fromkeys(row_of(s) for s in settings))
+  out = ["<table><caption>final dev metric ×100: std / mean / median / max</caption>",
+         "<tr><th>setting</th>" + "".join(f"<th>{esc(t.upper())}</th>" for t in tasks) + "</tr>"]
+  for row in rows:
+    cells = []
+    for t in tasks:
+      hit = [s for s in settings if s.task == t and row_of(s) == row]
+      if not hit:
+        cells.append("<td></td>")
+        continue
+      sp, s = final_spread(hit[0]), hit[0]
+      body = " / ".join(pct(sp.get(k)) for k in ("std", "mean", "median", "max"))
+      cells.append(f"<td>{body}<br><small>{failed_count(s)}/{len(s.runs)} failed</small></td>")
+    out.append(f"<tr><td>{esc(row)}</td>{''.join(cells)}</tr>")
+  return "\n".join(out + ["</table>"])
+
+
+def details_table(settings: List[Setting]) -> str:
+  head = ["setting", "task", "model", "recipe", "metric", "seeds", "failed", "majority ×100",
+          "final mean ×100", "final min ×100", "best-ckpt mean ×100"]
+  out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+  for s in settings:
+    sp, best = final_spread(s), s.summary.get("best_spread") or {}
+    cells = [s.name, s.task, s.model, s.recipe, s.metric, len(s.runs), failed_count(s),
+             pct(s.majority), pct(sp.get("mean")), pct(sp.get("min")), pct(best.get("mean"))]
+    out.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+  return "\n".join(out + ["</table>"])
+
+
+def levene_table(study: Study) -> str:
+  rows = study.summary.get("levene") or []
+  if not rows:
+    return ""
+  out = ["<table><caption>Levene's test (median-centred) for equal spread of the final metric"
+         "</caption><tr><th>task</th><th>a</th><th>b</th><th>p</th></tr>"]
+  for r in rows:
+    p = num(r.get("p"))
+    out.append(f"<tr><td>{esc(r.get('task'))}</td><td>{esc(r.get('a'))}</td>"
+               f"<td>{esc(r.get('b'))}</td><td>{f'{p:.3g}' if math.isfinite(p) else '—'}</td></tr>")
+  return "\n".join(out + ["</table>"])
+
+
+def _link(out_dir: str, path: str, label: str) -> str:
+  if not os.path.isfile(path):
+    return f"<span class='note'>{esc(label)} (missing)</span>"
+  return f'<a href="{esc(os.path.relpath(path, out_dir))}">{esc(label)}</a>'
+
+
+def settings_section(study: Study, out_dir: str) -> str:
+  parts = []
+  top = [_link(out_dir, os.path.join(study.workdir, f), f)
+         for f in (outputs.SUMMARY, "summary.csv", "table.md")]
+  parts.append(f"<p>Study files: {' · '.join(top)}</p>")
+  for s in study.settings:
+    links = [_link(out_dir, os.path.join(s.directory, f), f)
+             for f in (outputs.CONFIG, outputs.METRICS, outputs.PROBE, outputs.SUMMARY)]
+    config = json.dumps(s.config, indent=2) if s.config else "(config.json missing)"
+    parts.append(f"<h3>{esc(s.title())}</h3><p>Raw files: {' · '.join(links)}</p>"
+                 f"<details><summary>config of {esc(s.name)}</summary><pre>{esc(config)}</pre>"
+                 "</details>")
+  return "\n".join(parts)
+
+
+def page(study: Study, out_dir: str, sections: List[str], notes: List[str]) -> str:
+  models = ", ".join(dict.fromkeys(s.model for s in study.settings))
+  tasks = ", ".join(dict.fromkeys(s.task.upper() for s in study.settings))
+  seeds = sorted({int(r["seed"]) for s in study.settings for r in s.runs if "seed" in r})
+  when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+  kind = "single run" if study.plain else f"study of {len(study.settings)} settings"
+  note_html = "".join(f"<li class='note'>{esc(n)}</li>" for n in notes)
+  return "\n".join([
+      "<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
+      f"<title>jaxstab report: {esc(os.path.basename(study.workdir))}</title>",
+      f"<style>{CSS}</style></head><body>",
+      f"<h1>Fine-tuning stability report: {esc(tasks)} · {esc(models)}</h1>",
+      f"<p>{esc(kind)} in <code>{esc(study.workdir)}</code>; {len(seeds)} seeds "
+      f"({esc(_seed_text(seeds))}); built {esc(when)} from the saved results (nothing "
+      "retrained).</p>",
+      f"<ul>{note_html}</ul>" if notes else "",
+      *sections,
+      "<h2>Settings, configs and raw files</h2>", settings_section(study, out_dir),
+      "</body></html>"])
+
+
+def _seed_text(seeds) -> str:
+  if seeds and seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
+    return f"seeds {seeds[0]}–{seeds[-1]}"
+  return "seeds " + ", ".join(map(str, seeds))

@@ -1,0 +1,268 @@
+"""The analysis report (python -m jaxstab.report): built from a real tiny run and from synthetic
+study files (failed, diverged, NaN, one-seed cases), checked down to the numbers it draws."""
+import base64
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxstab import config_lib, stats, study
+from jaxstab.report import __main__ as report_cli
+from jaxstab.report import build, load, picks, schedule
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+GROUPS = ["embeddings", "layer_0", "layer_1", "pooler", "classifier"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------------------ a real tiny run
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+  """A plain run (one setting, seeds 1-2, 6 steps) of the tiny BERT on the synthetic demo task."""
+  cfg = config_lib.task_config("demo", "model=tiny-bert")
+  cfg.data.source = "synthetic"
+  cfg.model.tiny.vocab_size = 200
+  cfg.train.batch_size = 32
+  cfg.train.max_seq_length = 24
+  cfg.train.max_steps = 6
+  cfg.train.evals_per_epoch = 1
+  cfg.probe.every = 2
+  cfg.optim.lr = 1e-3
+  cfg.seeds = "1-2"
+  workdir = str(tmp_path_factory.mktemp("real_run"))
+  study.run(cfg, workdir)
+  return workdir
+
+
+def _images(index_path):
+  with open(index_path, encoding="utf-8") as f:
+    page = f.read()
+  return page, re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+
+
+def _check_pngs(report):
+  for key, path in report.figures.items():
+    with open(path, "rb") as f:
+      data = f.read()
+    assert data[:8] == PNG_MAGIC, key
+    assert len(data) > 10_000, (key, len(data))  # a drawn figure, not an empty canvas
+
+
+def test_report_of_a_real_run(real_run):
+  report = build(real_run)
+  assert report.index == os.path.join(real_run, "report", "index.html")
+  assert set(report.figures) == {"spread", "gradnorms_demo_devlin", "bias_correction",
+                                 "generalization", "train_loss"}
+  _check_pngs(report)
+  page, images = _images(report.index)
+  assert len(images) == len(report.figures)
+  embedded = {base64.b64decode(b) for b in images}
+  for path in report.figures.values():  # each PNG file is the image embedded in the page
+    with open(path, "rb") as f:
+      assert f.read() in embedded
+  assert "<table>" in page and "DEMO" in page and "devlin" in page and "demo_devlin" in page
+  with open(os.path.join(real_run, "summary.json"), encoding="utf-8") as f:
+    runs = {r["seed"]: r for r in json.load(f)["runs"]}
+  pick = report.picks["demo_devlin"]
+  assert pick.failed_seeds == sorted(s for s, r in runs.items() if r["failed"])
+  caption = report.captions["gradnorms_demo_devlin"]
+  assert pick.reason in caption
+  if pick.failed_seeds:
+    assert runs[pick.failed_seed]["failed"]
+    assert f"seed {pick.failed_seed}" in caption.lower()
+  else:
+    assert "No run failed" in caption
+
+
+def test_the_bias_correction_curve_is_what_training_used(real_run):
+  setting = load.load(real_run).settings[0]
+  c = schedule.curve(setting.config["optim"], setting.summary["total_steps"])
+  p = setting.probe
+  assert p["step"].tolist() == [0, 2, 4]
+  for i in range(len(p["seeds"])):  # the probe recorded lr(step) and the factor at t = step + 1
+    np.testing.assert_allclose(c.schedule[p["step"]], p["lr"][i], rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(c.factor[p["step"]], p["bias_correction"][i], rtol=1e-5)
+
+
+def test_the_command_line_builds_the_report(real_run, tmp_path):
+  out = tmp_path / "rep"
+  done = subprocess.run([sys.executable, "-m", "jaxstab.report", f"--workdir={real_run}",
+                         f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                        check=False)
+  assert done.returncode == 0, done.stderr
+  page, images = _images(out / "index.html")
+  assert len(images) == 5 and "demo_devlin" in page
+  assert sorted(p.name for p in out.glob("*.png")) == sorted(
+      ["spread.png", "gradnorms_demo_devlin.png", "bias_correction.png", "generalization.png",
+       "train_loss.png"])
+
+
+# ------------------------------------------------------------------ errors
+def test_a_missing_workdir_exits_2_naming_it(tmp_path):
+  missing = tmp_path / "no_such_run"
+  done = subprocess.run([sys.executable, "-m", "jaxstab.report", f"--workdir={missing}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert done.returncode == 2
+  assert done.stderr.startswith("jaxstab: error: ") and str(missing) in done.stderr
+  assert "Traceback" not in done.stderr
+
+
+def test_an_unfinished_study_exits_2_naming_summary_json(tmp_path, capsys):
+  (tmp_path / "empty").mkdir()
+  assert report_cli.main([f"--workdir={tmp_path / 'empty'}"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("jaxstab: error: ") and str(tmp_path / "empty" / "summary.json") in err
+  write_setting(tmp_path / "half" / "a", "a", [0.7, 0.4])  # one setting done, no study summary
+  assert report_cli.main([f"--workdir={tmp_path / 'half'}"]) == 2
+  err = capsys.readouterr().err
+  assert "has not finished" in err and "settings finished so far: a" in err
+
+
+# ------------------------------------------------------------------ synthetic study files
+def write_setting(where, name, finals, majority=0.5, recipe="devlin", bias_correction=False,
+                  diverged=None, total=40, every=10):
+  """A setting's files as experiment.py writes them; finals[i] is seed i+1's final accuracy
+  (NaN allowed), diverged maps seed -> step. The probe has one unfilled slot (step -1) at the
+  end, and failed seeds get lower-layer gradients 1000x smaller than successful ones."""
+  where = str(where)
+  os.makedirs(where, exist_ok=True)
+  diverged = diverged or {}
+  seeds = list(range(1, len(finals) + 1))
+  runs = []
+  for seed, v in zip(seeds, finals):
+    d = diverged.get(seed)
+    failed = d is not None or not math.isfinite(v) or v <= majority
+    runs.append({"seed": seed, "final": {"step": total, "accuracy": v},
+                 "best": {"step": total, "accuracy": v}, "failed": failed,
+                 "final_train_loss": None if d is not None else (0.69 if failed else 0.05 * seed),
+                 "diverged_at": d})
+  steps = np.arange(0, total, every)
+  t, s = len(steps) + 1, len(seeds)
+  step_buf = np.concatenate([steps, [-1]]).astype(np.int32)
+  norms = np.ones((s, t, len(GROUPS)), np.float32) * 0.1
+  for i, r in enumerate(runs):
+    if r["failed"]:
+      norms[i, :, :3] = 1e-4
+    if r["diverged_at"] is not None:
+      norms[i, :len(steps)][steps >= r["diverged_at"]] = np.nan
+  norms[:, -1] = 0.0  # the unfilled slot
+  scalars = {k: np.full((s, t), 0.5, np.float32) for k in
+             ("total_grad_norm", "param_norm", "update_norm", "loss", "lr", "bias_correction")}
+  np.savez(os.path.join(where, "probe.npz"), step=step_buf, grad_norm=norms, groups=np.array(GROUPS),
+           seeds=np.array(seeds), **scalars)
+  with open(os.path.join(where, "metrics.jsonl"), "w", encoding="utf-8") as f:
+    for r in runs:
+      for k, step in enumerate((0, total // 2, total)):
+        loss = None if step == 0 else (math.nan if r["diverged_at"] is not None else 0.7 - 0.1 * k)
+        f.write(json.dumps({"kind": "dev", "seed": r["seed"], "step": step, "train_loss": loss,
+                            "lr": 1e-5, "accuracy": r["final"]["accuracy"]}) + "\n")
+  config = {"task": "rte", "setting": recipe, "model": {"name_or_path": "tiny-bert"},
+            "optim": {"b1": 0.9, "b2": 0.999, "lr": 2e-5, "warmup_ratio": 0.1,
+                      "bias_correction": bias_correction}, "train": {"max_steps": total}}
+  with open(os.path.join(where, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(config, f)
+  finite = [r for r in runs if math.isfinite(r["final"]["accuracy"])]
+  summary = {"task": "rte", "metric": "accuracy", "majority": {"accuracy": majority},
+             "setting": recipe, "model": "tiny-bert", "total_steps": total, "seeds": seeds,
+             **stats.setting_stats(finite, "accuracy"),
+             "failed_runs": sum(r["failed"] for r in runs), "runs": runs, "name": name,
+             "recipe": recipe}
+  with open(os.path.join(where, "summary.json"), "w", encoding="utf-8") as f:
+    json.dump(summary, f)
+  return summary
+
+
+def write_study(root, settings):
+  entries = [write_setting(os.path.join(root, name), name, **kw) for name, kw in settings.items()]
+  top = {"settings": entries, "levene": stats.levene_table(entries),
+         "table": stats.table1_markdown(entries)}
+  with open(os.path.join(root, "summary.json"), "w", encoding="utf-8") as f:
+    json.dump(top, f)
+
+
+def test_a_two_setting_study_with_failed_and_diverged_runs(tmp_path):
+  write_study(tmp_path, {
+      "rte_devlin": dict(finals=[0.70, 0.45, math.nan, 0.50, 0.65], diverged={3: 10}),
+      "rte_ours": dict(finals=[0.71, 0.72, 0.69, 0.70, 0.73], recipe="ours", bias_correction=True),
+  })
+  report = build(str(tmp_path))
+  _check_pngs(report)
+  page, images = _images(report.index)
+  assert len(images) == 6 == len(report.figures)
+  assert "<td>devlin</td>" in page and "<td>ours</td>" in page
+  assert "3/5 failed" in page and "0/5 failed" in page
+  # devlin: the diverged seed 3 (no finite metric) is the lowest failed run; seed 1 the best.
+  caption = report.captions["gradnorms_rte_devlin"]
+  named = int(re.search(r"Seed (\d+) is the failed run", caption).group(1))
+  with open(tmp_path / "rte_devlin" / "summary.json", encoding="utf-8") as f:
+    runs = {r["seed"]: r for r in json.load(f)["runs"]}
+  assert runs[named]["failed"] and named == 3
+  ok = int(re.search(r"seed (\d+) is the successful run", caption).group(1))
+  assert not runs[ok]["failed"] and ok == 1
+  # ours: no failed run, so the worst and the best are shown and the caption says so.
+  assert "No run failed" in report.captions["gradnorms_rte_ours"]
+  p = report.picks["rte_ours"]
+  assert (p.failed_seed, p.success_seed) == (3, 5)
+  # the unfilled probe slot (step -1) is not drawn
+  assert load.load(str(tmp_path)).settings[0].probe["step"].tolist() == [0, 10, 20, 30]
+
+
+def test_a_plain_run_of_one_seed(tmp_path):
+  entry = write_setting(tmp_path, "rte_devlin", [0.6])
+  with open(tmp_path / "summary.json", encoding="utf-8") as f:
+    top = json.load(f)
+  top.update(settings=[entry], levene=[], table="")
+  with open(tmp_path / "summary.json", "w", encoding="utf-8") as f:
+    json.dump(top, f)
+  os.remove(tmp_path / "metrics.jsonl")  # the loss curves then come from the probe
+  report = build(str(tmp_path), str(tmp_path / "out"))
+  _check_pngs(report)
+  assert report.picks["rte_devlin"].failed_seed == report.picks["rte_devlin"].success_seed == 1
+  assert "Only one run (seed 1" in report.captions["gradnorms_rte_devlin"]
+  assert "probe.npz" in report.captions["train_loss"]
+  with open(report.index, encoding="utf-8") as f:
+    assert "rte_devlin: missing metrics.jsonl" in f.read()
+
+
+def _setting(finals, failed):
+  runs = [{"seed": i + 1, "final": {"accuracy": v}, "failed": f, "diverged_at": None}
+          for i, (v, f) in enumerate(zip(finals, failed))]
+  summary = {"task": "rte", "metric": "accuracy", "majority": {"accuracy": 0.5}, "runs": runs}
+  return load.Setting("s", "/nowhere", summary, None, None, [], [])
+
+
+def test_picking_the_failed_and_successful_seeds():
+  p = picks.pick(_setting([0.8, 0.5, 0.3, 0.7, 0.4], [False, True, True, False, True]))
+  assert (p.failed_seed, p.success_seed) == (3, 1)
+  assert p.failed_seeds == [2, 3, 5] and p.success_seeds == [1, 4]
+  p = picks.pick(_setting([0.9, 0.6, 0.7], [False, False, False]))  # none failed: worst, best
+  assert (p.failed_seed, p.success_seed) == (2, 1) and "No run failed" in p.reason
+  p = picks.pick(_setting([0.5, 0.5, 0.2], [True, True, True]))  # all failed, with a tie
+  assert (p.failed_seed, p.success_seed) == (3, 1) and "Every run failed" in p.reason
+  p = picks.pick(_setting([0.5, 0.5], [True, True]))  # a tie still shows two different seeds
+  assert p.failed_seed != p.success_seed
+  # the summary's flag decides, not a recomputation (a diverged run can end above majority)
+  p = picks.pick(_setting([0.9, 0.8], [True, False]))
+  assert (p.failed_seed, p.success_seed) == (1, 2)
+
+
+def test_bias_correction_curve_equals_the_formula():
+  b1, b2, lr, total = 0.9, 0.98, 3e-5, 100
+  c = schedule.curve({"b1": b1, "b2": b2, "lr": lr, "warmup_ratio": 0.1,
+                      "bias_correction": True}, total)
+  assert c.warmup_steps == 10 and len(c.step) == total
+  for s in (0, 1, 5, 10, 50, 99):
+    t = s + 1
+    factor = math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+    sched = lr * s / 10 if s < 10 else lr * (total - s) / (total - 10)
+    assert c.factor[s] == pytest.approx(factor, rel=1e-5)
+    assert c.schedule[s] == pytest.approx(sched, rel=1e-5, abs=1e-15)
+    assert c.effective[s] == pytest.approx(sched * factor, rel=1e-5, abs=1e-15)
+  off = schedule.curve({"b1": b1, "b2": b2, "lr": lr, "warmup_ratio": 0.1,
+                        "bias_correction": False}, total)
+  np.testing.assert_array_equal(off.effective, off.schedule)
