@@ -7,6 +7,7 @@ Argument strings (`--config=configs/rte.py:model=roberta-large,setting=ours,lr=1
 comma-separated key=value pairs; a bare token continues the previous value, so
 `seeds=1,3,7` works.
 """
+import difflib
 import os
 
 import ml_collections
@@ -65,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.select = "final"                   # which dev result a setting reports: final | best
   c.settings = ml_collections.ConfigDict()  # study: name -> argument string (study_*.py)
   c.overwrite = False                  # True: discard a workdir's results of another config
+  c.compile_cache = ""                 # persistent XLA cache dir; '' = <workdir>/../.jaxstab_compile_cache; 'off'
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "tsv"                # tsv | hf | tfds | synthetic
@@ -135,7 +137,10 @@ def set_path(cfg, dotted: str, value):
                         "not a group of keys")
     if p not in node:
       where = ".".join(parts[:i]) or "the top level"
-      raise ConfigError(f"unknown config key {dotted!r}: {where} has {', '.join(sorted(node.keys()))}")
+      close = difflib.get_close_matches(p, list(node.keys()), n=1)
+      hint = f" Did you mean {'.'.join(parts[:i] + [close[0]])!r}?" if close else ""
+      raise ConfigError(f"unknown config key {dotted!r}: {where} has "
+                        f"{', '.join(sorted(node.keys()))}.{hint}")
     if i < len(parts) - 1:
       node = node[p]
   old = node[parts[-1]]

@@ -47,11 +47,20 @@ def validate(cfg) -> None:
       raise ConfigError(f"{k}={v} must be positive")
   if cfg.train.max_steps <= 0 and cfg.train.epochs <= 0:
     raise ConfigError("set train.epochs > 0 or train.max_steps > 0")
+  if not cfg.optim.lr > 0:
+    raise ConfigError(f"optim.lr={cfg.optim.lr} must be positive")
+  if not 0.0 <= cfg.optim.warmup_ratio < 1.0:
+    raise ConfigError(f"optim.warmup_ratio={cfg.optim.warmup_ratio} must be in [0, 1)")
+  if cfg.optim.eps < 0 or not 0 <= cfg.optim.b1 < 1 or not 0 <= cfg.optim.b2 < 1:
+    raise ConfigError("optim.eps must be >= 0 and optim.b1, optim.b2 in [0, 1)")
   n_dev = jax.device_count()
   if cfg.train.batch_size % n_dev:
     raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
                       f"{n_dev} devices; choose a multiple of {n_dev}")
-  config_lib.parse_seeds(cfg)
+  seeds = config_lib.parse_seeds(cfg)
+  if cfg.train.seeds_per_step > len(seeds):
+    raise ConfigError(f"train.seeds_per_step={cfg.train.seeds_per_step} is larger than the "
+                      f"{len(seeds)} seeds of this run; use at most {len(seeds)} (or 0 = auto)")
   stabilisers.check(cfg.stabilisers)
   if cfg.stabilisers.mixout > 0 and cfg.model.dropout != 0.0:
     logging.info("Mixout is on: dropout forced to 0 (was %s)", cfg.model.dropout)
@@ -76,6 +85,7 @@ def _load_inputs(cfg):
   dev_split = data.load_split(task, "dev", cfg.data.source, cfg.data.dir)
   tokenizer = vocab.load(cfg.model, lambda: train_split.text_a + (train_split.text_b or []))
   model = models.load(cfg.model, task.num_labels, tokenizer)
+  models.check_fit(model, tokenizer, cfg.train.max_seq_length)
   return task, model, tokenizer, train_split, dev_split
 
 
@@ -88,7 +98,7 @@ def _tokenize(cfg, workdir, task, tokenizer, train_split, dev_split):
 
 # Keys that do not change any one seed's result: a rerun may change them and still resume.
 RESUMABLE = ("seed", "seeds", "train.seeds_per_step", "overwrite", "settings",
-             "checkpoint.every_steps", "checkpoint.keep")
+             "checkpoint.every_steps", "checkpoint.keep", "compile_cache")
 
 
 def config_diff(old: dict, new: dict, prefix=""):

@@ -56,6 +56,21 @@ def parse_flags(argv):
     _fail(text.replace("\\n", " ").replace("\n", " "))
 
 
+def _compilation_cache(config, workdir):
+  """Persistent XLA cache, shared by the studies next to this workdir: a rerun compiles nothing."""
+  where = config.get("compile_cache", "")
+  if where == "off":
+    return
+  import jax  # pylint: disable=import-outside-toplevel
+  where = where or os.path.join(os.path.dirname(os.path.abspath(workdir)), ".jaxstab_compile_cache")
+  try:
+    os.makedirs(where, exist_ok=True)
+  except OSError:
+    logging.warning("no compilation cache: cannot create %s", where)
+    return
+  jax.config.update("jax_compilation_cache_dir", where)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -70,6 +85,7 @@ def main(argv):
     _fail(f"config file {path!r} not found (flag --config); the configs are in configs/*.py")
   config = FLAGS.config
   from jaxstab.checkpoint import Preempted  # pylint: disable=import-outside-toplevel
+  _compilation_cache(config, FLAGS.workdir)
   try:
     study.run(config, FLAGS.workdir)
   except ConfigError as e:

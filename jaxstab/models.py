@@ -101,6 +101,8 @@ def load(model_cfg, num_labels: int, tokenizer=None) -> Model:
   else:
     import transformers as tr  # pylint: disable=import-outside-toplevel
     local = os.path.isdir(name)
+    if local and not os.path.isfile(os.path.join(name, "config.json")):
+      raise ConfigError(f"model folder {name} has no config.json (model.name_or_path)")
     try:
       config = tr.AutoConfig.from_pretrained(name, num_labels=num_labels)
     except (OSError, ValueError) as e:
@@ -123,6 +125,20 @@ def load(model_cfg, num_labels: int, tokenizer=None) -> Model:
   arch = _arch_of(config)
   params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), flax_model.params)
   return Model(flax_model, params, arch, int(config.num_hidden_layers), config, name)
+
+
+def check_fit(model: Model, tokenizer, max_seq_length: int) -> None:
+  """The tokenizer's ids and the sequence length must fit the model's embedding tables."""
+  vocab = int(model.config.vocab_size)
+  if len(tokenizer) > vocab:
+    raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but model {model.name!r} only "
+                      f"{vocab} embeddings: tokenizer and model do not match (model.tokenizer)")
+  # RoBERTa numbers positions from padding_idx + 1, so it loses padding_idx + 1 positions.
+  offset = int(model.config.pad_token_id or 0) + 1 if model.arch == "roberta" else 0
+  limit = int(model.config.max_position_embeddings) - offset
+  if max_seq_length > limit:
+    raise ConfigError(f"train.max_seq_length={max_seq_length} exceeds the {limit} positions of "
+                      f"model {model.name!r}")
 
 
 def init_head(params, key, init_range: float):
