@@ -1,53 +1,52 @@
-"""Benchmark jaxstab's train step: ms/step, examples/s, TFLOP/s and MFU, probe on vs off.
+"""Benchmark jaxstab's train step against a plain PyTorch AdamW loop of the same shape.
 
 Random weights and random tokens of the requested shape, so it needs no download:
 
   python scripts/bench_step.py --shape=tiny --batch=16 --seq=128 --seeds=1,4 --steps=20
   python scripts/bench_step.py --shape=bert-large --batch=16 --seq=128 --seeds=1,4,8 \
-      --dtypes=float32,bfloat16 --peak_tflops=790      # one H200, dense bf16
+      --dtypes=float32,bfloat16 --peak_tflops=790 --json=out.json   # one H200, dense bf16
 
-Each configuration is compiled once (not timed), run `--warmup` steps, then timed over
-`--steps` steps with a single device sync at the end (the step itself never syncs).
+jaxstab: each configuration (K seeds vmapped x compute dtype x probe on/off, or the explicit
+`--configs` list, in its order) is compiled once (timed apart), run `--warmup` steps, then timed
+over `--steps` steps with a single device sync at the end (the step itself never syncs).
+
+PyTorch (`--torch=auto|on|off`): when torch and transformers' BertForSequenceClassification
+import, scripts/bench_torch.py times fp32 / TF32 / bf16-autocast eager loops of the same BERT
+config, batch and length, in a subprocess run *before* JAX initialises the device (so the two
+frameworks' CUDA libraries never share a process and each gets the whole GPU). Ratios are
+jaxstab examples/s over PyTorch examples/s (> 1: jaxstab faster).
 """
 import argparse
 import dataclasses
+import datetime
 import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
 import time
 
-import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from jaxstab import config_lib, models, optim, probe
-from jaxstab import train as train_lib
+from bench_common import SHAPES, fmt, make_row, skipped_row, train_flops_per_example, write_json  # pylint: disable=unused-import
 
-SHAPES = {  # hidden, layers, heads, intermediate, vocab
-    "tiny": (64, 2, 2, 128, 2000),
-    "bert-base": (768, 12, 12, 3072, 30522),
-    "bert-large": (1024, 24, 16, 4096, 30522),
-}
+HERE = os.path.dirname(os.path.abspath(__file__))
+SINGLE_SEED_TARGET = 2.0   # issue 7: single seed >= 2x PyTorch eager TF32
+SUMMED_TARGET_EX_S = 1650  # issue 7: BERT-large b16 l128, summed over vmapped seeds
 
 
-@dataclasses.dataclass
 class _Vocab:  # what models.load needs of a tokenizer to size a random model
-  size: int
-  pad_token_id: int = 0
-  cls_token_id: int = 101
-  sep_token_id: int = 102
+  def __init__(self, size):
+    self.size, self.pad_token_id, self.cls_token_id, self.sep_token_id = size, 0, 101, 102
 
   def __len__(self):
     return self.size
 
 
-def train_flops_per_example(hidden, layers, inter, seq):
-  """Matmul FLOPs of forward + backward (3x forward) for one example of length seq."""
-  per_token = layers * (2 * 4 * hidden * hidden + 2 * 2 * hidden * inter)
-  attention = layers * 2 * 2 * seq * seq * hidden
-  return 3 * (per_token * seq + attention)
-
-
 def build(shape, arch, dtype, seq):
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from jaxstab import config_lib, models  # pylint: disable=import-outside-toplevel
   hidden, layers, heads, inter, vocab = SHAPES[shape]
   cfg = config_lib.base_config()
   cfg.model.name_or_path = f"tiny-{arch}"
@@ -56,29 +55,77 @@ def build(shape, arch, dtype, seq):
       hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=inter,
       max_position_embeddings=max(512, seq + 2), vocab_size=vocab, init_seed=0))
   model = models.load(cfg.model, 2, _Vocab(vocab))
-  return cfg, model, (hidden, layers, inter, vocab)
+  return cfg, model
 
 
-def time_config(cfg, model, k, batch, seq, probe_every, steps, warmup):
+class CompileEvents:
+  """Counts backend compilations and persistent-cache hits through jax.monitoring."""
+
+  def __init__(self):
+    import jax  # pylint: disable=import-outside-toplevel
+    self.backend_compiles, self.cache_hits, self.cache_misses = [], 0, 0
+    jax.monitoring.register_event_duration_secs_listener(self._duration)
+    jax.monitoring.register_event_listener(self._event)
+
+  def _duration(self, event, duration, **kw):
+    if event == "/jax/core/compile/backend_compile_duration":
+      self.backend_compiles.append((kw.get("fun_name", "?"), duration))
+
+  def _event(self, event, **_):
+    if event == "/jax/compilation_cache/cache_hits":
+      self.cache_hits += 1
+    elif event == "/jax/compilation_cache/cache_misses":
+      self.cache_misses += 1
+
+  def snapshot(self):
+    return len(self.backend_compiles), self.cache_hits, self.cache_misses
+
+
+def random_arrays(batch, seq):
   n = batch * 8
   rng = np.random.default_rng(0)
-  arrays = {"input_ids": rng.integers(1000, 2000, (n, seq)).astype(np.int32),
-            "attention_mask": np.ones((n, seq), np.int32),
-            "token_type_ids": np.zeros((n, seq), np.int32),
-            "labels": rng.integers(0, 2, (n,)).astype(np.int32)}
-  total = steps + warmup + 1
+  return {"input_ids": rng.integers(1000, 2000, (n, seq)).astype(np.int32),
+          "attention_mask": np.ones((n, seq), np.int32),
+          "token_type_ids": np.zeros((n, seq), np.int32),
+          "labels": rng.integers(0, 2, (n,)).astype(np.int32)}
+
+
+def make_step(cfg, model, k, batch, seq, probe_every, total):
+  """(jitted vmapped step, initial K-seed state, device arrays) exactly as a study builds them."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from jaxstab import optim, probe  # pylint: disable=import-outside-toplevel
+  from jaxstab import train as train_lib  # pylint: disable=import-outside-toplevel
+  arrays = random_arrays(batch, seq)
+  n = len(arrays["labels"])
   tx, schedule = optim.from_config(cfg.optim, total)
   groups = probe.group_names(model.params, model.arch, model.num_layers)
   every = probe_every if probe_every > 0 else 0
   step = train_lib.make_train_step(model, tx, schedule, n_train=n, batch_size=batch,
                                    probe_every=every, group_names=groups, b1=0.9, b2=0.999)
-  create = lambda key: train_lib.create_train_state(model, tx, key, total, every, groups)
-  state = jax.jit(jax.vmap(create))(jnp.stack([train_lib.seed_key(s) for s in range(k)]))
+  # The pretrained params go in as an argument: closed over, they would be baked into the
+  # executable as constants (a 1.3 GB program for BERT-large; see scripts/bench_study.py cache).
+  create = lambda params, key: train_lib.create_train_state(
+      dataclasses.replace(model, params=params), tx, key, total, every, groups)
+  state = jax.jit(jax.vmap(create, in_axes=(None, 0)))(
+      model.params, jnp.stack([train_lib.seed_key(s) for s in range(k)]))
   f = jax.jit(jax.vmap(step, in_axes=(0, None)), donate_argnums=0)
-  dev = jax.device_put(arrays)
+  return f, state, jax.device_put(arrays)
+
+
+def time_config(cfg, model, k, batch, seq, probe_every, steps, warmup, events=None):
+  """(seconds per step, {lower_s, compile_s, backend_compiles, cache_hits})."""
+  import jax  # pylint: disable=import-outside-toplevel
+  f, state, dev = make_step(cfg, model, k, batch, seq, probe_every, steps + warmup + 1)
+  before = events.snapshot() if events else (0, 0, 0)
   t0 = time.perf_counter()
-  compiled = f.lower(state, dev).compile()
-  compile_s = time.perf_counter() - t0
+  lowered = f.lower(state, dev)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  after = events.snapshot() if events else (0, 0, 0)
+  info = dict(lower_s=t1 - t0, compile_s=t2 - t1, backend_compiles=after[0] - before[0],
+              cache_hits=after[1] - before[1])
   for _ in range(warmup):
     state = compiled(state, dev)
   jax.block_until_ready(state.step)
@@ -86,52 +133,211 @@ def time_config(cfg, model, k, batch, seq, probe_every, steps, warmup):
   for _ in range(steps):
     state = compiled(state, dev)
   jax.block_until_ready(state.step)
-  return (time.perf_counter() - t0) / steps, compile_s
+  sec = (time.perf_counter() - t0) / steps
+  if int(np.asarray(state.diverged_at).max()) >= 0:
+    info["note"] = "a seed diverged (non-finite loss)"
+  return sec, info
+
+
+def parse_configs(a):
+  """[(K, dtype, probe 'on'|'off')] in run order: --configs if given, else the product."""
+  if a.configs:
+    out = []
+    for item in a.configs.split(","):
+      k, dtype, pr = item.split(":")
+      out.append((int(k), {"fp32": "float32", "bf16": "bfloat16"}.get(dtype, dtype), pr))
+    return out
+  return [(int(k), d, pr) for d in a.dtypes.split(",") for k in a.seeds.split(",")
+          for pr in a.probe.split(",")]
+
+
+def run_torch(a, log):
+  """PyTorch rows from bench_torch.py in a subprocess; (rows, device, note)."""
+  if a.torch == "off":
+    return [], None, "torch comparison off (--torch=off)"
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "torch.json")
+    cmd = [sys.executable, os.path.join(HERE, "bench_torch.py"), f"--shape={a.shape}",
+           f"--batch={a.batch}", f"--seq={a.seq}", f"--modes={a.torch_modes}",
+           f"--steps={a.torch_steps or a.steps}",
+           f"--warmup={a.torch_warmup if a.torch_warmup >= 0 else a.warmup}",
+           f"--peak_tflops={a.peak_tflops}", f"--attn={a.torch_attn}",
+           f"--threads={a.torch_threads}", f"--json={out}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    for line in proc.stdout.splitlines():
+      log(line)
+    if os.path.isfile(out):
+      with open(out, encoding="utf-8") as f:
+        res = json.load(f)
+      if proc.returncode == 3 and a.torch == "on":
+        sys.exit(f"bench_step: --torch=on but {res['note']}")
+      return res["rows"], res["device"], res["note"]
+    note = f"torch benchmark failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
+    if a.torch == "on":
+      sys.exit(f"bench_step: {note}")
+    return [], None, note
+
+
+def ratios(rows):
+  """jaxstab/torch examples/s for every jaxstab row x every timed torch mode."""
+  ok = lambda r: r.get("examples_per_s") is not None and r["examples_per_s"] == r["examples_per_s"]
+  torch = {r["mode"]: r for r in rows if r["impl"] == "torch" and ok(r)}
+  out = []
+  for r in rows:
+    if r["impl"] == "jaxstab" and ok(r):
+      for mode, t in torch.items():
+        out.append(dict(k=r["k"], dtype=r["mode"], probe=r["probe"], torch=mode,
+                        ratio=r["examples_per_s"] / t["examples_per_s"]))
+  return out
+
+
+def headline(rows, shape, log):
+  """The issue's targets, from whatever rows exist."""
+  ok = lambda r: r.get("examples_per_s") is not None and r["examples_per_s"] == r["examples_per_s"]
+  jx = [r for r in rows if r["impl"] == "jaxstab" and ok(r)]
+  th = {r["mode"]: r for r in rows if r["impl"] == "torch" and ok(r)}
+  ref = th.get("tf32") or th.get("fp32")
+  single = [r for r in jx if r["k"] == 1]
+  if single and ref:
+    best = max(single, key=lambda r: r["examples_per_s"])
+    x = best["examples_per_s"] / ref["examples_per_s"]
+    log(f"single seed: best jaxstab K=1 ({best['mode']}, probe {best['probe']}) "
+        f"{best['examples_per_s']:.1f} ex/s = {x:.2f}x PyTorch {ref['mode']} "
+        f"({ref['examples_per_s']:.1f} ex/s); target >= {SINGLE_SEED_TARGET:.0f}x PyTorch TF32"
+        + ("" if ref["mode"] == "tf32" else " (no TF32 here: compared with fp32)"))
+  if jx:
+    best = max(jx, key=lambda r: r["examples_per_s"])
+    log(f"summed over seeds: best {best['examples_per_s']:.1f} ex/s (K={best['k']}, {best['mode']}, "
+        f"probe {best['probe']})" + (f"; target >= {SUMMED_TARGET_EX_S} ex/s on one H100/H200"
+                                     if shape == "bert-large" else ""))
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
-  p.add_argument("--arch", default="bert", choices=models.ARCHS)
+  p.add_argument("--shape", default="tiny", choices=list(SHAPES))
+  p.add_argument("--arch", default="bert", choices=("bert", "roberta", "albert"))
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--seq", type=int, default=128)
   p.add_argument("--seeds", default="1", help="comma list of K (seeds per vmapped step)")
   p.add_argument("--dtypes", default="float32", help="comma list: float32,bfloat16")
   p.add_argument("--probe", default="on,off", help="comma list: on,off")
+  p.add_argument("--configs", default="",
+                 help="explicit K:dtype:probe list run in this order, e.g. 1:bf16:off,8:bf16:on "
+                      "(overrides --seeds/--dtypes/--probe)")
   p.add_argument("--probe_every", type=int, default=10)
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--peak_tflops", type=float, default=0.0, help="chip peak for MFU (0: skip)")
-  p.add_argument("--json", default="", help="also write the rows to this JSON file")
+  p.add_argument("--torch", default="auto", choices=("auto", "on", "off"),
+                 help="also time PyTorch eager AdamW (auto: when torch+transformers import)")
+  p.add_argument("--torch_modes", default="fp32,tf32,bf16")
+  p.add_argument("--torch_steps", type=int, default=0, help="0: --steps")
+  p.add_argument("--torch_warmup", type=int, default=-1, help="-1: --warmup")
+  p.add_argument("--torch_attn", default="default", help="default (sdpa) | sdpa | eager")
+  p.add_argument("--torch_threads", type=int, default=0,
+                 help="PyTorch CPU threads (0: torch's default); use 1 on a loaded CPU")
+  p.add_argument("--time_budget_s", type=float, default=0.0,
+                 help="start no new jaxstab configuration after this many seconds (0: no limit)")
+  p.add_argument("--compile_cache", default="",
+                 help="persistent compilation cache folder (min time/size 0); '' = off")
+  p.add_argument("--label", default="", help="free text stored in the JSON")
+  p.add_argument("--json", default="", help="write {meta, rows, ratios} here (after every row)")
   a = p.parse_args()
-  rows = []
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, shape {a.shape}, "
-        f"batch {a.batch}, seq {a.seq}")
-  print(f"{'K':>3} {'dtype':>9} {'probe':>5} {'ms/step':>9} {'ex/s':>9} {'TFLOP/s':>8} "
-        f"{'MFU':>6} {'compile s':>9}")
-  for dtype in a.dtypes.split(","):
-    cfg, model, (hidden, layers, inter, _) = build(a.shape, a.arch, dtype, a.seq)
-    flops = train_flops_per_example(hidden, layers, inter, a.seq)
-    for k in [int(x) for x in a.seeds.split(",")]:
-      for pr in a.probe.split(","):
-        sec, comp = time_config(cfg, model, k, a.batch, a.seq,
-                                a.probe_every if pr == "on" else 0, a.steps, a.warmup)
-        ex = k * a.batch / sec
-        tflops = ex * flops / 1e12
-        mfu = tflops / a.peak_tflops if a.peak_tflops else float("nan")
-        rows.append(dict(k=k, dtype=dtype, probe=pr, ms_per_step=sec * 1e3, examples_per_s=ex,
-                         tflops=tflops, mfu=mfu, compile_s=comp))
-        print(f"{k:>3} {dtype:>9} {pr:>5} {sec * 1e3:>9.2f} {ex:>9.1f} {tflops:>8.3f} "
-              f"{mfu:>6.1%} {comp:>9.1f}", flush=True)
-  for dtype in a.dtypes.split(","):
-    for k in [int(x) for x in a.seeds.split(",")]:
-      on = [r for r in rows if r["dtype"] == dtype and r["k"] == k and r["probe"] == "on"]
-      off = [r for r in rows if r["dtype"] == dtype and r["k"] == k and r["probe"] == "off"]
-      if on and off:
-        print(f"probe overhead K={k} {dtype}: {on[0]['ms_per_step'] / off[0]['ms_per_step'] - 1:+.1%}")
-  if a.json:
-    with open(a.json, "w", encoding="utf-8") as f:
-      json.dump(rows, f, indent=2)
+  start = time.perf_counter()
+  log = lambda s: print(s, flush=True)
+  configs = parse_configs(a)
+
+  # PyTorch first, in its own process, before JAX initialises (and preallocates) the device.
+  torch_rows, torch_dev, torch_note = run_torch(a, log)
+  if torch_note:
+    log(torch_note)
+
+  import jax  # pylint: disable=import-outside-toplevel
+  if a.compile_cache:
+    jax.config.update("jax_compilation_cache_dir", a.compile_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  events = CompileEvents()
+  dev = jax.devices()[0]
+  kind = f"{dev.device_kind} x{jax.device_count()} ({jax.default_backend()})"
+  meta = dict(device=kind, torch_device=torch_dev, torch_note=torch_note, jax=jax.__version__,
+              shape=a.shape, dims=dict(zip(("hidden", "layers", "heads", "intermediate", "vocab"),
+                                           SHAPES[a.shape])),
+              batch=a.batch, seq=a.seq, steps=a.steps, warmup=a.warmup,
+              probe_every=a.probe_every, peak_tflops=a.peak_tflops, label=a.label,
+              compile_cache=a.compile_cache, argv=sys.argv, host=platform.node(),
+              date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              loadavg=os.getloadavg(), cpus=os.cpu_count(),
+              xla_flags=os.environ.get("XLA_FLAGS", ""))
+  rows = list(torch_rows)
+
+  def dump():
+    if a.json:
+      write_json(a.json, dict(meta=meta, rows=rows, ratios=ratios(rows)))
+
+  dump()
+  log(f"device: {kind}, jax {jax.__version__}, shape {a.shape} {SHAPES[a.shape][:4]}, "
+      f"batch {a.batch}, seq {a.seq}, peak {a.peak_tflops or '-'} TFLOP/s, "
+      f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+  load = os.getloadavg()[0]
+  if jax.default_backend() == "cpu" and load > 0.75 * (os.cpu_count() or 1):
+    log(f"note: load average {load:.1f} on {os.cpu_count()} CPUs: other processes compete, figures "
+        "are noisy; PyTorch's OpenMP threads suffer most (compare --torch_threads=1)")
+  log(f"{'impl':>7} {'K':>3} {'mode':>9} {'probe':>5} {'ms/step':>9} {'ex/s':>9} {'TFLOP/s':>8} "
+      f"{'MFU':>6} {'lower s':>7} {'compile s':>9}")
+  for r in torch_rows:
+    log(f"{'torch':>7} {1:>3} {r['mode']:>9} {'-':>5} {fmt(r['ms_per_step'], '9.2f')} "
+        f"{fmt(r['examples_per_s'], '9.1f')} {fmt(r['tflops'], '8.3f')} {fmt(r['mfu'], '6.1%')}"
+        + (f"  ({r['skipped']})" if "skipped" in r else ""))
+  models_by_dtype = {}
+  for k, dtype, pr in configs:
+    extra = dict(probe=pr, device=kind)
+    if a.time_budget_s and time.perf_counter() - start > a.time_budget_s:
+      rows.append(skipped_row("jaxstab", dtype, k, a.batch, a.seq, a.shape,
+                              f"time budget {a.time_budget_s:.0f}s spent", **extra))
+      log(f"{'jaxstab':>7} {k:>3} {dtype:>9} {pr:>5}  skipped: time budget spent")
+      dump()
+      continue
+    try:
+      if dtype not in models_by_dtype:
+        models_by_dtype[dtype] = build(a.shape, a.arch, dtype, a.seq)
+      cfg, model = models_by_dtype[dtype]
+      sec, info = time_config(cfg, model, k, a.batch, a.seq,
+                              a.probe_every if pr == "on" else 0, a.steps, a.warmup, events)
+      rows.append(make_row("jaxstab", dtype, k, a.batch, a.seq, a.shape, sec, a.peak_tflops,
+                           **extra, **info))
+      r = rows[-1]
+      log(f"{'jaxstab':>7} {k:>3} {dtype:>9} {pr:>5} {r['ms_per_step']:>9.2f} "
+          f"{r['examples_per_s']:>9.1f} {r['tflops']:>8.3f} {fmt(r['mfu'], '6.1%')} "
+          f"{r['lower_s']:>7.1f} {r['compile_s']:>9.1f}"
+          + (f"  (persistent cache hits {r['cache_hits']})" if r["cache_hits"] else "")
+          + (f"  {r['note']}" if "note" in r else ""))
+    except Exception as e:  # pylint: disable=broad-except  (out of memory etc.: go on)
+      why = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+      rows.append(skipped_row("jaxstab", dtype, k, a.batch, a.seq, a.shape, why, **extra))
+      log(f"{'jaxstab':>7} {k:>3} {dtype:>9} {pr:>5}  FAILED: {why}")
+    dump()
+
+  for dtype in dict.fromkeys(d for _, d, _ in configs):
+    for k in dict.fromkeys(k for k, _, _ in configs):
+      sel = {r["probe"]: r for r in rows if r["impl"] == "jaxstab" and r["mode"] == dtype
+             and r["k"] == k and "skipped" not in r}
+      if "on" in sel and "off" in sel:
+        log(f"probe overhead K={k} {dtype}: "
+            f"{sel['on']['ms_per_step'] / sel['off']['ms_per_step'] - 1:+.1%} (target <= +2%)")
+  rat = ratios(rows)
+  if rat:
+    modes = list(dict.fromkeys(x["torch"] for x in rat))
+    log("jaxstab / PyTorch examples/s (> 1: jaxstab faster):")
+    log(f"  {'K':>3} {'dtype':>9} {'probe':>5} " + " ".join(f"{'vs ' + m:>9}" for m in modes))
+    for key in dict.fromkeys((x["k"], x["dtype"], x["probe"]) for x in rat):
+      vals = {x["torch"]: x["ratio"] for x in rat if (x["k"], x["dtype"], x["probe"]) == key}
+      log(f"  {key[0]:>3} {key[1]:>9} {key[2]:>5} "
+          + " ".join(f"{fmt(vals.get(m), '9.2f')}" for m in modes))
+  headline(rows, a.shape, log)
+  meta["wall_s"] = time.perf_counter() - start
+  meta["backend_compiles_total"] = len(events.backend_compiles)
+  dump()
 
 
 if __name__ == "__main__":
