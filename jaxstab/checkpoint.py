@@ -91,6 +91,31 @@ class GroupCheckpointer:
       shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def params_dir(workdir: str, seed: int) -> str:
+  return os.path.abspath(os.path.join(workdir, "params", f"seed_{seed}"))
+
+
+def save_params(workdir: str, seed: int, params) -> None:
+  """Final parameters of one seed (for the loss surface and forgetting analyses)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  path = params_dir(workdir, seed)
+  shutil.rmtree(path, ignore_errors=True)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(path, params)
+
+
+def load_params(workdir: str, seed: int, like):
+  """The final parameters `save_params` kept, restored with the structure of `like`."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  path = params_dir(workdir, seed)
+  if not os.path.isdir(path):
+    raise ConfigError(f"no kept parameters for seed {seed} in {path}; train with "
+                      "--config.checkpoint.keep_final_params=True")
+  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(path, abstract)
+
+
 @contextlib.contextmanager
 def sigterm_flag():
   """Yields a one-element list that becomes [True] when SIGTERM arrives (main thread only)."""

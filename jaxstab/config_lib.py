@@ -55,6 +55,7 @@ ARG_KEYS = {
     "setting": "recipe preset: " + ", ".join(SETTINGS),
     "lr": "optim.lr", "epochs": "train.epochs", "seed": "seed", "seeds": "seeds",
     "dtype": "model.dtype", "data": "data.source", "task": "task",
+    "train_examples": "data.train_examples", "steps_of_full_epochs": "train.steps_of_full_epochs",
 }
 
 
@@ -72,6 +73,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.source = "tsv"                # tsv | hf | tfds | synthetic
   c.data.dir = os.path.normpath(_GLUE_DIR)  # GLUE folder (tsv), cache dir (hf), data_dir (tfds)
+  c.data.train_examples = 0            # > 0: train on this many examples (small-data ablation)
+  c.data.subsample_seed = 0            # which subset (the same for every run seed)
 
   c.model = ml_collections.ConfigDict()
   c.model.name_or_path = "bert-large-uncased"  # hub id, local folder, or tiny-bert|roberta|albert
@@ -98,6 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 3.0
   c.train.max_steps = 0                # > 0 overrides epochs
+  c.train.steps_of_full_epochs = 0.0   # > 0: train as many steps as E epochs of the full set
   c.train.batch_size = 16
   c.train.eval_batch_size = 100
   c.train.max_seq_length = 128
@@ -114,6 +118,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500       # orbax checkpoint of a seed group every N steps; 0 = off
   c.checkpoint.keep = 2                # newest checkpoints kept per seed group
+  c.checkpoint.keep_final_params = False  # keep every seed's final params (loss surface, forgetting)
 
   c.probe = ml_collections.ConfigDict()
   c.probe.every = 10                   # record gradient norms at step 0 and every N steps

@@ -154,6 +154,16 @@ def tokenize_cached(split: Split, tokenizer, max_len: int, cache_dir: Optional[s
   return arrays
 
 
+def subsample(arrays: dict, n: int, seed: int) -> dict:
+  """n training examples drawn without replacement by `seed` (the same subset for every run
+  seed, so runs differ only in what the paper varies); n <= 0 keeps everything."""
+  total = len(arrays["labels"])
+  if n <= 0 or n >= total:
+    return arrays
+  idx = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+  return {k: v[idx] for k, v in arrays.items()}
+
+
 def num_batches(n: int, batch_size: int) -> int:
   """Batches per epoch; the last partial batch is kept, as the reference does."""
   return -(-n // batch_size)

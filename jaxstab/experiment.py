@@ -165,9 +165,14 @@ def _run_setting_locked(cfg, workdir, task, model, tokenizer, train_split, dev_s
     logging.info("resuming: %d of %d seeds already finished in %s", len(seeds) - len(todo),
                  len(seeds), workdir)
 
-  n_train, batch = len(train_arrays["labels"]), cfg.train.batch_size
+  batch = cfg.train.batch_size
+  full_spe = data.num_batches(len(train_arrays["labels"]), batch)
+  train_arrays = data.subsample(train_arrays, cfg.data.train_examples, cfg.data.subsample_seed)
+  n_train = len(train_arrays["labels"])
   spe = data.num_batches(n_train, batch)
   total = optim.total_train_steps(cfg.train, spe)
+  if cfg.train.steps_of_full_epochs > 0:  # the small-data ablation's "as many steps as E full epochs"
+    total = int(round(cfg.train.steps_of_full_epochs * full_spe))
   st = cfg.stabilisers
   lr_scales = (stabilisers.layerwise_scales(model.params, model.arch, model.num_layers, st.llrd)
                if st.llrd != 1.0 else None)
@@ -211,7 +216,8 @@ def _run_setting_locked(cfg, workdir, task, model, tokenizer, train_split, dev_s
   with checkpoint.sigterm_flag() as stop:
     loop = _Loop(create, functools.partial(_with_anchor, step_fn, anchor), eval_fn, train_dev,
                  dev_dev, dev_labels, task, points, schedule, batch, workdir,
-                 cfg.checkpoint.every_steps, cfg.checkpoint.keep, stop)
+                 cfg.checkpoint.every_steps, cfg.checkpoint.keep, stop,
+                 cfg.checkpoint.keep_final_params)
     for g in range(0, len(todo), k):
       _train_group(todo[g:g + k], k, loop)
   summary = _merge(cfg, workdir, seeds, task, model, majority, total, groups)
@@ -241,6 +247,7 @@ class _Loop:
   ckpt_every: int
   ckpt_keep: int
   stop: list
+  keep_final_params: bool = False
 
 
 def _train_group(group, k, loop: _Loop):
@@ -306,6 +313,10 @@ def _train_group(group, k, loop: _Loop):
     record = _run_record(s, history, loop.task, last_loss[i])
     record["diverged_at"] = int(diverged[i]) if diverged[i] >= 0 else None
     outputs.write_json(_run_path(loop.workdir, s, "json"), record)
+  if loop.keep_final_params:
+    for i, s in enumerate(group):
+      checkpoint.save_params(loop.workdir, s, jax.tree_util.tree_map(lambda x, i=i: x[i],
+                                                                      state.params))
   ckpt.close(remove=True)
 
 
