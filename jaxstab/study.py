@@ -8,7 +8,10 @@ are written as soon as it finishes, so a later crash loses nothing finished.
 """
 import os
 
-from jaxstab import config_lib, experiment, outputs, stats
+from absl import logging
+
+from jaxstab import checkpoint, config_lib, experiment, outputs, stats
+from jaxstab.errors import ConfigError
 
 
 def expand(cfg):
@@ -29,19 +32,39 @@ def run(cfg, workdir: str) -> dict:
   settings = expand(cfg)
   for _, sub in settings:  # every setting is checked before the first one trains
     experiment.validate(sub)
-  results = []
+  results, errors = [], []
   for name, sub in settings:
     where = os.path.join(workdir, name) if name else workdir
-    summary = experiment.run_setting(sub, where)
+    try:
+      summary = experiment.run_setting(sub, where)
+    except checkpoint.Preempted:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      if len(settings) == 1:
+        raise
+      errors.append({"name": name, "error": f"{type(e).__name__}: {e}" if not
+                     isinstance(e, ConfigError) else str(e)})
+      logging.error("setting %s failed: %s (the other settings go on)", name, errors[-1]["error"])
+      continue
     recipe = name.replace(f"{sub.task}_", "", 1) if name else sub.setting
     results.append(dict(summary, name=name or f"{summary['task']}_{summary['setting']}",
                         recipe=recipe))
-  return _write(workdir, results)
+  if not results:
+    raise ConfigError("every setting failed: " + "; ".join(f"{e['name']}: {e['error']}"
+                                                           for e in errors))
+  study = _write(workdir, results, errors)
+  if errors:
+    raise ConfigError(f"{len(errors)} of {len(settings)} settings failed ("
+                      + "; ".join(f"{e['name']}: {e['error']}" for e in errors)
+                      + f"); the others are in {workdir}/summary.json. Fix and rerun: finished "
+                      "settings are not retrained.")
+  return study
 
 
-def _write(workdir, results):
+def _write(workdir, results, errors=()):
   table = stats.table1_markdown(results)
-  study = {"settings": results, "levene": stats.levene_table(results), "table": table}
+  study = {"settings": results, "levene": stats.levene_table(results), "table": table,
+           "errors": list(errors)}
   if len(results) == 1:  # a plain run: its own summary with the study fields added
     study = dict(results[0], **study)
   os.makedirs(workdir, exist_ok=True)

@@ -120,3 +120,34 @@ def test_a_diverged_setting_is_failed_while_the_other_finishes(tmp_path):
   assert all(r["diverged_at"] is not None and r["failed"] for r in by["absurd"]["runs"])
   assert all(r["diverged_at"] is None for r in by["sane"]["runs"])
   assert all(np.isfinite(r["final"]["accuracy"]) for r in by["absurd"]["runs"])
+
+
+def test_a_crashing_setting_does_not_lose_the_others(tmp_path):
+  from jaxstab.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  cfg = _demo("1-2")
+  cfg.settings["good"] = "lr=1e-3"
+  cfg.settings["broken"] = f"model={tmp_path / 'no_such_model'}"
+  cfg.settings["late"] = "lr=2e-3"
+  with pytest.raises(ConfigError, match="1 of 3 settings failed .*broken"):
+    study.run(cfg, str(tmp_path / "s"))
+  saved = json.loads((tmp_path / "s" / "summary.json").read_text())
+  assert sorted(s["name"] for s in saved["settings"]) == ["good", "late"]
+  assert saved["errors"][0]["name"] == "broken"
+  for name in ("good", "late"):
+    assert (tmp_path / "s" / name / "summary.json").exists()
+
+
+def test_hf_source_maps_the_hub_dataset(monkeypatch):
+  datasets = pytest.importorskip("datasets")
+  from jaxstab import data, tasks  # pylint: disable=import-outside-toplevel
+  calls = []
+
+  def fake_load(path, name, split, cache_dir=None):
+    calls.append((path, name, split, cache_dir))
+    return datasets.Dataset.from_dict({"sentence1": ["a b", "c"], "sentence2": ["d", "e f"],
+                                       "label": [1, 0], "idx": [0, 1]})
+
+  monkeypatch.setattr(datasets, "load_dataset", fake_load)
+  got = data.load_split(tasks.get_task("rte"), "dev", "hf", "/cache")
+  assert calls == [("nyu-mll/glue", "rte", "validation", "/cache")]
+  assert got.text_a == ["a b", "c"] and got.text_b == ["d", "e f"] and got.labels.tolist() == [1, 0]
