@@ -5,6 +5,7 @@ every group of the same size reuses one compiled program. Evaluation is vmapped 
 Each finished seed is written at once to runs/ (atomically), so a rerun of the same command
 skips it; the merged summary.json / probe.npz / metrics.jsonl are rebuilt from runs/.
 """
+import contextlib
 import dataclasses
 import functools
 import json
@@ -126,7 +127,9 @@ def _prepare_workdir(cfg, workdir):
     if diff:
       raise ConfigError(f"{workdir} holds results of a different config ({'; '.join(diff)}). "
                         "Use a new --workdir, or pass --config.overwrite=True to discard them.")
-  elif os.path.isdir(workdir):
+  if not parallel.is_primary():
+    return
+  if not os.path.isfile(path) or cfg.get("overwrite", False):
     shutil.rmtree(os.path.join(workdir, RUNS), ignore_errors=True)
   os.makedirs(os.path.join(workdir, RUNS), exist_ok=True)
   for name in (outputs.SUMMARY, outputs.PROBE):  # merged files are rebuilt at the end
@@ -152,13 +155,15 @@ def run_setting(cfg, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise ConfigError(f"cannot create the workdir {workdir}: {e.strerror}") from None
-  with checkpoint.workdir_lock(workdir):
+  lock = checkpoint.workdir_lock(workdir) if parallel.is_primary() else contextlib.nullcontext()
+  with lock:
     return _run_setting_locked(cfg, workdir, *inputs)
 
 
 def _run_setting_locked(cfg, workdir, task, model, tokenizer, train_split, dev_split):
   seeds = config_lib.parse_seeds(cfg)
   _prepare_workdir(cfg, workdir)
+  parallel.barrier("workdir prepared")
   train_arrays, dev_arrays = _tokenize(cfg, workdir, task, tokenizer, train_split, dev_split)
   todo = [s for s in seeds if not os.path.isfile(_run_path(workdir, s, "json"))]
   if len(todo) < len(seeds):
@@ -255,7 +260,7 @@ def _train_group(group, k, loop: _Loop):
   results are dropped), resuming from its newest checkpoint, and writes each real seed's files
   into runs/."""
   padded = list(group) + [group[-1]] * (k - len(group))
-  state = loop.create(jnp.stack([train_lib.seed_key(s) for s in padded]))
+  state = loop.create(np.stack([np.asarray(train_lib.seed_key(s)) for s in padded]))
   name = f"seeds_{'-'.join(map(str, group))}_of_{k}"
   ckpt = checkpoint.GroupCheckpointer(loop.workdir, name, loop.ckpt_every, loop.ckpt_keep)
   records, last_loss, step = {s: [] for s in group}, [None] * len(group), 0
@@ -283,11 +288,11 @@ def _train_group(group, k, loop: _Loop):
       if ckpt.due(step) and step != point:
         ckpt.save(step, state, host_state())
     if step > 0:  # mean training loss since the previous evaluation, read once here
-      loss = np.asarray(state.loss_sum / jnp.maximum(state.loss_count, 1.0))
+      loss = parallel.to_host(state.loss_sum / jnp.maximum(state.loss_count, 1.0))
       state = state.replace(loss_sum=jnp.zeros_like(state.loss_sum),
                             loss_count=jnp.zeros_like(state.loss_count))
       last_loss = [float(x) for x in loss[:len(group)]]
-    logits = np.asarray(loop.eval_fn(state.params, loop.dev_dev), np.float32)
+    logits = parallel.to_host(loop.eval_fn(state.params, loop.dev_dev)).astype(np.float32)
     checkpoint.fault("kill_in_eval", step)
     logits = logits.reshape(k, -1, logits.shape[-1])[:len(group), :len(loop.dev_labels)]
     lr = float(loop.schedule(max(step - 1, 0)))
@@ -302,9 +307,9 @@ def _train_group(group, k, loop: _Loop):
     logging.info("seeds %s: step %d/%d, %.1f examples/s, ETA %.0fs, dev %s %s", group, step,
                  loop.points[-1], rate, eta, loop.task.metric,
                  " ".join(f"{records[s][-1][loop.task.metric]:.3f}" for s in group))
-  probes = {key: np.asarray(v) for key, v in jax.device_get(state.probe).items()}
-  diverged = np.asarray(state.diverged_at)
-  for i, s in enumerate(group):  # record last: its presence marks the seed finished
+  probes = {key: parallel.to_host(v) for key, v in state.probe.items()}
+  diverged = parallel.to_host(state.diverged_at)
+  for i, s in enumerate(group if parallel.is_primary() else []):  # the record marks it finished
     outputs.write_npz(_run_path(loop.workdir, s, "npz"), **{key: v[i] for key, v in probes.items()})
     with open(_run_path(loop.workdir, s, "jsonl"), "w", encoding="utf-8") as f:
       f.writelines(json.dumps(r) + "\n" for r in records[s])
@@ -317,7 +322,8 @@ def _train_group(group, k, loop: _Loop):
     for i, s in enumerate(group):
       checkpoint.save_params(loop.workdir, s, jax.tree_util.tree_map(lambda x, i=i: x[i],
                                                                       state.params))
-  ckpt.close(remove=True)
+  ckpt.close(remove=parallel.is_primary())
+  parallel.barrier("seed group written")
 
 
 def _merge(cfg, workdir, seeds, task, model, majority, total, groups):
@@ -328,6 +334,9 @@ def _merge(cfg, workdir, seeds, task, model, majority, total, groups):
       runs.append(json.load(f))
     with np.load(_run_path(workdir, s, "npz")) as z:
       probes.append({k: z[k] for k in z.files})
+  summary = _summary(cfg, task, model, majority, runs, total)
+  if not parallel.is_primary():
+    return summary
   shutil.rmtree(os.path.join(workdir, "tensorboard"), ignore_errors=True)
   log = outputs.Log(workdir, seeds, truncate=True)
   try:
@@ -340,7 +349,6 @@ def _merge(cfg, workdir, seeds, task, model, majority, total, groups):
   merged = {k: np.stack([p[k] for p in probes]) for k in probes[0] if k != "step"}
   outputs.write_npz(os.path.join(workdir, outputs.PROBE), step=probes[0]["step"],
                     groups=np.asarray(groups), seeds=np.asarray(seeds), **merged)
-  summary = _summary(cfg, task, model, majority, runs, total)
   outputs.write_json(os.path.join(workdir, outputs.SUMMARY), summary)
   return summary
 

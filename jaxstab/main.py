@@ -10,7 +10,14 @@ from jaxstab.errors import ConfigError
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for logs and results.")
 config_flags.DEFINE_config_file("config", None, "Config file (path[:argument]).", lock_config=True)
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                  "Multi-process run: 'auto' joins when a coordinator is given or on a TPU VM.")
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process runs).")
+flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-process runs).")
+flags.DEFINE_integer("process_id", -1, "This process's id, 0 .. num_processes-1.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+_TPU_VM_ENV = ("TPU_WORKER_ID", "CLOUD_TPU_TASK_ID", "TPU_ACCELERATOR_TYPE")
 
 _OVERRIDE = "--config."
 
@@ -75,8 +82,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-  from jaxstab import study  # pylint: disable=import-outside-toplevel
+  from jaxstab import parallel, study  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.INFO)
+  on_tpu_vm = any(k in os.environ for k in _TPU_VM_ENV)
+  if FLAGS.distributed == "on" or (FLAGS.distributed == "auto" and
+                                   (FLAGS.coordinator_address or on_tpu_vm)):
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id)
   # orbax reports every background save at INFO; keep its warnings, drop the chatter.
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= 30 or "orbax" not in r.pathname)  # 30: python WARNING

@@ -78,3 +78,36 @@ def seeds_per_step(requested: int, num_seeds: int, layout: Layout, per_seed_byte
   if d > 1 and k % d:
     k = math.ceil(k / d) * d  # pad the group rather than leave devices idle
   return max(k, 1)
+
+
+def initialize_distributed(coordinator: str = "", num_processes: int = 0, process_id: int = -1):
+  """Joins a multi-process run. With no arguments on a TPU VM, jax finds its peers itself;
+  elsewhere pass the coordinator address, process count and this process's id. CPU processes
+  talk through gloo."""
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only used by CPU devices
+  if coordinator:
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+  else:
+    jax.distributed.initialize()
+  logging.info("process %d of %d; %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def is_primary() -> bool:
+  """Only process 0 writes shared files."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
+def to_host(x) -> np.ndarray:
+  """A device array as numpy on every process, gathering shards other processes hold."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -10,7 +10,7 @@ import os
 
 from absl import logging
 
-from jaxstab import checkpoint, config_lib, experiment, outputs, stats
+from jaxstab import checkpoint, config_lib, experiment, outputs, parallel, stats
 from jaxstab.errors import ConfigError
 
 
@@ -67,6 +67,8 @@ def _write(workdir, results, errors=()):
            "errors": list(errors)}
   if len(results) == 1:  # a plain run: its own summary with the study fields added
     study = dict(results[0], **study)
+  if not parallel.is_primary():
+    return study
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "summary.csv"), "w", encoding="utf-8") as f:
     f.write(stats.summary_csv(results))

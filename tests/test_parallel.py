@@ -70,3 +70,33 @@ def test_bytes_per_seed_grows_with_model_and_batch():
   small = parallel.bytes_per_seed(10**6, 16, 128, 256, 4, 4)
   assert parallel.bytes_per_seed(2 * 10**6, 16, 128, 256, 4, 4) - small == 16 * 10**6
   assert parallel.bytes_per_seed(10**6, 32, 128, 256, 4, 4) > 1.9 * (small - 16 * 10**6)
+
+
+def _free_port():
+  import socket  # pylint: disable=import-outside-toplevel
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path):
+  """Two processes joined by jax.distributed (CPU collectives) run one study; process 0 writes."""
+  _run(tmp_path / "one", 1)
+  port = _free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  cmd = [sys.executable, "-m", "jaxstab.main", *ARGS, "--config.checkpoint.every_steps=2",
+         f"--workdir={tmp_path / 'two'}", f"--coordinator_address=127.0.0.1:{port}",
+         "--num_processes=2"]
+  procs = [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in (0, 1)]
+  logs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+  assert "process 1 of 2" in logs[1] and "on 2 device(s)" in logs[0]
+  s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
+  s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
+  for a, b in zip(s1["runs"], s2["runs"]):
+    assert a["final"] == b["final"] and a["best"] == b["best"]
+    assert a["final_train_loss"] == pytest.approx(b["final_train_loss"], rel=1e-5)
+  with np.load(tmp_path / "one" / "probe.npz") as p1, np.load(tmp_path / "two" / "probe.npz") as p2:
+    np.testing.assert_allclose(p2["grad_norm"], p1["grad_norm"], rtol=1e-5)

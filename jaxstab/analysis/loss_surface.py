@@ -1,0 +1,344 @@
+"""The training-loss surface on the plane through the pretrained, a failed and a successful model
+(the paper's Fig. 7):
+
+    f(alpha, beta) = L(theta_p + alpha (theta_f - theta_p) + beta (theta_s - theta_p))
+
+on a grid (default 21 x 21, alpha and beta in [-0.5, 1.5]), so theta_p sits at (0, 0), theta_f
+at (1, 0) and theta_s at (0, 1). L is the mean cross-entropy (train.weighted_xent) of the
+deterministic forward pass (no dropout) on a fixed subset of the training set (default 256
+examples drawn without replacement by `subset_seed`, in their original order).
+
+All grid points are evaluated by ONE jitted function: grid points are cut into chunks of
+`chunk` (alpha, beta) pairs, each chunk is `jax.vmap`ped over its points, and `jax.lax.map` runs
+the chunks one after another, so memory is bounded by `chunk` parameter copies plus `chunk` x
+`batch_size` activations (the subset is itself evaluated `batch_size` examples at a time).
+
+Which theta_p. The backbone is the pretrained model, rebuilt from the setting's config.json exactly
+as training built it (a tiny-* model's random "pretrained" weights are a function of
+model.tiny.init_seed). A classification head has no pretrained value; the paper's theta_p holds the
+*initial* head. We use the failed seed's initial parameters, exactly what train.create_train_state
+gave that seed (its head from fold_in(seed_key(seed), HEAD), and its re-drawn pooler / top layers
+when the setting re-initialises them). Then the segment alpha in [0, 1], beta = 0 is precisely the
+failed run's start-to-end line, f(0, 0) is the loss that run started from, and the successful run
+started from a point that differs from theta_p only in its own head draw (small: N(0, 0.02)).
+A zero head would be a point no run started from.
+
+Command line (the report only reads the file this writes):
+
+    python -m jaxstab.analysis.loss_surface --workdir=DIR [--setting=NAME] [--grid=21]
+        [--examples=256] [--chunk=16] [--batch_size=64]
+"""
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+
+from jaxstab import analysis
+from jaxstab.errors import ConfigError
+
+DEFAULT_GRID = 21
+DEFAULT_RANGE = (-0.5, 1.5)
+DEFAULT_EXAMPLES = 256
+DEFAULT_CHUNK = 16
+DEFAULT_BATCH = 64
+
+
+# ------------------------------------------------------------------ pure pieces
+def fixed_subset(arrays: dict, examples: int, seed: int = 0) -> np.ndarray:
+  """Indices of `examples` training examples (all when the set is smaller), drawn without
+  replacement by `seed` and sorted: the same subset every time."""
+  n = len(arrays["labels"])
+  if examples <= 0 or examples >= n:
+    return np.arange(n)
+  return np.sort(np.random.default_rng(seed).choice(n, size=examples, replace=False))
+
+
+def subset_batches(arrays: dict, idx: np.ndarray, batch_size: int) -> dict:
+  """The subset as [num_batches, batch_size, ...] arrays plus a weight (0 for padding rows)."""
+  from jaxstab import data  # pylint: disable=import-outside-toplevel
+  sub = {k: arrays[k][idx] for k in ("input_ids", "attention_mask", "token_type_ids", "labels")}
+  return data.eval_batches(sub, min(batch_size, len(idx)))
+
+
+def make_loss(model, pass_segment_ids: bool = True):
+  """loss(params, batches) -> mean weighted cross-entropy over all real examples of `batches`
+  (deterministic forward, one batch at a time with lax.map)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from jaxstab import train as train_lib  # pylint: disable=import-outside-toplevel
+
+  def loss(params, batches):
+    def one(batch):
+      logits = model.logits(params, batch, train=False, pass_segment_ids=pass_segment_ids)
+      total = jnp.sum(batch["weight"])
+      return train_lib.weighted_xent(logits, batch["labels"], batch["weight"]) * total, total
+    sums, counts = jax.lax.map(one, batches)
+    return jnp.sum(sums) / jnp.maximum(jnp.sum(counts), 1.0)
+  return loss
+
+
+def make_surface_fn(model, pass_segment_ids: bool = True):
+  """surface(theta_p, d_f, d_s, coords, batches) -> loss [C, K] for coords [C, K, 2] (C chunks of
+  K (alpha, beta) pairs): one jitted program, vmapped over a chunk's points, lax.map over
+  chunks."""
+  import jax  # pylint: disable=import-outside-toplevel
+  loss = make_loss(model, pass_segment_ids)
+
+  def point(theta_p, d_f, d_s, ab, batches):
+    params = jax.tree_util.tree_map(lambda p, f, s: p + ab[0] * f + ab[1] * s, theta_p, d_f, d_s)
+    return loss(params, batches)
+
+  def surface(theta_p, d_f, d_s, coords, batches):
+    per_chunk = jax.vmap(point, in_axes=(None, None, None, 0, None))
+    return jax.lax.map(lambda c: per_chunk(theta_p, d_f, d_s, c, batches), coords)
+  return jax.jit(surface)
+
+
+def directions(theta_p, theta_f, theta_s):
+  import jax  # pylint: disable=import-outside-toplevel
+  sub = lambda a, b: jax.tree_util.tree_map(lambda x, y: x - y, a, b)
+  return sub(theta_f, theta_p), sub(theta_s, theta_p)
+
+
+def evaluate_points(surface_fn, theta_p, d_f, d_s, points, batches, chunk: int) -> np.ndarray:
+  """f at each (alpha, beta) of `points` [N, 2]: padded to whole chunks with (0, 0), evaluated
+  by `surface_fn`, padding dropped."""
+  pts = np.asarray(points, np.float32).reshape(-1, 2)
+  n = len(pts)
+  chunk = max(1, min(int(chunk), n))
+  pad = -n % chunk
+  coords = np.concatenate([pts, np.zeros((pad, 2), np.float32)]).reshape(-1, chunk, 2)
+  out = np.asarray(surface_fn(theta_p, d_f, d_s, coords, batches), np.float64)
+  return out.reshape(-1)[:n]
+
+
+def grid_axis(n: int, lo: float, hi: float) -> np.ndarray:
+  """n evenly spaced values in [lo, hi], rounded to 10 decimals so that 0 and 1 are exact
+  grid values when they lie on the grid (they do for the default 21 points in [-0.5, 1.5])."""
+  return np.round(np.linspace(lo, hi, n), 10)
+
+
+def grid_points(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+  """[A*B, 2] pairs, alpha-major: row i*B + j is (alpha[i], beta[j])."""
+  a, b = np.meshgrid(alpha, beta, indexing="ij")
+  return np.stack([a.reshape(-1), b.reshape(-1)], axis=1)
+
+
+# ------------------------------------------------------------------ a setting's surface
+@dataclasses.dataclass
+class Surface:
+  alpha: np.ndarray          # [A]
+  beta: np.ndarray           # [B]
+  loss: np.ndarray           # [A, B], loss[i, j] = f(alpha[i], beta[j])
+  failed_seed: int
+  success_seed: int
+  failed_label: str
+  success_label: str
+  reason: str
+  examples: np.ndarray       # indices into the (subsampled) training set
+  seconds: float
+
+
+def choose_seeds(inputs: analysis.SettingInputs, failed_seed: Optional[int] = None,
+                 success_seed: Optional[int] = None):
+  """(failed seed, successful seed, failed label, success label, reason): as the report's
+  gradient-norm figure picks them (jaxstab.report.picks), among the seeds whose params are kept,
+  unless given."""
+  from jaxstab.report import load, picks  # pylint: disable=import-outside-toplevel
+  kept = analysis.kept_seeds(inputs.directory)
+  if len(kept) < 2:
+    raise ConfigError(f"{inputs.directory} keeps the final params of {len(kept)} seed(s) "
+                      f"({kept}); the loss surface needs two. Train with "
+                      "--config.checkpoint.keep_final_params=True")
+  summary = dict(inputs.summary, runs=[r for r in inputs.summary.get("runs", [])
+                                       if r.get("seed") in kept])
+  setting = load.Setting(inputs.name, inputs.directory, summary, None, None, [], [])
+  p = picks.pick(setting)
+  f = p.failed_seed if failed_seed is None else int(failed_seed)
+  s = p.success_seed if success_seed is None else int(success_seed)
+  for seed in (f, s):
+    if seed not in kept:
+      raise ConfigError(f"no kept params for seed {seed} in {inputs.directory}/params "
+                        f"(kept: {kept})")
+  if f == s:
+    raise ConfigError(f"the failed and the successful seed are both {f}: the plane needs two "
+                      "different runs (pass --failed_seed / --success_seed)")
+  flags = analysis.run_failed(inputs.summary)
+  if failed_seed is None and success_seed is None:
+    return f, s, p.failed_label, p.success_label, p.reason
+  word = lambda seed: "failed" if flags.get(seed) else "successful"
+  return (f, s, f"{word(f)} seed {f}", f"{word(s)} seed {s}",
+          f"Seeds {f} and {s} chosen by hand ({word(f)} and {word(s)}).")
+
+
+def compute(inputs: analysis.SettingInputs, grid: int = DEFAULT_GRID,
+            lo: float = DEFAULT_RANGE[0], hi: float = DEFAULT_RANGE[1],
+            examples: int = DEFAULT_EXAMPLES, chunk: int = DEFAULT_CHUNK,
+            batch_size: int = DEFAULT_BATCH, subset_seed: int = 0,
+            failed_seed: Optional[int] = None, success_seed: Optional[int] = None) -> Surface:
+  """The loss surface of one setting (see the module docstring)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if grid < 2 or not hi > lo:
+    raise ConfigError(f"the grid needs at least 2 points and hi > lo (got {grid}, [{lo}, {hi}])")
+  f, s, f_label, s_label, reason = choose_seeds(inputs, failed_seed, success_seed)
+  model = inputs.model
+  theta_p = initial_params(inputs, f)
+  theta_f, theta_s = analysis.final_params(inputs, f), analysis.final_params(inputs, s)
+  d_f, d_s = directions(theta_p, theta_f, theta_s)
+  idx = fixed_subset(inputs.train_arrays, examples, subset_seed)
+  batches = jax.device_put(subset_batches(inputs.train_arrays, idx, batch_size))
+  fn = make_surface_fn(model, bool(inputs.cfg.model.pass_segment_ids))
+  alpha, beta = grid_axis(grid, lo, hi), grid_axis(grid, lo, hi)
+  t0 = time.time()
+  loss = evaluate_points(fn, theta_p, d_f, d_s, grid_points(alpha, beta), batches, chunk)
+  return Surface(alpha, beta, loss.reshape(len(alpha), len(beta)), f, s, f_label, s_label,
+                 reason, idx, time.time() - t0)
+
+
+def initial_params(inputs: analysis.SettingInputs, seed: int):
+  """theta_p: the initial parameters of `seed` (see the module docstring for why)."""
+  return analysis.initial_params(inputs.model, inputs.cfg, seed)
+
+
+def save(surface: Surface, path: str) -> str:
+  """Writes the surface as npz atomically (temp file + rename)."""
+  from jaxstab import outputs  # pylint: disable=import-outside-toplevel
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  outputs.write_npz(path, alpha=surface.alpha, beta=surface.beta, loss=surface.loss,
+                    seeds=np.asarray([surface.failed_seed, surface.success_seed]),
+                    failed_seed=np.asarray(surface.failed_seed),
+                    success_seed=np.asarray(surface.success_seed),
+                    theta_p_head_seed=np.asarray(surface.failed_seed),
+                    failed_label=np.asarray(surface.failed_label),
+                    success_label=np.asarray(surface.success_label),
+                    reason=np.asarray(surface.reason), examples=surface.examples)
+  return path
+
+
+def read(path: str) -> dict:
+  with np.load(path) as z:
+    out = {k: z[k] for k in z.files}
+  for k in ("failed_label", "success_label", "reason"):
+    if k in out:
+      out[k] = str(out[k])
+  return out
+
+
+# ------------------------------------------------------------------ figure
+def plot(path_npz: str, path_png: str, title: str) -> str:
+  """Contour plot of the saved surface with theta_p, theta_f and theta_s marked; returns the
+  caption."""
+  from matplotlib import colors  # pylint: disable=import-outside-toplevel
+  from jaxstab.report import figures  # pylint: disable=import-outside-toplevel
+  z = read(path_npz)
+  alpha, beta, loss = z["alpha"], z["beta"], np.asarray(z["loss"], np.float64)
+  f_label = z.get("failed_label", f"seed {int(z['seeds'][0])}")
+  s_label = z.get("success_label", f"seed {int(z['seeds'][1])}")
+  finite = loss[np.isfinite(loss)]
+  fig = figures.new_figure(7.6, 6.2)
+  ax = fig.subplots()
+  lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+  log = finite.size and lo > 0 and hi / lo > 3
+  if log:
+    levels = np.geomspace(lo, hi, 25)
+    norm = colors.LogNorm(vmin=lo, vmax=hi)
+  else:
+    levels = np.linspace(lo, hi if hi > lo else lo + 1e-6, 25)
+    norm = None
+  # loss[i, j] is at (alpha[i], beta[j]): alpha on x, beta on y, so the array is transposed.
+  grid_z = np.ma.masked_invalid(loss.T)
+  filled = ax.contourf(alpha, beta, grid_z, levels=levels, norm=norm, cmap="viridis")
+  ax.contour(alpha, beta, grid_z, levels=levels[::3], colors="white", linewidths=0.6, alpha=0.7)
+  bar = fig.colorbar(filled, ax=ax)
+  bar.set_label("training loss (mean cross-entropy, nats)" + (", log scale" if log else ""))
+  at = lambda a, b: _value_at(alpha, beta, loss, a, b)
+  marks = [((0, 0), "o", "white", f"θp: pretrained + initial head of seed {int(z['seeds'][0])}"),
+           ((1, 0), "X", "#d62728", f"θf: {f_label}"),
+           ((0, 1), "*", "#1f77b4", f"θs: {s_label}")]
+  for (a, b), marker, color, label in marks:
+    value = at(a, b)
+    ax.plot(a, b, marker, color=color, mec="black", ms=14 if marker == "*" else 11,
+            label=f"{label} (loss {value:.3g})" if math.isfinite(value) else label)
+  ax.set_xlabel(f"α  (direction θf − θp; {f_label})")
+  ax.set_ylabel(f"β  (direction θs − θp; {s_label})")
+  ax.set_title(f"Loss surface: {title}", fontsize=11)
+  ax.legend(loc="upper right", fontsize=8.5, framealpha=0.9)
+  ax.set_aspect("equal")
+  figures.save(fig, path_png)
+  n_ex = len(z.get("examples", []))
+  return (f"{title}: training loss f(α, β) = L(θp + α(θf − θp) + β(θs − θp)) on a "
+          f"{len(alpha)}×{len(beta)} grid, α, β in [{alpha[0]:g}, {alpha[-1]:g}], on a fixed "
+          f"subset of {n_ex} training examples (no dropout). θp is the pretrained model with the "
+          f"initial classification head of the failed seed (the point that run started from). "
+          f"{z.get('reason', '')} Loss range {lo:.3g} to {hi:.3g}.")
+
+
+def _value_at(alpha, beta, loss, a, b) -> float:
+  i, j = np.argmin(np.abs(alpha - a)), np.argmin(np.abs(beta - b))
+  if abs(alpha[i] - a) > 1e-6 or abs(beta[j] - b) > 1e-6:
+    return math.nan
+  return float(loss[i, j])
+
+
+# ------------------------------------------------------------------ command line
+def run(workdir: str, setting: Optional[str] = None, **kwargs):
+  """Computes and saves the surface of each chosen setting that keeps params; [(name, path)]."""
+  chosen = analysis.select_settings(workdir, setting)
+  if not setting:
+    chosen = [c for c in chosen if len(analysis.kept_seeds(c[1])) >= 2]
+    if not chosen:
+      raise ConfigError(f"no setting in {workdir} keeps the final params of two seeds; train "
+                        "with --config.checkpoint.keep_final_params=True")
+  done = []
+  for name, directory, summary in chosen:
+    inputs = analysis.load_setting(name, directory, summary)
+    surface = compute(inputs, **kwargs)
+    path = save(surface, analysis.analysis_path(directory, analysis.LOSS_SURFACE))
+    print(f"{name}: {path} ({surface.loss.shape[0]}x{surface.loss.shape[1]} grid, seeds "
+          f"{surface.failed_seed} (θf) and {surface.success_seed} (θs), {len(surface.examples)} "
+          f"examples, {surface.seconds:.1f}s; loss {np.nanmin(surface.loss):.4g} to "
+          f"{np.nanmax(surface.loss):.4g})")
+    done.append((name, path))
+  return done
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m jaxstab.analysis.loss_surface",
+      description="Training loss on the plane through the pretrained, a failed and a successful "
+                  "model; writes <setting dir>/analysis/loss_surface.npz for the report.")
+  parser.add_argument("--workdir", required=True, help="a finished run or study, trained with "
+                      "--config.checkpoint.keep_final_params=True")
+  parser.add_argument("--setting", default=None, help="one setting of a study (default: all "
+                      "settings that keep params)")
+  parser.add_argument("--grid", type=int, default=DEFAULT_GRID, help="points per axis")
+  parser.add_argument("--lo", type=float, default=DEFAULT_RANGE[0], help="smallest α and β")
+  parser.add_argument("--hi", type=float, default=DEFAULT_RANGE[1], help="largest α and β")
+  parser.add_argument("--examples", type=int, default=DEFAULT_EXAMPLES,
+                      help="training examples in the fixed subset (0 = all)")
+  parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
+                      help="grid points evaluated together (vmapped); bounds memory")
+  parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH,
+                      help="examples per forward pass inside each grid point")
+  parser.add_argument("--subset_seed", type=int, default=0, help="which fixed subset")
+  parser.add_argument("--failed_seed", type=int, default=None, help="θf (default: picked)")
+  parser.add_argument("--success_seed", type=int, default=None, help="θs (default: picked)")
+  args = parser.parse_args(argv)
+  try:
+    run(args.workdir, args.setting, grid=args.grid, lo=args.lo, hi=args.hi,
+        examples=args.examples, chunk=args.chunk, batch_size=args.batch_size,
+        subset_seed=args.subset_seed, failed_seed=args.failed_seed,
+        success_seed=args.success_seed)
+  except ConfigError as e:
+    print(f"jaxstab: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
