@@ -2,12 +2,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jaxstab import config_lib, optim, probe, stabilisers
 from jaxstab.errors import ConfigError
-from tests.helpers import build_step, tiny_setup, tree_max_abs_diff
+from tests.helpers import tiny_setup, tree_max_abs_diff
 
 
 @pytest.fixture(scope="module")
