@@ -29,9 +29,12 @@ import time
 
 import numpy as np
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+# This checkout's jaxstab, not whichever one is pip-installed (an editable install elsewhere).
+sys.path.insert(1, os.path.dirname(HERE))
+
 from bench_common import SHAPES, fmt, make_row, skipped_row, train_flops_per_example, write_json  # pylint: disable=unused-import
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SINGLE_SEED_TARGET = 2.0   # issue 7: single seed >= 2x PyTorch eager TF32
 SUMMED_TARGET_EX_S = 1650  # issue 7: BERT-large b16 l128, summed over vmapped seeds
 
@@ -155,6 +158,8 @@ def run_torch(a, log):
   """PyTorch rows from bench_torch.py in a subprocess; (rows, device, note)."""
   if a.torch == "off":
     return [], None, "torch comparison off (--torch=off)"
+  if a.arch != "bert":
+    return [], None, f"torch comparison is BERT-only (--arch={a.arch})"
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "torch.json")
     cmd = [sys.executable, os.path.join(HERE, "bench_torch.py"), f"--shape={a.shape}",

@@ -240,7 +240,7 @@ def plot(path_npz: str, path_png: str, title: str) -> str:
   f_label = z.get("failed_label", f"seed {int(z['seeds'][0])}")
   s_label = z.get("success_label", f"seed {int(z['seeds'][1])}")
   finite = loss[np.isfinite(loss)]
-  fig = figures.new_figure(7.6, 6.2)
+  fig = figures.new_figure(8.0, 7.4)
   ax = fig.subplots()
   lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
   log = finite.size and lo > 0 and hi / lo > 3
@@ -254,7 +254,7 @@ def plot(path_npz: str, path_png: str, title: str) -> str:
   grid_z = np.ma.masked_invalid(loss.T)
   filled = ax.contourf(alpha, beta, grid_z, levels=levels, norm=norm, cmap="viridis")
   ax.contour(alpha, beta, grid_z, levels=levels[::3], colors="white", linewidths=0.6, alpha=0.7)
-  bar = fig.colorbar(filled, ax=ax)
+  bar = fig.colorbar(filled, ax=ax, format="%.3g")
   bar.set_label("training loss (mean cross-entropy, nats)" + (", log scale" if log else ""))
   at = lambda a, b: _value_at(alpha, beta, loss, a, b)
   marks = [((0, 0), "o", "white", f"θp: pretrained + initial head of seed {int(z['seeds'][0])}"),
@@ -267,8 +267,7 @@ def plot(path_npz: str, path_png: str, title: str) -> str:
   ax.set_xlabel(f"α  (direction θf − θp; {f_label})")
   ax.set_ylabel(f"β  (direction θs − θp; {s_label})")
   ax.set_title(f"Loss surface: {title}", fontsize=11)
-  ax.legend(loc="upper right", fontsize=8.5, framealpha=0.9)
-  ax.set_aspect("equal")
+  fig.legend(loc="outside lower center", fontsize=9, ncols=1, frameon=False)
   figures.save(fig, path_png)
   n_ex = len(z.get("examples", []))
   return (f"{title}: training loss f(α, β) = L(θp + α(θf − θp) + β(θs − θp)) on a "

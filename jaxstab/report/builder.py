@@ -4,6 +4,7 @@ import os
 import re
 from typing import Dict, List
 
+from jaxstab import analysis
 from jaxstab.report import figures, gradnorms, html, load, picks
 
 
@@ -48,6 +49,10 @@ def build(workdir: str, out: str = None) -> Report:
     else:
       pngs[key], captions[key] = path, caption
   draw("bias_correction", figures.bias_correction, settings)
+  surfaces = _analysis_figures(settings, out, "loss_surface", analysis.LOSS_SURFACE, pngs,
+                               captions, notes)
+  forgetting = _analysis_figures(settings, out, "forgetting", analysis.FORGETTING, pngs,
+                                 captions, notes)
   draw("generalization", figures.generalization, settings)
   draw("train_loss", figures.train_loss, settings)
 
@@ -62,7 +67,14 @@ def build(workdir: str, out: str = None) -> Report:
         + fig(f"gradnorms_{safe_name(s.name)}", f"gradient norms of {s.name}") for s in settings],
       "<h2>3. Bias correction acts as warmup</h2>",
       fig("bias_correction", "bias-correction factor and effective learning rate"),
-      "<h2>4. Generalization</h2>",
+      "<h2>4. Loss surface through the pretrained, a failed and a successful model</h2>",
+      html.analysis_section(study, out, surfaces, pngs, captions, analysis.LOSS_SURFACE,
+                            "python -m jaxstab.analysis.loss_surface --workdir=" + study.workdir),
+      "<h2>5. Forgetting: masked-LM perplexity with the top k layers restored</h2>",
+      html.analysis_section(study, out, forgetting, pngs, captions, analysis.FORGETTING,
+                            "python -m jaxstab.forgetting --workdir=" + study.workdir
+                            + " --text=FILE"),
+      "<h2>6. Generalization</h2>",
       fig("generalization", "final dev metric vs final training loss"),
       fig("train_loss", "training-loss curves of every seed"),
   ]
@@ -70,3 +82,25 @@ def build(workdir: str, out: str = None) -> Report:
   with open(index, "w", encoding="utf-8") as f:
     f.write(html.page(study, out, sections, notes))
   return Report(index, pngs, captions, chosen)
+
+
+def _analysis_figures(settings, out, kind, filename, pngs, captions, notes):
+  """Draws <setting dir>/analysis/<filename> of each setting that has it; returns
+  [(setting, figure key or None, data path)] for the settings that have the file."""
+  from jaxstab.analysis import forgetting, loss_surface  # pylint: disable=import-outside-toplevel
+  plot = {"loss_surface": loss_surface.plot, "forgetting": forgetting.plot}[kind]
+  found = []
+  for s in settings:
+    data = analysis.analysis_path(s.directory, filename)
+    if not os.path.isfile(data):
+      continue
+    key = f"{kind}_{safe_name(s.name)}"
+    path = os.path.join(out, f"{key}.png")
+    try:
+      captions[key] = plot(data, path, s.title())
+      pngs[key] = path
+      found.append((s, key, data))
+    except Exception as e:  # pylint: disable=broad-except
+      notes.append(f"{s.name}: could not draw {data} ({type(e).__name__}: {e}); figure skipped.")
+      found.append((s, None, data))
+  return found

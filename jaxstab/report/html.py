@@ -128,6 +128,29 @@ def settings_section(study: Study, out_dir: str) -> str:
   return "\n".join(parts)
 
 
+def analysis_section(study: Study, out_dir: str, found, pngs: dict, captions: dict,
+                     filename: str, command: str) -> str:
+  """One analysis (loss surface or forgetting): each setting's figure with a link to the file it
+  was drawn from, or how to compute it when no setting has the file."""
+  if not found:
+    from jaxstab import analysis  # pylint: disable=import-outside-toplevel
+    kept = [s.name for s in study.settings if analysis.kept_seeds(s.directory)]
+    need = ("The final parameters are kept (in "
+            f"{esc(', '.join(kept))}); run " if kept else
+            "It needs the final parameters of the seeds (train with "
+            "<code>--config.checkpoint.keep_final_params=True</code>), then run ")
+    return (f"<p class='note'>Not computed for this {'run' if study.plain else 'study'}: no "
+            f"<code>analysis/{esc(filename)}</code> in any setting. {need}"
+            f"<code>{esc(command)}</code> and rebuild this report.</p>")
+  parts = []
+  for s, key, data in found:
+    body = (figure(pngs.get(key), f"{filename} of {s.name}", captions[key]) if key
+            else "<p class='note'>The figure could not be drawn (see the notes at the top).</p>")
+    parts.append(f"<h3>{esc(s.title())}</h3>{body}"
+                 f"<p>Raw data: {_link(out_dir, data, 'analysis/' + filename)}</p>")
+  return "\n".join(parts)
+
+
 def page(study: Study, out_dir: str, sections: List[str], notes: List[str]) -> str:
   models = ", ".join(dict.fromkeys(s.model for s in study.settings))
   tasks = ", ".join(dict.fromkeys(s.task.upper() for s in study.settings))
