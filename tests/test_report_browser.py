@@ -1,0 +1,63 @@
+"""The report page in a real browser: every image loads, the console stays clean."""
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from jaxstab import config_lib, report, study
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PROBE = """<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images', ok + '/' + imgs.length);
+});
+</script>"""
+
+
+def _chromium():
+  path = shutil.which("chromium") or shutil.which("chromium-browser")
+  if not path:
+    if os.environ.get("CI"):
+      pytest.fail("chromium is missing: .ci/run installs Debian's chromium package")
+    pytest.skip("no chromium on this machine (apt-get install chromium)")
+  return path
+
+
+def test_report_page_loads_every_image_without_console_errors(tmp_path):
+  chromium = _chromium()
+  cfg = config_lib.task_config("demo", "model=tiny-bert")
+  cfg.data.source = "synthetic"
+  cfg.model.tiny.vocab_size = 200
+  cfg.train.max_steps = 6
+  cfg.train.max_seq_length = 24
+  cfg.train.evals_per_epoch = 1
+  cfg.probe.every = 2
+  cfg.seeds = "1-2"
+  study.run(cfg, str(tmp_path / "study"))
+  out = tmp_path / "study" / "report"
+  report.build(str(tmp_path / "study"), str(out))
+  page = out / "index.html"
+  probed = out / "probed.html"
+  html = page.read_text(encoding="utf-8")
+  assert html.count("<img") >= 4
+  probed.write_text(html.replace("</body>", PROBE + "</body>"), encoding="utf-8")
+  common = [chromium, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000"]
+  dom = subprocess.run(common + ["--enable-logging=stderr", "--v=0", "--dump-dom",
+                                 probed.as_uri()], capture_output=True, text=True, timeout=120)
+  assert dom.returncode == 0, dom.stderr[-2000:]
+  counts = re.search(r'data-images="(\d+)/(\d+)"', dom.stdout)
+  assert counts, dom.stdout[-2000:]
+  loaded, total = int(counts.group(1)), int(counts.group(2))
+  assert total >= 4 and loaded == total, (loaded, total)
+  console = [l for l in dom.stderr.splitlines() if "CONSOLE" in l and "probed.html" in l]
+  assert not [l for l in console if "rror" in l], console
+  shot = out / "screenshot.png"
+  subprocess.run(common + ["--window-size=1400,2400", f"--screenshot={shot}", page.as_uri()],
+                 capture_output=True, timeout=120, check=True)
+  assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20000
