@@ -68,7 +68,7 @@ def test_two_settings_share_seeds_and_are_compared(tmp_path):
   csv_rows = (tmp_path / "summary.csv").read_text().strip().splitlines()
   assert len(csv_rows) == 1 + 2 * 2
   table = (tmp_path / "table.md").read_text()
-  assert "| devlin |" in table and "| ours |" in table and "DEMO" in table
+  assert "| plain |" in table and "| corrected |" in table and "DEMO" in table
   assert result["levene"] == saved["levene"]
 
 

@@ -96,8 +96,8 @@ def initial_params(model, cfg, seed: int):
   key = train_lib.seed_key(seed)
   init_range = model.config.initializer_range
   params = models.init_head(model.params, jax.random.fold_in(key, train_lib.HEAD), init_range)
-  st = cfg.stabilisers
-  if st.reinit_layers or st.reinit_pooler:
+  st = cfg.get("stabilisers")
+  if st is not None and (st.get("reinit_layers", 0) or st.get("reinit_pooler", False)):
     params = stabilisers.reinit_top_layers(params, jax.random.fold_in(key, train_lib.REINIT),
                                            model.arch, model.num_layers, st.reinit_layers,
                                            st.reinit_pooler, init_range)
