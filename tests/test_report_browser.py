@@ -28,17 +28,20 @@ def _chromium():
   return path
 
 
-def test_report_page_loads_every_image_without_console_errors(tmp_path):
+def test_report_page_loads_every_image_without_console_errors(tmp_path, glue_dir):
+  """A tiny real study: RTE from ../shared/glue, 4 seeds, two settings, a few steps."""
   chromium = _chromium()
-  cfg = config_lib.task_config("demo", "model=tiny-bert")
-  cfg.data.source = "synthetic"
-  cfg.model.tiny.vocab_size = 200
+  cfg = config_lib.task_config("rte", "model=tiny-bert,seeds=1-4")
+  cfg.data.dir = str(glue_dir)
+  cfg.model.tiny.vocab_size = 300
   cfg.train.max_steps = 6
   cfg.train.max_seq_length = 24
   cfg.train.evals_per_epoch = 1
   cfg.probe.every = 2
-  cfg.seeds = "1-2"
-  study.run(cfg, str(tmp_path / "study"))
+  cfg.settings["rte_devlin"] = "setting=devlin"
+  cfg.settings["rte_ours"] = "setting=ours"
+  result = study.run(cfg, str(tmp_path / "study"))
+  assert [len(s["runs"]) for s in result["settings"]] == [4, 4]
   out = tmp_path / "study" / "report"
   report.build(str(tmp_path / "study"), str(out))
   page = out / "index.html"

@@ -151,3 +151,23 @@ def test_hf_source_maps_the_hub_dataset(monkeypatch):
   got = data.load_split(tasks.get_task("rte"), "dev", "hf", "/cache")
   assert calls == [("nyu-mll/glue", "rte", "validation", "/cache")]
   assert got.text_a == ["a b", "c"] and got.text_b == ["d", "e f"] and got.labels.tolist() == [1, 0]
+
+
+def test_small_data_subset_and_full_data_step_count(glue_dir, tmp_path):
+  from jaxstab import data  # pylint: disable=import-outside-toplevel
+  arrays = {"labels": np.arange(2490), "input_ids": np.arange(2490 * 3).reshape(2490, 3)}
+  sub = data.subsample(arrays, 1000, seed=0)
+  assert len(np.unique(sub["labels"])) == 1000  # N distinct examples
+  np.testing.assert_array_equal(sub["input_ids"][:, 0] // 3, sub["labels"])  # rows kept whole
+  assert np.array_equal(data.subsample(arrays, 1000, 0)["labels"], sub["labels"])
+  assert not np.array_equal(data.subsample(arrays, 1000, 1)["labels"], sub["labels"])
+  cfg = config_lib.task_config("rte", "model=tiny-bert,train_examples=40,steps_of_full_epochs=0.02")
+  cfg.data.dir = str(glue_dir)
+  cfg.model.tiny.vocab_size = 300
+  cfg.train.max_seq_length = 16
+  cfg.train.evals_per_epoch = 1
+  result = study.run(cfg, str(tmp_path / "small"))
+  full_steps_per_epoch = data.num_batches(2490, 16)  # RTE's full training set, batch 16
+  assert result["total_steps"] == round(0.02 * full_steps_per_epoch)
+  with np.load(tmp_path / "small" / "probe.npz") as z:
+    assert z["loss"].shape[1] == (result["total_steps"] - 1) // cfg.probe.every + 1
