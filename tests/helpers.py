@@ -39,3 +39,20 @@ def build_step(cfg, model, arrays, total_steps=20):
 def tree_max_abs_diff(a, b):
   return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
              for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def demo_config(seeds="1-2", **overrides):
+  """A few steps of the tiny BERT on the synthetic demo task; overrides as a__b=value."""
+  cfg = config_lib.task_config("demo", "model=tiny-bert")
+  cfg.data.source = "synthetic"
+  cfg.model.tiny.vocab_size = 200
+  cfg.train.batch_size = 32
+  cfg.train.max_seq_length = 24
+  cfg.train.max_steps = 6
+  cfg.train.evals_per_epoch = 1
+  cfg.probe.every = 2
+  cfg.optim.lr = 1e-3
+  cfg.seeds = seeds
+  for k, v in overrides.items():
+    config_lib.set_path(cfg, k.replace("__", "."), v)
+  return cfg

@@ -11,31 +11,21 @@ import optax
 import pytest
 import transformers as tr
 
-from jaxstab import analysis, checkpoint, config_lib, data, experiment, probe, study
+from jaxstab import analysis, checkpoint, data, experiment, probe, study
 from jaxstab import train as train_lib
 from jaxstab.analysis import forgetting as fg
 from jaxstab.analysis import loss_surface as ls
 from jaxstab.errors import ConfigError
 from jaxstab.report import build
-from tests.helpers import tree_max_abs_diff
+from tests.helpers import demo_config, tree_max_abs_diff
 
 SEEDS = [1, 2, 3]
 GRID, EXAMPLES, CHUNK = 5, 48, 4      # 5 points in [-0.5, 1.5]: -0.5, 0, 0.5, 1, 1.5
 
 
 def _cfg():
-  cfg = config_lib.task_config("demo", "model=tiny-bert")
-  cfg.data.source = "synthetic"
-  cfg.model.tiny.vocab_size = 200
-  cfg.train.batch_size = 32
-  cfg.train.max_seq_length = 24
-  cfg.train.max_steps = 8
-  cfg.train.evals_per_epoch = 1
-  cfg.probe.every = 4
-  cfg.optim.lr = 1e-3
-  cfg.seeds = "1-3"
-  cfg.checkpoint.keep_final_params = True
-  return cfg
+  return demo_config("1-3", train__max_steps=8, probe__every=4,
+                     checkpoint__keep_final_params=True)
 
 
 @pytest.fixture(scope="module")

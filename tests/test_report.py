@@ -11,9 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from jaxstab import config_lib, stats, study
+from jaxstab import stats, study
 from jaxstab.report import __main__ as report_cli
 from jaxstab.report import build, load, picks, schedule
+from tests.helpers import demo_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GROUPS = ["embeddings", "layer_0", "layer_1", "pooler", "classifier"]
@@ -24,16 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
   """A plain run (one setting, seeds 1-2, 6 steps) of the tiny BERT on the synthetic demo task."""
-  cfg = config_lib.task_config("demo", "model=tiny-bert")
-  cfg.data.source = "synthetic"
-  cfg.model.tiny.vocab_size = 200
-  cfg.train.batch_size = 32
-  cfg.train.max_seq_length = 24
-  cfg.train.max_steps = 6
-  cfg.train.evals_per_epoch = 1
-  cfg.probe.every = 2
-  cfg.optim.lr = 1e-3
-  cfg.seeds = "1-2"
+  cfg = demo_config("1-2")
   workdir = str(tmp_path_factory.mktemp("real_run"))
   study.run(cfg, workdir)
   return workdir

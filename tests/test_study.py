@@ -10,23 +10,11 @@ from scipy import stats as sps
 
 from jaxstab import config_lib, stats, study
 from jaxstab import train as train_lib
-from tests.helpers import build_step, tiny_setup, tree_max_abs_diff
+from tests.helpers import build_step, demo_config, tiny_setup, tree_max_abs_diff
 
 
 def _demo(seeds="1-2", **over):
-  cfg = config_lib.task_config("demo", "model=tiny-bert")
-  cfg.data.source = "synthetic"
-  cfg.model.tiny.vocab_size = 200
-  cfg.train.batch_size = 32
-  cfg.train.max_seq_length = 24
-  cfg.train.max_steps = 6
-  cfg.train.evals_per_epoch = 1
-  cfg.probe.every = 2
-  cfg.optim.lr = 1e-3
-  cfg.seeds = seeds
-  for k, v in over.items():
-    config_lib.set_path(cfg, k.replace("__", "."), v)
-  return cfg
+  return demo_config(seeds, **over)
 
 
 def test_spread_and_levene_against_direct_computation():
