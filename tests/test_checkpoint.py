@@ -19,12 +19,13 @@ ARGS = ["--config=configs/demo.py:seeds=1-2", "--config.train.max_steps=12",
         "--config.checkpoint.every_steps=2"]
 
 
-def _cli(workdir, fault=""):
+def _cli(workdir, fault="", extra=()):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop(checkpoint.FAULT_ENV, None)
   if fault:
     env[checkpoint.FAULT_ENV] = fault
-  return subprocess.run([sys.executable, "-m", "jaxstab.main", *ARGS, f"--workdir={workdir}"],
+  return subprocess.run([sys.executable, "-m", "jaxstab.main", *ARGS, *extra,
+                         f"--workdir={workdir}"],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -62,6 +63,22 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path, reference, fault, cod
     np.testing.assert_array_equal(probe[k], ref_probe[k], err_msg=k)
   assert metrics_text == ref_metrics
   assert not (tmp_path / "checkpoints" / "seeds_1-2_of_2").exists()  # cleaned up when done
+
+
+def test_diverged_seeds_survive_a_kill_and_resume(tmp_path):
+  """lr 1e30: both seeds diverge early; the divergence marks resume with the rest."""
+  extra = ["--config.optim.lr=1e30"]
+  ref = _cli(tmp_path / "ref", extra=extra)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  killed = _cli(tmp_path / "k", "kill_at_step:7", extra)
+  assert killed.returncode == -9
+  resumed = _cli(tmp_path / "k", extra=extra)
+  assert resumed.returncode == 0 and "resumed from the checkpoint" in resumed.stderr
+  runs, probe, _ = _results(tmp_path / "k")
+  ref_runs, ref_probe, _ = _results(tmp_path / "ref")
+  assert runs == ref_runs and all(r["diverged_at"] is not None and r["failed"] for r in runs)
+  for k in probe:
+    np.testing.assert_array_equal(probe[k], ref_probe[k], err_msg=k)
 
 
 def test_truncated_checkpoint_falls_back_to_the_previous(tmp_path):
