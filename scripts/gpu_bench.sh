@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The whole GPU measurement of issue 7 in one go, on the lent machine (../shared/gpu/README.md).
+#
+# Prepare on your own machine, in the project root (once; .whl/ is git-ignored):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.0 ml_collections==1.1.0
+# then run it there with the `run` tool:  command "bash scripts/gpu_bench.sh", carry [".whl"],
+# timeout_s ~ BUDGET + 60. Everything lands in $OUT: one JSON per stage (rewritten after every
+# row, so a stage cut short keeps what it measured), run.log, env.txt, summary.md.
+#
+# CPU dry run of the same stages with the tiny shape and a few steps:
+#   bash scripts/gpu_bench.sh --tiny            (OUT defaults to a fresh temp folder)
+#
+# Options: --tiny, --budget=SECONDS (default 420: stages stop starting new configurations when
+# it is spent, and each stage is killed past its share), --peak=TFLOPS (default: by chip name).
+# Env: WHEELS (default .whl), OUT, CACHE (persistent compilation cache, default /tmp/jax_cache:
+# kept on a warm machine, so a rerun compiles nothing).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+TINY=0; BUDGET=420; PEAK=""
+for arg in "$@"; do
+  case "$arg" in
+    --tiny) TINY=1 ;;
+    --budget=*) BUDGET="${arg#*=}" ;;
+    --peak=*) PEAK="${arg#*=}" ;;
+    *) echo "gpu_bench.sh: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+OUT="${OUT:-$(mktemp -d /tmp/gpu_bench.XXXXXX)}"; mkdir -p "$OUT"
+WHEELS="${WHEELS:-.whl}"; CACHE="${CACHE:-/tmp/jax_cache}"
+exec > >(tee -a "$OUT/run.log") 2>&1
+START=$SECONDS
+left() { echo $(( BUDGET - (SECONDS - START) )); }
+echo "== gpu_bench.sh $(date -u +%FT%TZ) tiny=$TINY budget=${BUDGET}s OUT=$OUT"
+
+# -- 1. the carried wheels (transformers 4.x with Flax classes, ml_collections, ...)
+if compgen -G "$WHEELS/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl \
+    || { echo "wheel install failed"; exit 3; }
+  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  echo "installed $(ls "$WHEELS"/*.whl | xargs -n1 basename | tr '\n' ' ')into /tmp/site"
+else
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  echo "no wheels in $WHEELS: using the packages already installed"
+fi
+export TOKENIZERS_PARALLELISM=false
+# PyTorch runs first in its own process and exits; JAX may then take most of the memory
+# (K=8 BERT-large needs it; on an 80 GB H100 it may still not fit: that row then says so).
+export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
+
+# -- 2. preflight: every import the benchmark needs, the device, versions (fail fast, cheaply)
+{
+  command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit,driver_version --format=csv
+  python3 - <<'EOF'
+import importlib, sys
+print("python", sys.version.split()[0])
+for m in ("jax", "jaxlib", "flax", "optax", "ml_collections", "transformers", "tokenizers",
+          "huggingface_hub", "torch", "numpy"):
+  try:
+    mod = importlib.import_module(m)
+    print(f"{m} {getattr(mod, '__version__', '?')} {getattr(mod, '__file__', '')}")
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"{m} MISSING: {type(e).__name__}: {e}")
+EOF
+} | tee "$OUT/env.txt"
+timeout 120 python3 - <<'EOF' || { echo "preflight failed: see above (missing wheel? add it to .whl)"; exit 4; }
+import jax
+from transformers import FlaxBertForSequenceClassification  # jaxstab needs transformers 4.x
+from jaxstab import train  # noqa: F401  (the project imports from the working tree)
+print("jax devices:", jax.devices(), "backend:", jax.default_backend())
+EOF
+python3 -c "from transformers import BertForSequenceClassification; import torch; print('torch cuda:', torch.cuda.is_available())" \
+  || echo "(PyTorch BERT not importable: the torch comparison will be skipped)"
+
+if [ -z "$PEAK" ]; then  # dense bf16 TFLOP/s; H200 as in ../shared/gpu/README.md (its anchors' MFU)
+  NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -1)"
+  case "$NAME" in
+    *H200*) PEAK=790 ;;
+    *H100*PCIe*) PEAK=756 ;;
+    *H100*) PEAK=989 ;;
+    *A100*) PEAK=312 ;;
+    *) PEAK=0 ;;
+  esac
+  echo "chip '${NAME:-none}': peak ${PEAK} TFLOP/s (0 = MFU not computed; override with --peak=)"
+fi
+
+# -- 3. the stages: shape, share of the budget, configurations in priority order
+if [ "$TINY" = 1 ]; then
+  LARGE=tiny; BASE=bert-base-2l; STEPS=(--steps=3 --warmup=1 --torch_threads=1)
+  LARGE_CFG="1:bf16:off,1:fp32:off,2:bf16:off,2:bf16:on,1:bf16:on"
+  BASE_CFG="1:bf16:off,2:bf16:off"
+  CACHE_CFG="1:bf16:off"; CACHE_SHAPE=tiny
+else
+  LARGE=bert-large; BASE=bert-base; STEPS=(--steps=20 --warmup=3)
+  # the targets first: single seed vs TF32, summed over seeds, probe overhead; then the rest
+  LARGE_CFG="1:bf16:off,1:fp32:off,8:bf16:off,8:bf16:on,1:bf16:on,4:bf16:off,8:fp32:on,4:bf16:on,1:fp32:on,8:fp32:off,4:fp32:off,4:fp32:on"
+  BASE_CFG="1:bf16:off,8:bf16:off,1:fp32:off,8:bf16:on,4:bf16:off,1:bf16:on,8:fp32:on,4:fp32:off,1:fp32:on,4:bf16:on,8:fp32:off,4:fp32:on"
+  CACHE_CFG="1:bf16:off"; CACHE_SHAPE=bert-base
+fi
+COMMON=(--batch=16 --seq=128 --peak_tflops="$PEAK" --compile_cache="$CACHE" "${STEPS[@]}")
+
+stage() {  # name, share (percent) of what is left beyond `reserve` seconds, shape, configs, args...
+  local name=$1 share=$2 reserve=$3 shape=$4 cfgs=$5; shift 5
+  local rem; rem=$(( $(left) - reserve ))
+  if [ "$rem" -le 20 ]; then echo "== $name: skipped, budget spent"; return; fi
+  local soft=$(( rem * share / 100 )); local hard=$(( soft + 90 < rem ? soft + 90 : rem ))
+  echo "== $name: $shape, soft ${soft}s (no new config after), hard ${hard}s; $(left)s of budget left"
+  timeout --signal=TERM "$hard" python3 scripts/bench_step.py --shape="$shape" --configs="$cfgs" \
+    --time_budget_s="$soft" --label="$name" --json="$OUT/$name.json" "${COMMON[@]}" "$@"
+  echo "== $name: exit $? after $(( SECONDS - START ))s in all"
+}
+
+# bert-large gets ~60% of the time, bert-base most of the rest; 45 s are kept for the last stage
+stage large 60 45 "$LARGE" "$LARGE_CFG" --torch=auto
+stage base 75 45 "$BASE" "$BASE_CFG" --torch=auto
+# a second process on a configuration already compiled above: the persistent cache at work
+stage cache_rerun 100 0 "$CACHE_SHAPE" "$CACHE_CFG" --torch=off  # same steps: same program
+
+python3 scripts/bench_summary.py "$OUT"/large.json "$OUT"/base.json "$OUT"/cache_rerun.json \
+  > "$OUT/summary.md" 2> /dev/null
+cat "$OUT/summary.md"
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,temperature.gpu,clocks.sm,power.draw --format=csv >> "$OUT/env.txt"
+echo "== done in $(( SECONDS - START ))s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
