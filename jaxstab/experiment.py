@@ -204,9 +204,14 @@ def _run_setting_locked(cfg, workdir, task, model, tokenizer, train_split, dev_s
                                      2 if cfg.model.dtype == "bfloat16" else 4)
   k = parallel.seeds_per_step(cfg.train.seeds_per_step, max(len(todo), 1), layout, per_seed,
                               8 * models.param_count(model.params))
-  create = jax.jit(jax.vmap(lambda key: train_lib.create_train_state(
-      model, tx, key, total, cfg.probe.every, groups, st.reinit_layers, st.reinit_pooler)),
-                   out_shardings=layout.seed_sharding(k))
+  # The pretrained weights are an argument, not a closure: as jit constants they would be
+  # compiled into the program (and the persistent cache) for every study.
+  create_fn = jax.jit(jax.vmap(lambda params, key: train_lib.create_train_state(
+      dataclasses.replace(model, params=params), tx, key, total, cfg.probe.every, groups,
+      st.reinit_layers, st.reinit_pooler), in_axes=(None, 0)),
+                      out_shardings=layout.seed_sharding(k))
+  pretrained = jax.device_put(model.params, layout.replicated)
+  create = functools.partial(create_fn, pretrained)
   step_fn = jax.jit(jax.vmap(train_lib.make_train_step(
       model, tx, schedule, n_train=n_train, batch_size=batch, probe_every=cfg.probe.every,
       group_names=groups, b1=cfg.optim.b1, b2=cfg.optim.b2,

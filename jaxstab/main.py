@@ -76,6 +76,8 @@ def _compilation_cache(config, workdir):
     logging.warning("no compilation cache: cannot create %s", where)
     return
   jax.config.update("jax_compilation_cache_dir", where)
+  # Cache the small programs too (head init, evaluation): each still costs a compile per process.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 def main(argv):
