@@ -159,3 +159,22 @@ def test_small_data_subset_and_full_data_step_count(glue_dir, tmp_path):
   assert result["total_steps"] == round(0.02 * full_steps_per_epoch)
   with np.load(tmp_path / "small" / "probe.npz") as z:
     assert z["loss"].shape[1] == (result["total_steps"] - 1) // cfg.probe.every + 1
+
+
+def test_tfds_source_maps_rows_and_names_the_missing_package(monkeypatch):
+  import sys  # pylint: disable=import-outside-toplevel
+  import types  # pylint: disable=import-outside-toplevel
+  from jaxstab import data, tasks  # pylint: disable=import-outside-toplevel
+  from jaxstab.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+  with pytest.raises(ConfigError, match=r"pip install 'jaxstab\[tfds\]'"):
+    data.load_split(tasks.get_task("rte"), "train", "tfds", "gs://bucket/tfds")
+  calls = []
+  fake = types.ModuleType("tensorflow_datasets")
+  fake.load = lambda name, split, data_dir: calls.append((name, split, data_dir)) or "ds"
+  fake.as_numpy = lambda ds: iter([{"sentence1": b"a b", "sentence2": b"c", "label": 1, "idx": 0},
+                                   {"sentence1": b"d", "sentence2": b"e f", "label": 0, "idx": 1}])
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
+  got = data.load_split(tasks.get_task("rte"), "dev", "tfds", "gs://bucket/tfds")
+  assert calls == [("glue/rte", "validation", "gs://bucket/tfds")]
+  assert got.text_a == ["a b", "d"] and got.text_b == ["c", "e f"] and got.labels.tolist() == [1, 0]
