@@ -1,4 +1,4 @@
-"""Checkpoints of a seed group inside training, workdir locks, and fault injection for tests.
+"""Checkpoints of a seed group inside training, kept final params, and fault injection for tests.
 
 A seed group's whole train state (params, optimizer state, step, keys, probe buffers, divergence
 marks, running loss) is one pytree saved by orbax every `checkpoint.every_steps` steps; the
@@ -8,15 +8,14 @@ atomically, and a step that cannot be read falls back to the one before it. SIGT
 preemption sends) triggers a final synchronous checkpoint and a clean exit.
 """
 import contextlib
-import errno
 import os
-import shutil
 import signal
 from typing import Optional
 
 import jax
 from absl import logging
 
+from jaxstab import fs
 from jaxstab.errors import ConfigError
 
 # Tests only: JAXSTAB_FAULT="<where>:<step>" with where one of kill_at_step, kill_in_save,
@@ -44,7 +43,7 @@ class GroupCheckpointer:
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
     self._ocp = ocp
     self.every = int(every_steps)
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints", group_name))
+    self.directory = fs.absolute(fs.join(workdir, "checkpoints", group_name))
     self._mgr = None
     if self.every > 0:
       self._mgr = ocp.CheckpointManager(
@@ -88,18 +87,18 @@ class GroupCheckpointer:
       self._mgr.wait_until_finished()
       self._mgr.close()
     if remove:
-      shutil.rmtree(self.directory, ignore_errors=True)
+      fs.rmtree(self.directory)
 
 
 def params_dir(workdir: str, seed: int) -> str:
-  return os.path.abspath(os.path.join(workdir, "params", f"seed_{seed}"))
+  return fs.absolute(fs.join(workdir, "params", f"seed_{seed}"))
 
 
 def save_params(workdir: str, seed: int, params) -> None:
   """Final parameters of one seed (for the loss surface and forgetting analyses)."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   path = params_dir(workdir, seed)
-  shutil.rmtree(path, ignore_errors=True)
+  fs.rmtree(path)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(path, params)
 
@@ -108,7 +107,7 @@ def load_params(workdir: str, seed: int, like):
   """The final parameters `save_params` kept, restored with the structure of `like`."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   path = params_dir(workdir, seed)
-  if not os.path.isdir(path):
+  if not fs.isdir(path):
     raise ConfigError(f"no kept parameters for seed {seed} in {path}; train with "
                       "--config.checkpoint.keep_final_params=True")
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
@@ -134,43 +133,3 @@ def sigterm_flag():
     yield flag
   finally:
     signal.signal(signal.SIGTERM, old)
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except OSError as e:
-    return e.errno == errno.EPERM
-  return True
-
-
-@contextlib.contextmanager
-def workdir_lock(workdir: str):
-  """Refuses a workdir another live process is training in; takes over a stale lock."""
-  path = os.path.join(workdir, ".lock")
-  while True:
-    try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-      break
-    except FileExistsError:
-      try:
-        with open(path, encoding="utf-8") as f:
-          owner = int(f.read().strip() or 0)
-      except (OSError, ValueError):
-        owner = 0
-      if owner and owner != os.getpid() and _alive(owner):
-        raise ConfigError(f"{workdir} is in use by another jaxstab process (pid {owner}); wait "
-                          f"for it or use another --workdir (lock file {path})") from None
-      logging.warning("taking over the stale lock %s (pid %s is gone)", path, owner)
-      os.remove(path)
-    except OSError as e:
-      raise ConfigError(f"cannot write in the workdir {workdir}: {e.strerror}") from None
-  with os.fdopen(fd, "w") as f:
-    f.write(str(os.getpid()))
-  try:
-    yield
-  finally:
-    with contextlib.suppress(OSError):
-      os.remove(path)
-
-

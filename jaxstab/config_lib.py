@@ -56,6 +56,7 @@ ARG_KEYS = {
     "lr": "optim.lr", "epochs": "train.epochs", "seed": "seed", "seeds": "seeds",
     "dtype": "model.dtype", "data": "data.source", "task": "task",
     "train_examples": "data.train_examples", "steps_of_full_epochs": "train.steps_of_full_epochs",
+    "moments": "optim.moments_dtype",
 }
 
 

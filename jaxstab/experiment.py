@@ -10,7 +10,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
 import time
 from typing import Any
 
@@ -19,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxstab import checkpoint, config_lib, data, metrics, models, optim, outputs, parallel, probe
+from jaxstab import checkpoint, config_lib, data, fs, metrics, models, optim, outputs, parallel
+from jaxstab import lock as lock_lib
+from jaxstab import probe
 from jaxstab import stabilisers, stats
 from jaxstab import tasks
 from jaxstab import train as train_lib
@@ -91,7 +92,9 @@ def _load_inputs(cfg):
 
 
 def _tokenize(cfg, workdir, task, tokenizer, train_split, dev_split):
-  cache = os.path.join(workdir, "cache")
+  # A bucket workdir keeps its tokenized cache on the local disk: it is cheap to rebuild.
+  cache = (os.path.join(os.path.expanduser("~"), ".cache", "jaxstab", "tokens")
+           if fs.is_remote(workdir) else os.path.join(workdir, "cache"))
   length = cfg.train.max_seq_length
   return (data.tokenize_cached(train_split, tokenizer, length, cache, f"{task.name}-train"),
           data.tokenize_cached(dev_split, tokenizer, length, cache, f"{task.name}-dev"))
@@ -119,22 +122,20 @@ def config_diff(old: dict, new: dict, prefix=""):
 
 def _prepare_workdir(cfg, workdir):
   """Creates workdir, or checks that its earlier results were made by the same config."""
-  path = os.path.join(workdir, outputs.CONFIG)
+  path = fs.join(workdir, outputs.CONFIG)
   new = json.loads(json.dumps(cfg.to_dict()))
-  if os.path.isfile(path) and not cfg.get("overwrite", False):
-    with open(path, encoding="utf-8") as f:
-      diff = config_diff(json.load(f), new)
+  if fs.isfile(path) and not cfg.get("overwrite", False):
+    diff = config_diff(fs.read_json(path), new)
     if diff:
       raise ConfigError(f"{workdir} holds results of a different config ({'; '.join(diff)}). "
                         "Use a new --workdir, or pass --config.overwrite=True to discard them.")
   if not parallel.is_primary():
     return
-  if not os.path.isfile(path) or cfg.get("overwrite", False):
-    shutil.rmtree(os.path.join(workdir, RUNS), ignore_errors=True)
-  os.makedirs(os.path.join(workdir, RUNS), exist_ok=True)
+  if not fs.isfile(path) or cfg.get("overwrite", False):
+    fs.rmtree(fs.join(workdir, RUNS))
+  fs.makedirs(fs.join(workdir, RUNS))
   for name in (outputs.SUMMARY, outputs.PROBE):  # merged files are rebuilt at the end
-    if os.path.exists(os.path.join(workdir, name)):
-      os.remove(os.path.join(workdir, name))
+    fs.remove(fs.join(workdir, name))
   outputs.write_json(path, new)
 
 
@@ -142,7 +143,7 @@ RUNS = "runs"
 
 
 def _run_path(workdir, seed, kind):
-  return os.path.join(workdir, RUNS, {"json": f"seed_{seed}.json", "npz": f"probe_seed_{seed}.npz",
+  return fs.join(workdir, RUNS, {"json": f"seed_{seed}.json", "npz": f"probe_seed_{seed}.npz",
                                       "jsonl": f"metrics_seed_{seed}.jsonl"}[kind])
 
 
@@ -152,10 +153,10 @@ def run_setting(cfg, workdir: str) -> dict:
   validate(cfg)
   inputs = _load_inputs(cfg)
   try:
-    os.makedirs(workdir, exist_ok=True)
+    fs.makedirs(workdir)
   except OSError as e:
-    raise ConfigError(f"cannot create the workdir {workdir}: {e.strerror}") from None
-  lock = checkpoint.workdir_lock(workdir) if parallel.is_primary() else contextlib.nullcontext()
+    raise ConfigError(f"cannot create the workdir {workdir}: {e.strerror or e}") from None
+  lock = lock_lib.workdir_lock(workdir) if parallel.is_primary() else contextlib.nullcontext()
   with lock:
     return _run_setting_locked(cfg, workdir, *inputs)
 
@@ -165,7 +166,7 @@ def _run_setting_locked(cfg, workdir, task, model, tokenizer, train_split, dev_s
   _prepare_workdir(cfg, workdir)
   parallel.barrier("workdir prepared")
   train_arrays, dev_arrays = _tokenize(cfg, workdir, task, tokenizer, train_split, dev_split)
-  todo = [s for s in seeds if not os.path.isfile(_run_path(workdir, s, "json"))]
+  todo = [s for s in seeds if not fs.isfile(_run_path(workdir, s, "json"))]
   if len(todo) < len(seeds):
     logging.info("resuming: %d of %d seeds already finished in %s", len(seeds) - len(todo),
                  len(seeds), workdir)
@@ -277,7 +278,7 @@ def _train_group(group, k, loop: _Loop):
     logging.info("seeds %s: resumed from the checkpoint at step %d", group, step)
   host_state = lambda: {"records": {str(s): records[s] for s in group}, "last_loss": last_loss}
   done = {r["step"] for r in records[group[0]]}
-  t0, t_step = time.time(), step
+  t0, t_step, eval_s = time.time(), step, 0.0
   for point in loop.points:
     if point in done:
       continue
@@ -297,7 +298,9 @@ def _train_group(group, k, loop: _Loop):
       state = state.replace(loss_sum=jnp.zeros_like(state.loss_sum),
                             loss_count=jnp.zeros_like(state.loss_count))
       last_loss = [float(x) for x in loss[:len(group)]]
+    t_eval = time.time()  # the train steps before it have finished: the loss was read above
     logits = parallel.to_host(loop.eval_fn(state.params, loop.dev_dev)).astype(np.float32)
+    eval_s += time.time() - t_eval
     checkpoint.fault("kill_in_eval", step)
     logits = logits.reshape(k, -1, logits.shape[-1])[:len(group), :len(loop.dev_labels)]
     lr = float(loop.schedule(max(step - 1, 0)))
@@ -312,12 +315,14 @@ def _train_group(group, k, loop: _Loop):
     logging.info("seeds %s: step %d/%d, %.1f examples/s, ETA %.0fs, dev %s %s", group, step,
                  loop.points[-1], rate, eta, loop.task.metric,
                  " ".join(f"{records[s][-1][loop.task.metric]:.3f}" for s in group))
+  wall = time.time() - t0
+  logging.info("seeds %s: %.0f s, of which evaluation %.0f s (%.0f%%)", group, wall, eval_s,
+               100 * eval_s / max(wall, 1e-9))
   probes = {key: parallel.to_host(v) for key, v in state.probe.items()}
   diverged = parallel.to_host(state.diverged_at)
   for i, s in enumerate(group if parallel.is_primary() else []):  # the record marks it finished
     outputs.write_npz(_run_path(loop.workdir, s, "npz"), **{key: v[i] for key, v in probes.items()})
-    with open(_run_path(loop.workdir, s, "jsonl"), "w", encoding="utf-8") as f:
-      f.writelines(json.dumps(r) + "\n" for r in records[s])
+    fs.write_lines(_run_path(loop.workdir, s, "jsonl"), (json.dumps(r) + "\n" for r in records[s]))
     history = [{key: v for key, v in r.items() if key not in ("kind", "seed", "train_loss", "lr")}
                for r in records[s]]
     record = _run_record(s, history, loop.task, last_loss[i])
@@ -335,26 +340,21 @@ def _merge(cfg, workdir, seeds, task, model, majority, total, groups):
   """Builds metrics.jsonl, TensorBoard events, probe.npz and summary.json from runs/."""
   runs, probes = [], []
   for s in seeds:
-    with open(_run_path(workdir, s, "json"), encoding="utf-8") as f:
-      runs.append(json.load(f))
-    with np.load(_run_path(workdir, s, "npz")) as z:
-      probes.append({k: z[k] for k in z.files})
+    runs.append(fs.read_json(_run_path(workdir, s, "json")))
+    probes.append(fs.load_npz(_run_path(workdir, s, "npz")))
   summary = _summary(cfg, task, model, majority, runs, total)
   if not parallel.is_primary():
     return summary
-  shutil.rmtree(os.path.join(workdir, "tensorboard"), ignore_errors=True)
-  log = outputs.Log(workdir, seeds, truncate=True)
-  try:
-    for s in seeds:
-      with open(_run_path(workdir, s, "jsonl"), encoding="utf-8") as f:
-        for line in f:
-          log.write(json.loads(line))
-  finally:
-    log.close()
+  fs.rmtree(fs.join(workdir, "tensorboard"))
+  log = outputs.Log(workdir, seeds)
+  for s in seeds:
+    for line in fs.read_text(_run_path(workdir, s, "jsonl")).splitlines():
+      log.write(json.loads(line))
+  log.close()
   merged = {k: np.stack([p[k] for p in probes]) for k in probes[0] if k != "step"}
-  outputs.write_npz(os.path.join(workdir, outputs.PROBE), step=probes[0]["step"],
+  outputs.write_npz(fs.join(workdir, outputs.PROBE), step=probes[0]["step"],
                     groups=np.asarray(groups), seeds=np.asarray(seeds), **merged)
-  outputs.write_json(os.path.join(workdir, outputs.SUMMARY), summary)
+  outputs.write_json(fs.join(workdir, outputs.SUMMARY), summary)
   return summary
 
 

@@ -1,25 +1,23 @@
-"""Files a run writes in its workdir. JSON and npz are written atomically (temp file + rename),
-and summary.json is written last: its presence means the run finished."""
+"""Files a run writes in its workdir. JSON and npz are written atomically (temp file + rename,
+or one whole-object upload in a bucket), and summary.json is written last: its presence means
+the run finished."""
 import json
 import os
+import tempfile
 
 import numpy as np
+
+from jaxstab import fs
 
 SUMMARY, PROBE, METRICS, CONFIG = "summary.json", "probe.npz", "metrics.jsonl", "config.json"
 
 
 def write_json(path: str, obj) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=False, default=_jsonable)
-    f.write("\n")
-  os.replace(tmp, path)
+  fs.write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
 def write_npz(path: str, **arrays) -> None:
-  tmp = f"{path}.tmp{os.getpid()}.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  fs.save_npz(path, **arrays)
 
 
 def _jsonable(x):
@@ -31,16 +29,18 @@ def _jsonable(x):
 
 
 class Log:
-  """metrics.jsonl (one JSON object a line) plus TensorBoard event files, one folder per seed."""
+  """metrics.jsonl (one JSON object a line) plus TensorBoard event files, one folder per seed,
+  written whole when closed. A bucket workdir gets its events written locally, then uploaded."""
 
-  def __init__(self, workdir: str, seeds, truncate: bool = False):
-    self._jsonl = open(os.path.join(workdir, METRICS), "w" if truncate else "a", encoding="utf-8")  # pylint: disable=consider-using-with
+  def __init__(self, workdir: str, seeds):
+    self._workdir, self._lines = workdir, []
+    self._staging = tempfile.mkdtemp(prefix="jaxstab-tb-") if fs.is_remote(workdir) else None
+    tb_dir = fs.join(self._staging or workdir, "tensorboard")
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-    self._tb = {s: SummaryWriter(os.path.join(workdir, "tensorboard", f"seed_{s}")) for s in seeds}
+    self._tb = {s: SummaryWriter(os.path.join(tb_dir, f"seed_{s}")) for s in seeds}
 
   def write(self, record: dict) -> None:
-    self._jsonl.write(json.dumps(record, default=_jsonable) + "\n")
-    self._jsonl.flush()
+    self._lines.append(json.dumps(record, default=_jsonable) + "\n")
     tb = self._tb.get(record.get("seed"))
     if tb is not None:
       for k, v in record.items():
@@ -48,6 +48,9 @@ class Log:
           tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, record["step"])
 
   def close(self) -> None:
-    self._jsonl.close()
     for tb in self._tb.values():
       tb.close()
+    if self._staging:
+      fs.upload_tree(os.path.join(self._staging, "tensorboard"), fs.join(self._workdir, "tensorboard"))
+      fs.rmtree(self._staging)
+    fs.write_lines(fs.join(self._workdir, METRICS), self._lines)

@@ -6,11 +6,9 @@ each runs in workdir/<name>/ and the study writes the comparison: summary.json (
 list plus Levene p-values), summary.csv and table.md (Table 1's shape). Each setting's results
 are written as soon as it finishes, so a later crash loses nothing finished.
 """
-import os
-
 from absl import logging
 
-from jaxstab import checkpoint, config_lib, experiment, outputs, parallel, stats
+from jaxstab import checkpoint, config_lib, experiment, fs, outputs, parallel, stats
 from jaxstab.errors import ConfigError
 
 
@@ -34,7 +32,7 @@ def run(cfg, workdir: str) -> dict:
     experiment.validate(sub)
   results, errors = [], []
   for name, sub in settings:
-    where = os.path.join(workdir, name) if name else workdir
+    where = fs.join(workdir, name) if name else workdir
     try:
       summary = experiment.run_setting(sub, where)
     except checkpoint.Preempted:
@@ -69,11 +67,9 @@ def _write(workdir, results, errors=()):
     study = dict(results[0], **study)
   if not parallel.is_primary():
     return study
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "summary.csv"), "w", encoding="utf-8") as f:
-    f.write(stats.summary_csv(results))
-  with open(os.path.join(workdir, "table.md"), "w", encoding="utf-8") as f:
-    f.write(table + "\n")
-  outputs.write_json(os.path.join(workdir, outputs.SUMMARY), study)
+  fs.makedirs(workdir)
+  fs.write_text(fs.join(workdir, "summary.csv"), stats.summary_csv(results))
+  fs.write_text(fs.join(workdir, "table.md"), table + "\n")
+  outputs.write_json(fs.join(workdir, outputs.SUMMARY), study)
   print("final dev results, std / mean / median / max (x100):\n" + table)
   return study

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxstab import checkpoint
+from jaxstab import checkpoint, lock
 from jaxstab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,11 +104,11 @@ def test_workdir_lock_refuses_a_live_owner_and_takes_over_a_stale_one(tmp_path):
   try:
     (tmp_path / ".lock").write_text(str(sleeper.pid))
     with pytest.raises(ConfigError, match=f"pid {sleeper.pid}"):
-      with checkpoint.workdir_lock(str(tmp_path)):
+      with lock.workdir_lock(str(tmp_path)):
         pass
   finally:
     sleeper.kill()
     sleeper.wait()
-  with checkpoint.workdir_lock(str(tmp_path)):  # the owner is gone: stale, taken over
+  with lock.workdir_lock(str(tmp_path)):  # the owner is gone: stale, taken over
     assert (tmp_path / ".lock").read_text() == str(os.getpid())
   assert not (tmp_path / ".lock").exists()

@@ -45,7 +45,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from jaxstab import analysis
+from jaxstab import analysis, fs
 from jaxstab.errors import ConfigError
 
 MASK_PROB = 0.15
@@ -477,6 +477,7 @@ def main(argv=None) -> int:
   parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: all kept)")
   args = parser.parse_args(argv)
   try:
+    fs.require_local(args.workdir, "python -m jaxstab.forgetting")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else None
     run(args.workdir, args.setting, args.text, seeds, block_size=args.block_size,
         batch_size=args.batch_size, max_tokens=args.max_tokens, mask_seed=args.mask_seed)

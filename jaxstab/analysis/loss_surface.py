@@ -38,7 +38,7 @@ from typing import Optional
 
 import numpy as np
 
-from jaxstab import analysis
+from jaxstab import analysis, fs
 from jaxstab.errors import ConfigError
 
 DEFAULT_GRID = 21
@@ -329,6 +329,7 @@ def main(argv=None) -> int:
   parser.add_argument("--success_seed", type=int, default=None, help="θs (default: picked)")
   args = parser.parse_args(argv)
   try:
+    fs.require_local(args.workdir, "python -m jaxstab.analysis.loss_surface")
     run(args.workdir, args.setting, grid=args.grid, lo=args.lo, hi=args.hi,
         examples=args.examples, chunk=args.chunk, batch_size=args.batch_size,
         subset_seed=args.subset_seed, failed_seed=args.failed_seed,

@@ -3,6 +3,7 @@ import argparse
 import os
 import sys
 
+from jaxstab import fs
 from jaxstab.errors import ConfigError
 
 
@@ -16,6 +17,7 @@ def main(argv=None) -> int:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # only a few schedule values are computed
   from jaxstab.report import build  # pylint: disable=import-outside-toplevel
   try:
+    fs.require_local(args.workdir, "python -m jaxstab.report")
     report = build(args.workdir, args.out)
   except ConfigError as e:
     print(f"jaxstab: error: {e}", file=sys.stderr)
