@@ -128,8 +128,10 @@ def make_step(cfg, model, k, batch, seq, probe_every, total):
   return f, state, jax.device_put(arrays)
 
 
-def time_config(cfg, model, k, batch, seq, probe_every, steps, warmup, events=None):
-  """(seconds per step, {lower_s, compile_s, backend_compiles, cache_hits})."""
+def time_config(cfg, model, k, batch, seq, probe_every, steps, warmup, events=None,
+                profile=("", 0)):
+  """(seconds per step, {lower_s, compile_s, backend_compiles, cache_hits}); with profile =
+  (folder, n) it then traces n more steps into folder (TensorBoard / Perfetto)."""
   import jax  # pylint: disable=import-outside-toplevel
   f, state, dev = make_step(cfg, model, k, batch, seq, probe_every, steps + warmup + 1)
   before = events.snapshot() if events else (0, 0, 0)
@@ -149,6 +151,12 @@ def time_config(cfg, model, k, batch, seq, probe_every, steps, warmup, events=No
     state = compiled(state, dev)
   jax.block_until_ready(state.step)
   sec = (time.perf_counter() - t0) / steps
+  if profile[0] and profile[1] > 0:
+    with jax.profiler.trace(profile[0]):
+      for _ in range(profile[1]):
+        state = compiled(state, dev)
+      jax.block_until_ready(state.step)
+    info["profile"] = profile[0]
   if int(np.asarray(state.diverged_at).max()) >= 0:
     info["note"] = "a seed diverged (non-finite loss)"
   return sec, info
@@ -257,6 +265,10 @@ def main():
                  help="start no new jaxstab configuration after this many seconds (0: no limit)")
   p.add_argument("--compile_cache", default="",
                  help="persistent compilation cache folder (min time/size 0); '' = off")
+  p.add_argument("--profile_dir", default="",
+                 help="also trace --profile_steps steps of every configuration into "
+                      "DIR/<K>_<dtype>_probe-<on|off> (jax.profiler; view in TensorBoard/Perfetto)")
+  p.add_argument("--profile_steps", type=int, default=5)
   p.add_argument("--label", default="", help="free text stored in the JSON")
   p.add_argument("--json", default="", help="write {meta, rows, ratios} here (after every row)")
   a = p.parse_args()
@@ -322,7 +334,9 @@ def main():
                                   build(a.shape, a.arch, dtype, a.seq))
       cfg, model = models_by_dtype[dtype]
       sec, info = time_config(cfg, model, k, a.batch, a.seq,
-                              a.probe_every if pr == "on" else 0, a.steps, a.warmup, events)
+                              a.probe_every if pr == "on" else 0, a.steps, a.warmup, events,
+                              (os.path.join(a.profile_dir, f"{k}_{dtype}_probe-{pr}")
+                               if a.profile_dir else "", a.profile_steps))
       rows.append(make_row("jaxstab", dtype, k, a.batch, a.seq, a.shape, sec, a.peak_tflops,
                            **extra, **info))
       r = rows[-1]

@@ -117,6 +117,16 @@ stage base 75 45 "$BASE" "$BASE_CFG" --torch=auto
 # a second process on a configuration already compiled above: the persistent cache at work
 stage cache_rerun 100 0 "$CACHE_SHAPE" "$CACHE_CFG" --torch=off  # same steps: same program
 
+# a short trace of the headline configurations (compiled above: cache hits), summarised here;
+# the traces themselves stay on the machine (/tmp/jaxstab_profile), only the summary comes back
+if [ "$(left)" -gt 40 ]; then
+  timeout --signal=TERM "$(( $(left) - 10 ))" python3 scripts/bench_step.py --shape="$LARGE" \
+    --configs="1:bf16:off,8:bf16:on" --label=profile --json="$OUT/profile.json" \
+    --profile_dir=/tmp/jaxstab_profile --profile_steps=3 --torch=off "${COMMON[@]}"
+  python3 scripts/trace_summary.py /tmp/jaxstab_profile > "$OUT/profile.md"
+  head -40 "$OUT/profile.md"
+fi
+
 python3 scripts/bench_summary.py "$OUT"/large.json "$OUT"/base.json "$OUT"/cache_rerun.json \
   > "$OUT/summary.md" 2> /dev/null
 cat "$OUT/summary.md"
