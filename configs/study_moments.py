@@ -4,8 +4,8 @@ study's Levene test and table say whether the two differ.
 
 `epochs=E` sets the recipe's epochs (a preset such as `ours` would otherwise impose its own).
 The CPU run in BUILD_NOTES:
-  --config=configs/study_moments.py:model=minilm,seeds=1-4,train_examples=1000,epochs=3
-  --config.train.max_seq_length=32 --config.train.evals_per_epoch=1
+  --config=configs/study_moments.py:model=minilm,tasks=mrpc,seeds=1-4,train_examples=1000,epochs=3
+  --config.train.max_seq_length=64 --config.train.evals_per_epoch=1
 """
 from jaxstab import config_lib
 
