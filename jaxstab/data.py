@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxstab import demo_task
+from jaxstab import demo_task, fs
 from jaxstab.errors import ConfigError
 from jaxstab.tasks import Task
 
@@ -144,13 +144,10 @@ def tokenize_cached(split: Split, tokenizer, max_len: int, cache_dir: Optional[s
     return tokenize(split, tokenizer, max_len)
   path = os.path.join(cache_dir, f"{name}-{_fingerprint(split, tokenizer, max_len)}.npz")
   if os.path.isfile(path):
-    with np.load(path) as z:
-      return {k: z[k] for k in z.files}
+    return fs.load_npz(path)
   arrays = tokenize(split, tokenizer, max_len)
   os.makedirs(cache_dir, exist_ok=True)
-  tmp = path + f".tmp{os.getpid()}.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  fs.save_npz(path, **arrays)
   return arrays
 
 

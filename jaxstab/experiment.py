@@ -92,9 +92,7 @@ def _load_inputs(cfg):
 
 
 def _tokenize(cfg, workdir, task, tokenizer, train_split, dev_split):
-  # A bucket workdir keeps its tokenized cache on the local disk: it is cheap to rebuild.
-  cache = (os.path.join(os.path.expanduser("~"), ".cache", "jaxstab", "tokens")
-           if fs.is_remote(workdir) else os.path.join(workdir, "cache"))
+  cache = fs.local_cache("tokens") if fs.is_remote(workdir) else os.path.join(workdir, "cache")
   length = cfg.train.max_seq_length
   return (data.tokenize_cached(train_split, tokenizer, length, cache, f"{task.name}-train"),
           data.tokenize_cached(dev_split, tokenizer, length, cache, f"{task.name}-dev"))

@@ -30,6 +30,12 @@ def join(base: str, *parts: str) -> str:
   return os.path.join(base, *parts)
 
 
+def local_cache(kind: str) -> str:
+  """~/.cache/jaxstab/<kind>: where a bucket workdir's caches live (cheap to rebuild, slow to
+  read over the network)."""
+  return os.path.join(os.path.expanduser("~"), ".cache", "jaxstab", kind)
+
+
 def absolute(path: str) -> str:
   return str(path) if is_remote(path) else os.path.abspath(path)
 

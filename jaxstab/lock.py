@@ -70,6 +70,10 @@ def _me() -> dict:
   return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
+def _is_mine(lease) -> bool:
+  return bool(lease) and all(lease.get(k) == v for k, v in _me().items())
+
+
 def _read_lease(path: str):
   try:
     return json.loads(fs.read_text(path))
@@ -88,7 +92,7 @@ def _lease(workdir: str, settle_s: float = 1.0):
   path = fs.join(workdir, LOCK)
   me = _me()
   held = _read_lease(path)
-  if held and {k: held.get(k) for k in me} != me and not _stale(held, time.time()):
+  if held and not _is_mine(held) and not _stale(held, time.time()):
     raise ConfigError(
         f"{workdir} is in use by another jaxstab process (host {held.get('host')}, pid "
         f"{held.get('pid')}, lease renewed {time.time() - float(held.get('time', 0)):.0f}s ago); "
@@ -99,7 +103,7 @@ def _lease(workdir: str, settle_s: float = 1.0):
   fs.write_text(path, json.dumps(dict(me, time=time.time())))
   time.sleep(settle_s)  # two racing starters both wrote: the later write wins, the other leaves
   now = _read_lease(path)
-  if not now or {k: now.get(k) for k in me} != me:
+  if not _is_mine(now):
     raise ConfigError(f"{workdir} was taken by another jaxstab process at the same moment "
                       f"({now}); use another --workdir")
   stop = threading.Event()

@@ -69,8 +69,9 @@ def _compilation_cache(config, workdir):
   if where == "off":
     return
   import jax  # pylint: disable=import-outside-toplevel
-  if not where and "://" in workdir:  # a bucket workdir: keep the cache on this machine's disk
-    where = os.path.join(os.path.expanduser("~"), ".cache", "jaxstab", "xla")
+  from jaxstab import fs  # pylint: disable=import-outside-toplevel
+  if not where and fs.is_remote(workdir):  # a bucket workdir: keep the cache on this machine
+    where = fs.local_cache("xla")
   where = where or os.path.join(os.path.dirname(os.path.abspath(workdir)), ".jaxstab_compile_cache")
   try:
     os.makedirs(where, exist_ok=True)
