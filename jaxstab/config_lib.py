@@ -56,7 +56,7 @@ ARG_KEYS = {
     "lr": "optim.lr", "epochs": "train.epochs", "seed": "seed", "seeds": "seeds",
     "dtype": "model.dtype", "data": "data.source", "task": "task",
     "train_examples": "data.train_examples", "steps_of_full_epochs": "train.steps_of_full_epochs",
-    "moments": "optim.moments_dtype",
+    "moments": "optim.moments_dtype", "attention": "model.attention",
 }
 
 
@@ -82,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.tokenizer = ""               # '' = the model's own; 'wordpiece' = trained on the task
   c.model.dtype = "float32"            # computation dtype: float32 | bfloat16 (params stay fp32)
   c.model.dropout = -1.0               # < 0 keeps the model's own dropout probabilities
+  c.model.attention = "reference"      # reference | xla | cudnn: fused where attention dropout is off
   c.model.pass_segment_ids = True      # False reproduces the reference code's quirk (all zeros)
   c.model.tiny = ml_collections.ConfigDict(dict(
       hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,

@@ -103,16 +103,23 @@ RESUMABLE = ("seed", "seeds", "train.seeds_per_step", "overwrite", "settings",
              "checkpoint.every_steps", "checkpoint.keep", "compile_cache")
 
 
-def config_diff(old: dict, new: dict, prefix=""):
-  """Dotted keys whose values differ between two config dicts (RESUMABLE keys ignored)."""
+def config_diff(old: dict, new: dict, prefix="", defaults=None):
+  """Dotted keys whose values differ between two config dicts (RESUMABLE keys ignored).
+
+  With `defaults` (base_config as a dict), a key the old config lacks counts as unchanged when
+  the new value is its default: a workdir made before a key existed resumes after an upgrade.
+  """
   out = []
+  defaults = defaults or {}
   for k in sorted(set(old) | set(new)):
     key = prefix + k
     if key in RESUMABLE:
       continue
     a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
     if isinstance(a, dict) and isinstance(b, dict):
-      out += config_diff(a, b, key + ".")
+      out += config_diff(a, b, key + ".", defaults.get(k) if isinstance(defaults, dict) else None)
+    elif a == "<absent>" and k in defaults and b == defaults[k]:
+      continue
     elif a != b:
       out.append(f"{key}: {a!r} -> {b!r}")
   return out
@@ -123,7 +130,8 @@ def _prepare_workdir(cfg, workdir):
   path = fs.join(workdir, outputs.CONFIG)
   new = json.loads(json.dumps(cfg.to_dict()))
   if fs.isfile(path) and not cfg.get("overwrite", False):
-    diff = config_diff(fs.read_json(path), new)
+    defaults = json.loads(json.dumps(config_lib.base_config().to_dict()))
+    diff = config_diff(fs.read_json(path), new, defaults=defaults)
     if diff:
       raise ConfigError(f"{workdir} holds results of a different config ({'; '.join(diff)}). "
                         "Use a new --workdir, or pass --config.overwrite=True to discard them.")

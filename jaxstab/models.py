@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxstab import attention as attention_lib
 from jaxstab.errors import ConfigError
 
 ARCHS = ("bert", "roberta", "albert")
@@ -28,14 +29,16 @@ class Model:
   num_layers: int
   config: Any              # transformers PretrainedConfig
   name: str
+  attention: str = "reference"  # 'reference' | 'xla' | 'cudnn' (jaxstab.attention)
 
   def logits(self, params, batch, *, train: bool = False, dropout_key=None,
              pass_segment_ids: bool = True):
     """Forward pass; `batch` holds input_ids, attention_mask, token_type_ids. Logits in fp32."""
     segments = batch["token_type_ids"] if pass_segment_ids else jnp.zeros_like(batch["input_ids"])
-    out = self.flax_model(batch["input_ids"], attention_mask=batch["attention_mask"],
-                          token_type_ids=segments, params=params,
-                          dropout_rng=dropout_key if train else None, train=train)
+    with attention_lib.fused(self.attention):
+      out = self.flax_model(batch["input_ids"], attention_mask=batch["attention_mask"],
+                            token_type_ids=segments, params=params,
+                            dropout_rng=dropout_key if train else None, train=train)
     return out.logits.astype(jnp.float32)
 
 
@@ -94,6 +97,7 @@ def load(model_cfg, num_labels: int, tokenizer=None) -> Model:
   if model_cfg.dtype not in DTYPES:
     raise ConfigError(f"model.dtype={model_cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
   dtype = DTYPES[model_cfg.dtype]
+  attention_lib.check(model_cfg.get("attention", "reference"), model_cfg.dtype)
   if name in TINY:
     if tokenizer is None:
       raise ValueError("a tiny model is sized by its tokenizer; pass one")
@@ -124,7 +128,8 @@ def load(model_cfg, num_labels: int, tokenizer=None) -> Model:
       flax_model = model_cls.from_pretrained(name, config=config, dtype=dtype, from_pt=True)
   arch = _arch_of(config)
   params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), flax_model.params)
-  return Model(flax_model, params, arch, int(config.num_hidden_layers), config, name)
+  return Model(flax_model, params, arch, int(config.num_hidden_layers), config, name,
+               model_cfg.get("attention", "reference"))
 
 
 def check_fit(model: Model, tokenizer, max_seq_length: int) -> None:

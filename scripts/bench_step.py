@@ -47,13 +47,14 @@ class _Vocab:  # what models.load needs of a tokenizer to size a random model
     return self.size
 
 
-def build(shape, arch, dtype, seq):
+def build(shape, arch, dtype, seq, attention="reference", dropout=-1.0):
   import ml_collections  # pylint: disable=import-outside-toplevel
   from jaxstab import config_lib, models  # pylint: disable=import-outside-toplevel
   hidden, layers, heads, inter, vocab = SHAPES[shape]
   cfg = config_lib.base_config()
   cfg.model.name_or_path = f"tiny-{arch}"
   cfg.model.dtype = dtype
+  cfg.model.attention, cfg.model.dropout = attention, dropout
   cfg.model.tiny = ml_collections.ConfigDict(dict(
       hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=inter,
       max_position_embeddings=max(512, seq + 2), vocab_size=vocab, init_seed=0))
@@ -249,6 +250,10 @@ def main():
   p.add_argument("--configs", default="",
                  help="explicit K:dtype:probe list run in this order, e.g. 1:bf16:off,8:bf16:on "
                       "(overrides --seeds/--dtypes/--probe)")
+  p.add_argument("--attention", default="reference", choices=("reference", "xla", "cudnn"),
+                 help="model.attention: fused only where attention dropout is off (--dropout=0)")
+  p.add_argument("--dropout", type=float, default=-1.0,
+                 help="model.dropout for jaxstab's step (-1: the model's own, 0.1)")
   p.add_argument("--probe_every", type=int, default=10)
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--warmup", type=int, default=3)
@@ -294,6 +299,7 @@ def main():
                                            SHAPES[a.shape])),
               batch=a.batch, seq=a.seq, steps=a.steps, warmup=a.warmup,
               probe_every=a.probe_every, peak_tflops=a.peak_tflops, label=a.label,
+              attention=a.attention, dropout=a.dropout,
               compile_cache=a.compile_cache, argv=sys.argv, host=platform.node(),
               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               loadavg=os.getloadavg(), cpus=os.cpu_count(),
@@ -331,7 +337,8 @@ def main():
       if dtype not in models_by_dtype:
         first = next(iter(models_by_dtype.values()), None)
         models_by_dtype[dtype] = (recast(first, dtype) if first else
-                                  build(a.shape, a.arch, dtype, a.seq))
+                                  build(a.shape, a.arch, dtype, a.seq, a.attention,
+                                        a.dropout))
       cfg, model = models_by_dtype[dtype]
       sec, info = time_config(cfg, model, k, a.batch, a.seq,
                               a.probe_every if pr == "on" else 0, a.steps, a.warmup, events,

@@ -91,12 +91,14 @@ if [ "$TINY" = 1 ]; then
   LARGE_CFG="1:bf16:off,1:fp32:off,2:bf16:off,2:bf16:on,1:bf16:on"
   BASE_CFG="1:bf16:off,2:bf16:off"
   CACHE_CFG="1:bf16:off"; CACHE_SHAPE=tiny
+  ATTN_CFG="1:bf16:off"; FUSED=xla  # cuDNN needs a GPU
 else
   LARGE=bert-large; BASE=bert-base; STEPS=(--steps=20 --warmup=3)
   # the targets first: single seed vs TF32, summed over seeds, probe overhead; then the rest
   LARGE_CFG="1:bf16:off,1:fp32:off,8:bf16:off,8:bf16:on,1:bf16:on,4:bf16:off,8:fp32:on,4:bf16:on,1:fp32:on,8:fp32:off,4:fp32:off,4:fp32:on"
   BASE_CFG="1:bf16:off,8:bf16:off,1:fp32:off,8:bf16:on,4:bf16:off,1:bf16:on,8:fp32:on,4:fp32:off,1:fp32:on,4:bf16:on,8:fp32:off,4:fp32:on"
   CACHE_CFG="1:bf16:off"; CACHE_SHAPE=bert-base
+  ATTN_CFG="1:bf16:off,8:bf16:off"; FUSED=cudnn
 fi
 COMMON=(--batch=16 --seq=128 --peak_tflops="$PEAK" --compile_cache="$CACHE" "${STEPS[@]}")
 
@@ -115,7 +117,11 @@ stage() {  # name, share (percent) of what is left beyond `reserve` seconds, sha
 stage large 60 45 "$LARGE" "$LARGE_CFG" --torch=auto
 stage base 75 45 "$BASE" "$BASE_CFG" --torch=auto
 # a second process on a configuration already compiled above: the persistent cache at work
-stage cache_rerun 100 0 "$CACHE_SHAPE" "$CACHE_CFG" --torch=off  # same steps: same program
+stage cache_rerun 30 45 "$CACHE_SHAPE" "$CACHE_CFG" --torch=off  # same steps: same program
+# fused attention (model.attention) where it applies in training: attention dropout 0 (ALBERT,
+# Mixout); the same configuration with transformers' attention, then with the fused op
+stage attn_reference 50 45 "$LARGE" "$ATTN_CFG" --torch=off --dropout=0 --attention=reference
+stage attn_fused 100 45 "$LARGE" "$ATTN_CFG" --torch=off --dropout=0 --attention="$FUSED"
 
 # a short trace of the headline configurations (compiled above: cache hits), summarised here;
 # the traces themselves stay on the machine (/tmp/jaxstab_profile), only the summary comes back
@@ -128,6 +134,7 @@ if [ "$(left)" -gt 40 ]; then
 fi
 
 python3 scripts/bench_summary.py "$OUT"/large.json "$OUT"/base.json "$OUT"/cache_rerun.json \
+  "$OUT"/attn_reference.json "$OUT"/attn_fused.json \
   > "$OUT/summary.md" 2> /dev/null
 cat "$OUT/summary.md"
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,temperature.gpu,clocks.sm,power.draw --format=csv >> "$OUT/env.txt"

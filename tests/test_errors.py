@@ -149,6 +149,24 @@ def test_results_of_another_config_are_refused_with_the_diff(glue_dir, tmp_path)
   assert "optim.lr: 2e-05 -> 5e-05" in msg and "overwrite" in msg
 
 
+def test_a_key_added_later_with_its_default_does_not_block_a_resume(glue_dir, tmp_path):
+  """A workdir written before `model.attention` existed resumes; a non-default value is refused."""
+  import json  # pylint: disable=import-outside-toplevel
+  cfg = _tiny(glue_dir)
+  study.run(cfg, str(tmp_path / "work"))
+  saved = tmp_path / "work" / "config.json"
+  old = json.loads(saved.read_text())
+  del old["model"]["attention"]
+  saved.write_text(json.dumps(old))
+  runs = sorted((tmp_path / "work" / "runs").iterdir())
+  mtimes = [p.stat().st_mtime_ns for p in runs]
+  study.run(cfg, str(tmp_path / "work"))  # resumes: nothing to train
+  assert [p.stat().st_mtime_ns for p in runs] == mtimes
+  saved.write_text(json.dumps(old))
+  cfg.model.attention = "xla"
+  assert "model.attention: '<absent>' -> 'xla'" in _refused_keep(cfg, tmp_path)
+
+
 def _refused_keep(cfg, tmp_path):
   with pytest.raises(ConfigError) as err:
     study.run(cfg, str(tmp_path / "work"))

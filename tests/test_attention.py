@@ -1,0 +1,121 @@
+"""Fused attention (model.attention='xla') against transformers' own attention code."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxstab import attention, models, train as train_lib
+from jaxstab.errors import ConfigError
+from tests.helpers import build_step, tiny_setup
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+  """Counts (at trace time) the self-attention calls that took the fused op."""
+  calls = []
+  real = jax.nn.dot_product_attention
+
+  def counting(*args, **kwargs):
+    calls.append(kwargs.get("implementation"))
+    return real(*args, **kwargs)
+  monkeypatch.setattr(attention.jax.nn, "dot_product_attention", counting)
+  return calls
+
+
+def _batch(arrays, n=8):
+  return {k: jnp.asarray(v[:n]) for k, v in arrays.items()}
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "albert"])
+def test_eval_logits_match_reference(glue_dir, arch, fused_calls):
+  _, model, arrays = tiny_setup(glue_dir, arch=arch, length=48)
+  batch = _batch(arrays)
+  assert int(jnp.min(jnp.sum(batch["attention_mask"], -1))) < 48, "want padded rows"
+  ref = model.logits(model.params, batch)
+  fused = dataclasses.replace(model, attention="xla").logits(model.params, batch)
+  assert len(fused_calls) == model.num_layers and set(fused_calls) == {"xla"}
+  np.testing.assert_allclose(np.asarray(fused), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_head_mask_is_applied_per_head(glue_dir):
+  """transformers' head_mask argument (which jaxstab never sets) still masks the right heads."""
+  _, model, arrays = tiny_setup(glue_dir, arch="roberta", length=40)
+  batch = _batch(arrays)
+  head_mask = jnp.ones((model.num_layers, model.config.num_attention_heads)).at[0, 1].set(0.0)
+
+  def run():
+    return model.flax_model(batch["input_ids"], attention_mask=batch["attention_mask"],
+                            token_type_ids=batch["token_type_ids"], head_mask=head_mask,
+                            params=model.params).logits
+  ref = run()
+  with attention.fused("xla"):
+    fused = run()
+  np.testing.assert_allclose(np.asarray(fused), np.asarray(ref), rtol=1e-5, atol=1e-5)
+  assert float(jnp.max(jnp.abs(ref - model.logits(model.params, batch)))) > 1e-4
+
+
+def test_gradients_match_when_attention_dropout_is_off(glue_dir, fused_calls):
+  """Dropout 0 (tiny_setup's default): training uses the fused op and its gradient agrees."""
+  _, model, arrays = tiny_setup(glue_dir, arch="bert", length=40)
+  batch = _batch(arrays)
+  key = jax.random.PRNGKey(0)
+
+  def grad_of(m):
+    def loss(p):
+      logits = m.logits(p, batch, train=True, dropout_key=key)
+      return train_lib.weighted_xent(logits, batch["labels"], jnp.ones(8))
+    return jax.grad(loss)(model.params)
+  ref, fused = grad_of(model), grad_of(dataclasses.replace(model, attention="xla"))
+  assert len(fused_calls) == model.num_layers
+  for g_ref, g_fused in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(fused)):
+    np.testing.assert_allclose(np.asarray(g_fused), np.asarray(g_ref), rtol=1e-4, atol=1e-6)
+
+
+def test_training_with_attention_dropout_keeps_the_reference_code(glue_dir, fused_calls):
+  """The fused op has no dropout on the attention weights, so those calls must not be swapped."""
+  _, model, arrays = tiny_setup(glue_dir, arch="bert", length=40, model__dropout=0.1)
+  batch = _batch(arrays)
+  key = jax.random.PRNGKey(3)
+  ref = model.logits(model.params, batch, train=True, dropout_key=key)
+  fused = dataclasses.replace(model, attention="xla").logits(model.params, batch, train=True,
+                                                              dropout_key=key)
+  assert fused_calls == []
+  np.testing.assert_array_equal(np.asarray(fused), np.asarray(ref))
+  # ... while evaluation of the same model is fused.
+  dataclasses.replace(model, attention="xla").logits(model.params, batch)
+  assert len(fused_calls) == model.num_layers
+
+
+def test_train_step_with_fused_attention_matches_and_probes_albert(glue_dir):
+  """A jitted ALBERT train step (probe on: its own interceptor is active too) is unchanged."""
+  cfg, model, arrays = tiny_setup(glue_dir, arch="albert", length=32)
+  cfg.probe.every = 1
+  results = []
+  for m in (model, dataclasses.replace(model, attention="xla")):
+    create, step, _ = build_step(cfg, m, arrays)
+    state = create(jax.random.PRNGKey(1))
+    state = jax.jit(step)(state, {k: jnp.asarray(v) for k, v in arrays.items()})
+    results.append(state)
+  ref, fused = results
+  np.testing.assert_allclose(np.asarray(fused.probe["grad_norm"][0]),
+                             np.asarray(ref.probe["grad_norm"][0]), rtol=1e-4)
+  for a, b in zip(jax.tree_util.tree_leaves(ref.params), jax.tree_util.tree_leaves(fused.params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+
+
+def test_bad_attention_setting_is_refused(glue_dir):
+  cfg, _, _ = tiny_setup(glue_dir, arch="bert")
+  cfg.model.attention = "flash"
+  with pytest.raises(ConfigError, match=r"model.attention='flash'; choose one of reference, xla"):
+    models.load(cfg.model, 2, _tokenizer(cfg))
+  if jax.default_backend() != "gpu":
+    cfg.model.attention = "cudnn"
+    with pytest.raises(ConfigError, match="needs a GPU"):
+      models.load(cfg.model, 2, _tokenizer(cfg))
+
+
+def _tokenizer(cfg):
+  from jaxstab import vocab  # pylint: disable=import-outside-toplevel
+  return vocab.load(cfg.model, lambda: ["a few words of text", "and some more"])
