@@ -120,6 +120,13 @@ stage large 55 45 "$LARGE" "$LARGE_CFG" --torch=auto
 # Mixout); the same configurations with transformers' attention, then with the fused op
 stage attn_reference 25 45 "$LARGE" "$ATTN_CFG" --torch=off --dropout=0 --attention=reference
 stage attn_fused 35 45 "$LARGE" "$ATTN_CFG" --torch=off --dropout=0 --attention="$FUSED"
+# XLA flags, one at a time on the single-seed bf16 step (its plain row is in large.json):
+# cuBLAS instead of Triton for every GEMM, Triton for any GEMM it supports, no CUDA graphs
+for flag in --xla_gpu_enable_triton_gemm=false --xla_gpu_triton_gemm_any=true \
+            --xla_gpu_enable_command_buffer=; do
+  XLA_FLAGS="$flag" stage "xla_$(echo "${flag#--xla_gpu_}" | tr -c 'a-z0-9\n' '_')" 30 45 \
+    "$LARGE" "1:bf16:off" --torch=off
+done
 stage base 75 45 "$BASE" "$BASE_CFG" --torch=auto
 # a second process on a configuration already compiled above: the persistent cache at work
 stage cache_rerun 100 45 "$CACHE_SHAPE" "$CACHE_CFG" --torch=off  # same steps: same program
@@ -136,7 +143,7 @@ if [ "$(left)" -gt 40 ]; then
 fi
 
 python3 scripts/bench_summary.py "$OUT"/large.json "$OUT"/base.json "$OUT"/cache_rerun.json \
-  "$OUT"/attn_reference.json "$OUT"/attn_fused.json \
+  "$OUT"/attn_reference.json "$OUT"/attn_fused.json "$OUT"/xla_*.json \
   > "$OUT/summary.md" 2> /dev/null
 cat "$OUT/summary.md"
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,temperature.gpu,clocks.sm,power.draw --format=csv >> "$OUT/env.txt"
