@@ -88,6 +88,21 @@ def test_training_with_attention_dropout_keeps_the_reference_code(glue_dir, fuse
   assert len(fused_calls) == model.num_layers
 
 
+def test_albert_hidden_dropout_draws_the_same_mask_when_fused(glue_dir, fused_calls):
+  """ALBERT's attention module also applies hidden dropout; the fused path must draw the same
+  dropout mask from the same rng stream (attention dropout 0, hidden dropout 0.1)."""
+  _, model, arrays = tiny_setup(glue_dir, arch="albert", length=40, model__dropout=0.1)
+  model.config.attention_probs_dropout_prob = 0.0  # the module reads this same config object
+  batch = _batch(arrays)
+  key = jax.random.PRNGKey(5)
+  ref = model.logits(model.params, batch, train=True, dropout_key=key)
+  fused = dataclasses.replace(model, attention="xla").logits(model.params, batch, train=True,
+                                                              dropout_key=key)
+  assert len(fused_calls) == model.num_layers
+  assert float(jnp.max(jnp.abs(ref - model.logits(model.params, batch)))) > 1e-3  # dropout on
+  np.testing.assert_allclose(np.asarray(fused), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
 def test_train_step_with_fused_attention_matches_and_probes_albert(glue_dir):
   """A jitted ALBERT train step (probe on: its own interceptor is active too) is unchanged."""
   cfg, model, arrays = tiny_setup(glue_dir, arch="albert", length=32)
