@@ -12,6 +12,7 @@ import re
 SHAPES = {  # hidden, layers, heads, intermediate, vocab
     "tiny": (64, 2, 2, 128, 2000),
     "bert-base-2l": (768, 2, 12, 3072, 30522),   # "small": BERT-base widths, 2 layers
+    "minilm": (384, 6, 12, 1536, 30522),          # MiniLM-L6-H384, the real proxy model
     "bert-base": (768, 12, 12, 3072, 30522),
     "bert-large": (1024, 24, 16, 4096, 30522),
 }
@@ -65,3 +66,21 @@ def write_json(path, obj):
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(_strict(obj), f, indent=2, default=str)
   os.replace(tmp, path)
+
+
+def gemm_tflops(dtype_name, n, reps=5):
+  """TFLOP/s of one square n x n matmul on jax's default device: the rate the chip actually
+  reaches on the kind of op a transformer step is made of (a measured roofline for MFU)."""
+  import time  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, b).block_until_ready()
+  t = time.perf_counter()
+  for _ in range(reps):
+    out = f(a, b)
+  out.block_until_ready()
+  return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e12

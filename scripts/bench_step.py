@@ -33,7 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # This checkout's jaxstab, not whichever one is pip-installed (an editable install elsewhere).
 sys.path.insert(1, os.path.dirname(HERE))
 
-from bench_common import SHAPES, fmt, make_row, skipped_row, train_flops_per_example, write_json  # pylint: disable=unused-import
+from bench_common import SHAPES, fmt, gemm_tflops, make_row, skipped_row, train_flops_per_example, write_json  # pylint: disable=unused-import
 
 SINGLE_SEED_TARGET = 2.0   # issue 7: single seed >= 2x PyTorch eager TF32
 SUMMED_TARGET_EX_S = 1650  # issue 7: BERT-large b16 l128, summed over vmapped seeds
@@ -274,6 +274,9 @@ def main():
                  help="also trace --profile_steps steps of every configuration into "
                       "DIR/<K>_<dtype>_probe-<on|off> (jax.profiler; view in TensorBoard/Perfetto)")
   p.add_argument("--profile_steps", type=int, default=5)
+  p.add_argument("--gemm", type=int, default=0,
+                 help="N > 0: first time an N x N matmul per dtype (the chip's reachable rate); "
+                      "rows then carry `of_gemm`, their TFLOP/s over it")
   p.add_argument("--label", default="", help="free text stored in the JSON")
   p.add_argument("--json", default="", help="write {meta, rows, ratios} here (after every row)")
   a = p.parse_args()
@@ -305,6 +308,16 @@ def main():
               loadavg=os.getloadavg(), cpus=os.cpu_count(),
               xla_flags=os.environ.get("XLA_FLAGS", ""))
   rows = list(torch_rows)
+  gemm = {}
+  if a.gemm > 0:
+    for dt in ("float32", "bfloat16"):
+      gemm[dt] = gemm_tflops(dt, a.gemm)
+      log(f"{a.gemm}x{a.gemm} matmul, {dt}: {gemm[dt]:.3f} TFLOP/s")
+    meta["gemm_tflops"] = dict(gemm, n=a.gemm)
+    for r in rows:  # PyTorch's rows, against the same chip's matmul rate
+      dt = "bfloat16" if r["mode"] == "bf16" else "float32"
+      if r.get("tflops") == r.get("tflops") and r.get("tflops") is not None:
+        r["of_gemm"] = r["tflops"] / gemm[dt]
 
   def dump():
     if a.json:
@@ -347,11 +360,14 @@ def main():
       rows.append(make_row("jaxstab", dtype, k, a.batch, a.seq, a.shape, sec, a.peak_tflops,
                            **extra, **info))
       r = rows[-1]
+      if dtype in gemm:
+        r["of_gemm"] = r["tflops"] / gemm[dtype]
       log(f"{'jaxstab':>7} {k:>3} {dtype:>9} {pr:>5} {r['ms_per_step']:>9.2f} "
           f"{r['examples_per_s']:>9.1f} {r['tflops']:>8.3f} {fmt(r['mfu'], '6.1%')} "
           f"{r['lower_s']:>7.1f} {r['compile_s']:>9.1f}"
           + (f"  (persistent cache hits {r['cache_hits']})" if r["cache_hits"] else "")
-          + (f"  {r['note']}" if "note" in r else ""))
+          + (f"  {r['note']}" if "note" in r else "")
+          + (f"  {r['of_gemm']:.0%} of the matmul rate" if "of_gemm" in r else ""))
     except Exception as e:  # pylint: disable=broad-except  (out of memory etc.: go on)
       why = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
       rows.append(skipped_row("jaxstab", dtype, k, a.batch, a.seq, a.shape, why, **extra))

@@ -18,11 +18,18 @@ def table(path):
            f"batch {m['batch']}, seq {m['seq']} — {m['device']}"
            + (f" / torch on {m['torch_device']}" if m.get("torch_device") else "")
            + f", jax {m['jax']}, {m['date']}, peak {m['peak_tflops'] or '-'} TFLOP/s",
-           "", f"`{' '.join(m['argv'])}`", "",
+           "", f"`{' '.join(m['argv'])}`", ""]
+  if m.get("gemm_tflops"):
+    g = m["gemm_tflops"]
+    lines += [f"{g['n']}² matmul on this device: fp32 {g['float32']:.3f}, bf16 {g['bfloat16']:.3f} "
+              "TFLOP/s (each row's note gives its share of it)", ""]
+  lines += [
            "| impl | K | mode | probe | ms/step | examples/s | TFLOP/s | MFU | compile s | note |",
            "|---|---|---|---|---|---|---|---|---|---|"]
   for r in d["rows"]:
     note = r.get("skipped") or r.get("note") or (f"attn={r['attn']}" if "attn" in r else "")
+    if r.get("of_gemm") is not None:
+      note = (note + "; " if note else "") + f"{r['of_gemm']:.0%} of the matmul rate"
     if r.get("cache_hits"):
       note = (note + "; " if note else "") + f"persistent cache hits {r['cache_hits']}"
     comp = (r.get("lower_s") or 0) + (r.get("compile_s") or 0) if "compile_s" in r else None
