@@ -60,6 +60,9 @@ def validate(cfg) -> None:
     raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
                       f"{n_dev} devices; choose a multiple of {n_dev}")
   seeds = config_lib.parse_seeds(cfg)
+  if cfg.train.seed_axis not in train_lib.SEED_AXES:
+    raise ConfigError(f"train.seed_axis={cfg.train.seed_axis!r}; choose one of "
+                      f"{', '.join(train_lib.SEED_AXES)}")
   if cfg.train.seeds_per_step > len(seeds):
     raise ConfigError(f"train.seeds_per_step={cfg.train.seeds_per_step} is larger than the "
                       f"{len(seeds)} seeds of this run; use at most {len(seeds)} (or 0 = auto)")
@@ -99,8 +102,8 @@ def _tokenize(cfg, workdir, task, tokenizer, train_split, dev_split):
 
 
 # Keys that do not change any one seed's result: a rerun may change them and still resume.
-RESUMABLE = ("seed", "seeds", "train.seeds_per_step", "overwrite", "settings",
-             "checkpoint.every_steps", "checkpoint.keep", "compile_cache")
+RESUMABLE = ("seed", "seeds", "train.seeds_per_step", "train.seed_axis", "overwrite",
+             "settings", "checkpoint.every_steps", "checkpoint.keep", "compile_cache")
 
 
 def config_diff(old: dict, new: dict, prefix="", defaults=None):
@@ -213,23 +216,24 @@ def _run_setting_locked(cfg, workdir, task, model, tokenizer, train_split, dev_s
                               8 * models.param_count(model.params))
   # The pretrained weights are an argument, not a closure: as jit constants they would be
   # compiled into the program (and the persistent cache) for every study.
-  create_fn = jax.jit(jax.vmap(lambda params, key: train_lib.create_train_state(
+  axis = train_lib.seed_axis_for(cfg.train.seed_axis, jax.default_backend(), layout.num_devices)
+  create_fn = jax.jit(train_lib.over_seeds(lambda params, key: train_lib.create_train_state(
       dataclasses.replace(model, params=params), tx, key, total, cfg.probe.every, groups,
-      st.reinit_layers, st.reinit_pooler), in_axes=(None, 0)),
+      st.reinit_layers, st.reinit_pooler), (None, 0), axis),
                       out_shardings=layout.seed_sharding(k))
   pretrained = jax.device_put(model.params, layout.replicated)
   create = functools.partial(create_fn, pretrained)
-  step_fn = jax.jit(jax.vmap(train_lib.make_train_step(
+  step_fn = jax.jit(train_lib.over_seeds(train_lib.make_train_step(
       model, tx, schedule, n_train=n_train, batch_size=batch, probe_every=cfg.probe.every,
       group_names=groups, b1=cfg.optim.b1, b2=cfg.optim.b2,
       pass_segment_ids=cfg.model.pass_segment_ids, mixout=st.mixout, prior_wd=st.prior_wd),
-      in_axes=(0, None, None)), donate_argnums=0)
-  eval_fn = jax.jit(jax.vmap(train_lib.make_eval_logits(model, cfg.model.pass_segment_ids),
-                             in_axes=(0, None)))
+      (0, None, None), axis), donate_argnums=0)
+  eval_fn = jax.jit(train_lib.over_seeds(
+      train_lib.make_eval_logits(model, cfg.model.pass_segment_ids), (0, None), axis))
 
   points = eval_points(spe, total, cfg.train.evals_per_epoch)
-  logging.info("%d seeds to train, %d per vmapped step, on %d device(s)", len(todo), k,
-               layout.num_devices)
+  logging.info("%d seeds to train, %d per step (%s over seeds), on %d device(s)", len(todo), k,
+               axis, layout.num_devices)
   with checkpoint.sigterm_flag() as stop:
     loop = _Loop(create, functools.partial(_with_anchor, step_fn, anchor), eval_fn, train_dev,
                  dev_dev, dev_labels, task, points, schedule, batch, workdir,

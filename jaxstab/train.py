@@ -2,7 +2,7 @@
 
 Pure functions of explicit state: nothing here reads files, flags or seed lists. One seed's
 state is a pytree; a group of seeds is the same pytree with a leading axis, and the step is
-`jax.vmap`ped over it, so K seeds share one compiled program.
+mapped over it (`over_seeds`), so K seeds share one compiled program.
 """
 from typing import Any, Callable, Sequence
 
@@ -14,6 +14,33 @@ import optax
 from jaxstab import data as data_lib
 from jaxstab import models, probe, stabilisers
 from jaxstab.optim import bias_correction_factor
+
+SEED_AXES = ("auto", "vmap", "map")
+
+
+def seed_axis_for(requested: str, backend: str, num_devices: int) -> str:
+  """'auto': vmap on accelerators (K seeds fill the chip); a sequential map on a single CPU
+  device, where a vmapped step is slower per example than K single-seed steps (BUILD_NOTES)."""
+  if requested != "auto":
+    return requested
+  return "map" if backend == "cpu" and num_devices == 1 else "vmap"
+
+
+def over_seeds(fn: Callable, in_axes: Sequence, how: str) -> Callable:
+  """`jax.vmap(fn, in_axes)`, or with how='map' the same signature computed one seed at a time
+  by `lax.map` (each seed runs the unbatched program; still one compiled function per group)."""
+  if how == "vmap":
+    return jax.vmap(fn, in_axes=tuple(in_axes))
+
+  def mapped(*args):
+    seeded = tuple(a for a, ax in zip(args, in_axes) if ax == 0)
+
+    def one(xs):
+      it = iter(xs)
+      return fn(*[next(it) if ax == 0 else a for a, ax in zip(args, in_axes)])
+    return jax.lax.map(one, seeded)
+  return mapped
+
 
 # Streams derived from a run's seed key with fold_in: the seed decides all three, independently.
 HEAD, DATA, DROPOUT, REINIT, MIXOUT = 0, 1, 2, 3, 4

@@ -106,7 +106,7 @@ def random_arrays(batch, seq):
           "labels": rng.integers(0, 2, (n,)).astype(np.int32)}
 
 
-def make_step(cfg, model, k, batch, seq, probe_every, total):
+def make_step(cfg, model, k, batch, seq, probe_every, total, seed_axis="vmap"):
   """(jitted vmapped step, initial K-seed state, device arrays) exactly as a study builds them."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -125,16 +125,17 @@ def make_step(cfg, model, k, batch, seq, probe_every, total):
       dataclasses.replace(model, params=params), tx, key, total, every, groups)
   state = jax.jit(jax.vmap(create, in_axes=(None, 0)))(
       model.params, jnp.stack([train_lib.seed_key(s) for s in range(k)]))
-  f = jax.jit(jax.vmap(step, in_axes=(0, None)), donate_argnums=0)
+  f = jax.jit(train_lib.over_seeds(step, (0, None), seed_axis), donate_argnums=0)
   return f, state, jax.device_put(arrays)
 
 
 def time_config(cfg, model, k, batch, seq, probe_every, steps, warmup, events=None,
-                profile=("", 0)):
+                profile=("", 0), seed_axis="vmap"):
   """(seconds per step, {lower_s, compile_s, backend_compiles, cache_hits}); with profile =
   (folder, n) it then traces n more steps into folder (TensorBoard / Perfetto)."""
   import jax  # pylint: disable=import-outside-toplevel
-  f, state, dev = make_step(cfg, model, k, batch, seq, probe_every, steps + warmup + 1)
+  f, state, dev = make_step(cfg, model, k, batch, seq, probe_every, steps + warmup + 1,
+                            seed_axis)
   before = events.snapshot() if events else (0, 0, 0)
   t0 = time.perf_counter()
   lowered = f.lower(state, dev)
@@ -254,6 +255,9 @@ def main():
                  help="model.attention: fused only where attention dropout is off (--dropout=0)")
   p.add_argument("--dropout", type=float, default=-1.0,
                  help="model.dropout for jaxstab's step (-1: the model's own, 0.1)")
+  p.add_argument("--seed_axis", default="auto", choices=("auto", "vmap", "map"),
+                 help="train.seed_axis: vmap the K seeds, or map them one at a time (auto: map "
+                      "on one CPU device, as a study does)")
   p.add_argument("--probe_every", type=int, default=10)
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--warmup", type=int, default=3)
@@ -295,6 +299,8 @@ def main():
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   events = CompileEvents()
+  from jaxstab import train as train_lib  # pylint: disable=import-outside-toplevel
+  seed_axis = train_lib.seed_axis_for(a.seed_axis, jax.default_backend(), jax.device_count())
   dev = jax.devices()[0]
   kind = f"{dev.device_kind} x{jax.device_count()} ({jax.default_backend()})"
   meta = dict(device=kind, torch_device=torch_dev, torch_note=torch_note, jax=jax.__version__,
@@ -302,7 +308,7 @@ def main():
                                            SHAPES[a.shape])),
               batch=a.batch, seq=a.seq, steps=a.steps, warmup=a.warmup,
               probe_every=a.probe_every, peak_tflops=a.peak_tflops, label=a.label,
-              attention=a.attention, dropout=a.dropout,
+              attention=a.attention, dropout=a.dropout, seed_axis=seed_axis,
               compile_cache=a.compile_cache, argv=sys.argv, host=platform.node(),
               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               loadavg=os.getloadavg(), cpus=os.cpu_count(),
@@ -356,7 +362,7 @@ def main():
       sec, info = time_config(cfg, model, k, a.batch, a.seq,
                               a.probe_every if pr == "on" else 0, a.steps, a.warmup, events,
                               (os.path.join(a.profile_dir, f"{k}_{dtype}_probe-{pr}")
-                               if a.profile_dir else "", a.profile_steps))
+                               if a.profile_dir else "", a.profile_steps), seed_axis)
       rows.append(make_row("jaxstab", dtype, k, a.batch, a.seq, a.shape, sec, a.peak_tflops,
                            **extra, **info))
       r = rows[-1]

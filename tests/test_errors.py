@@ -54,6 +54,12 @@ def test_bad_values(glue_dir, tmp_path, key, value, fragment):
   assert not (tmp_path / "work").exists()  # refused before the workdir was created
 
 
+def test_unknown_seed_axis(glue_dir, tmp_path):
+  cfg = _tiny(glue_dir)
+  cfg.train.seed_axis = "scan"
+  _refused(cfg, tmp_path, "train.seed_axis='scan'", "auto, vmap, map")
+
+
 def test_more_seeds_per_step_than_seeds(glue_dir, tmp_path):
   cfg = _tiny(glue_dir, "seeds=1-2")
   cfg.train.seeds_per_step = 3

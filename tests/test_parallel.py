@@ -28,7 +28,9 @@ def _run(workdir, devices):
 def test_eight_devices_match_one(tmp_path):
   log1 = _run(tmp_path / "one", 1)
   log8 = _run(tmp_path / "eight", 8)
-  assert "on 1 device(s)" in log1 and "8 per vmapped step, on 8 device(s)" in log8
+  # one CPU device maps over the seeds one at a time, eight devices vmap (train.seed_axis=auto)
+  assert "(map over seeds), on 1 device(s)" in log1
+  assert "8 per step (vmap over seeds), on 8 device(s)" in log8
   s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
   s8 = json.loads((tmp_path / "eight" / "summary.json").read_text())
   assert [r["seed"] for r in s8["runs"]] == [1, 2, 3]  # padding seeds are not reported

@@ -1,7 +1,9 @@
-"""The train step: it learns, it is deterministic, and a vmapped seed group equals seeds alone."""
+"""The train step: it learns, it is deterministic, and a seed group (vmapped or mapped) equals
+seeds alone."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxstab import models, optim, probe
 from jaxstab import train as train_lib
@@ -39,12 +41,14 @@ def test_same_seed_is_bit_identical_and_seeds_differ(glue_dir):
   assert not np.array_equal(np.asarray(a.probe["loss"]), np.asarray(c.probe["loss"]))
 
 
-def test_vmapped_seed_group_equals_each_seed_alone(glue_dir):
+@pytest.mark.parametrize("axis", ["vmap", "map"])
+def test_seed_group_equals_each_seed_alone(glue_dir, axis):
   cfg, model, arrays = tiny_setup(glue_dir, "bert", model__dropout=0.1, probe__every=1)
   create, step, _ = build_step(cfg, model, arrays)
   seeds = [3, 11]
-  group = jax.jit(jax.vmap(create))(jnp.stack([train_lib.seed_key(s) for s in seeds]))
-  vstep = jax.jit(jax.vmap(step, in_axes=(0, None)))
+  group = jax.jit(train_lib.over_seeds(create, (0,), axis))(
+      jnp.stack([train_lib.seed_key(s) for s in seeds]))
+  vstep = jax.jit(train_lib.over_seeds(step, (0, None), axis))
   dev = jax.device_put(arrays)
   for _ in range(5):
     group = vstep(group, dev)
@@ -93,3 +97,10 @@ def test_lr_and_bias_correction_are_recorded(glue_dir):
                              [np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) for t in range(1, 9)],
                              rtol=1e-4)
   assert set(probe.SCALARS) | {"step", "grad_norm"} == set(state.probe)
+
+
+def test_seed_axis_choice():
+  assert train_lib.seed_axis_for("auto", "cpu", 1) == "map"
+  assert train_lib.seed_axis_for("auto", "cpu", 8) == "vmap"  # the seed axis is split over them
+  assert train_lib.seed_axis_for("auto", "gpu", 1) == "vmap"
+  assert train_lib.seed_axis_for("vmap", "cpu", 1) == "vmap"
