@@ -108,7 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 100
   c.train.max_seq_length = 128
   c.train.evals_per_epoch = 3          # dev evaluations per epoch (plus step 0 and the end)
-  c.train.seeds_per_step = 0           # seeds advanced together by one vmapped step; 0 = all
+  c.train.seeds_per_step = 0           # seeds advanced together by one step; 0 = all that fit
   c.train.seed_axis = "auto"           # auto | vmap | map (one seed at a time; auto: map on 1 CPU)
 
   c.stabilisers = ml_collections.ConfigDict()

@@ -120,7 +120,8 @@ def config_diff(old: dict, new: dict, prefix="", defaults=None):
       continue
     a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
     if isinstance(a, dict) and isinstance(b, dict):
-      out += config_diff(a, b, key + ".", defaults.get(k) if isinstance(defaults, dict) else None)
+      sub = defaults.get(k)
+      out += config_diff(a, b, key + ".", sub if isinstance(sub, dict) else None)
     elif a == "<absent>" and k in defaults and b == defaults[k]:
       continue
     elif a != b:

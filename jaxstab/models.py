@@ -97,7 +97,8 @@ def load(model_cfg, num_labels: int, tokenizer=None) -> Model:
   if model_cfg.dtype not in DTYPES:
     raise ConfigError(f"model.dtype={model_cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
   dtype = DTYPES[model_cfg.dtype]
-  attention_lib.check(model_cfg.get("attention", "reference"), model_cfg.dtype)
+  attention = model_cfg.get("attention", "reference")
+  attention_lib.check(attention, model_cfg.dtype)
   if name in TINY:
     if tokenizer is None:
       raise ValueError("a tiny model is sized by its tokenizer; pass one")
@@ -128,8 +129,7 @@ def load(model_cfg, num_labels: int, tokenizer=None) -> Model:
       flax_model = model_cls.from_pretrained(name, config=config, dtype=dtype, from_pt=True)
   arch = _arch_of(config)
   params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), flax_model.params)
-  return Model(flax_model, params, arch, int(config.num_hidden_layers), config, name,
-               model_cfg.get("attention", "reference"))
+  return Model(flax_model, params, arch, int(config.num_hidden_layers), config, name, attention)
 
 
 def check_fit(model: Model, tokenizer, max_seq_length: int) -> None:
