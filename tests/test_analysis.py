@@ -15,6 +15,7 @@ from jaxstab import analysis, checkpoint, data, experiment, probe, study
 from jaxstab import train as train_lib
 from jaxstab.analysis import forgetting as fg
 from jaxstab.analysis import loss_surface as ls
+from jaxstab.analysis import mlm_text
 from jaxstab.errors import ConfigError
 from jaxstab.report import build
 from tests.helpers import demo_config, tree_max_abs_diff
@@ -247,8 +248,8 @@ def test_forgetting_ends_match_direct_perplexities(run_dir, inputs, independent,
   assert [x["seed"] for x in r["runs"]] == SEEDS
   assert {x["seed"]: x["failed"] for x in r["runs"]} == independent["failed"]
   # the masked text, rebuilt from the same definition
-  arrays = fg.blocks(independent["tok"], fg.read_text(text_file), 64, 1500)
-  masked = fg.mask_tokens(arrays, independent["tok"], 0.15, 0)
+  arrays = mlm_text.blocks(independent["tok"], mlm_text.read_text(text_file), 64, 1500)
+  masked = mlm_text.mask_tokens(arrays, independent["tok"], 0.15, 0)
   assert int(masked["weight"].sum()) == r["masked_tokens"] > 0
   chosen = masked["weight"] > 0
   assert 0.10 < chosen.sum() / (arrays["attention_mask"].sum() - 2 * len(chosen)) < 0.20
