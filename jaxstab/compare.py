@@ -1,0 +1,93 @@
+"""Table 1 across workdirs: recipes x tasks from several finished runs or studies, side by side.
+
+A proxy study is often run one task per workdir (each task its own sequence length, machine or
+day), while the paper's Table 1 puts the tasks next to each other. This reads the summary.json
+of each workdir (nothing is retrained or recomputed from the runs) and writes the table the
+study itself writes, the majority classifier per task, and Levene's p-value for every two
+recipes of the same task.
+
+Command line: python -m jaxstab.compare WORKDIR [WORKDIR ...] [--out=FILE.md]
+"""
+import argparse
+import sys
+
+from jaxstab import fs, outputs, stats
+from jaxstab.errors import ConfigError
+
+
+def gather(workdirs) -> list:
+  """Every setting of every workdir (the summary's `settings` list), tagged with its workdir.
+
+  A recipe may appear once per task: two workdirs that both hold, say, RTE devlin_lr2e-5 are
+  refused, since the table would have to silently pick one.
+  """
+  out, seen = [], {}
+  for wd in workdirs:
+    path = fs.join(wd, outputs.SUMMARY)
+    if not fs.isfile(path):
+      raise ConfigError(f"{path} not found: {wd} is not a finished run or study (a study "
+                        "writes it when its last setting finishes)")
+    try:
+      settings = fs.read_json(path)["settings"]
+    except (ValueError, KeyError, TypeError) as e:
+      raise ConfigError(f"{path} is not a jaxstab summary ({type(e).__name__}: {e})") from e
+    for s in settings:
+      recipe = s.get("recipe") or s["setting"]
+      key = (s["task"], recipe)
+      if key in seen:
+        raise ConfigError(f"task {s['task']!r}, recipe {recipe!r} is in both {seen[key]} and "
+                          f"{wd}; pass only one of them")
+      seen[key] = wd
+      out.append(dict(s, recipe=recipe, workdir=wd))
+  return out
+
+
+def markdown(settings) -> str:
+  """The table, the majority line, Levene's p-values and where each column came from."""
+  tasks = list(dict.fromkeys(s["task"] for s in settings))
+  majority = {}
+  for s in settings:
+    majority.setdefault(s["task"], 100 * s["majority"][s["metric"]])
+  lines = [stats.table1_markdown(settings), "",
+           "Final dev metric x100, std / mean / median / max; a failed run ends at or below the "
+           "majority classifier: " + ", ".join(f"{t.upper()} {majority[t]:.1f}" for t in tasks)
+           + ".", ""]
+  pairs = stats.levene_table(settings)
+  if pairs:
+    by_name = {s["name"]: s["recipe"] for s in settings}
+    lines += ["| task | recipes | Levene's p |", "|---|---|---|"]
+    for p in pairs:
+      value = "—" if p["p"] is None else f"{p['p']:.2g}"
+      lines.append(f"| {p['task'].upper()} | {by_name[p['a']]} vs {by_name[p['b']]} | {value} |")
+    lines.append("")
+  lines.append("Sources: " + "; ".join(
+      f"{t.upper()} {', '.join(dict.fromkeys(s['workdir'] for s in settings if s['task'] == t))}"
+      f" ({_seeds(settings, t)})" for t in tasks) + ".")
+  return "\n".join(lines) + "\n"
+
+
+def _seeds(settings, task) -> str:
+  counts = sorted({len(s["runs"]) for s in settings if s["task"] == task})
+  return "/".join(map(str, counts)) + " seeds"
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m jaxstab.compare",
+      description="One Table-1-style table from several finished jaxstab runs or studies.")
+  parser.add_argument("workdirs", nargs="+", metavar="WORKDIR")
+  parser.add_argument("--out", default=None, help="also write the table to this markdown file")
+  args = parser.parse_args(argv)
+  try:
+    text = markdown(gather(args.workdirs))
+  except ConfigError as e:
+    print(f"jaxstab: error: {e}", file=sys.stderr)
+    return 2
+  if args.out:
+    fs.write_text(args.out, text)
+  print(text, end="")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

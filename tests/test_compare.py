@@ -1,0 +1,81 @@
+"""One table from several workdirs: a two-recipe RTE study and a plain MRPC run, tiny BERT on real
+GLUE text, merged by `python -m jaxstab.compare` without retraining."""
+import json
+import math
+
+import pytest
+from scipy import stats as sps
+
+from jaxstab import compare, config_lib, study
+
+
+def _small(cfg, glue_dir):
+  cfg.data.dir = str(glue_dir)
+  cfg.model.tiny.vocab_size = 300
+  cfg.train.max_steps = 3
+  cfg.train.max_seq_length = 24
+  cfg.train.batch_size = 8
+  cfg.train.eval_batch_size = 128
+  cfg.train.evals_per_epoch = 1
+  cfg.probe.every = 3
+  cfg.seeds = "1-3"
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def workdirs(tmp_path_factory, glue_dir):
+  rte = str(tmp_path_factory.mktemp("rte"))
+  cfg = config_lib.study_config("model=tiny-bert", tasks=("rte",), settings=("devlin", "ours"))
+  study.run(_small(cfg, glue_dir), rte)
+  mrpc = str(tmp_path_factory.mktemp("mrpc"))
+  study.run(_small(config_lib.task_config("mrpc", "model=tiny-bert,setting=devlin"), glue_dir),
+            mrpc)
+  return rte, mrpc
+
+
+def _cells(table: str) -> dict:
+  rows = [l.strip("|").split("|") for l in table.strip().splitlines()]
+  head = [c.strip() for c in rows[0]]
+  return {(r[0].strip(), head[i]): c.strip() for r in rows[2:] for i, c in enumerate(r) if i}
+
+
+def test_merged_table_keeps_every_cell_of_its_sources(workdirs, tmp_path, capsys):
+  rte, mrpc = workdirs
+  out = tmp_path / "table.md"
+  assert compare.main([rte, mrpc, f"--out={out}"]) == 0
+  text = out.read_text(encoding="utf-8")
+  assert capsys.readouterr().out == text
+  merged = _cells(text.split("\n\n")[0])
+  assert set(merged) == {(r, t) for r in ("devlin", "ours") for t in ("RTE", "MRPC")}
+  assert merged[("ours", "MRPC")] == ""                  # MRPC ran devlin only
+  own_rte = _cells(open(f"{rte}/table.md", encoding="utf-8").read())
+  own_mrpc = _cells(open(f"{mrpc}/table.md", encoding="utf-8").read())
+  assert merged[("devlin", "RTE")] == own_rte[("devlin", "RTE")]
+  assert merged[("ours", "RTE")] == own_rte[("ours", "RTE")]
+  (mrpc_cell,) = own_mrpc.values()                        # a plain run's row is its setting
+  assert merged[("devlin", "MRPC")] == mrpc_cell and mrpc_cell.endswith("/3 failed)")
+  # majority and Levene from the per-seed records, computed here independently
+  summary = json.load(open(f"{rte}/summary.json", encoding="utf-8"))
+  finals = {s["recipe"]: [r["final"]["accuracy"] for r in s["runs"]] for s in summary["settings"]}
+  p = sps.levene(finals["devlin"], finals["ours"], center="median").pvalue
+  expected = f"| RTE | devlin vs ours | {p:.2g} |" if math.isfinite(p) else "| RTE | devlin vs ours | — |"
+  assert [l for l in text.splitlines() if l.startswith("| RTE |")] == [expected]
+  majority = summary["settings"][0]["majority"]["accuracy"]
+  assert f"RTE {100 * majority:.1f}, MRPC " in text
+  assert not any(l.startswith("| MRPC |") for l in text.splitlines())   # one recipe: no pair
+  assert f"RTE {rte} (3 seeds); MRPC {mrpc} (3 seeds)" in text
+
+
+def test_bad_workdirs_are_refused_by_name(workdirs, tmp_path, capsys):
+  rte, mrpc = workdirs
+  assert compare.main([rte, rte]) == 2
+  assert "'devlin' is in both" in capsys.readouterr().err
+  missing = tmp_path / "nothing"
+  assert compare.main([mrpc, str(missing)]) == 2
+  assert f"{missing}/summary.json not found" in capsys.readouterr().err
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  (bad / "summary.json").write_text("{}", encoding="utf-8")
+  out = tmp_path / "never.md"
+  assert compare.main([mrpc, str(bad), f"--out={out}"]) == 2
+  assert "is not a jaxstab summary" in capsys.readouterr().err and not out.exists()
