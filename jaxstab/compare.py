@@ -16,30 +16,60 @@ from jaxstab.errors import ConfigError
 
 
 def gather(workdirs) -> list:
-  """Every setting of every workdir (the summary's `settings` list), tagged with its workdir.
+  """Every setting of every workdir, tagged with its workdir and its recipe.
 
-  A recipe may appear once per task: two workdirs that both hold, say, RTE devlin_lr2e-5 are
-  refused, since the table would have to silently pick one.
+  A workdir may be a finished run or study (its summary.json), one setting folder of a study, or
+  a study still running (its finished settings' folders are read; the table says so). A recipe
+  may appear once per task: two workdirs that both hold, say, RTE devlin_lr2e-5 are refused,
+  since the table would have to silently pick one.
   """
   out, seen = [], {}
   for wd in workdirs:
-    path = fs.join(wd, outputs.SUMMARY)
-    if not fs.isfile(path):
-      raise ConfigError(f"{path} not found: {wd} is not a finished run or study (a study "
-                        "writes it when its last setting finishes)")
-    try:
-      settings = fs.read_json(path)["settings"]
-    except (ValueError, KeyError, TypeError) as e:
-      raise ConfigError(f"{path} is not a jaxstab summary ({type(e).__name__}: {e})") from e
-    for s in settings:
-      recipe = s.get("recipe") or s["setting"]
-      key = (s["task"], recipe)
+    for s in _settings_of(wd):
+      key = (s["task"], s["recipe"])
       if key in seen:
-        raise ConfigError(f"task {s['task']!r}, recipe {recipe!r} is in both {seen[key]} and "
-                          f"{wd}; pass only one of them")
+        raise ConfigError(f"task {s['task']!r}, recipe {s['recipe']!r} is in both {seen[key]} "
+                          f"and {wd}; pass only one of them")
       seen[key] = wd
-      out.append(dict(s, recipe=recipe, workdir=wd))
+      out.append(dict(s, workdir=wd))
   return out
+
+
+def _settings_of(wd) -> list:
+  path = fs.join(wd, outputs.SUMMARY)
+  if fs.isfile(path):
+    summary = _read(path)
+    if "settings" in summary:
+      return [dict(s, recipe=s.get("recipe") or s["setting"]) for s in summary["settings"]]
+    return [_one_setting(summary, wd.rstrip("/").rsplit("/", 1)[-1], unfinished=False)]
+  names = ([n for n in fs.listdir(wd) if fs.isfile(fs.join(wd, n, outputs.SUMMARY))]
+           if fs.isdir(wd) else [])
+  if not names:
+    raise ConfigError(f"{path} not found, nor any <setting>/summary.json under it: {wd} holds "
+                      "no finished run, study or study setting")
+  return [_one_setting(_read(fs.join(wd, n, outputs.SUMMARY)), n, unfinished=True) for n in names]
+
+
+def _read(path) -> dict:
+  try:
+    summary = fs.read_json(path)
+  except ValueError as e:
+    raise ConfigError(f"{path} is not a jaxstab summary (not JSON: {e})") from e
+  if not isinstance(summary, dict):
+    raise ConfigError(f"{path} is not a jaxstab summary (not a JSON object)")
+  need = ("settings",) if "settings" in summary else (
+      "task", "setting", "metric", "majority", "runs", "failed_runs", "final_spread")
+  missing = [k for k in need if k not in summary]
+  if missing:
+    raise ConfigError(f"{path} is not a jaxstab summary (no {', '.join(missing)})")
+  return summary
+
+
+def _one_setting(summary, name, unfinished) -> dict:
+  """A study's setting folder: named by its folder, its recipe the name less the task prefix."""
+  prefix = f"{summary['task']}_"
+  recipe = name[len(prefix):] if name.startswith(prefix) else name
+  return dict(summary, name=name, recipe=recipe, unfinished_study=unfinished)
 
 
 def markdown(settings) -> str:
@@ -60,6 +90,13 @@ def markdown(settings) -> str:
       value = "—" if p["p"] is None else f"{p['p']:.2g}"
       lines.append(f"| {p['task'].upper()} | {by_name[p['a']]} vs {by_name[p['b']]} | {value} |")
     lines.append("")
+  unfinished = {}
+  for s in settings:
+    if s.get("unfinished_study"):
+      unfinished.setdefault(s["workdir"], []).append(s["name"])
+  for wd, names in unfinished.items():
+    lines += [f"{wd} is a study still running or stopped: only its finished settings "
+              f"({', '.join(names)}) are in the table.", ""]
   lines.append("Sources: " + "; ".join(
       f"{t.upper()} {', '.join(dict.fromkeys(s['workdir'] for s in settings if s['task'] == t))}"
       f" ({_seeds(settings, t)})" for t in tasks) + ".")

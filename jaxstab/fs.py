@@ -55,6 +55,13 @@ def isdir(path: str) -> bool:
   return _epath(path).is_dir() if is_remote(path) else os.path.isdir(path)
 
 
+def listdir(path: str) -> list:
+  """Sorted entry names of a folder (local or bucket)."""
+  if is_remote(path):
+    return sorted(p.name for p in _epath(path).iterdir())
+  return sorted(os.listdir(path))
+
+
 def makedirs(path: str) -> None:
   if is_remote(path):
     _epath(path).mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import pytest
 from etils.epath import backend as epath_backend
 from fsspec.implementations.local import LocalFileSystem
 
-from jaxstab import checkpoint, fs, lock, study
+from jaxstab import checkpoint, compare, fs, lock, study
 from jaxstab.errors import ConfigError
 from tests.helpers import demo_config
 
@@ -61,6 +61,8 @@ def test_fs_round_trip_in_a_bucket(bucket):
   assert fs.read_json("gs://b/x/a.json") == {"a": 1}
   assert fs.isfile("gs://b/x/a.json") and not fs.isfile("gs://b/x")
   assert fs.isdir("gs://b/x")
+  fs.write_text("gs://b/x/sub/b.json", "{}")
+  assert fs.listdir("gs://b/x") == ["a.json", "sub"]
   fs.save_npz("gs://b/x/p.npz", v=[1.0, 2.0])
   assert fs.load_npz("gs://b/x/p.npz")["v"].tolist() == [1.0, 2.0]
   fs.remove("gs://b/x/a.json")
@@ -114,6 +116,11 @@ def test_study_in_a_bucket_writes_there_resumes_and_refuses_a_changed_config(buc
   again = study.run(cfg, workdir)
   assert (store / "demo_devlin" / "runs" / "seed_1.json").stat().st_mtime_ns == before
   assert again["settings"][1]["final_spread"] == first["settings"][1]["final_spread"]
+
+  # The cross-workdir table reads the bucket too, also while the study summary is absent.
+  assert compare.markdown(compare.gather([workdir])).startswith(summary["table"])
+  (store / "summary.json").unlink()
+  assert [s["name"] for s in compare.gather([workdir])] == ["demo_devlin", "demo_ours"]
 
   changed = cfg.copy_and_resolve_references()
   changed.optim.lr = 5e-4

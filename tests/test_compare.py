@@ -2,6 +2,8 @@
 GLUE text, merged by `python -m jaxstab.compare` without retraining."""
 import json
 import math
+import os
+import shutil
 
 import pytest
 from scipy import stats as sps
@@ -66,6 +68,26 @@ def test_merged_table_keeps_every_cell_of_its_sources(workdirs, tmp_path, capsys
   assert f"RTE {rte} (3 seeds); MRPC {mrpc} (3 seeds)" in text
 
 
+def test_a_setting_folder_and_a_running_study(workdirs, tmp_path, capsys):
+  rte, mrpc = workdirs
+  own = _cells(open(f"{rte}/table.md", encoding="utf-8").read())
+  # one setting folder of a study: its recipe is the folder name less the task
+  assert compare.main([os.path.join(rte, "rte_ours"), mrpc]) == 0
+  merged = _cells(capsys.readouterr().out.split("\n\n")[0])
+  assert merged[("ours", "RTE")] == own[("ours", "RTE")] and merged[("devlin", "RTE")] == ""
+  # a study stopped while `ours` trained: no study summary, no summary for `ours` yet
+  running = tmp_path / "running"
+  shutil.copytree(rte, running)
+  os.remove(running / "summary.json")
+  os.remove(running / "rte_ours" / "summary.json")
+  assert compare.main([str(running)]) == 0
+  text = capsys.readouterr().out
+  merged = _cells(text.split("\n\n")[0])
+  assert merged == {("devlin", "RTE"): own[("devlin", "RTE")]}
+  assert f"{running} is a study still running or stopped: only its finished settings " \
+         "(rte_devlin) are in the table." in text
+
+
 def test_bad_workdirs_are_refused_by_name(workdirs, tmp_path, capsys):
   rte, mrpc = workdirs
   assert compare.main([rte, rte]) == 2
@@ -73,9 +95,17 @@ def test_bad_workdirs_are_refused_by_name(workdirs, tmp_path, capsys):
   missing = tmp_path / "nothing"
   assert compare.main([mrpc, str(missing)]) == 2
   assert f"{missing}/summary.json not found" in capsys.readouterr().err
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  assert compare.main([str(empty)]) == 2
+  assert f"{empty} holds no finished run" in capsys.readouterr().err
   bad = tmp_path / "bad"
   bad.mkdir()
   (bad / "summary.json").write_text("{}", encoding="utf-8")
   out = tmp_path / "never.md"
   assert compare.main([mrpc, str(bad), f"--out={out}"]) == 2
-  assert "is not a jaxstab summary" in capsys.readouterr().err and not out.exists()
+  assert "is not a jaxstab summary (no task, setting" in capsys.readouterr().err
+  assert not out.exists()
+  (bad / "summary.json").write_text('{"settings": [', encoding="utf-8")
+  assert compare.main([str(bad)]) == 2
+  assert "summary.json is not a jaxstab summary (not JSON" in capsys.readouterr().err
