@@ -6,13 +6,25 @@ of each workdir (nothing is retrained or recomputed from the runs) and writes th
 study itself writes, the majority classifier per task, and Levene's p-value for every two
 recipes of the same task.
 
-Command line: python -m jaxstab.compare WORKDIR [WORKDIR ...] [--out=FILE.md]
+Command line: python -m jaxstab.compare WORKDIR [WORKDIR ...] [--out=FILE.md] [--paper]
 """
 import argparse
 import sys
 
 from jaxstab import fs, outputs, stats
 from jaxstab.errors import ConfigError
+
+
+# The paper's Table 1 (BERT-large, 25 seeds, final dev metric x100: std / mean / median / max),
+# from the preprint; shown next to one's own rows with --paper.
+PAPER_TABLE1 = {
+    "Devlin et al.": {"rte": (7.2, 52.3, 47.3, 71.1), "mrpc": (5.9, 79.0, 74.8, 89.4),
+                      "cola": (25.6, 45.6, 59.1, 64.6)},
+    "Lee et al. (Mixout)": {"rte": (7.9, 65.3, 69.1, 74.4), "mrpc": (3.8, 87.8, 89.5, 91.8),
+                            "cola": (20.9, 51.9, 60.3, 64.0)},
+    "Ours (Mosbach et al.)": {"rte": (2.4, 70.1, 70.0, 75.5), "mrpc": (0.8, 89.6, 89.5, 91.4),
+                              "cola": (1.0, 64.6, 64.7, 66.8)},
+}
 
 
 def gather(workdirs) -> list:
@@ -72,13 +84,20 @@ def _one_setting(summary, name, unfinished) -> dict:
   return dict(summary, name=name, recipe=recipe, unfinished_study=unfinished)
 
 
-def markdown(settings) -> str:
-  """The table, the majority line, Levene's p-values and where each column came from."""
+def markdown(settings, paper=False) -> str:
+  """The table, the majority line, Levene's p-values and where each column came from; with
+  `paper`, the paper's BERT-large rows for the same tasks below one's own."""
   tasks = list(dict.fromkeys(s["task"] for s in settings))
   majority = {}
   for s in settings:
     majority.setdefault(s["task"], 100 * s["majority"][s["metric"]])
-  lines = [stats.table1_markdown(settings), "",
+  table = stats.table1_markdown(settings)
+  if paper:
+    table += "".join(
+        f"\n| paper, BERT-large: {recipe} | "
+        + " | ".join(" / ".join(f"{x:.1f}" for x in row[t]) if t in row else "" for t in tasks)
+        + " |" for recipe, row in PAPER_TABLE1.items())
+  lines = [table, "",
            "Final dev metric x100, std / mean / median / max; a failed run ends at or below the "
            "majority classifier: " + ", ".join(f"{t.upper()} {majority[t]:.1f}" for t in tasks)
            + ".", ""]
@@ -114,9 +133,11 @@ def main(argv=None) -> int:
       description="One Table-1-style table from several finished jaxstab runs or studies.")
   parser.add_argument("workdirs", nargs="+", metavar="WORKDIR")
   parser.add_argument("--out", default=None, help="also write the table to this markdown file")
+  parser.add_argument("--paper", action="store_true",
+                      help="add the paper's BERT-large rows (its Table 1) for the same tasks")
   args = parser.parse_args(argv)
   try:
-    text = markdown(gather(args.workdirs))
+    text = markdown(gather(args.workdirs), paper=args.paper)
   except ConfigError as e:
     print(f"jaxstab: error: {e}", file=sys.stderr)
     return 2

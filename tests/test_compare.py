@@ -68,6 +68,30 @@ def test_merged_table_keeps_every_cell_of_its_sources(workdirs, tmp_path, capsys
   assert f"RTE {rte} (3 seeds); MRPC {mrpc} (3 seeds)" in text
 
 
+def test_paper_rows_are_the_notes_table(workdirs, capsys):
+  """--paper adds the paper's Table 1 rows, for the tasks shown, as ../shared/paper/NOTES.md
+  gives them."""
+  notes = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "paper", "NOTES.md")
+  with open(notes, encoding="utf-8") as f:
+    text = f.read().split("## Results to compare against")[1]
+  rows = [l.strip("|").split("|") for l in text.splitlines() if l.startswith("| ") and "/" in l]
+  table = {r[0].strip(): [c.strip() for c in r[1:4]] for r in rows}   # RTE, MRPC, CoLA
+  assert len(table) == 3
+  for name, row in compare.PAPER_TABLE1.items():
+    key = "Ours" if name.startswith("Ours") else name
+    assert [" / ".join(f"{x:.1f}" for x in row[t]) for t in ("rte", "mrpc", "cola")] == table[key]
+  expected = {k: v[:2] for k, v in table.items()}
+  rte, mrpc = workdirs
+  assert compare.main([rte, mrpc, "--paper"]) == 0
+  got = _cells(capsys.readouterr().out.split("\n\n")[0])
+  paper = {r[len("paper, BERT-large: "):]: (got[(r, "RTE")], got[(r, "MRPC")])
+           for r, _ in got if r.startswith("paper, BERT-large: ")}
+  assert sorted(paper) == sorted(compare.PAPER_TABLE1)
+  for name, cells in paper.items():
+    key = "Ours" if name.startswith("Ours") else name
+    assert list(cells) == expected[key], name
+
+
 def test_a_setting_folder_and_a_running_study(workdirs, tmp_path, capsys):
   rte, mrpc = workdirs
   own = _cells(open(f"{rte}/table.md", encoding="utf-8").read())
