@@ -243,8 +243,9 @@ def _run_setting_locked(cfg, workdir, task, model, tokenizer, train_split, dev_s
     for g in range(0, len(todo), k):
       _train_group(todo[g:g + k], k, loop)
   summary = _merge(cfg, workdir, seeds, task, model, majority, total, groups)
-  logging.info("%s: %d/%d failed runs; final %s %s", workdir, summary["failed_runs"], len(seeds),
-               task.metric, summary["final_spread"])
+  logging.info("%s: %d/%d failed runs; reported %s (select=%s) %s", workdir,
+               summary["failed_runs"], len(seeds), task.metric, cfg.select,
+               summary["reported_spread"])
   return summary
 
 
@@ -381,4 +382,5 @@ def _summary(cfg, task, model, majority, runs, total):
                        or metrics.is_failed(r["final"][task.metric], majority[task.metric]))
   return {"task": task.name, "metric": task.metric, "majority": majority,
           "setting": cfg.setting, "select": cfg.select, "model": model.name,
-          "total_steps": total, "seeds": [r["seed"] for r in runs], **stats.setting_stats(runs, task.metric), "runs": runs}
+          "total_steps": total, "seeds": [r["seed"] for r in runs],
+          **stats.setting_stats(runs, task.metric, cfg.select), "runs": runs}

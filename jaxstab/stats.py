@@ -15,11 +15,21 @@ def spread(values) -> dict:
           "median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())}
 
 
-def setting_stats(runs, metric: str) -> dict:
-  """Failed count and the spread of the final and the best-dev main metric over runs."""
+def setting_stats(runs, metric: str, select: str = "final") -> dict:
+  """Failed count, the spread of the final and the best-dev main metric over runs, and the
+  spread of the one the recipe reports (`select`)."""
   return {"failed_runs": int(sum(bool(r["failed"]) for r in runs)),
           "final_spread": spread([r["final"][metric] for r in runs]),
-          "best_spread": spread([r["best"][metric] for r in runs])}
+          "best_spread": spread([r["best"][metric] for r in runs]),
+          "reported_spread": spread([r[select][metric] for r in runs])}
+
+
+def reported(setting) -> list:
+  """The dev main metric each run of a setting reports: at the end of training, or at the best
+  dev checkpoint for a recipe with select=best (the paper's baseline). Computed from the runs,
+  so summaries written before `reported_spread` existed give the same table."""
+  select = setting.get("select") or "final"
+  return [r[select][setting["metric"]] for r in setting["runs"]]
 
 
 def levene(a, b):
@@ -34,14 +44,13 @@ def levene(a, b):
 
 
 def levene_table(settings) -> list:
-  """Levene p-values between every two settings of the same task (final main metric)."""
+  """Levene p-values between every two settings of the same task (reported main metric)."""
   out = []
   for x, y in itertools.combinations(settings, 2):
     if x["task"] != y["task"]:
       continue
-    a = [r["final"][x["metric"]] for r in x["runs"]]
-    b = [r["final"][y["metric"]] for r in y["runs"]]
-    out.append({"task": x["task"], "a": x["name"], "b": y["name"], "p": levene(a, b)})
+    out.append({"task": x["task"], "a": x["name"], "b": y["name"],
+                "p": levene(reported(x), reported(y))})
   return out
 
 
@@ -53,7 +62,8 @@ def _cell(spread_, failed=None, n=None):
 
 
 def table1_markdown(settings) -> str:
-  """Rows = recipes, columns = tasks; cells std / mean / median / max (x100) and failed runs."""
+  """Rows = recipes, columns = tasks; cells std / mean / median / max (x100) of the reported
+  metric (see `reported`) and the failed runs (always judged at the end of training)."""
   tasks = list(dict.fromkeys(s["task"] for s in settings))
   recipes = list(dict.fromkeys(s.get("recipe", s["name"]) for s in settings))
   lines = ["| setting | " + " | ".join(t.upper() for t in tasks) + " |",
@@ -62,7 +72,7 @@ def table1_markdown(settings) -> str:
     cells = []
     for t in tasks:
       hit = [s for s in settings if s["task"] == t and s.get("recipe", s["name"]) == rec]
-      cells.append(_cell(hit[0]["final_spread"], hit[0]["failed_runs"], len(hit[0]["runs"]))
+      cells.append(_cell(spread(reported(hit[0])), hit[0]["failed_runs"], len(hit[0]["runs"]))
                    if hit else "")
     lines.append(f"| {rec} | " + " | ".join(cells) + " |")
   return "\n".join(lines)

@@ -117,7 +117,7 @@ def test_an_unfinished_study_exits_2_naming_summary_json(tmp_path, capsys):
 
 # ------------------------------------------------------------------ synthetic study files
 def write_setting(where, name, finals, majority=0.5, recipe="devlin", bias_correction=False,
-                  diverged=None, total=40, every=10):
+                  diverged=None, total=40, every=10, bests=None, select="final"):
   """A setting's files as experiment.py writes them; finals[i] is seed i+1's final accuracy
   (NaN allowed), diverged maps seed -> step. The probe has one unfilled slot (step -1) at the
   end, and failed seeds get lower-layer gradients 1000x smaller than successful ones."""
@@ -126,11 +126,11 @@ def write_setting(where, name, finals, majority=0.5, recipe="devlin", bias_corre
   diverged = diverged or {}
   seeds = list(range(1, len(finals) + 1))
   runs = []
-  for seed, v in zip(seeds, finals):
+  for seed, v, b in zip(seeds, finals, bests or finals):
     d = diverged.get(seed)
     failed = d is not None or not math.isfinite(v) or v <= majority
     runs.append({"seed": seed, "final": {"step": total, "accuracy": v},
-                 "best": {"step": total, "accuracy": v}, "failed": failed,
+                 "best": {"step": total // 2 if b != v else total, "accuracy": b}, "failed": failed,
                  "final_train_loss": None if d is not None else (0.69 if failed else 0.05 * seed),
                  "diverged_at": d})
   steps = np.arange(0, total, every)
@@ -160,8 +160,8 @@ def write_setting(where, name, finals, majority=0.5, recipe="devlin", bias_corre
     json.dump(config, f)
   finite = [r for r in runs if math.isfinite(r["final"]["accuracy"])]
   summary = {"task": "rte", "metric": "accuracy", "majority": {"accuracy": majority},
-             "setting": recipe, "model": "tiny-bert", "total_steps": total, "seeds": seeds,
-             **stats.setting_stats(finite, "accuracy"),
+             "setting": recipe, "select": select, "model": "tiny-bert", "total_steps": total,
+             "seeds": seeds, **stats.setting_stats(finite, "accuracy", select),
              "failed_runs": sum(r["failed"] for r in runs), "runs": runs, "name": name,
              "recipe": recipe}
   with open(os.path.join(where, "summary.json"), "w", encoding="utf-8") as f:
@@ -202,6 +202,21 @@ def test_a_two_setting_study_with_failed_and_diverged_runs(tmp_path):
   assert (p.failed_seed, p.success_seed) == (3, 5)
   # the unfilled probe slot (step -1) is not drawn
   assert load.load(str(tmp_path)).settings[0].probe["step"].tolist() == [0, 10, 20, 30]
+
+
+def test_a_best_checkpoint_recipe_reports_its_best_dev_results(tmp_path):
+  finals, bests = [0.45, 0.60, 0.62, 0.58], [0.66, 0.64, 0.70, 0.61]
+  write_study(tmp_path, {
+      "rte_devlin": dict(finals=[0.55, 0.45, 0.70, 0.65]),
+      "rte_ours": dict(finals=finals, bests=bests, recipe="ours", select="best",
+                       bias_correction=True)})
+  report = build(str(tmp_path))
+  page, _ = _images(report.index)
+  body = " / ".join(f"{100 * x:.1f}" for x in (np.std(bests), np.mean(bests), np.median(bests),
+                                               np.max(bests)))
+  assert f"<td>{body}<br><small>1/4 failed</small></td>" in page  # failed: end of training
+  assert "best dev checkpoint for ours)" in page
+  assert "best ckpt" in report.captions["spread"]
 
 
 def test_a_plain_run_of_one_seed(tmp_path):

@@ -34,6 +34,37 @@ def test_spread_and_levene_against_direct_computation():
   assert stats.levene(a, b) == pytest.approx(sps.f.sf(w, 1, 8), rel=1e-9)
 
 
+def test_reported_metric_follows_select():
+  """Table cells and Levene's test use what a recipe reports (best dev checkpoint for
+  select=best); the failed count stays the end-of-training one."""
+  finals, bests = [0.50, 0.62, 0.70, 0.55], [0.66, 0.64, 0.72, 0.69]
+  runs = [{"final": {"accuracy": f}, "best": {"accuracy": b}, "failed": f <= 0.527}
+          for f, b in zip(finals, bests)]
+  plain_finals = [0.40, 0.75, 0.53, 0.60]
+  plain_runs = [{"final": {"accuracy": f}, "best": {"accuracy": f + 0.05}, "failed": f <= 0.527}
+                for f in plain_finals]
+  settings = [
+      {"task": "rte", "metric": "accuracy", "name": "rte_devlin", "recipe": "devlin",
+       "select": "final", "runs": plain_runs, **stats.setting_stats(plain_runs, "accuracy")},
+      {"task": "rte", "metric": "accuracy", "name": "rte_ours", "recipe": "ours",
+       "select": "best", "runs": runs, **stats.setting_stats(runs, "accuracy", "best")}]
+  assert stats.reported(settings[0]) == plain_finals and stats.reported(settings[1]) == bests
+  assert settings[1]["reported_spread"]["mean"] == pytest.approx(np.mean(bests))
+  assert settings[1]["failed_runs"] == 1 and settings[0]["failed_runs"] == 1
+  (row,) = stats.levene_table(settings)
+  assert row["p"] == pytest.approx(sps.levene(plain_finals, bests, center="median").pvalue)
+  assert row["p"] != pytest.approx(sps.levene(plain_finals, finals, center="median").pvalue)
+
+  def cell(v):
+    return " / ".join(f"{100 * x:.1f}" for x in (np.std(v), np.mean(v), np.median(v), np.max(v)))
+  table = stats.table1_markdown(settings)
+  assert f"| ours | {cell(bests)} (1/4 failed) |" in table
+  assert f"| devlin | {cell(plain_finals)} (1/4 failed) |" in table
+  # a summary written before `select` existed reports the end of training
+  del settings[1]["select"]
+  assert stats.reported(settings[1]) == finals
+
+
 def test_two_settings_share_seeds_and_are_compared(tmp_path):
   cfg = _demo()
   cfg.settings["plain"] = "setting=devlin"
@@ -53,6 +84,12 @@ def test_two_settings_share_seeds_and_are_compared(tmp_path):
   by = {s["name"]: s for s in saved["settings"]}
   assert by["corrected"]["setting"] == "ours" and by["plain"]["setting"] == "devlin"
   assert len(saved["levene"]) == 1 and saved["levene"][0]["task"] == "demo"
+  # What each recipe reports: Devlin the end of training, the paper's baseline its best dev
+  # checkpoint (the statistics themselves are checked in test_reported_metric_follows_select).
+  assert (by["plain"]["select"], by["corrected"]["select"]) == ("final", "best")
+  best = [r["best"]["accuracy"] for r in by["corrected"]["runs"]]
+  assert by["corrected"]["reported_spread"]["mean"] == pytest.approx(np.mean(best))
+  assert by["plain"]["reported_spread"] == by["plain"]["final_spread"]
   csv_rows = (tmp_path / "summary.csv").read_text().strip().splitlines()
   assert len(csv_rows) == 1 + 2 * 2
   table = (tmp_path / "table.md").read_text()

@@ -59,7 +59,7 @@ def build(workdir: str, out: str = None) -> Report:
   fig = lambda key, alt: html.figure(pngs.get(key), alt, captions[key])
   sections: List[str] = [
       "<h2>1. Seed spread</h2>",
-      "<div class='side'>" + fig("spread", "box plots of the final dev metric per setting")
+      "<div class='side'>" + fig("spread", "box plots of the reported dev metric per setting")
       + "<div class='tables'>" + html.table1(settings) + html.details_table(settings)
       + html.levene_table(study) + "</div></div>",
       "<h2>2. Gradient norms: failed vs successful runs</h2>",

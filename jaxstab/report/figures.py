@@ -56,14 +56,16 @@ def _models(settings: List[Setting]) -> str:
 
 # ---------------------------------------------------------------- 1. seed spread
 def spread(settings: List[Setting], path: str) -> str:
-  """Box plot of the final dev main metric per setting, one panel per task, every seed a point."""
+  """Box plot of the reported dev main metric per setting (the best dev checkpoint's for
+  select=best recipes, the end of training's otherwise), one panel per task, every seed a
+  point; failed runs marked as judged at the end of training."""
   tasks = by_task(settings)
   fig = new_figure(max(5.0, (2.2 + 1.5 * max(len(v) for v in tasks.values())) * len(tasks)), 5.0)
   axes = fig.subplots(1, len(tasks), squeeze=False)[0]
   rng = np.random.default_rng(0)  # the same jitter every time
   not_drawn = 0
   for ax, (task, group) in zip(axes, tasks.items()):
-    values = [np.array([s.final(r) for r in s.runs], np.float64) for s in group]
+    values = [np.array([s.reported(r) for r in s.runs], np.float64) for s in group]
     finite = [v[np.isfinite(v)] for v in values]
     ax.boxplot([v if v.size else [np.nan] for v in finite], positions=range(len(group)),
                widths=0.5, showfliers=False, medianprops={"color": "black"})
@@ -83,25 +85,27 @@ def spread(settings: List[Setting], path: str) -> str:
       ax.text(-0.55, majority, f"majority {majority:.3f}", ha="left", va="bottom", fontsize=8,
               color="gray")
     ax.set_xticks(range(len(group)))
-    ax.set_xticklabels([s.name for s in group], rotation=20 if len(group) > 3 else 0)
+    ax.set_xticklabels([s.name + ("\n(best ckpt)" if s.select == "best" else "") for s in group],
+                       rotation=20 if len(group) > 3 else 0)
     ax.set_xlim(-0.6, len(group) - 0.4)
     n = max(len(s.runs) for s in group)
     ax.set_title(f"{task.upper()} ({_models(group)}), {n} seeds")
-    ax.set_ylabel(f"final dev {group[0].metric}")
+    ax.set_ylabel(f"reported dev {group[0].metric}")
     ax.grid(axis="y", alpha=0.3)
   handles = [Line2D([], [], ls="none", marker="o", mfc="none", color=OK_COLOR, label="successful run"),
              Line2D([], [], ls="none", marker="x", color=FAILED_COLOR, label="failed run (≤ majority)"),
              Line2D([], [], ls="none", marker="^", color=FAILED_COLOR, label="diverged run"),
              Line2D([], [], ls="--", color="gray", label="majority classifier")]
   fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncol=2)
-  fig.suptitle("Seed spread of the final dev metric")
+  fig.suptitle("Seed spread of the reported dev metric")
   save(fig, path)
-  caption = ("Final dev metric (end of training) of every seed, one box per setting (box: "
-             "quartiles, whiskers: 1.5 IQR), each seed a jittered point; failed runs (final "
-             "metric ≤ the majority classifier's, dashed line) are red crosses, diverged runs "
-             "red triangles.")
+  caption = ("Reported dev metric of every seed (end of training; best dev checkpoint for "
+             "settings marked \"best ckpt\"), one box per setting (box: quartiles, whiskers: "
+             "1.5 IQR), each seed a jittered point; failed runs (metric at the end of training ≤ "
+             "the majority classifier's, dashed line) are red crosses, diverged runs red "
+             "triangles.")
   if not_drawn:
-    caption += f" {not_drawn} run(s) without a finite final metric are not drawn (counted failed)."
+    caption += f" {not_drawn} run(s) without a finite metric are not drawn (counted failed)."
   return caption
 
 
@@ -187,7 +191,7 @@ def generalization(settings: List[Setting], path: str) -> str:
     if positive and wide([x for l in ax.lines for x in l.get_xdata()]):
       ax.set_xscale("log")
     ax.set_xlabel("final training loss (mean over the last evaluation interval)")
-    ax.set_ylabel(f"final dev {group[0].metric}")
+    ax.set_ylabel(f"reported dev {group[0].metric}")
     ax.set_title(f"{task.upper()} ({_models(group)})")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

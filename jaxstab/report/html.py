@@ -55,18 +55,30 @@ def final_spread(s: Setting) -> dict:
   return stats.spread([v for v in (s.final(r) for r in s.runs) if math.isfinite(v)])
 
 
+def reported_spread(s: Setting) -> dict:
+  """Spread of what each run reports (best dev checkpoint for select=best recipes)."""
+  if s.select == "final":
+    return final_spread(s)
+  return stats.spread([v for v in (s.reported(r) for r in s.runs) if math.isfinite(v)])
+
+
 def failed_count(s: Setting) -> int:
   return sum(picks.is_failed(s, r) for r in s.runs)
 
 
 def table1(settings: List[Setting]) -> str:
   """Rows: recipes (setting names when two settings of a task share a recipe); columns: tasks;
-  cells: std / mean / median / max of the final dev metric, x100, and the failed count."""
+  cells: std / mean / median / max of the reported dev metric (at the end of training, or at
+  the best dev checkpoint for select=best recipes), x100, and the failed count (always judged
+  at the end of training)."""
   tasks = list(dict.fromkeys(s.task for s in settings))
   keys = [(s.task, s.recipe) for s in settings]
   row_of = (lambda s: s.name) if len(set(keys)) < len(keys) else (lambda s: s.recipe)
   rows = list(dict.fromkeys(row_of(s) for s in settings))
-  out = ["<table><caption>final dev metric ×100: std / mean / median / max</caption>",
+  best = sorted({row_of(s) for s in settings if s.select == "best"})
+  note = f"; best dev checkpoint for {', '.join(best)}" if best else ""
+  out = [f"<table><caption>reported dev metric ×100: std / mean / median / max (end of training"
+         f"{note}); failed runs judged at the end of training</caption>",
          "<tr><th>setting</th>" + "".join(f"<th>{esc(t.upper())}</th>" for t in tasks) + "</tr>"]
   for row in rows:
     cells = []
@@ -75,7 +87,7 @@ def table1(settings: List[Setting]) -> str:
       if not hit:
         cells.append("<td></td>")
         continue
-      sp, s = final_spread(hit[0]), hit[0]
+      sp, s = reported_spread(hit[0]), hit[0]
       body = " / ".join(pct(sp.get(k)) for k in ("std", "mean", "median", "max"))
       cells.append(f"<td>{body}<br><small>{failed_count(s)}/{len(s.runs)} failed</small></td>")
     out.append(f"<tr><td>{esc(row)}</td>{''.join(cells)}</tr>")
@@ -98,7 +110,7 @@ def levene_table(study: Study) -> str:
   rows = study.summary.get("levene") or []
   if not rows:
     return ""
-  out = ["<table><caption>Levene's test (median-centred) for equal spread of the final metric"
+  out = ["<table><caption>Levene's test (median-centred) for equal spread of the reported metric"
          "</caption><tr><th>task</th><th>a</th><th>b</th><th>p</th></tr>"]
   for r in rows:
     p = num(r.get("p"))

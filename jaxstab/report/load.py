@@ -66,6 +66,15 @@ class Setting:
     """The final dev main metric of one run (NaN when absent)."""
     return num((run.get("final") or {}).get(self.metric))
 
+  @property
+  def select(self) -> str:
+    """Which dev result the recipe reports: "final", or "best" (best dev checkpoint)."""
+    return "best" if self.summary.get("select") == "best" else "final"
+
+  def reported(self, run: dict) -> float:
+    """The dev main metric the recipe reports for one run (NaN when absent)."""
+    return num((run.get(self.select) or {}).get(self.metric))
+
   def title(self) -> str:
     return f"{self.name} ({self.task.upper()}, {self.model}, recipe {self.recipe})"
 
