@@ -79,14 +79,16 @@ def table1_markdown(settings) -> str:
 
 
 def summary_csv(settings) -> str:
-  """One row per setting and result kind (final / best)."""
+  """One row per setting and result kind (final / best); `reported` marks the kind the
+  setting reports (its `select`)."""
   buf = io.StringIO()
   w = csv.writer(buf)
-  w.writerow(["setting", "task", "metric", "result", "n", "failed", "majority", "std", "mean",
-              "median", "min", "max"])
+  w.writerow(["setting", "task", "metric", "result", "reported", "n", "failed", "majority", "std",
+              "mean", "median", "min", "max"])
   for s in settings:
     for kind in ("final", "best"):
       sp = s[f"{kind}_spread"]
-      w.writerow([s["name"], s["task"], s["metric"], kind, sp["n"], s["failed_runs"],
-                  s["majority"][s["metric"]]] + [sp[k] for k in ("std", "mean", "median", "min", "max")])
+      w.writerow([s["name"], s["task"], s["metric"], kind, kind == (s.get("select") or "final"),
+                  sp["n"], s["failed_runs"], s["majority"][s["metric"]]]
+                 + [sp[k] for k in ("std", "mean", "median", "min", "max")])
   return buf.getvalue()

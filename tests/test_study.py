@@ -1,4 +1,5 @@
 """Studies: several settings sharing seeds, statistics, resume, divergence isolation."""
+import csv
 import json
 import os
 
@@ -92,6 +93,9 @@ def test_two_settings_share_seeds_and_are_compared(tmp_path):
   assert by["plain"]["reported_spread"] == by["plain"]["final_spread"]
   csv_rows = (tmp_path / "summary.csv").read_text().strip().splitlines()
   assert len(csv_rows) == 1 + 2 * 2
+  rows = list(csv.DictReader(csv_rows))
+  assert {r["setting"]: r["result"] for r in rows if r["reported"] == "True"} == {
+      "plain": "final", "corrected": "best"}
   table = (tmp_path / "table.md").read_text()
   assert "| plain |" in table and "| corrected |" in table and "DEMO" in table
   assert result["levene"] == saved["levene"]
