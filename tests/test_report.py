@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 
 from jaxstab import stats, study
 from jaxstab.report import __main__ as report_cli
@@ -217,6 +218,17 @@ def test_a_best_checkpoint_recipe_reports_its_best_dev_results(tmp_path):
   assert f"<td>{body}<br><small>1/4 failed</small></td>" in page  # failed: end of training
   assert "best dev checkpoint for ours)" in page
   assert "best ckpt" in report.captions["spread"]
+  # Levene's p is recomputed from the runs: a stale stored value (an older version tested the
+  # final metric) is not shown
+  devlin = [0.55, 0.45, 0.70, 0.65]
+  p = sps.levene(devlin, bests, center="median").pvalue
+  with open(tmp_path / "summary.json", encoding="utf-8") as f:
+    top = json.load(f)
+  top["levene"][0]["p"] = 0.123456
+  with open(tmp_path / "summary.json", "w", encoding="utf-8") as f:
+    json.dump(top, f)
+  page, _ = _images(build(str(tmp_path)).index)
+  assert f"<td>{p:.3g}</td>" in page and "0.123" not in page
 
 
 def test_a_plain_run_of_one_seed(tmp_path):

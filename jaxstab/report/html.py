@@ -106,8 +106,17 @@ def details_table(settings: List[Setting]) -> str:
   return "\n".join(out + ["</table>"])
 
 
+def _levene_rows(study: Study) -> list:
+  """Levene's p between every two settings of a task, recomputed from the runs (so a workdir
+  written by an older version, which tested the final metric, gets the reported one's)."""
+  try:
+    return stats.levene_table([dict(s.summary, name=s.name) for s in study.settings])
+  except (KeyError, TypeError):
+    return study.summary.get("levene") or []
+
+
 def levene_table(study: Study) -> str:
-  rows = study.summary.get("levene") or []
+  rows = _levene_rows(study)
   if not rows:
     return ""
   out = ["<table><caption>Levene's test (median-centred) for equal spread of the reported metric"
