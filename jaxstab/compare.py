@@ -2,9 +2,9 @@
 
 A proxy study is often run one task per workdir (each task its own sequence length, machine or
 day), while the paper's Table 1 puts the tasks next to each other. This reads the summary.json
-of each workdir (nothing is retrained or recomputed from the runs) and writes the table the
-study itself writes, the majority classifier per task, and Levene's p-value for every two
-recipes of the same task.
+of each workdir (nothing is retrained; the statistics come from the per-seed records there) and
+writes the table the study itself writes, the majority classifier per task, and Levene's p-value
+for every two recipes of the same task.
 
 Command line: python -m jaxstab.compare WORKDIR [WORKDIR ...] [--out=FILE.md] [--paper]
 """
@@ -15,7 +15,7 @@ from jaxstab import fs, outputs, stats
 from jaxstab.errors import ConfigError
 
 
-# The paper's Table 1 (BERT-large, 25 seeds, dev metric x100: std / mean / median / max),
+# The paper's Table 1 (BERT-large, 25 seeds, dev metric ×100: std / mean / median / max),
 # from the preprint; shown next to one's own rows with --paper.
 PAPER_TABLE1 = {
     "Devlin et al.": {"rte": (7.2, 52.3, 47.3, 71.1), "mrpc": (5.9, 79.0, 74.8, 89.4),
@@ -98,7 +98,7 @@ def markdown(settings, paper=False) -> str:
         + " | ".join(" / ".join(f"{x:.1f}" for x in row[t]) if t in row else "" for t in tasks)
         + " |" for recipe, row in PAPER_TABLE1.items())
   lines = [table, "",
-           "Dev metric x100, std / mean / median / max, " + _reported(settings)
+           "Dev metric ×100, std / mean / median / max, " + _reported(settings)
            + "; a failed run ends training at or below the majority classifier: "
            + ", ".join(f"{t.upper()} {majority[t]:.1f}" for t in tasks) + ".", ""]
   pairs = stats.levene_table(settings)
