@@ -1,0 +1,48 @@
+"""scripts/carry_minilm.py: the half-precision copy carried to the GPU machine loads as float32
+parameters that match the real MiniLM weights to within the 16-bit rounding."""
+import importlib.util
+import os
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxstab import config_lib, models
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "carry_minilm.py"
+
+
+def _script():
+  spec = importlib.util.spec_from_file_location("carry_minilm", SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _load(folder):
+  cfg = ml_collections.ConfigDict(dict(name_or_path=folder, dtype="float32", dropout=-1.0,
+                                       attention="reference"))
+  return models.load(cfg, num_labels=2)
+
+
+@pytest.mark.parametrize("dtype,bound", [("float16", 1e-3), ("bfloat16", 8e-3)])
+def test_the_carried_copy_restores_float32_weights_close_to_the_originals(tmp_path, dtype, bound):
+  dst = str(tmp_path / "minilm")
+  _script().main(dst, dtype)
+  size = sum(os.path.getsize(os.path.join(dst, f)) for f in os.listdir(dst))
+  assert size < 48 * 2**20  # leaves room for the wheels and data under the 64 MiB carry limit
+  original = _load(config_lib.minilm_folder()).params["bert"]
+  carried = _load(dst).params["bert"]
+  pairs = zip(jax.tree_util.tree_leaves(original), jax.tree_util.tree_leaves(carried))
+  for a, b in pairs:
+    a, b = np.asarray(a), np.asarray(b)
+    assert b.dtype == np.float32 and a.shape == b.shape
+    assert np.linalg.norm(a - b) <= bound * np.linalg.norm(a) + 1e-12
+    assert not np.array_equal(a, b) or np.array_equal(a, a.astype(np.float16))
+
+
+def test_an_unknown_dtype_is_refused(tmp_path):
+  with pytest.raises(SystemExit, match="float16 or bfloat16"):
+    _script().main(str(tmp_path / "x"), "int8")
