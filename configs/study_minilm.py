@@ -7,22 +7,26 @@ settings are then named `<task>_ours_<E>ep`, so a shortened run never passes for
 20 epochs). The reduced CPU run in README's Results:
   --config=configs/study_minilm.py:tasks=rte,seeds=1-5,lrs=2e-5,ours_epochs=3
   --config.train.max_seq_length=64
+`model=FOLDER` loads MiniLM from another folder instead of the installed package, e.g. the fp16
+copy carried to the GPU machine (scripts/gpu_minilm_study.sh): model=carry/minilm_fp16.
 """
 from jaxstab import config_lib
 
 
 def get_config(arg: str = ""):
   lrs = ["1e-5", "2e-5", "3e-5", "5e-5"]
-  ours_epochs = ""
+  ours_epochs, model = "", "minilm"
   rest = []
   for k, v in config_lib.parse_arg(arg):
-    if k == "lrs":
+    if k == "model":
+      model = v
+    elif k == "lrs":
       lrs = [x for x in v.split("+") if x]
     elif k == "ours_epochs":
       ours_epochs = v
     else:
       rest.append(f"{k}={v}")
-  cfg = config_lib.study_config(",".join(["model=minilm"] + rest), tasks=("rte", "mrpc", "cola"),
+  cfg = config_lib.study_config(",".join([f"model={model}"] + rest), tasks=("rte", "mrpc", "cola"),
                                 settings=("devlin", "ours"), seeds="1-25")
   for name in [n for n in cfg.settings if n.endswith("_devlin")]:
     arg_devlin = cfg.settings[name]

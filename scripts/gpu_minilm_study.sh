@@ -81,8 +81,8 @@ for s in $STAGES; do
   if (( $(left) < 30 )); then echo "== stage $s skipped: $(left) s left"; continue; fi
   echo "== stage $s at $((SECONDS - START)) s: $arg -> $wd"
   timeout -s KILL "$(left)" python3 -m jaxstab.main \
-    --config="configs/study_minilm.py:$arg,seeds=$SEEDS" \
-    --config.data.dir=carry/glue --config.model.name_or_path=carry/minilm_fp16 \
+    --config="configs/study_minilm.py:$arg,seeds=$SEEDS,model=carry/minilm_fp16" \
+    --config.data.dir=carry/glue \
     --config.checkpoint.every_steps=0 --workdir="$WORK/$wd" "$@"
   echo "== stage $s ended with rc=$? at $((SECONDS - START)) s"
   pack

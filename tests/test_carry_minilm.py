@@ -40,7 +40,6 @@ def test_the_carried_copy_restores_float32_weights_close_to_the_originals(tmp_pa
     a, b = np.asarray(a), np.asarray(b)
     assert b.dtype == np.float32 and a.shape == b.shape
     assert np.linalg.norm(a - b) <= bound * np.linalg.norm(a) + 1e-12
-    assert not np.array_equal(a, b) or np.array_equal(a, a.astype(np.float16))
 
 
 def test_an_unknown_dtype_is_refused(tmp_path):

@@ -48,6 +48,15 @@ def test_minilm_study_has_the_lr_ablation_and_a_labelled_short_ours():
   assert config_lib.parse_seeds(ours) == [1, 2, 3, 4, 5]
 
 
+def test_minilm_study_loads_from_a_given_folder_without_the_package(monkeypatch):
+  def no_package():
+    raise AssertionError("the installed MiniLM package was asked for")
+  monkeypatch.setattr(config_lib, "minilm_folder", no_package)
+  settings = _expanded("study_minilm", "tasks=rte+cola,lrs=2e-5,model=carry/minilm_fp16")
+  assert sorted(settings) == ["cola_devlin_lr2e-5", "cola_ours", "rte_devlin_lr2e-5", "rte_ours"]
+  assert {c.model.name_or_path for c in settings.values()} == {"carry/minilm_fp16"}
+
+
 def test_moments_study_pairs_differ_only_in_the_moments_dtype():
   settings = _expanded("study_moments", "model=minilm,epochs=3,train_examples=1000")
   fp32, bf16 = settings["cola_ours_moments_fp32"], settings["cola_ours_moments_bf16"]
