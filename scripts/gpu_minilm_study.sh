@@ -10,16 +10,24 @@
 # Then, with the `run` tool: command "bash scripts/gpu_minilm_study.sh", carry [".whl", "carry"],
 # timeout_s = BUDGET + 60.
 #
-# The studies run in stages, most important first, each a complete study workdir when it ends:
-#   1 RTE Devlin (2e-5) vs ours       2 RTE Devlin at 1e-5, 3e-5, 5e-5 (extends 1)
-#   3 MRPC Devlin   4 CoLA Devlin     5 MRPC ours (extends 3)   6 CoLA ours (extends 4)
+# The studies run in stages, most important first, each a complete study workdir when it ends
+# (H200 wall times measured 2026-11-26, see BUILD_NOTES.md; 5-7 estimated):
+#   1 RTE Devlin (2e-5) vs ours, 287 s     2 RTE Devlin at 1e-5, 3e-5, 5e-5 (extends 1), 163 s
+#   3 MRPC Devlin, 75 s                    4 CoLA Devlin, 163 s
+#   5 MRPC ours, ~5 min                    6, 7 CoLA ours, seeds 1-13 and 14-25, ~6 min each
+# A fresh machine starts bare, so stages 5-7 write workdirs of their own (minilm_mrpc_ours,
+# minilm_cola_ours) that jaxstab.compare puts next to the others without retraining Devlin.
+# Stages 6 and 7 fill one workdir from two calls: unpack both archives into one folder here and
+# rerun stage 6's command with seeds=1-25 on it; every seed is found finished and merged.
 # Everything still running at BUDGET seconds is killed: finished settings keep their
 # <setting>/summary.json (jaxstab.compare reads them), the setting in flight is lost.
-# $OUT gets run.log and minilm_gpu.tgz (the three workdirs without token caches, rewritten after
+# $OUT gets run.log and minilm_gpu.tgz (the workdirs without token caches, rewritten after
 # every stage).
 #
-# Env: BUDGET (seconds, default 520), STAGES (default "1 2 3 4 5 6"), SEEDS (default 1-25),
-# WORK (default /tmp/jaxstab_gpu), OUT; extra arguments go to every jaxstab.main call
+# Env: BUDGET (seconds, default 520), STAGES (default "1 2 3 4 5 6 7"), SEEDS (default: 1-25,
+# and the halves for 6 and 7; when set, every stage uses it), WORK (default /tmp/jaxstab_gpu),
+# OUT, PRINT_ONLY=1 (print the stages' commands, run nothing); extra arguments go to every
+# jaxstab.main call
 # (a CPU dry run: SEEDS=1-2 STAGES=1 bash scripts/gpu_minilm_study.sh --config.train.max_steps=4).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,13 +46,39 @@ if [[ "${1:-}" == "--prepare" ]]; then
   exit 0
 fi
 
-BUDGET=${BUDGET:-520}; STAGES=${STAGES:-1 2 3 4 5 6}; SEEDS=${SEEDS:-1-25}
-WORK=${WORK:-/tmp/jaxstab_gpu}; OUT=${OUT:-$(mktemp -d /tmp/gpu_minilm.XXXXXX)}
+BUDGET=${BUDGET:-520}; STAGES=${STAGES:-1 2 3 4 5 6 7}; SEEDS_GIVEN=${SEEDS:-}
+WORK=${WORK:-/tmp/jaxstab_gpu}
+
+stage_arg() {  # the study_minilm argument and workdir of each stage
+  case $1 in
+    1) echo "tasks=rte,lrs=2e-5,seeds=1-25 minilm_rte" ;;
+    2) echo "tasks=rte,seeds=1-25 minilm_rte" ;;
+    3) echo "tasks=mrpc,lrs=2e-5,settings=devlin,seeds=1-25 minilm_mrpc" ;;
+    4) echo "tasks=cola,lrs=2e-5,settings=devlin,seeds=1-25 minilm_cola" ;;
+    5) echo "tasks=mrpc,settings=ours,seeds=1-25 minilm_mrpc_ours" ;;
+    6) echo "tasks=cola,settings=ours,seeds=1-13 minilm_cola_ours" ;;
+    7) echo "tasks=cola,settings=ours,seeds=14-25 minilm_cola_ours" ;;
+    *) echo "unknown stage $1 (stages: 1-7)" >&2; exit 2 ;;
+  esac
+}
+stage_command() {  # stage_command ARG WORKDIR EXTRA...: the jaxstab.main call of one stage
+  local arg=$1 wd=$2; shift 2
+  [[ -n "$SEEDS_GIVEN" ]] && arg="${arg%seeds=*}seeds=$SEEDS_GIVEN"
+  echo "python3 -m jaxstab.main --config=configs/study_minilm.py:$arg,model=carry/minilm_fp16" \
+    "--config.data.dir=carry/glue --config.checkpoint.every_steps=0 --workdir=$WORK/$wd $*"
+}
+for s in $STAGES; do stage_arg "$s" > /dev/null || exit 2; done
+if [[ -n "${PRINT_ONLY:-}" ]]; then
+  for s in $STAGES; do read -r arg wd <<< "$(stage_arg "$s")"; stage_command "$arg" "$wd" "$@"; done
+  exit 0
+fi
+
+OUT=${OUT:-$(mktemp -d /tmp/gpu_minilm.XXXXXX)}
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/run.log") 2>&1
 START=$SECONDS
 left() { echo $(( BUDGET - (SECONDS - START) )); }
-echo "== gpu_minilm_study.sh $(date -u +%FT%TZ) budget=${BUDGET}s stages=[$STAGES] seeds=$SEEDS"
+echo "== gpu_minilm_study.sh $(date -u +%FT%TZ) budget=${BUDGET}s stages=[$STAGES] seeds=${SEEDS_GIVEN:-per stage}"
 
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
@@ -61,16 +95,6 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,dr
 python3 -c "import jax, flax, transformers; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'transformers', transformers.__version__)" \
   || exit 3
 
-stage_arg() {  # the study_minilm argument and workdir of each stage
-  case $1 in
-    1) echo "tasks=rte,lrs=2e-5 minilm_rte" ;;
-    2) echo "tasks=rte minilm_rte" ;;
-    3) echo "tasks=mrpc,lrs=2e-5,settings=devlin minilm_mrpc" ;;
-    4) echo "tasks=cola,lrs=2e-5,settings=devlin minilm_cola" ;;
-    5) echo "tasks=mrpc,lrs=2e-5 minilm_mrpc" ;;
-    6) echo "tasks=cola,lrs=2e-5 minilm_cola" ;;
-  esac
-}
 pack() {  # after every stage, so a call cut short still returns the finished settings
   local dirs; dirs=$(cd "$WORK" && ls -d minilm_* 2> /dev/null)
   [[ -n "$dirs" ]] && tar czf "$OUT/minilm_gpu.part" -C "$WORK" --exclude=cache --exclude=.lock $dirs \
@@ -79,11 +103,9 @@ pack() {  # after every stage, so a call cut short still returns the finished se
 for s in $STAGES; do
   read -r arg wd <<< "$(stage_arg "$s")"
   if (( $(left) < 30 )); then echo "== stage $s skipped: $(left) s left"; continue; fi
-  echo "== stage $s at $((SECONDS - START)) s: $arg -> $wd"
-  timeout -s KILL "$(left)" python3 -m jaxstab.main \
-    --config="configs/study_minilm.py:$arg,seeds=$SEEDS,model=carry/minilm_fp16" \
-    --config.data.dir=carry/glue \
-    --config.checkpoint.every_steps=0 --workdir="$WORK/$wd" "$@"
+  echo "== stage $s at $((SECONDS - START)) s: $(stage_command "$arg" "$wd" "$@")"
+  # shellcheck disable=SC2046  # the command's words, split on purpose (no spaces inside them)
+  timeout -s KILL "$(left)" $(stage_command "$arg" "$wd" "$@")
   echo "== stage $s ended with rc=$? at $((SECONDS - START)) s"
   pack
 done

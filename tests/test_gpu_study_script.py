@@ -1,0 +1,57 @@
+"""scripts/gpu_minilm_study.sh: its stages, printed with PRINT_ONLY=1, are valid jaxstab configs
+that together cover the paper's comparison (Devlin 2e-5 vs ours, 25 seeds, every task) and the
+learning-rate ablation on RTE."""
+import collections
+import importlib.util
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from jaxstab import config_lib, study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stage_commands(env=None, *extra):
+  out = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_minilm_study.sh"), *extra],
+                       env=dict(os.environ, PRINT_ONLY="1", **(env or {})),
+                       capture_output=True, text=True, check=True, cwd=ROOT)
+  return [shlex.split(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def _study_minilm(arg):
+  spec = importlib.util.spec_from_file_location("study_minilm", ROOT / "configs" / "study_minilm.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def test_the_stages_cover_the_comparison_and_the_rte_lr_ablation_with_25_seeds():
+  seeds_of = collections.defaultdict(set)
+  for argv in _stage_commands():
+    assert argv[:3] == ["python3", "-m", "jaxstab.main"]
+    flags = dict(a.split("=", 1) for a in argv[3:])
+    path, arg = flags["--config"].split(":", 1)
+    assert path == "configs/study_minilm.py"
+    assert flags["--config.data.dir"] == "carry/glue"
+    cfg = _study_minilm(arg)
+    for name, sub in study.expand(cfg):
+      assert sub.model.name_or_path == "carry/minilm_fp16"
+      assert sub.train.max_seq_length == 128 and sub.train.batch_size == 16
+      seeds_of[name] |= set(config_lib.parse_seeds(sub))
+  expected = {f"{t}_{s}" for t in ("rte", "mrpc", "cola") for s in ("devlin_lr2e-5", "ours")}
+  expected |= {f"rte_devlin_lr{lr}" for lr in ("1e-5", "3e-5", "5e-5")}
+  assert set(seeds_of) == expected
+  assert all(seeds == set(range(1, 26)) for seeds in seeds_of.values())
+
+
+def test_seeds_override_every_stage_and_an_unknown_stage_is_refused():
+  commands = _stage_commands({"SEEDS": "1-2", "STAGES": "1 7"}, "--config.train.max_steps=2")
+  assert len(commands) == 2
+  assert all(",seeds=1-2," in c[3] and c[-1] == "--config.train.max_steps=2" for c in commands)
+  with pytest.raises(subprocess.CalledProcessError) as e:
+    _stage_commands({"STAGES": "1 9"})
+  assert "unknown stage 9" in e.value.stderr
