@@ -5,6 +5,7 @@ its stored params), the pretrained parameter tree, the architecture family and t
 Built-in tiny architectures (`tiny-bert`, `tiny-roberta`, `tiny-albert`) are randomly initialised
 and need no download; they are what tests and the offline demo use.
 """
+import contextlib
 import dataclasses
 import os
 from typing import Any
@@ -122,7 +123,8 @@ def load(model_cfg, num_labels: int, tokenizer=None) -> Model:
     _, model_cls = _classes(arch)
     from_pt = local and not _has_flax_weights(name)
     try:
-      flax_model = model_cls.from_pretrained(name, config=config, dtype=dtype, from_pt=from_pt)
+      with _no_half_precision_warning():
+        flax_model = model_cls.from_pretrained(name, config=config, dtype=dtype, from_pt=from_pt)
     except OSError as e:
       if local or from_pt:
         raise ConfigError(f"cannot load weights of {name!r}: {e}") from e
@@ -130,6 +132,27 @@ def load(model_cfg, num_labels: int, tokenizer=None) -> Model:
   arch = _arch_of(config)
   params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), flax_model.params)
   return Model(flax_model, params, arch, int(config.num_hidden_layers), config, name, attention)
+
+
+class _DropHalfPrecisionWarning:
+  """transformers warns, listing every tensor, when a checkpoint holds fp16/bf16 weights (the
+  copy carried to a GPU machine); jaxstab casts them all to float32 right after, so it is noise."""
+
+  def filter(self, record) -> bool:
+    message = record.getMessage()
+    return not ("precision from the model checkpoint" in message or "UPCAST the model" in message)
+
+
+@contextlib.contextmanager
+def _no_half_precision_warning():
+  import logging  # pylint: disable=import-outside-toplevel
+  log = logging.getLogger("transformers.modeling_flax_utils")
+  drop = _DropHalfPrecisionWarning()
+  log.addFilter(drop)
+  try:
+    yield
+  finally:
+    log.removeFilter(drop)
 
 
 def check_fit(model: Model, tokenizer, max_seq_length: int) -> None:
