@@ -7,6 +7,7 @@ and need no download; they are what tests and the offline demo use.
 """
 import contextlib
 import dataclasses
+import logging
 import os
 from typing import Any
 
@@ -134,25 +135,20 @@ def load(model_cfg, num_labels: int, tokenizer=None) -> Model:
   return Model(flax_model, params, arch, int(config.num_hidden_layers), config, name, attention)
 
 
-class _DropHalfPrecisionWarning:
+def _not_the_half_precision_warning(record) -> bool:
   """transformers warns, listing every tensor, when a checkpoint holds fp16/bf16 weights (the
   copy carried to a GPU machine); jaxstab casts them all to float32 right after, so it is noise."""
-
-  def filter(self, record) -> bool:
-    message = record.getMessage()
-    return not ("precision from the model checkpoint" in message or "UPCAST the model" in message)
+  return "precision from the model checkpoint" not in record.getMessage()
 
 
 @contextlib.contextmanager
 def _no_half_precision_warning():
-  import logging  # pylint: disable=import-outside-toplevel
   log = logging.getLogger("transformers.modeling_flax_utils")
-  drop = _DropHalfPrecisionWarning()
-  log.addFilter(drop)
+  log.addFilter(_not_the_half_precision_warning)
   try:
     yield
   finally:
-    log.removeFilter(drop)
+    log.removeFilter(_not_the_half_precision_warning)
 
 
 def check_fit(model: Model, tokenizer, max_seq_length: int) -> None:

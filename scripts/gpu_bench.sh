@@ -2,9 +2,7 @@
 # The whole GPU measurement of issue 7 in one go, on the lent machine (../shared/gpu/README.md).
 #
 # Prepare on your own machine, in the project root (once; .whl/ is git-ignored):
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.0 ml_collections==1.1.0
+#   source scripts/device_wheels.sh && download_device_wheels .whl
 # then run it there with the `run` tool:  command "bash scripts/gpu_bench.sh", carry [".whl"],
 # timeout_s ~ BUDGET + 60. Everything lands in $OUT: one JSON per stage (rewritten after every
 # row, so a stage cut short keeps what it measured), run.log, env.txt, summary.md.
@@ -35,16 +33,8 @@ left() { echo $(( BUDGET - (SECONDS - START) )); }
 echo "== gpu_bench.sh $(date -u +%FT%TZ) tiny=$TINY budget=${BUDGET}s OUT=$OUT"
 
 # -- 1. the carried wheels (transformers 4.x with Flax classes, ml_collections, ...)
-if compgen -G "$WHEELS/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl \
-    || { echo "wheel install failed"; exit 3; }
-  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-  echo "installed $(ls "$WHEELS"/*.whl | xargs -n1 basename | tr '\n' ' ')into /tmp/site"
-else
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-  echo "no wheels in $WHEELS: using the packages already installed"
-fi
-export TOKENIZERS_PARALLELISM=false
+source scripts/device_wheels.sh
+install_device_wheels "$WHEELS" || exit 3
 # PyTorch runs first in its own process and exits; JAX may then take most of the memory
 # (K=8 BERT-large needs it; on an 80 GB H100 it may still not fit: that row then says so).
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"

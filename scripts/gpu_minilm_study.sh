@@ -31,13 +31,11 @@
 # (a CPU dry run: SEEDS=1-2 STAGES=1 bash scripts/gpu_minilm_study.sh --config.train.max_steps=4).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source scripts/device_wheels.sh
 
 if [[ "${1:-}" == "--prepare" ]]; then
   set -e
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d .whl transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.0 ml_collections==1.1.0 \
-    tensorboardX==2.6.5
+  download_device_wheels .whl
   python3 scripts/carry_minilm.py carry/minilm_fp16 --dtype=float16
   for t in RTE MRPC CoLA; do
     mkdir -p "carry/glue/$t" && cp "../shared/glue/$t/train.tsv" "../shared/glue/$t/dev.tsv" "carry/glue/$t/"
@@ -80,14 +78,8 @@ START=$SECONDS
 left() { echo $(( BUDGET - (SECONDS - START) )); }
 echo "== gpu_minilm_study.sh $(date -u +%FT%TZ) budget=${BUDGET}s stages=[$STAGES] seeds=${SEEDS_GIVEN:-per stage}"
 
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
-    || { echo "wheel install failed"; exit 3; }
-  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-else
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+install_device_wheels .whl || exit 3
+export PYTHONUNBUFFERED=1
 for need in carry/minilm_fp16/model.safetensors carry/glue/RTE/train.tsv; do
   [[ -f "$need" ]] || { echo "missing $need: run 'bash scripts/gpu_minilm_study.sh --prepare' first"; exit 2; }
 done
