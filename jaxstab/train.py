@@ -62,17 +62,24 @@ def seed_key(seed: int):
   return jax.random.PRNGKey(seed)
 
 
-def create_train_state(model: models.Model, tx: optax.GradientTransformation, key,
-                       total_steps: int, probe_every: int, group_names: Sequence[str],
-                       reinit_layers: int = 0, reinit_pooler: bool = False):
-  """A fresh state for one seed: pretrained backbone, a head drawn from the seed, optionally
-  the pooler and top layers re-drawn from the seed too (jittable)."""
+def initial_params(model: models.Model, key, reinit_layers: int = 0, reinit_pooler: bool = False):
+  """The parameters a seed starts from: the pretrained backbone, a head drawn from the seed and,
+  when asked, the pooler and top layers re-drawn from the seed too (jittable). The analyses call
+  this to rebuild a run's starting point."""
   init_range = model.config.initializer_range
   params = models.init_head(model.params, jax.random.fold_in(key, HEAD), init_range)
   if reinit_layers or reinit_pooler:
     params = stabilisers.reinit_top_layers(params, jax.random.fold_in(key, REINIT), model.arch,
                                            model.num_layers, reinit_layers, reinit_pooler,
                                            init_range)
+  return params
+
+
+def create_train_state(model: models.Model, tx: optax.GradientTransformation, key,
+                       total_steps: int, probe_every: int, group_names: Sequence[str],
+                       reinit_layers: int = 0, reinit_pooler: bool = False):
+  """A fresh state for one seed (jittable): initial_params, Adam's zero moments, empty probe."""
+  params = initial_params(model, key, reinit_layers, reinit_pooler)
   return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params),
                     key=key, probe=probe.init_buffers(total_steps, probe_every, len(group_names)),
                     loss_sum=jnp.zeros([], jnp.float32), loss_count=jnp.zeros([], jnp.float32),

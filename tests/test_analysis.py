@@ -11,7 +11,8 @@ import optax
 import pytest
 import transformers as tr
 
-from jaxstab import analysis, checkpoint, data, experiment, probe, study
+from jaxstab import analysis, checkpoint, data, probe, study
+from jaxstab import inputs as inputs_lib
 from jaxstab import train as train_lib
 from jaxstab.analysis import forgetting as fg
 from jaxstab.analysis import loss_surface as ls
@@ -48,8 +49,9 @@ def inputs(run_dir):
 def independent(run_dir):
   """Model, tokenizer and training arrays rebuilt here, without jaxstab.analysis."""
   cfg = _cfg()
-  task, model, tok, train_split, _ = experiment._load_inputs(cfg)  # pylint: disable=protected-access
-  arrays = data.tokenize(train_split, tok, cfg.train.max_seq_length)
+  loaded = inputs_lib.load(cfg)
+  task, model, tok = loaded.task, loaded.model, loaded.tokenizer
+  arrays = data.tokenize(loaded.train_split, tok, cfg.train.max_seq_length)
   with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
     failed = {r["seed"]: r["failed"] for r in json.load(f)["runs"]}
   return dict(cfg=cfg, task=task, model=model, tok=tok, arrays=arrays, failed=failed)

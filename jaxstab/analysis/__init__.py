@@ -3,7 +3,7 @@
 a successful model (loss_surface), and masked-LM forgetting (forgetting).
 
 Both read a finished setting directory, rebuild its model, tokenizer and data from config.json
-exactly as training did (experiment._load_inputs), compute, and write
+exactly as training did (jaxstab.inputs), compute, and write
 <setting dir>/analysis/{loss_surface.npz, forgetting.json}. The report (jaxstab.report) only
 reads those files and draws them when present.
 
@@ -15,6 +15,11 @@ import json
 import os
 from typing import List, Optional
 
+import ml_collections
+
+from jaxstab import inputs as inputs_lib
+from jaxstab import outputs
+from jaxstab import train as train_lib
 from jaxstab.errors import ConfigError
 
 ANALYSIS_DIR = "analysis"
@@ -68,10 +73,7 @@ def select_settings(workdir: str, setting: Optional[str] = None):
 
 def load_setting(name: str, directory: str, summary: Optional[dict] = None) -> SettingInputs:
   """Rebuilds model, tokenizer and the training arrays of a finished setting from its
-  config.json (the same calls as training: experiment._load_inputs, the tokenization cache in
-  <setting dir>/cache, data.subsample)."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  from jaxstab import data, experiment, outputs  # pylint: disable=import-outside-toplevel
+  config.json, through the same public functions training uses (jaxstab.inputs)."""
   path = os.path.join(directory, outputs.CONFIG)
   if not os.path.isfile(path):
     raise ConfigError(f"{path} not found: {directory} is not a finished jaxstab setting")
@@ -80,28 +82,20 @@ def load_setting(name: str, directory: str, summary: Optional[dict] = None) -> S
   if summary is None:
     with open(os.path.join(directory, outputs.SUMMARY), encoding="utf-8") as f:
       summary = json.load(f)
-  task, model, tokenizer, train_split, dev_split = experiment._load_inputs(cfg)  # pylint: disable=protected-access
-  train_arrays, _ = experiment._tokenize(cfg, directory, task, tokenizer, train_split, dev_split)  # pylint: disable=protected-access
-  train_arrays = data.subsample(train_arrays, cfg.data.train_examples, cfg.data.subsample_seed)
-  return SettingInputs(name, directory, cfg, summary, task, model, tokenizer, train_arrays)
+  loaded = inputs_lib.load(cfg)
+  arrays = inputs_lib.tokenize(cfg, loaded, inputs_lib.token_cache_dir(directory))
+  return SettingInputs(name, directory, cfg, summary, loaded.task, loaded.model,
+                       loaded.tokenizer, arrays.train)
 
 
 def initial_params(model, cfg, seed: int):
-  """The parameters seed `seed` started training from: the pretrained backbone, the head drawn
-  from the seed, and (when the setting re-initialises them) the pooler / top layers drawn from
-  the seed. Mirrors train.create_train_state (a test checks that they agree)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from jaxstab import models, stabilisers  # pylint: disable=import-outside-toplevel
-  from jaxstab import train as train_lib  # pylint: disable=import-outside-toplevel
-  key = train_lib.seed_key(seed)
-  init_range = model.config.initializer_range
-  params = models.init_head(model.params, jax.random.fold_in(key, train_lib.HEAD), init_range)
+  """The parameters seed `seed` started training from (train.initial_params with the setting's
+  re-initialisation switches)."""
   st = cfg.get("stabilisers")
-  if st is not None and (st.get("reinit_layers", 0) or st.get("reinit_pooler", False)):
-    params = stabilisers.reinit_top_layers(params, jax.random.fold_in(key, train_lib.REINIT),
-                                           model.arch, model.num_layers, st.reinit_layers,
-                                           st.reinit_pooler, init_range)
-  return params
+  reinit = st is not None and (st.get("reinit_layers", 0) or st.get("reinit_pooler", False))
+  return train_lib.initial_params(model, train_lib.seed_key(seed),
+                                  st.reinit_layers if reinit else 0,
+                                  bool(st.reinit_pooler) if reinit else False)
 
 
 def final_params(inputs: SettingInputs, seed: int):
