@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxstab import treepath
 from jaxstab.errors import ConfigError
+from jaxstab.stabilisers import scale_by_tree
 
 EPS_MODES = ("hf", "optax")
 ScalarOrSchedule = Union[float, Callable[[Any], Any]]
@@ -58,7 +60,7 @@ def linear_warmup_decay(peak: float, warmup_steps: int, total_steps: int):
 
 
 def _is_decayed(path) -> bool:
-  names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+  names = treepath.names(path)
   if names and names[-1] == "bias":
     return False
   return not any("layernorm" in n.lower().replace("_", "") for n in names)
@@ -138,6 +140,5 @@ def from_config(optim_cfg, total_steps: int, lr_scales=None):
                      eps_mode=optim_cfg.eps_mode,
                      mu_dtype=jnp.bfloat16 if optim_cfg.get("moments_dtype") == "bfloat16" else None))
   if lr_scales is not None:
-    from jaxstab.stabilisers import scale_by_tree  # pylint: disable=import-outside-toplevel
     parts.append(scale_by_tree(lr_scales))
   return optax.chain(*parts), schedule

@@ -12,19 +12,19 @@ Records live in fixed-size device buffers in the train state, written at step 0 
 import contextlib
 from typing import Dict, List, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxstab import treepath
+
+ALBERT_LAYER_GROUP = "FlaxAlbertLayerCollections"  # one application of the shared layer group
 SCALARS = ("total_grad_norm", "param_norm", "update_norm", "loss", "lr", "bias_correction")
-
-
-def _names(path) -> List[str]:
-  return [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
 
 
 def group_of(path, arch: str) -> str:
   """The probe group of one parameter, from its path in the transformers Flax tree."""
-  names = _names(path)
+  names = treepath.names(path)
   if names[0] == "classifier":
     return "classifier"
   if "pooler" in names:
@@ -70,15 +70,15 @@ def albert_shared(params):
 def albert_depth_deltas(deltas):
   """While active, the i-th application of ALBERT's shared layer group uses shared + deltas[i].
 
-  Implemented with a flax method interceptor, so transformers' modules are used unchanged.
+  Implemented with a flax method interceptor, so transformers' modules are used unchanged. The
+  layer group is recognised by its class name (transformers' FlaxAlbertLayerCollections), so that
+  importing the probe does not load transformers' ALBERT code.
   """
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  from transformers.models.albert import modeling_flax_albert as mfa  # pylint: disable=import-outside-toplevel
   depth, inside = [0], [False]
 
   def interceptor(next_fun, args, kwargs, context):
     if (inside[0] or context.method_name != "__call__"
-        or not isinstance(context.module, mfa.FlaxAlbertLayerCollections)):
+        or type(context.module).__name__ != ALBERT_LAYER_GROUP):
       return next_fun(*args, **kwargs)
     i = depth[0]
     depth[0] += 1
