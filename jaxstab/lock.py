@@ -1,13 +1,22 @@
 """One study per workdir: a lock file naming its owner.
 
-On a local disk the lock is created exclusively and holds the owner's pid; a lock whose pid is
-gone is stale and taken over. A bucket has no exclusive create and no pids of other machines
-(a preempted TPU VM comes back as another host), so there the lock is a lease: it names host,
-pid and the time, a background thread renews it, and a lease not renewed for `LEASE_S` seconds
-(or whose owner on this very host is gone) is stale.
+On a local disk the lock is `fcntl.flock` on `<workdir>/.lock`, a file that is never deleted; the
+owner writes its pid into it only so that a refused run can name it. The kernel drops a flock
+when its holder dies (even by SIGKILL), so there is no stale lock to detect and take over, and
+hence no check-then-act race between starters: of any number of runs that start together, one
+gets the lock and the others are refused. (Deleting the file on release would bring a race back:
+a starter could lock the deleted file while another creates and locks a new one.) The fd is not
+inherited across exec; a fork()ed child shares it, and the lock lasts until every copy is closed.
+POSIX only (fcntl); Windows is not a target.
+
+A bucket has no exclusive create and no pids of other machines (a preempted TPU VM comes back as
+another host), so there the lock is a lease: it names host, pid and the time, a background thread
+renews it, and a lease not renewed for `LEASE_S` seconds (or whose owner on this very host is
+gone) is stale.
 """
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import socket
@@ -34,36 +43,67 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def workdir_lock(workdir: str):
-  """Refuses a workdir another live process is training in; takes over a stale lock."""
+  """Refuses a workdir that another live process is training in (a ConfigError naming it)."""
   if fs.is_remote(workdir):
     with _lease(workdir):
       yield
     return
   path = os.path.join(workdir, LOCK)
-  while True:
+  try:
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
+  except OSError as e:
+    raise ConfigError(f"cannot write in the workdir {workdir}: {e.strerror}") from None
+  try:
+    _flock(fd, workdir, path)
     try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-      break
-    except FileExistsError:
-      try:
-        with open(path, encoding="utf-8") as f:
-          owner = int(f.read().strip() or 0)
-      except (OSError, ValueError):
-        owner = 0
-      if owner and owner != os.getpid() and _alive(owner):
-        raise ConfigError(f"{workdir} is in use by another jaxstab process (pid {owner}); wait "
-                          f"for it or use another --workdir (lock file {path})") from None
-      logging.warning("taking over the stale lock %s (pid %s is gone)", path, owner)
-      os.remove(path)
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, str(os.getpid()).encode(), 0)
     except OSError as e:
       raise ConfigError(f"cannot write in the workdir {workdir}: {e.strerror}") from None
-  with os.fdopen(fd, "w") as f:
-    f.write(str(os.getpid()))
+  except BaseException:
+    os.close(fd)
+    raise
   try:
     yield
   finally:
     with contextlib.suppress(OSError):
-      os.remove(path)
+      os.ftruncate(fd, 0)  # still held: nobody reads a pid that is about to be gone
+    os.close(fd)  # releases the flock; the file stays (see the module docstring)
+
+
+def _flock(fd: int, workdir: str, path: str, wait_s: float = 0.5) -> None:
+  """Takes the flock of `fd` or raises a ConfigError naming the live pid that holds it. A holder
+  that has just started may not have written its pid yet (the file is empty, or still names the
+  previous, dead owner): then it tries again for up to wait_s, and takes the lock if it was freed
+  meanwhile, or refuses without a pid."""
+  deadline = time.monotonic() + wait_s
+  while True:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      return
+    except BlockingIOError:
+      pass
+    except OSError as e:
+      raise ConfigError(f"cannot lock the workdir {workdir}: {e.strerror} (lock file {path})"
+                        ) from None
+    owner = _written_pid(path)
+    if owner == os.getpid():  # a second lock on one workdir in one process: a bug, say so
+      raise ConfigError(f"{workdir} is already locked by this process (pid {owner}); one run "
+                        f"per workdir (lock file {path})")
+    live = owner > 0 and _alive(owner)
+    if live or time.monotonic() > deadline:
+      who = f" (pid {owner})" if live else ""
+      raise ConfigError(f"{workdir} is in use by another jaxstab process{who}; wait for it or "
+                        f"use another --workdir (lock file {path})")
+    time.sleep(0.02)
+
+
+def _written_pid(path: str) -> int:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return int(f.read().strip() or 0)
+  except (OSError, ValueError):
+    return 0
 
 
 def _me() -> dict:

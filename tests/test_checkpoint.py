@@ -100,15 +100,19 @@ def test_truncated_checkpoint_falls_back_to_the_previous(tmp_path):
 
 
 def test_workdir_lock_refuses_a_live_owner_and_takes_over_a_stale_one(tmp_path):
-  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  owner_code = ("import sys; from jaxstab import lock; l = lock.workdir_lock(sys.argv[1]); "
+                "l.__enter__(); print('locked', flush=True); sys.stdin.read()")
+  owner = subprocess.Popen([sys.executable, "-c", owner_code, str(tmp_path)], cwd=ROOT,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
   try:
-    (tmp_path / ".lock").write_text(str(sleeper.pid))
-    with pytest.raises(ConfigError, match=f"pid {sleeper.pid}"):
+    assert owner.stdout.readline().strip() == "locked"
+    with pytest.raises(ConfigError, match=f"pid {owner.pid}"):
       with lock.workdir_lock(str(tmp_path)):
         pass
   finally:
-    sleeper.kill()
-    sleeper.wait()
-  with lock.workdir_lock(str(tmp_path)):  # the owner is gone: stale, taken over
+    owner.kill()
+    owner.wait()
+  (tmp_path / ".lock").write_text(str(owner.pid))  # names a dead pid, locked by nobody: stale
+  with lock.workdir_lock(str(tmp_path)):  # the owner is gone: its flock went with it
     assert (tmp_path / ".lock").read_text() == str(os.getpid())
-  assert not (tmp_path / ".lock").exists()
+  assert (tmp_path / ".lock").read_text() == ""  # kept, never deleted (lock.py says why)
