@@ -7,11 +7,11 @@ writes the table the study itself writes, the majority classifier per task, and 
 for every two recipes of the same task.
 
 Command line: python -m jaxstab.compare WORKDIR [WORKDIR ...] [--out=FILE.md] [--paper]
+(console script: jaxstab-compare)
 """
-import argparse
 import sys
 
-from jaxstab import fs, outputs, stats
+from jaxstab import cli, fs, outputs, stats
 from jaxstab.errors import ConfigError
 
 
@@ -135,23 +135,19 @@ def _seeds(settings, task) -> str:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m jaxstab.compare",
-      description="One Table-1-style table from several finished jaxstab runs or studies.")
+  parser = cli.parser("jaxstab.compare",
+                      "One Table-1-style table from several finished jaxstab runs or studies.")
   parser.add_argument("workdirs", nargs="+", metavar="WORKDIR")
   parser.add_argument("--out", default=None, help="also write the table to this markdown file")
   parser.add_argument("--paper", action="store_true",
                       help="add the paper's BERT-large rows (its Table 1) for the same tasks")
-  args = parser.parse_args(argv)
-  try:
+
+  def body(args):
     text = markdown(gather(args.workdirs), paper=args.paper)
-  except ConfigError as e:
-    print(f"jaxstab: error: {e}", file=sys.stderr)
-    return 2
-  if args.out:
-    fs.write_text(args.out, text)
-  print(text, end="")
-  return 0
+    if args.out:
+      fs.write_text(args.out, text)
+    print(text, end="")
+  return cli.run(parser, body, argv)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,11 @@ def linear_warmup_decay(peak: float, warmup_steps: int, total_steps: int):
   return schedule
 
 
+def warmup_steps(warmup_ratio: float, total_steps: int) -> int:
+  """Updates of linear warmup: int(ratio x total) (from_config, and the report's schedule)."""
+  return int(float(warmup_ratio) * int(total_steps))
+
+
 def _is_decayed(path) -> bool:
   names = treepath.names(path)
   if names and names[-1] == "bias":
@@ -130,8 +135,8 @@ def from_config(optim_cfg, total_steps: int, lr_scales=None):
   Returns (tx, schedule)."""
   if not 0.0 <= optim_cfg.warmup_ratio < 1.0:
     raise ConfigError(f"optim.warmup_ratio={optim_cfg.warmup_ratio} must be in [0, 1)")
-  warmup = int(optim_cfg.warmup_ratio * total_steps)
-  schedule = linear_warmup_decay(optim_cfg.lr, warmup, total_steps)
+  schedule = linear_warmup_decay(optim_cfg.lr, warmup_steps(optim_cfg.warmup_ratio, total_steps),
+                                 total_steps)
   parts = []
   if optim_cfg.clip_norm and optim_cfg.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(optim_cfg.clip_norm))

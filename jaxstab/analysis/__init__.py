@@ -2,45 +2,25 @@
 --config.checkpoint.keep_final_params=True): the loss surface through the pretrained, a failed and
 a successful model (loss_surface), and masked-LM forgetting (forgetting).
 
-Both read a finished setting directory, rebuild its model, tokenizer and data from config.json
-exactly as training did (jaxstab.inputs), compute, and write
-<setting dir>/analysis/{loss_surface.npz, forgetting.json}. The report (jaxstab.report) only
-reads those files and draws them when present.
+Both read a finished setting directory (jaxstab.results), rebuild its model, tokenizer and data
+from config.json exactly as training did (jaxstab.inputs), compute, and write
+<setting dir>/analysis/{loss_surface.npz, forgetting.json} (names in jaxstab.outputs). The report
+only reads those files and draws them when present; it imports nothing from here.
 
-This module holds what both share and imports nothing heavy at import time (the report imports
-it for the file names).
+Command lines: python -m jaxstab.loss_surface, python -m jaxstab.forgetting.
 """
+import argparse
 import dataclasses
 import json
 import os
-from typing import List, Optional
+from typing import Optional
 
 import ml_collections
 
+from jaxstab import checkpoint, outputs, results
 from jaxstab import inputs as inputs_lib
-from jaxstab import outputs
 from jaxstab import train as train_lib
 from jaxstab.errors import ConfigError
-
-ANALYSIS_DIR = "analysis"
-LOSS_SURFACE = "loss_surface.npz"
-FORGETTING = "forgetting.json"
-
-
-def analysis_path(setting_dir: str, name: str) -> str:
-  return os.path.join(setting_dir, ANALYSIS_DIR, name)
-
-
-def kept_seeds(setting_dir: str) -> List[int]:
-  """Seeds whose final parameters are kept in <setting dir>/params/seed_N (sorted)."""
-  root = os.path.join(setting_dir, "params")
-  if not os.path.isdir(root):
-    return []
-  out = []
-  for name in os.listdir(root):
-    if name.startswith("seed_") and name[5:].isdigit() and os.path.isdir(os.path.join(root, name)):
-      out.append(int(name[5:]))
-  return sorted(out)
 
 
 @dataclasses.dataclass
@@ -59,8 +39,7 @@ class SettingInputs:
 def select_settings(workdir: str, setting: Optional[str] = None):
   """[(name, directory, summary)] of the settings of a finished run or study; `setting` narrows
   to one (by name). Raises ConfigError naming what exists."""
-  from jaxstab.report import load  # pylint: disable=import-outside-toplevel
-  study = load.load(workdir)
+  study = results.load(workdir)
   found = [(s.name, s.directory, s.summary) for s in study.settings]
   if setting:
     hit = [f for f in found if f[0] == setting]
@@ -100,7 +79,6 @@ def initial_params(model, cfg, seed: int):
 
 def final_params(inputs: SettingInputs, seed: int):
   """The kept final parameters of `seed` (structure from the pretrained model)."""
-  from jaxstab import checkpoint  # pylint: disable=import-outside-toplevel
   return checkpoint.load_params(inputs.directory, seed, inputs.model.params)
 
 
@@ -108,3 +86,11 @@ def run_failed(summary: dict) -> dict:
   """seed -> the summary's `failed` flag, for every run of a setting."""
   return {int(r["seed"]): bool(r.get("failed")) for r in summary.get("runs", [])
           if r.get("seed") is not None}
+
+
+def add_workdir_flags(parser: argparse.ArgumentParser) -> None:
+  """--workdir and --setting, as every analysis takes them."""
+  parser.add_argument("--workdir", required=True, help="a finished run or study, trained with "
+                      "--config.checkpoint.keep_final_params=True")
+  parser.add_argument("--setting", default=None, help="one setting of a study (default: all "
+                      "settings that keep params)")

@@ -32,9 +32,9 @@ by one jitted function (lax.map over batches) compiled once per setting.
 
 Command line: python -m jaxstab.forgetting --workdir=DIR [--setting=NAME] [--text=FILE]
 (default text: the WikiText-2 raw test split via `datasets`, which needs the network; offline,
---text=FILE is required). Writes <setting dir>/analysis/forgetting.json for the report.
+--text=FILE is required). Writes <setting dir>/analysis/forgetting.json for the report, which
+draws it (jaxstab.report.analyses).
 """
-import argparse
 import dataclasses
 import hashlib
 import math
@@ -43,9 +43,12 @@ import sys
 import time
 from typing import Any, List, Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
-from jaxstab import analysis, fs
+from jaxstab import analysis, cli, fs, models, outputs, probe
 from jaxstab.analysis.mlm_text import (MASK_PROB, REPLACE, WIKITEXT, batches_of, blocks,
                                         load_wikitext, mask_tokens, read_text)
 from jaxstab.errors import ConfigError
@@ -76,14 +79,20 @@ def backbone_of(params, arch: str) -> dict:
   return {k: v for k, v in params[arch].items() if k != "pooler"}
 
 
+def _transformers():
+  # Deferred, as in models.py: importing transformers takes seconds, and --help, a refused
+  # workdir or an ALBERT setting need none of it.
+  import transformers  # pylint: disable=import-outside-toplevel
+  return transformers
+
+
 def _mlm_class(arch):
-  import transformers as tr  # pylint: disable=import-outside-toplevel
+  tr = _transformers()
   return {"bert": tr.FlaxBertForMaskedLM, "roberta": tr.FlaxRobertaForMaskedLM}[arch]
 
 
 def _same_tree(a, b) -> Optional[str]:
   """None when the trees have the same structure and shapes, else a description."""
-  import jax  # pylint: disable=import-outside-toplevel
   fa = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(a)[0]}
   fb = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(b)[0]}
   if set(fa) != set(fb):
@@ -94,7 +103,6 @@ def _same_tree(a, b) -> Optional[str]:
 
 
 def max_abs_diff(a, b) -> float:
-  import jax  # pylint: disable=import-outside-toplevel
   return max((float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
               for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))),
              default=0.0)
@@ -107,7 +115,6 @@ def newly_initialised(flax_model, params, seed: int = PROBE_SEED) -> List[str]:
   of `seed` and that init is really random there (differs from the init of seed + 1). The seed
   is an odd constant, not 0, so that a checkpoint of a randomly initialised model (a tiny-*
   model saved with its init seed 0) is not mistaken for missing weights."""
-  import jax  # pylint: disable=import-outside-toplevel
   shape = (1, 8)
   r0 = flax_model.init_weights(jax.random.PRNGKey(seed), shape)
   r1 = flax_model.init_weights(jax.random.PRNGKey(seed + 1), shape)
@@ -120,9 +127,6 @@ def newly_initialised(flax_model, params, seed: int = PROBE_SEED) -> List[str]:
 
 def load_mlm(inputs: analysis.SettingInputs) -> MaskedLM:
   """The pretrained masked-LM model matching the setting's classifier (see module docstring)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from jaxstab import models  # pylint: disable=import-outside-toplevel
   model, cfg = inputs.model, inputs.cfg
   arch = model.arch
   if arch == "albert":
@@ -137,7 +141,7 @@ def load_mlm(inputs: analysis.SettingInputs) -> MaskedLM:
     source = (f"{type(flax_model).__name__} built from the classifier's config with "
               f"model.tiny.init_seed={int(cfg.model.tiny.init_seed)} (random, like the encoder)")
   else:
-    import transformers as tr  # pylint: disable=import-outside-toplevel
+    tr = _transformers()
     local = os.path.isdir(name)
     from_pt = local and not os.path.isfile(os.path.join(name, "flax_model.msgpack"))
     try:
@@ -175,8 +179,6 @@ def restore_top_k(finetuned, pretrained, k: int, num_layers: int, arch: str,
                   embeddings_at_l: bool = True):
   """`finetuned` backbone with layers L-k..L-1 (and, at k = L when embeddings_at_l, the
   embeddings) replaced by `pretrained` (see the module docstring)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from jaxstab import probe  # pylint: disable=import-outside-toplevel
   if not 0 <= k <= num_layers:
     raise ValueError(f"k={k} is outside 0..{num_layers}")
   targets = {f"layer_{i}" for i in range(num_layers - k, num_layers)}
@@ -193,9 +195,6 @@ def restore_top_k(finetuned, pretrained, k: int, num_layers: int, arch: str,
 def make_nll(flax_model):
   """nll(params, batches) -> (sum of masked-token cross-entropies, number of masked tokens) per
   batch, one jitted program (lax.map over batches, deterministic forward)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import optax  # pylint: disable=import-outside-toplevel
 
   def nll(params, batches):
     def one(b):
@@ -232,7 +231,6 @@ class Prepared:
 def prepare(inputs: analysis.SettingInputs, text: str, text_name: str,
             block_size: int = DEFAULT_BLOCK, batch_size: int = DEFAULT_BATCH,
             max_tokens: int = 0, mask_seed: int = 0) -> Prepared:
-  import jax  # pylint: disable=import-outside-toplevel
   mlm = load_mlm(inputs)
   config = inputs.model.config
   offset = int(config.pad_token_id or 0) + 1 if inputs.model.arch == "roberta" else 0
@@ -254,7 +252,7 @@ def prepare(inputs: analysis.SettingInputs, text: str, text_name: str,
 def compute(inputs: analysis.SettingInputs, prepared: Prepared,
             seeds: Optional[List[int]] = None) -> dict:
   """The forgetting curves of `seeds` (default: every seed whose params are kept)."""
-  kept = analysis.kept_seeds(inputs.directory)
+  kept = outputs.kept_seeds(inputs.directory)
   seeds = kept if seeds is None else [int(s) for s in seeds]
   missing = [s for s in seeds if s not in kept]
   if not seeds or missing:
@@ -282,62 +280,9 @@ def compute(inputs: analysis.SettingInputs, prepared: Prepared,
 
 
 def save(result: dict, path: str) -> str:
-  from jaxstab import outputs  # pylint: disable=import-outside-toplevel
   os.makedirs(os.path.dirname(path), exist_ok=True)
   outputs.write_json(path, result)
   return path
-
-
-# ------------------------------------------------------------------ figure
-def plot(path_json: str, path_png: str, title: str) -> str:
-  """Perplexity vs k, one thin line per seed (failed red, successful blue), the mean of each group
-  bold, the pretrained model dashed; returns the caption."""
-  import json  # pylint: disable=import-outside-toplevel
-  from matplotlib.lines import Line2D  # pylint: disable=import-outside-toplevel
-  from jaxstab.report import figures  # pylint: disable=import-outside-toplevel
-  with open(path_json, encoding="utf-8") as f:
-    r = json.load(f)
-  k = np.asarray(r["k"])
-  fig = figures.new_figure(8.0, 5.2)
-  ax = fig.subplots()
-  groups = {True: [], False: []}
-  for run in r["runs"]:
-    y = np.asarray(run["perplexity"], np.float64)
-    failed = bool(run.get("failed"))
-    groups[failed].append(y)
-    ax.plot(k, y, "-", color=figures.FAILED_COLOR if failed else figures.OK_COLOR, lw=1.0,
-            alpha=0.45, marker=".", ms=4)
-  handles = []
-  for failed, ys in groups.items():
-    if not ys:
-      continue
-    color = figures.FAILED_COLOR if failed else figures.OK_COLOR
-    ax.plot(k, np.mean(ys, axis=0), "-", color=color, lw=2.6, marker="o", ms=6)
-    handles.append(Line2D([], [], color=color, lw=2.6, marker="o",
-                          label=f"{'failed' if failed else 'successful'} runs: mean of "
-                                f"{len(ys)} (thin: each seed)"))
-  pre = float(r["pretrained_perplexity"])
-  ax.axhline(pre, color="black", ls="--", lw=1.4)
-  handles.append(Line2D([], [], color="black", ls="--", lw=1.4,
-                        label=f"pretrained model ({pre:.4g})"))
-  values = [pre] + [v for ys in groups.values() for y in ys for v in y]
-  if figures.wide(values):
-    ax.set_yscale("log")
-  L = int(r["num_layers"])
-  ax.set_xticks(k if L <= 24 else k[::2])
-  ax.set_xlabel(f"k: top encoder layers restored to their pretrained weights (of L = {L}; "
-                "embeddings too at k = L)")
-  ax.set_ylabel("masked-LM perplexity" + (" (log scale)" if figures.wide(values) else ""))
-  ax.set_title(f"Forgetting: {title}", fontsize=11)
-  ax.grid(alpha=0.3)
-  ax.legend(handles=handles, fontsize=9, loc="best")
-  figures.save(fig, path_png)
-  n_failed, n_ok = len(groups[True]), len(groups[False])
-  return (f"{title}: masked-LM perplexity on {os.path.basename(str(r['text']))} "
-          f"({r['masked_tokens']} masked of {r['text_tokens']} tokens, {100 * r['mask_prob']:g}% "
-          f"masked with seed {r['mask_seed']}) of each fine-tuned encoder with its top k layers "
-          f"put back to the pretrained weights ({r['restores']}); {n_failed} failed and {n_ok} "
-          f"successful seeds. MLM head: {r['mlm_head']}.")
 
 
 # ------------------------------------------------------------------ command line
@@ -346,7 +291,7 @@ def run(workdir: str, setting: Optional[str] = None, text_path: Optional[str] = 
   """Computes and saves forgetting.json for each chosen setting that keeps params."""
   chosen = analysis.select_settings(workdir, setting)
   if not setting:
-    chosen = [c for c in chosen if analysis.kept_seeds(c[1])]
+    chosen = [c for c in chosen if outputs.kept_seeds(c[1])]
     if not chosen:
       raise ConfigError(f"no setting in {workdir} keeps final params; train with "
                         "--config.checkpoint.keep_final_params=True")
@@ -359,7 +304,7 @@ def run(workdir: str, setting: Optional[str] = None, text_path: Optional[str] = 
     inputs = analysis.load_setting(name, directory, summary)
     prepared = prepare(inputs, text, text_name, **kwargs)
     result = compute(inputs, prepared, seeds)
-    path = save(result, analysis.analysis_path(directory, analysis.FORGETTING))
+    path = save(result, outputs.analysis_path(directory, outputs.FORGETTING))
     by = {True: [], False: []}
     for r in result["runs"]:
       by[bool(r["failed"])].append(r["perplexity"][0])
@@ -372,14 +317,11 @@ def run(workdir: str, setting: Optional[str] = None, text_path: Optional[str] = 
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m jaxstab.forgetting",
-      description="Masked-LM perplexity of fine-tuned encoders with their top k layers restored "
-                  "to the pretrained weights; writes <setting dir>/analysis/forgetting.json.")
-  parser.add_argument("--workdir", required=True, help="a finished run or study, trained with "
-                      "--config.checkpoint.keep_final_params=True")
-  parser.add_argument("--setting", default=None, help="one setting of a study (default: all "
-                      "settings that keep params)")
+  parser = cli.parser(
+      "jaxstab.forgetting",
+      "Masked-LM perplexity of fine-tuned encoders with their top k layers restored to the "
+      "pretrained weights; writes <setting dir>/analysis/forgetting.json for the report.")
+  analysis.add_workdir_flags(parser)
   parser.add_argument("--text", default=None, help="plain-text file (default: WikiText-2 test "
                       "via `datasets`, needs the network; required offline)")
   parser.add_argument("--block_size", type=int, default=DEFAULT_BLOCK, help="tokens per block")
@@ -388,20 +330,15 @@ def main(argv=None) -> int:
                       "tokens (0 = all)")
   parser.add_argument("--mask_seed", type=int, default=0, help="which tokens are masked")
   parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: all kept)")
-  args = parser.parse_args(argv)
-  try:
-    fs.require_local(args.workdir, "python -m jaxstab.forgetting")
+
+  def body(args):
+    fs.require_local(args.workdir, parser.prog)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else None
     run(args.workdir, args.setting, args.text, seeds, block_size=args.block_size,
         batch_size=args.batch_size, max_tokens=args.max_tokens, mask_seed=args.mask_seed)
-  except ConfigError as e:
-    print(f"jaxstab: error: {e}", file=sys.stderr)
-    return 2
-  except ValueError as e:
-    print(f"jaxstab: error: {e}", file=sys.stderr)
-    return 2
-  return 0
+  # ValueError too: a bad --seeds list, a k outside 0..L
+  return cli.run(parser, body, argv, errors=(ValueError,))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the same as python -m jaxstab.forgetting
   sys.exit(main())

@@ -23,22 +23,23 @@ failed run's start-to-end line, f(0, 0) is the loss that run started from, and t
 started from a point that differs from theta_p only in its own head draw (small: N(0, 0.02)).
 A zero head would be a point no run started from.
 
-Command line (the report only reads the file this writes):
+Command line (the report only reads the file this writes, and draws it: jaxstab.report.analyses):
 
-    python -m jaxstab.analysis.loss_surface --workdir=DIR [--setting=NAME] [--grid=21]
+    python -m jaxstab.loss_surface --workdir=DIR [--setting=NAME] [--grid=21]
         [--examples=256] [--chunk=16] [--batch_size=64]
 """
-import argparse
 import dataclasses
-import math
 import os
 import sys
 import time
 from typing import Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxstab import analysis, fs
+from jaxstab import analysis, cli, data, fs, outputs, picks, results
+from jaxstab import train as train_lib
 from jaxstab.errors import ConfigError
 
 DEFAULT_GRID = 21
@@ -60,7 +61,6 @@ def fixed_subset(arrays: dict, examples: int, seed: int = 0) -> np.ndarray:
 
 def subset_batches(arrays: dict, idx: np.ndarray, batch_size: int) -> dict:
   """The subset as [num_batches, batch_size, ...] arrays plus a weight (0 for padding rows)."""
-  from jaxstab import data  # pylint: disable=import-outside-toplevel
   sub = {k: arrays[k][idx] for k in ("input_ids", "attention_mask", "token_type_ids", "labels")}
   return data.eval_batches(sub, min(batch_size, len(idx)))
 
@@ -68,9 +68,6 @@ def subset_batches(arrays: dict, idx: np.ndarray, batch_size: int) -> dict:
 def make_loss(model, pass_segment_ids: bool = True):
   """loss(params, batches) -> mean weighted cross-entropy over all real examples of `batches`
   (deterministic forward, one batch at a time with lax.map)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from jaxstab import train as train_lib  # pylint: disable=import-outside-toplevel
 
   def loss(params, batches):
     def one(batch):
@@ -86,7 +83,6 @@ def make_surface_fn(model, pass_segment_ids: bool = True):
   """surface(theta_p, d_f, d_s, coords, batches) -> loss [C, K] for coords [C, K, 2] (C chunks of
   K (alpha, beta) pairs): one jitted program, vmapped over a chunk's points, lax.map over
   chunks."""
-  import jax  # pylint: disable=import-outside-toplevel
   loss = make_loss(model, pass_segment_ids)
 
   def point(theta_p, d_f, d_s, ab, batches):
@@ -100,7 +96,6 @@ def make_surface_fn(model, pass_segment_ids: bool = True):
 
 
 def directions(theta_p, theta_f, theta_s):
-  import jax  # pylint: disable=import-outside-toplevel
   sub = lambda a, b: jax.tree_util.tree_map(lambda x, y: x - y, a, b)
   return sub(theta_f, theta_p), sub(theta_s, theta_p)
 
@@ -147,17 +142,16 @@ class Surface:
 def choose_seeds(inputs: analysis.SettingInputs, failed_seed: Optional[int] = None,
                  success_seed: Optional[int] = None):
   """(failed seed, successful seed, failed label, success label, reason): as the report's
-  gradient-norm figure picks them (jaxstab.report.picks), among the seeds whose params are kept,
+  gradient-norm figure picks them (jaxstab.picks), among the seeds whose params are kept,
   unless given."""
-  from jaxstab.report import load, picks  # pylint: disable=import-outside-toplevel
-  kept = analysis.kept_seeds(inputs.directory)
+  kept = outputs.kept_seeds(inputs.directory)
   if len(kept) < 2:
     raise ConfigError(f"{inputs.directory} keeps the final params of {len(kept)} seed(s) "
                       f"({kept}); the loss surface needs two. Train with "
                       "--config.checkpoint.keep_final_params=True")
   summary = dict(inputs.summary, runs=[r for r in inputs.summary.get("runs", [])
                                        if r.get("seed") in kept])
-  setting = load.Setting(inputs.name, inputs.directory, summary, None, None, [], [])
+  setting = results.Setting(inputs.name, inputs.directory, summary, None, None, [], [])
   p = picks.pick(setting)
   f = p.failed_seed if failed_seed is None else int(failed_seed)
   s = p.success_seed if success_seed is None else int(success_seed)
@@ -182,7 +176,6 @@ def compute(inputs: analysis.SettingInputs, grid: int = DEFAULT_GRID,
             batch_size: int = DEFAULT_BATCH, subset_seed: int = 0,
             failed_seed: Optional[int] = None, success_seed: Optional[int] = None) -> Surface:
   """The loss surface of one setting (see the module docstring)."""
-  import jax  # pylint: disable=import-outside-toplevel
   if grid < 2 or not hi > lo:
     raise ConfigError(f"the grid needs at least 2 points and hi > lo (got {grid}, [{lo}, {hi}])")
   f, s, f_label, s_label, reason = choose_seeds(inputs, failed_seed, success_seed)
@@ -206,8 +199,7 @@ def initial_params(inputs: analysis.SettingInputs, seed: int):
 
 
 def save(surface: Surface, path: str) -> str:
-  """Writes the surface as npz atomically (temp file + rename)."""
-  from jaxstab import outputs  # pylint: disable=import-outside-toplevel
+  """Writes the surface as npz atomically (temp file + rename); outputs.read_npz reads it."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   outputs.write_npz(path, alpha=surface.alpha, beta=surface.beta, loss=surface.loss,
                     seeds=np.asarray([surface.failed_seed, surface.success_seed]),
@@ -220,76 +212,12 @@ def save(surface: Surface, path: str) -> str:
   return path
 
 
-def read(path: str) -> dict:
-  with np.load(path) as z:
-    out = {k: z[k] for k in z.files}
-  for k in ("failed_label", "success_label", "reason"):
-    if k in out:
-      out[k] = str(out[k])
-  return out
-
-
-# ------------------------------------------------------------------ figure
-def plot(path_npz: str, path_png: str, title: str) -> str:
-  """Contour plot of the saved surface with theta_p, theta_f and theta_s marked; returns the
-  caption."""
-  from matplotlib import colors  # pylint: disable=import-outside-toplevel
-  from jaxstab.report import figures  # pylint: disable=import-outside-toplevel
-  z = read(path_npz)
-  alpha, beta, loss = z["alpha"], z["beta"], np.asarray(z["loss"], np.float64)
-  f_label = z.get("failed_label", f"seed {int(z['seeds'][0])}")
-  s_label = z.get("success_label", f"seed {int(z['seeds'][1])}")
-  finite = loss[np.isfinite(loss)]
-  fig = figures.new_figure(8.0, 7.4)
-  ax = fig.subplots()
-  lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-  log = finite.size and lo > 0 and hi / lo > 3
-  if log:
-    levels = np.geomspace(lo, hi, 25)
-    norm = colors.LogNorm(vmin=lo, vmax=hi)
-  else:
-    levels = np.linspace(lo, hi if hi > lo else lo + 1e-6, 25)
-    norm = None
-  # loss[i, j] is at (alpha[i], beta[j]): alpha on x, beta on y, so the array is transposed.
-  grid_z = np.ma.masked_invalid(loss.T)
-  filled = ax.contourf(alpha, beta, grid_z, levels=levels, norm=norm, cmap="viridis")
-  ax.contour(alpha, beta, grid_z, levels=levels[::3], colors="white", linewidths=0.6, alpha=0.7)
-  bar = fig.colorbar(filled, ax=ax, format="%.3g")
-  bar.set_label("training loss (mean cross-entropy, nats)" + (", log scale" if log else ""))
-  at = lambda a, b: _value_at(alpha, beta, loss, a, b)
-  marks = [((0, 0), "o", "white", f"θp: pretrained + initial head of seed {int(z['seeds'][0])}"),
-           ((1, 0), "X", "#d62728", f"θf: {f_label}"),
-           ((0, 1), "*", "#1f77b4", f"θs: {s_label}")]
-  for (a, b), marker, color, label in marks:
-    value = at(a, b)
-    ax.plot(a, b, marker, color=color, mec="black", ms=14 if marker == "*" else 11,
-            label=f"{label} (loss {value:.3g})" if math.isfinite(value) else label)
-  ax.set_xlabel(f"α  (direction θf − θp; {f_label})")
-  ax.set_ylabel(f"β  (direction θs − θp; {s_label})")
-  ax.set_title(f"Loss surface: {title}", fontsize=11)
-  fig.legend(loc="outside lower center", fontsize=9, ncols=1, frameon=False)
-  figures.save(fig, path_png)
-  n_ex = len(z.get("examples", []))
-  return (f"{title}: training loss f(α, β) = L(θp + α(θf − θp) + β(θs − θp)) on a "
-          f"{len(alpha)}×{len(beta)} grid, α, β in [{alpha[0]:g}, {alpha[-1]:g}], on a fixed "
-          f"subset of {n_ex} training examples (no dropout). θp is the pretrained model with the "
-          f"initial classification head of the failed seed (the point that run started from). "
-          f"{z.get('reason', '')} Loss range {lo:.3g} to {hi:.3g}.")
-
-
-def _value_at(alpha, beta, loss, a, b) -> float:
-  i, j = np.argmin(np.abs(alpha - a)), np.argmin(np.abs(beta - b))
-  if abs(alpha[i] - a) > 1e-6 or abs(beta[j] - b) > 1e-6:
-    return math.nan
-  return float(loss[i, j])
-
-
 # ------------------------------------------------------------------ command line
 def run(workdir: str, setting: Optional[str] = None, **kwargs):
   """Computes and saves the surface of each chosen setting that keeps params; [(name, path)]."""
   chosen = analysis.select_settings(workdir, setting)
   if not setting:
-    chosen = [c for c in chosen if len(analysis.kept_seeds(c[1])) >= 2]
+    chosen = [c for c in chosen if len(outputs.kept_seeds(c[1])) >= 2]
     if not chosen:
       raise ConfigError(f"no setting in {workdir} keeps the final params of two seeds; train "
                         "with --config.checkpoint.keep_final_params=True")
@@ -297,7 +225,7 @@ def run(workdir: str, setting: Optional[str] = None, **kwargs):
   for name, directory, summary in chosen:
     inputs = analysis.load_setting(name, directory, summary)
     surface = compute(inputs, **kwargs)
-    path = save(surface, analysis.analysis_path(directory, analysis.LOSS_SURFACE))
+    path = save(surface, outputs.analysis_path(directory, outputs.LOSS_SURFACE))
     print(f"{name}: {path} ({surface.loss.shape[0]}x{surface.loss.shape[1]} grid, seeds "
           f"{surface.failed_seed} (θf) and {surface.success_seed} (θs), {len(surface.examples)} "
           f"examples, {surface.seconds:.1f}s; loss {np.nanmin(surface.loss):.4g} to "
@@ -307,14 +235,11 @@ def run(workdir: str, setting: Optional[str] = None, **kwargs):
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m jaxstab.analysis.loss_surface",
-      description="Training loss on the plane through the pretrained, a failed and a successful "
-                  "model; writes <setting dir>/analysis/loss_surface.npz for the report.")
-  parser.add_argument("--workdir", required=True, help="a finished run or study, trained with "
-                      "--config.checkpoint.keep_final_params=True")
-  parser.add_argument("--setting", default=None, help="one setting of a study (default: all "
-                      "settings that keep params)")
+  parser = cli.parser(
+      "jaxstab.loss_surface",
+      "Training loss on the plane through the pretrained, a failed and a successful model; "
+      "writes <setting dir>/analysis/loss_surface.npz for the report.")
+  analysis.add_workdir_flags(parser)
   parser.add_argument("--grid", type=int, default=DEFAULT_GRID, help="points per axis")
   parser.add_argument("--lo", type=float, default=DEFAULT_RANGE[0], help="smallest α and β")
   parser.add_argument("--hi", type=float, default=DEFAULT_RANGE[1], help="largest α and β")
@@ -327,18 +252,15 @@ def main(argv=None) -> int:
   parser.add_argument("--subset_seed", type=int, default=0, help="which fixed subset")
   parser.add_argument("--failed_seed", type=int, default=None, help="θf (default: picked)")
   parser.add_argument("--success_seed", type=int, default=None, help="θs (default: picked)")
-  args = parser.parse_args(argv)
-  try:
-    fs.require_local(args.workdir, "python -m jaxstab.analysis.loss_surface")
+
+  def body(args):
+    fs.require_local(args.workdir, parser.prog)
     run(args.workdir, args.setting, grid=args.grid, lo=args.lo, hi=args.hi,
         examples=args.examples, chunk=args.chunk, batch_size=args.batch_size,
         subset_seed=args.subset_seed, failed_seed=args.failed_seed,
         success_seed=args.success_seed)
-  except ConfigError as e:
-    print(f"jaxstab: error: {e}", file=sys.stderr)
-    return 2
-  return 0
+  return cli.run(parser, body, argv)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the same as python -m jaxstab.loss_surface
   sys.exit(main())

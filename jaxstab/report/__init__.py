@@ -3,9 +3,12 @@ page, built from the files the run wrote (nothing is retrained):
 
     python -m jaxstab.report --workdir=/tmp/table1        # -> /tmp/table1/report/index.html
 
-Modules: load (reading a workdir), picks (which seeds stand for failed / successful runs),
-schedule (effective learning rate with bias correction), figures and gradnorms (matplotlib, Agg),
-html (the page), builder (all of it).
+It reads a workdir through jaxstab.results, picks the seeds it shows with jaxstab.picks, and
+draws what the analyses wrote (<setting dir>/analysis/*) without importing them.
+
+Modules: schedule (effective learning rate with bias correction), figures and gradnorms
+(matplotlib, Agg), analyses (the loss surface and forgetting figures, from their files), html
+(the page), builder (all of it).
 """
 from jaxstab.report.builder import Report, build
 

@@ -1,29 +1,28 @@
-"""Command line: python -m jaxstab.report --workdir=DIR [--out=DIR/report]."""
-import argparse
+"""Command line: python -m jaxstab.report --workdir=DIR [--out=DIR/report]
+(console script: jaxstab-report)."""
 import os
 import sys
 
-from jaxstab import fs
-from jaxstab.errors import ConfigError
+import jax
+
+from jaxstab import cli, fs
+from jaxstab.report.builder import build
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m jaxstab.report",
-      description="Build the figures and index.html of a finished jaxstab run or study.")
+  parser = cli.parser("jaxstab.report",
+                      "Build the figures and index.html of a finished jaxstab run or study.")
   parser.add_argument("--workdir", required=True, help="the --workdir of a finished run or study")
   parser.add_argument("--out", default=None, help="output folder (default: WORKDIR/report)")
-  args = parser.parse_args(argv)
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # only a few schedule values are computed
-  from jaxstab.report import build  # pylint: disable=import-outside-toplevel
-  try:
-    fs.require_local(args.workdir, "python -m jaxstab.report")
+
+  def body(args):
+    fs.require_local(args.workdir, parser.prog)
+    if not os.environ.get("JAX_PLATFORMS"):
+      # Only a few schedule values are computed: never take (or wait for) an accelerator.
+      jax.config.update("jax_platforms", "cpu")
     report = build(args.workdir, args.out)
-  except ConfigError as e:
-    print(f"jaxstab: error: {e}", file=sys.stderr)
-    return 2
-  print(f"report: {report.index} ({len(report.figures)} figures)")
-  return 0
+    print(f"report: {report.index} ({len(report.figures)} figures)")
+  return cli.run(parser, body, argv)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ import os
 import re
 from typing import Dict, List
 
-from jaxstab import analysis
-from jaxstab.report import figures, gradnorms, html, load, picks
+from jaxstab import outputs, picks, results
+from jaxstab.report import analyses, figures, gradnorms, html
 
 
 @dataclasses.dataclass
@@ -23,7 +23,7 @@ def safe_name(name: str) -> str:
 def build(workdir: str, out: str = None) -> Report:
   """Reads `workdir` (a finished run or study) and writes the report into `out`
   (default workdir/report). Raises jaxstab.errors.ConfigError when workdir is not finished."""
-  study = load.load(workdir)
+  study = results.load(workdir)
   out = os.path.abspath(out or os.path.join(study.workdir, "report"))
   os.makedirs(out, exist_ok=True)
   settings = study.settings
@@ -49,10 +49,8 @@ def build(workdir: str, out: str = None) -> Report:
     else:
       pngs[key], captions[key] = path, caption
   draw("bias_correction", figures.bias_correction, settings)
-  surfaces = _analysis_figures(settings, out, "loss_surface", analysis.LOSS_SURFACE, pngs,
-                               captions, notes)
-  forgetting = _analysis_figures(settings, out, "forgetting", analysis.FORGETTING, pngs,
-                                 captions, notes)
+  surfaces = _analysis_figures(settings, out, "loss_surface", pngs, captions, notes)
+  forgetting = _analysis_figures(settings, out, "forgetting", pngs, captions, notes)
   draw("generalization", figures.generalization, settings)
   draw("train_loss", figures.train_loss, settings)
 
@@ -68,11 +66,11 @@ def build(workdir: str, out: str = None) -> Report:
       "<h2>3. Bias correction acts as warmup</h2>",
       fig("bias_correction", "bias-correction factor and effective learning rate"),
       "<h2>4. Loss surface through the pretrained, a failed and a successful model</h2>",
-      html.analysis_section(study, out, surfaces, pngs, captions, analysis.LOSS_SURFACE,
-                            "python -m jaxstab.analysis.loss_surface --workdir=" + study.workdir),
+      html.analysis_section(study, out, surfaces, pngs, captions, outputs.LOSS_SURFACE,
+                            analyses.KINDS["loss_surface"][2] + " --workdir=" + study.workdir),
       "<h2>5. Forgetting: masked-LM perplexity with the top k layers restored</h2>",
-      html.analysis_section(study, out, forgetting, pngs, captions, analysis.FORGETTING,
-                            "python -m jaxstab.forgetting --workdir=" + study.workdir
+      html.analysis_section(study, out, forgetting, pngs, captions, outputs.FORGETTING,
+                            analyses.KINDS["forgetting"][2] + " --workdir=" + study.workdir
                             + " --text=FILE"),
       "<h2>6. Generalization</h2>",
       fig("generalization", "final dev metric vs final training loss"),
@@ -84,14 +82,13 @@ def build(workdir: str, out: str = None) -> Report:
   return Report(index, pngs, captions, chosen)
 
 
-def _analysis_figures(settings, out, kind, filename, pngs, captions, notes):
-  """Draws <setting dir>/analysis/<filename> of each setting that has it; returns
-  [(setting, figure key or None, data path)] for the settings that have the file."""
-  from jaxstab.analysis import forgetting, loss_surface  # pylint: disable=import-outside-toplevel
-  plot = {"loss_surface": loss_surface.plot, "forgetting": forgetting.plot}[kind]
+def _analysis_figures(settings, out, kind, pngs, captions, notes):
+  """Draws the file analysis `kind` wrote in each setting that has it (report.analyses.KINDS);
+  returns [(setting, figure key or None, data path)] for the settings that have the file."""
+  filename, plot, _ = analyses.KINDS[kind]
   found = []
   for s in settings:
-    data = analysis.analysis_path(s.directory, filename)
+    data = outputs.analysis_path(s.directory, filename)
     if not os.path.isfile(data):
       continue
     key = f"{kind}_{safe_name(s.name)}"

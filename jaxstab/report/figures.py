@@ -1,7 +1,7 @@
 """The report's figures that compare settings: seed spread (Fig. 1/5), the effective learning
 rate with bias correction (Fig. 6), and generalization (dev metric vs training loss).
 
-Every function takes loaded settings (jaxstab.report.load), draws one matplotlib Figure on the
+Every function takes loaded settings (jaxstab.results), draws one matplotlib Figure on the
 Agg canvas, saves it as PNG and returns its caption text.
 """
 import math
@@ -12,8 +12,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from jaxstab.report import picks, schedule
-from jaxstab.report.load import Setting, num
+from jaxstab import picks
+from jaxstab.report import schedule
+from jaxstab.results import Setting, num
 
 FAILED_COLOR, OK_COLOR = "#d62728", "#1f77b4"
 DPI = 100

@@ -8,9 +8,8 @@ import math
 import os
 from typing import List, Optional
 
-from jaxstab import outputs, stats
-from jaxstab.report import picks
-from jaxstab.report.load import Setting, Study, num
+from jaxstab import outputs, picks, stats
+from jaxstab.results import Setting, Study, num
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px; padding: 0 1em;
@@ -154,8 +153,7 @@ def analysis_section(study: Study, out_dir: str, found, pngs: dict, captions: di
   """One analysis (loss surface or forgetting): each setting's figure with a link to the file it
   was drawn from, or how to compute it when no setting has the file."""
   if not found:
-    from jaxstab import analysis  # pylint: disable=import-outside-toplevel
-    kept = [s.name for s in study.settings if analysis.kept_seeds(s.directory)]
+    kept = [s.name for s in study.settings if outputs.kept_seeds(s.directory)]
     need = ("The final parameters are kept (in "
             f"{esc(', '.join(kept))}); run " if kept else
             "It needs the final parameters of the seeds (train with "

@@ -5,12 +5,15 @@ Update s (s = 0, 1, ..., updates already applied) uses lr(s) from
 jaxstab.optim.linear_warmup_decay and, with bias correction on, the factor
 sqrt(1 - b2^t) / (1 - b1^t) of jaxstab.optim.bias_correction_factor at t = s + 1, exactly as the
 optimizer and the probe do. Without bias correction the effective rate is the schedule alone.
+
+A key the setting's config.json lacks takes its default from config_lib.base_config(), the one
+place defaults are written.
 """
 import dataclasses
 
 import numpy as np
 
-from jaxstab import optim
+from jaxstab import config_lib, optim
 
 
 @dataclasses.dataclass
@@ -29,10 +32,10 @@ class Curve:
 def curve(optim_cfg: dict, total_steps: int) -> Curve:
   """The curves over all `total_steps` updates for one setting's `optim` config dict."""
   total_steps = max(int(total_steps), 1)
-  b1, b2 = float(optim_cfg.get("b1", 0.9)), float(optim_cfg.get("b2", 0.999))
-  lr = float(optim_cfg.get("lr", 2e-5))
-  warmup = int(float(optim_cfg.get("warmup_ratio", 0.0)) * total_steps)  # as optim.from_config
-  corrected = bool(optim_cfg.get("bias_correction", True))
+  cfg = dict(config_lib.base_config().optim.to_dict(), **optim_cfg)
+  b1, b2, lr = float(cfg["b1"]), float(cfg["b2"]), float(cfg["lr"])
+  warmup = optim.warmup_steps(cfg["warmup_ratio"], total_steps)  # as optim.from_config
+  corrected = bool(cfg["bias_correction"])
   step = np.arange(total_steps)
   factor = np.asarray(optim.bias_correction_factor(step + 1, b1, b2), np.float64)
   sched = np.asarray(optim.linear_warmup_decay(lr, warmup, total_steps)(step), np.float64)

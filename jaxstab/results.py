@@ -1,4 +1,5 @@
-"""Reading a finished workdir: its summary.json, and each setting's config, probe and metrics.
+"""Reading a finished workdir back: its summary.json, and each setting's config, probe and
+metrics (the files of jaxstab.outputs). The report and the analyses both start here.
 
 A plain run keeps everything in the workdir itself (its summary.json has `runs`); a study of
 several settings keeps each setting in workdir/<name>/ and lists them in the top-level

@@ -1,4 +1,5 @@
-"""Which seeds stand for a setting's failed and successful runs, and why.
+"""Which seeds stand for a setting's failed and successful runs, and why: the report's
+gradient-norm figure shows them and the loss-surface analysis spans its plane through them.
 
 The failed representative is the failed run with the lowest final dev metric (a run with no
 finite metric, e.g. one that diverged, counts as the lowest); the successful one is the run with
@@ -11,7 +12,7 @@ import math
 from typing import List, Optional
 
 from jaxstab import metrics
-from jaxstab.report.load import Setting
+from jaxstab.results import Setting
 
 
 @dataclasses.dataclass

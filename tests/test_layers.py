@@ -1,0 +1,105 @@
+"""The package's shape: imports run one way between layers with no cycle (scripts/import_graph.py,
+pure ast), and every tool follows one command-line convention (jaxstab/cli.py)."""
+import importlib
+import os
+import sys
+import tomllib
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+import import_graph  # noqa: E402  pylint: disable=wrong-import-position
+
+TOOLS = {"report": "jaxstab.report.__main__", "compare": "jaxstab.compare",
+         "loss-surface": "jaxstab.loss_surface", "forgetting": "jaxstab.forgetting"}
+
+
+def test_jaxstab_imports_run_one_way_without_cycles(capsys):
+  assert import_graph.main(["--package", os.path.join(REPO, "jaxstab")]) == 0, \
+      capsys.readouterr().out
+
+
+def _fake_package(root, files):
+  pkg = root / "fakepkg"
+  for name, text in files.items():
+    path = pkg / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+  (pkg / "__init__.py").touch()
+  return str(pkg)
+
+
+def test_an_upward_import_fails(tmp_path):
+  pkg = _fake_package(tmp_path, {
+      "fs.py": "import os\n",
+      "stats.py": "from fakepkg import fs\n",
+      # infra reaching up to the study layer, inside a function as the old cycle-dodgers did
+      "errors.py": "def f():\n  from fakepkg import study\n  return study\n",
+      "study.py": "from fakepkg import stats\n",
+  })
+  _, problems = import_graph.check(pkg)
+  assert [p.text for p in problems] == [
+      "upward: fakepkg.errors (infra) imports fakepkg.study (study) at line 2 (in a function)"]
+  assert import_graph.main(["--package", pkg, "--quiet"]) == 1
+
+
+def test_a_sideways_import_a_cycle_and_an_unassigned_module_fail(tmp_path):
+  pkg = _fake_package(tmp_path, {
+      "analysis/__init__.py": "from fakepkg.report import figures\n",  # analysis -> report code
+      "report/__init__.py": "",
+      "report/figures.py": "from .. import analysis\n",                # and back: a cycle
+      "helpers.py": "",                                                # in no layer
+  })
+  _, problems = import_graph.check(pkg)
+  texts = sorted(p.text for p in problems)
+  assert "fakepkg.helpers is in no layer (add it to LAYERS)" in texts
+  assert any(t.startswith("sideways: fakepkg.analysis (analysis) imports fakepkg.report.figures")
+             for t in texts)
+  assert any(t.startswith("sideways: fakepkg.report.figures (report) imports fakepkg.analysis")
+             for t in texts)
+  assert "cycle: fakepkg.analysis -> fakepkg.report.figures -> fakepkg.analysis" in texts
+
+
+def test_a_clean_fake_package_passes(tmp_path):
+  pkg = _fake_package(tmp_path, {"errors.py": "", "fs.py": "from . import errors\n",
+                                 "outputs.py": "import fakepkg.fs\n",
+                                 "report/__init__.py": "from fakepkg import outputs\n"})
+  edges, problems = import_graph.check(pkg)
+  assert problems == []
+  assert ("fs", "errors") in {(e.source, e.target) for e in edges}
+  assert ("outputs", "fs") in {(e.source, e.target) for e in edges}
+
+
+# ------------------------------------------------------------------ one command-line convention
+def test_every_tool_has_a_console_script_and_a_python_m_module():
+  with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+    scripts = tomllib.load(f)["project"]["scripts"]
+  assert scripts["jaxstab"] == "jaxstab.main:run"
+  for tool, module in TOOLS.items():
+    assert scripts[f"jaxstab-{tool}"] == f"{module}:main"
+    assert callable(importlib.import_module(module).main)
+
+
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_every_tool_takes_help_and_names_how_it_was_called(tool, capsys, monkeypatch):
+  main = importlib.import_module(TOOLS[tool]).main
+  python_m = "jaxstab.report" if tool == "report" else TOOLS[tool]
+  with pytest.raises(SystemExit) as done:
+    main(["--help"])
+  assert done.value.code == 0
+  assert capsys.readouterr().out.startswith(f"usage: python -m {python_m} ")
+  monkeypatch.setattr(sys, "argv", [f"/venv/bin/jaxstab-{tool}"])
+  with pytest.raises(SystemExit):
+    main(["--help"])
+  assert capsys.readouterr().out.startswith(f"usage: jaxstab-{tool} ")
+
+
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_every_tool_reports_a_bad_workdir_in_one_line(tool, tmp_path, capsys):
+  main = importlib.import_module(TOOLS[tool]).main
+  missing = str(tmp_path / "nothing")
+  argv = [missing] if tool == "compare" else [f"--workdir={missing}"]
+  assert main(argv) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("jaxstab: error: ") and missing in err and err.count("\n") == 1
