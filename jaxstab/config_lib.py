@@ -70,6 +70,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.settings = ml_collections.ConfigDict()  # study: name -> argument string (study_*.py)
   c.overwrite = False                  # True: discard a workdir's results of another config
   c.compile_cache = ""                 # persistent XLA cache dir; '' = <workdir>/../.jaxstab_compile_cache; 'off'
+  c.explicit = []                      # the user's own values, 'key=value' in the order given
+                                       # (applied after every preset, per setting of a study)
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "tsv"                # tsv | hf | tfds | synthetic
@@ -84,6 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dropout = -1.0               # < 0 keeps the model's own dropout probabilities
   c.model.attention = "reference"      # reference | xla | cudnn: fused where attention dropout is off
   c.model.pass_segment_ids = True      # False reproduces the reference code's quirk (all zeros)
+  c.model.head = "transformers"        # transformers | reference (RoBERTa: dropout after tanh only, dense U(+-1/sqrt(in)))
+  c.model.roberta_prefix_space = False  # True: a space before each text segment, as transformers 2.5.1's RoBERTa tokenizer
   c.model.tiny = ml_collections.ConfigDict(dict(
       hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
       max_position_embeddings=256, vocab_size=2000, init_seed=0))
@@ -113,6 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.stabilisers = ml_collections.ConfigDict()
   c.stabilisers.mixout = 0.0           # Mixout probability toward the pretrained weights; 0 = off
+  c.stabilisers.mixout_head = False    # True: Mixout on the head too, toward the seed's initial head (Lee et al.)
   c.stabilisers.reinit_layers = 0      # re-initialise the top k encoder layers
   c.stabilisers.reinit_pooler = False  # re-initialise the pooler
   c.stabilisers.llrd = 1.0             # layer-wise lr decay gamma; 1 = off
@@ -209,18 +214,90 @@ def parse_arg(arg: str):
   return [tuple(p) for p in pairs]
 
 
-def apply_arg(cfg, arg: str):
+def record_explicit(cfg, dotted: str, value) -> None:
+  """Notes a value the user gave, so that a study re-applies it after each setting's presets."""
+  with cfg.unlocked():
+    cfg.explicit = list(cfg.get("explicit", [])) + [f"{dotted}={value}"]
+
+
+def set_explicit(cfg, dotted: str, value) -> None:
+  """cfg.<dotted> = value (checked and converted by set_path), recorded as the user's value."""
+  set_path(cfg, dotted, value)
+  record_explicit(cfg, dotted, value)
+
+
+def reapply_explicit(cfg) -> None:
+  """Applies the recorded user values again, in their order: they win over every preset."""
+  for item in cfg.get("explicit", []):
+    dotted, _, value = item.partition("=")
+    set_path(cfg, dotted, value)
+
+
+PRESET_ORDER = {"model": 0, "setting": 1}
+
+
+def apply_arg(cfg, arg: str, explicit: bool = True):
+  """Applies an argument string: presets first (model, then setting), then its scalars in the
+  order written. With explicit=True the scalars are the user's values (recorded; a study
+  re-applies them after each setting's own presets)."""
   pairs = parse_arg(arg)
-  # model first, then setting, then scalars: the explicit values win over presets.
-  order = {"model": 0, "setting": 1}
-  for k, v in sorted(pairs, key=lambda kv: order.get(kv[0], 2)):
-    if k in ("model", "setting"):
+  for k, v in sorted(pairs, key=lambda kv: PRESET_ORDER.get(kv[0], len(PRESET_ORDER))):
+    if k in PRESET_ORDER:
       apply_preset(cfg, k, v)
     elif k in ARG_KEYS:
-      set_path(cfg, ARG_KEYS[k], v)
+      (set_explicit if explicit else set_path)(cfg, ARG_KEYS[k], v)
     else:
       raise ConfigError(f"unknown config argument {k!r}; allowed: {', '.join(ARG_KEYS)}")
   return cfg
+
+
+def resolve(cfg) -> None:
+  """Values that follow from others, set after every preset and user value: Mixout replaces
+  dropout (Lee et al. train with dropout 0), so Mixout > 0 sets model.dropout = 0."""
+  if cfg.stabilisers.mixout > 0 and cfg.model.dropout != 0.0:
+    cfg.model.dropout = 0.0
+
+
+def load_file(spec: str):
+  """The config of `--config=path[:argument]`: the file's get_config(argument).
+
+  Loaded here rather than by absl's config_flags so that every mistake (a missing file, an
+  error inside get_config, a bad key or value) reaches the user as one ConfigError naming it.
+  """
+  import importlib.util  # pylint: disable=import-outside-toplevel  # only the command line needs it
+  import traceback  # pylint: disable=import-outside-toplevel
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} not found (flag --config); the configs are in "
+                      "configs/*.py")
+  where = os.path.abspath(path)
+
+  def located(e: Exception) -> str:
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__)
+             if os.path.abspath(f.filename) == where]
+    return f"{path}:{lines[-1]}" if lines else path
+
+  module_spec = importlib.util.spec_from_file_location("jaxstab_config_file", path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+      raise ConfigError(f"config file {path} has no get_config(arg) function")
+    cfg = module.get_config(arg) if arg else module.get_config()
+  except ConfigError as e:
+    raise ConfigError(f"--config={spec}: {e}") from None
+  except Exception as e:  # pylint: disable=broad-except  # the user's code: say where it failed
+    raise ConfigError(f"{located(e)}: {type(e).__name__}: {e}") from None
+  if not isinstance(cfg, ml_collections.ConfigDict):
+    raise ConfigError(f"config file {path}: get_config() returned {type(cfg).__name__}, "
+                      "not an ml_collections.ConfigDict")
+  return cfg
+
+
+def apply_overrides(cfg, overrides) -> None:
+  """`--config.a.b=v` flags, in the order given: set (type-checked) and recorded as the user's."""
+  for dotted, value in overrides:
+    set_explicit(cfg, dotted, value)
 
 
 def task_config(task: str, arg: str = "", **defaults) -> ml_collections.ConfigDict:

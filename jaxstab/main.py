@@ -1,15 +1,21 @@
-"""Command line: python -m jaxstab.main --config=configs/rte.py[:args] --workdir=DIR [--config.a.b=v]."""
+"""Command line: python -m jaxstab.main --config=configs/rte.py[:args] --workdir=DIR [--config.a.b=v].
+
+A thin absl entry: flags, the config (config_lib.load_file plus the `--config.a.b=v`
+overrides, in the order given), then study.run. Every mistake in the config reaches the user as
+one line `jaxstab: error: ...` and exit status 2, before any file is written.
+"""
 import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from jaxstab import config_lib
 from jaxstab.errors import ConfigError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for logs and results.")
-config_flags.DEFINE_config_file("config", None, "Config file (path[:argument]).", lock_config=True)
+flags.DEFINE_string("config", None, "Config file and its argument: path[:key=value,...]. "
+                    "Override any key with --config.a.b=value (applied last, in order).")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                   "Multi-process run: 'auto' joins when a coordinator is given or on a TPU VM.")
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process runs).")
@@ -18,8 +24,8 @@ flags.DEFINE_integer("process_id", -1, "This process's id, 0 .. num_processes-1.
 flags.mark_flags_as_required(["config", "workdir"])
 
 _TPU_VM_ENV = ("TPU_WORKER_ID", "CLOUD_TPU_TASK_ID", "TPU_ACCELERATOR_TYPE")
-
 _OVERRIDE = "--config."
+_OVERRIDES = []  # (dotted key, value) of every --config.a.b flag, in the order given
 
 
 def _fail(message: str):
@@ -27,49 +33,55 @@ def _fail(message: str):
   sys.exit(2)
 
 
-def _explain_override(argv):
-  """Names the first `--config.a.b=v` whose key does not exist, with the keys that do."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  from jaxstab import config_lib  # pylint: disable=import-outside-toplevel
-  spec = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")][-1]
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("jaxstab_user_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  cfg = module.get_config(arg) if arg else module.get_config()
-  for a in argv:
-    if a.startswith(_OVERRIDE):
-      key = a[len(_OVERRIDE):].split("=", 1)[0]
-      config_lib.set_path(cfg, key, config_lib.get_path(cfg, key))  # raises naming the key
+def split_overrides(argv):
+  """(argv without the --config.a.b flags, [(a.b, value)]). `--config.a.b=v` and
+  `--config.a.b v` are both accepted; a bare `--config.a.b` before another flag means True."""
+  rest, overrides, i = [], [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith(_OVERRIDE):
+      key, eq, value = arg[len(_OVERRIDE):].partition("=")
+      if not eq:
+        if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+          value, i = argv[i + 1], i + 1
+        else:
+          value = "true"
+      if not key:
+        raise ConfigError(f"{arg!r}: expected --config.KEY=VALUE")
+      overrides.append((key, value))
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, overrides
 
 
 def parse_flags(argv):
-  """absl flag parsing, with bad configs and overrides reported in one line, not a traceback."""
+  """absl parses its own flags; the config overrides are taken out first and applied by us."""
   try:
-    return FLAGS(argv)
+    rest, overrides = split_overrides(argv)
   except ConfigError as e:
     _fail(str(e))
-  except Exception as e:  # pylint: disable=broad-except
-    text = str(e)
-    marker = "jaxstab.errors.ConfigError: "
-    if marker in text:  # raised inside a config file's get_config
-      _fail(text.split(marker, 1)[1].strip().splitlines()[0])
-    try:
-      _explain_override(argv)
-    except ConfigError as bad_key:
-      _fail(str(bad_key))
-    except Exception:  # pylint: disable=broad-except
-      pass
-    _fail(text.replace("\\n", " ").replace("\n", " "))
+  _OVERRIDES[:] = overrides
+  try:
+    return FLAGS(rest)
+  except flags.Error as e:
+    _fail(str(e))
+
+
+def load_config(spec: str, overrides):
+  """The config file's get_config(argument), then the overrides (raises ConfigError)."""
+  cfg = config_lib.load_file(spec)
+  config_lib.apply_overrides(cfg, overrides)
+  return cfg
 
 
 def _compilation_cache(config, workdir):
   """Persistent XLA cache, shared by the studies next to this workdir: a rerun compiles nothing."""
+  import jax  # pylint: disable=import-outside-toplevel  # after absl has parsed the flags
+  from jaxstab import fs  # pylint: disable=import-outside-toplevel
   where = config.get("compile_cache", "")
   if where == "off":
     return
-  import jax  # pylint: disable=import-outside-toplevel
-  from jaxstab import fs  # pylint: disable=import-outside-toplevel
   if not where and fs.is_remote(workdir):  # a bucket workdir: keep the cache on this machine
     where = fs.local_cache("xla")
   where = where or os.path.join(os.path.dirname(os.path.abspath(workdir)), ".jaxstab_compile_cache")
@@ -87,8 +99,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-  from jaxstab import parallel, study  # pylint: disable=import-outside-toplevel
+  # jax initialises its backends on first use: the study modules come after the flags.
+  from jaxstab import checkpoint, parallel, study  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.INFO)
+  try:
+    config = load_config(FLAGS.config, _OVERRIDES)
+  except ConfigError as e:
+    _fail(str(e))
   on_tpu_vm = any(k in os.environ for k in _TPU_VM_ENV)
   if FLAGS.distributed == "on" or (FLAGS.distributed == "auto" and
                                    (FLAGS.coordinator_address or on_tpu_vm)):
@@ -97,17 +114,12 @@ def main(argv):
   # orbax reports every background save at INFO; keep its warnings, drop the chatter.
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= 30 or "orbax" not in r.pathname)  # 30: python WARNING
-  path = config_flags.get_config_filename(FLAGS["config"]).split(":", 1)[0]
-  if not os.path.isfile(path):
-    _fail(f"config file {path!r} not found (flag --config); the configs are in configs/*.py")
-  config = FLAGS.config
-  from jaxstab.checkpoint import Preempted  # pylint: disable=import-outside-toplevel
   _compilation_cache(config, FLAGS.workdir)
   try:
     study.run(config, FLAGS.workdir)
   except ConfigError as e:
     _fail(str(e))
-  except Preempted as e:
+  except checkpoint.Preempted as e:
     print(f"jaxstab: {e}", file=sys.stderr)
     sys.exit(143)  # 128 + SIGTERM: not finished, resumable
 

@@ -21,6 +21,10 @@ from jaxstab.errors import ConfigError
 ARCHS = ("bert", "roberta", "albert")
 TINY = {"tiny-bert": "bert", "tiny-roberta": "roberta", "tiny-albert": "albert"}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# model.head: 'transformers' = transformers 4.x's Flax heads; 'reference' = the heads the paper's
+# code ran (uds-lsv/bert-stable-fine-tuning, transformers 2.5.1). They differ for RoBERTa only:
+# see `reference_roberta_head` and `init_head`. BERT's and ALBERT's heads are the same in both.
+HEADS = ("transformers", "reference")
 
 
 @dataclasses.dataclass
@@ -32,16 +36,49 @@ class Model:
   config: Any              # transformers PretrainedConfig
   name: str
   attention: str = "reference"  # 'reference' | 'xla' | 'cudnn' (jaxstab.attention)
+  head: str = "transformers"   # one of HEADS (model.head)
 
   def logits(self, params, batch, *, train: bool = False, dropout_key=None,
              pass_segment_ids: bool = True):
     """Forward pass; `batch` holds input_ids, attention_mask, token_type_ids. Logits in fp32."""
     segments = batch["token_type_ids"] if pass_segment_ids else jnp.zeros_like(batch["input_ids"])
-    with attention_lib.fused(self.attention):
+    reference_head = self.head == "reference" and self.arch == "roberta"
+    with attention_lib.fused(self.attention), \
+        (reference_roberta_head() if reference_head else contextlib.nullcontext()):
       out = self.flax_model(batch["input_ids"], attention_mask=batch["attention_mask"],
                             token_type_ids=segments, params=params,
                             dropout_rng=dropout_key if train else None, train=train)
     return out.logits.astype(jnp.float32)
+
+
+@contextlib.contextmanager
+def reference_roberta_head():
+  """While active, RoBERTa's classification head computes what the reference's head computed.
+
+  transformers 4.x (FlaxRobertaClassificationHead) applies dropout twice: to the <s> vector
+  before `dense` and again after `tanh`. The reference swaps in its own head
+  (pooling_roberta.py, RobertaClassificationHeadWithPooler.forward, lines 48-68) whose
+  `pooler_dropout` is false in every RoBERTa config (configs/rte/pooler-roberta-large_*.yaml,
+  line 36), so dropout runs once, after tanh: out_proj(dropout(tanh(dense(h_<s>)))). A flax
+  method interceptor runs that with the head's own dense, dropout and out_proj submodules, so
+  transformers' modules are used unchanged and the parameter tree is the same.
+  """
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from transformers.models.roberta import modeling_flax_roberta  # pylint: disable=import-outside-toplevel
+  head_cls = modeling_flax_roberta.FlaxRobertaClassificationHead
+
+  def intercept(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name != "__call__" or not isinstance(module, head_cls):
+      return next_fun(*args, **kwargs)
+    hidden = args[0] if args else kwargs["hidden_states"]
+    deterministic = kwargs.get("deterministic", args[1] if len(args) > 1 else True)
+    x = nn.tanh(module.dense(hidden[:, 0, :]))
+    x = module.dropout(x, deterministic=deterministic)
+    return module.out_proj(x)
+
+  with nn.intercept_methods(intercept):
+    yield
 
 
 def _classes(arch):
@@ -101,6 +138,9 @@ def load(model_cfg, num_labels: int, tokenizer=None) -> Model:
   dtype = DTYPES[model_cfg.dtype]
   attention = model_cfg.get("attention", "reference")
   attention_lib.check(attention, model_cfg.dtype)
+  head = model_cfg.get("head", "transformers")
+  if head not in HEADS:
+    raise ConfigError(f"model.head={head!r}; choose one of {', '.join(HEADS)}")
   if name in TINY:
     if tokenizer is None:
       raise ValueError("a tiny model is sized by its tokenizer; pass one")
@@ -132,7 +172,8 @@ def load(model_cfg, num_labels: int, tokenizer=None) -> Model:
       flax_model = model_cls.from_pretrained(name, config=config, dtype=dtype, from_pt=True)
   arch = _arch_of(config)
   params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), flax_model.params)
-  return Model(flax_model, params, arch, int(config.num_hidden_layers), config, name, attention)
+  return Model(flax_model, params, arch, int(config.num_hidden_layers), config, name, attention,
+               head)
 
 
 def _not_the_half_precision_warning(record) -> bool:
@@ -165,19 +206,34 @@ def check_fit(model: Model, tokenizer, max_seq_length: int) -> None:
                       f"model {model.name!r}")
 
 
-def init_head(params, key, init_range: float):
+def init_head(params, key, init_range: float, head: str = "transformers"):
   """Re-draws the classification head from `key`: N(0, init_range) kernels, zero biases.
 
   transformers initialises a missing head from one fixed seed; the paper's seeds differ in
   exactly this draw (and data order and dropout), so each run draws its own head here.
+
+  head='reference' draws RoBERTa's `classifier/dense` (the only head layer named `dense`; BERT
+  and ALBERT heads have none, so they are drawn as above) the way the reference left it:
+  transformers 2.5.1's RobertaForSequenceClassification never calls init_weights
+  (src/transformers/modeling_roberta.py, lines 282-287), the reference replaces its head after
+  construction (pooling_roberta.py, line 92) and re-draws only `out_proj` (pooling_roberta.py,
+  lines 130-134, called at run_finetuning.py line 981; `re_init_pooler` is false in the RoBERTa
+  configs), so `dense` keeps PyTorch's nn.Linear default: weight and bias
+  uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn from the run's seed (set_seed at
+  run_finetuning.py line 903 comes before the model is built). The keys per leaf are the same in
+  both modes, so `out_proj` is the same draw either way.
   """
-  head = params["classifier"]
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(head)
+  head_params = params["classifier"]
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(head_params)
   keys = jax.random.split(key, len(leaves))
   new = []
   for (path, leaf), k in zip(leaves, keys):
-    last = str(getattr(path[-1], "key", path[-1]))
-    if last == "kernel":
+    names = [str(getattr(p, "key", p)) for p in path]
+    if head == "reference" and names[0] == "dense":
+      fan_in = head_params["dense"]["kernel"].shape[0]  # a Flax kernel is [in, out]
+      bound = 1.0 / float(np.sqrt(fan_in))
+      new.append(jax.random.uniform(k, leaf.shape, leaf.dtype, -bound, bound))
+    elif names[-1] == "kernel":
       new.append(init_range * jax.random.normal(k, leaf.shape, leaf.dtype))
     else:
       new.append(jnp.zeros_like(leaf))
@@ -188,3 +244,20 @@ def init_head(params, key, init_range: float):
 
 def param_count(params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+
+
+def shape_of(model_cfg):
+  """(arch, num_layers) of `model.name_or_path` from its config alone, without the weights or
+  the network (a folder, or a hub id already in the local cache); None when it cannot be read
+  that way (the full load then checks, and reports why)."""
+  name = model_cfg.name_or_path
+  if name in TINY:
+    return TINY[name], int(model_cfg.tiny.num_layers)
+  if os.path.isdir(name) and not os.path.isfile(os.path.join(name, "config.json")):
+    return None
+  import transformers as tr  # pylint: disable=import-outside-toplevel  # heavy; only when needed
+  try:
+    config = tr.AutoConfig.from_pretrained(name, local_files_only=True)
+    return _arch_of(config), int(config.num_hidden_layers)
+  except (OSError, ValueError, AttributeError):  # ConfigError is a ValueError
+    return None

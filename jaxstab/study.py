@@ -8,28 +8,47 @@ are written as soon as it finishes, so a later crash loses nothing finished.
 """
 from absl import logging
 
-from jaxstab import checkpoint, config_lib, experiment, fs, outputs, parallel, stats
+from jaxstab import checkpoint, config_lib, experiment, fs, models, outputs, parallel, stats
+from jaxstab import validate
+from jaxstab import workdir as workdir_lib
 from jaxstab.errors import ConfigError
 
 
 def expand(cfg):
-  """[(name, config)] for every setting of the study; one unnamed entry for a plain config."""
+  """[(name, config)] for every setting of the study (one unnamed entry for a plain config),
+  each resolved in one fixed order: the study's values, the setting's presets and values, then
+  the user's explicit values (`explicit`, in the order given), then values that follow from
+  others (config_lib.resolve). Each is a copy: `cfg` is not changed."""
   if not cfg.get("settings"):
-    return [("", cfg)]
+    sub = cfg.copy_and_resolve_references()
+    config_lib.resolve(sub)
+    return [("", sub)]
   out = []
   for name, arg in cfg.settings.items():
     sub = cfg.copy_and_resolve_references()
     with sub.unlocked():
       sub.settings = {}
-    config_lib.apply_arg(sub, arg)
+    config_lib.apply_arg(sub, arg, explicit=False)
+    config_lib.reapply_explicit(sub)
+    config_lib.resolve(sub)
     out.append((name, sub))
   return out
 
 
+def check(settings, workdir: str) -> None:
+  """Every check of every setting, before the first one touches a file: the config itself, what
+  depends on its model (read from the model's config alone), and an earlier run's config."""
+  for name, sub in settings:
+    validate.check_config(sub)
+    shape = models.shape_of(sub.model)
+    if shape is not None:
+      validate.check_model(sub, *shape)
+    workdir_lib.check_same_config(sub, fs.join(workdir, name) if name else workdir)
+
+
 def run(cfg, workdir: str) -> dict:
   settings = expand(cfg)
-  for _, sub in settings:  # every setting is checked before the first one trains
-    experiment.validate(sub)
+  check(settings, workdir)
   results, errors = [], []
   for name, sub in settings:
     where = fs.join(workdir, name) if name else workdir

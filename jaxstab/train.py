@@ -4,7 +4,9 @@ Pure functions of explicit state: nothing here reads files, flags or seed lists.
 state is a pytree; a group of seeds is the same pytree with a leading axis, and the step is
 mapped over it (`over_seeds`), so K seeds share one compiled program.
 """
-from typing import Any, Callable, Sequence
+import dataclasses
+import functools
+from typing import Any, Callable, List, Optional, Sequence
 
 import flax
 import jax
@@ -12,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxstab import data as data_lib
-from jaxstab import models, probe, stabilisers
+from jaxstab import models, optim, parallel, probe, stabilisers
 from jaxstab.optim import bias_correction_factor
 
 SEED_AXES = ("auto", "vmap", "map")
@@ -168,3 +170,81 @@ def make_eval_logits(model: models.Model, pass_segment_ids: bool = True):
     return jax.lax.map(one, inputs)
 
   return eval_logits
+
+
+def total_steps(train_cfg, n_train: int, full_steps_per_epoch: int) -> int:
+  """Optimizer updates of a setting: train.max_steps, else epochs x batches of the training set
+  (or x batches of the *full* set for the small-data ablation's steps_of_full_epochs)."""
+  if train_cfg.steps_of_full_epochs > 0:
+    return int(round(train_cfg.steps_of_full_epochs * full_steps_per_epoch))
+  return optim.total_train_steps(train_cfg, data_lib.num_batches(n_train, train_cfg.batch_size))
+
+
+@dataclasses.dataclass
+class Programs:
+  """Everything compiled for one setting: built once by `build_programs`, used by a study, the
+  benchmarks, the analyses and the tests alike, so each of them runs the same program.
+
+  The `*_one` functions are one seed's pure, unjitted functions (tests jit them directly; the
+  analyses call them); `create`, `step` and `eval_logits` are those functions mapped over a
+  group of `seeds_per_group` seeds (`seed_axis`) and jitted, with the pretrained weights and
+  the anchor bound as device arguments (as jit constants they would be compiled into every
+  executable and the persistent cache).
+  """
+  create: Callable         # create(seed_keys[K, 2]) -> TrainState with a leading seed axis
+  step: Callable           # step(state, train_arrays) -> state (the state is donated)
+  eval_logits: Callable    # eval_logits(params, dev_batches) -> [K, batches, B, C]
+  create_one: Callable     # create_one(seed_key) -> TrainState
+  step_one: Callable       # step_one(state, train_arrays, anchor=None) -> TrainState
+  eval_one: Callable       # eval_one(params, dev_batches) -> [batches, B, C]
+  tx: optax.GradientTransformation
+  schedule: Callable
+  group_names: List[str]
+  total_steps: int
+  seeds_per_group: int
+  seed_axis: str
+  anchor: Optional[Any]
+
+
+def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
+                   layout: Optional[parallel.Layout] = None, seeds_per_group: int = 1,
+                   seed_axis: Optional[str] = None) -> Programs:
+  """The one place that turns a resolved config and a loaded model into the train programs.
+
+  `n_train` (training examples on the device) and `total` (optimizer updates) fix the data
+  order and the schedule; `layout` places seed groups on the devices (default: all local
+  devices); `seed_axis` defaults to cfg.train.seed_axis resolved for this backend.
+  """
+  layout = layout or parallel.Layout.create()
+  st = cfg.stabilisers
+  lr_scales = (stabilisers.layerwise_scales(model.params, model.arch, model.num_layers, st.llrd)
+               if st.llrd != 1.0 else None)
+  tx, schedule = optim.from_config(cfg.optim, total, lr_scales)
+  groups = probe.group_names(model.params, model.arch, model.num_layers)
+  every = max(int(cfg.probe.every), 0)
+  axis = seed_axis or seed_axis_for(cfg.train.seed_axis, jax.default_backend(),
+                                    layout.num_devices)
+  anchor = (jax.device_put(stabilisers.anchor_of(model.params), layout.replicated)
+            if stabilisers.uses_anchor(st) else None)
+
+  def create_from(params, key):
+    return create_train_state(dataclasses.replace(model, params=params), tx, key, total, every,
+                              groups, st.reinit_layers, st.reinit_pooler)
+
+  step_one = make_train_step(
+      model, tx, schedule, n_train=n_train, batch_size=cfg.train.batch_size, probe_every=every,
+      group_names=groups, b1=cfg.optim.b1, b2=cfg.optim.b2,
+      pass_segment_ids=cfg.model.pass_segment_ids, mixout=st.mixout, prior_wd=st.prior_wd)
+  eval_one = make_eval_logits(model, cfg.model.pass_segment_ids)
+  create_fn = jax.jit(over_seeds(create_from, (None, 0), axis),
+                      out_shardings=layout.seed_sharding(seeds_per_group))
+  step_fn = jax.jit(over_seeds(step_one, (0, None, None), axis), donate_argnums=0)
+  pretrained = jax.device_put(model.params, layout.replicated)
+  return Programs(
+      create=functools.partial(create_fn, pretrained),
+      step=lambda state, train_arrays: step_fn(state, train_arrays, anchor),
+      eval_logits=jax.jit(over_seeds(eval_one, (0, None), axis)),
+      create_one=functools.partial(create_from, model.params), step_one=step_one,
+      eval_one=eval_one, tx=tx, schedule=schedule, group_names=groups, total_steps=total,
+      seeds_per_group=seeds_per_group, seed_axis=axis, anchor=anchor)
+

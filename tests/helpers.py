@@ -2,7 +2,7 @@
 import jax
 import numpy as np
 
-from jaxstab import config_lib, data, models, optim, probe, tasks, vocab
+from jaxstab import config_lib, data, models, tasks, vocab
 from jaxstab import train as train_lib
 
 
@@ -26,14 +26,11 @@ def tiny_setup(glue_dir, arch="bert", task="rte", n=64, length=32, **overrides):
 
 
 def build_step(cfg, model, arrays, total_steps=20):
-  tx, schedule = optim.from_config(cfg.optim, total_steps)
-  groups = probe.group_names(model.params, model.arch, model.num_layers)
-  step = train_lib.make_train_step(
-      model, tx, schedule, n_train=len(arrays["labels"]), batch_size=cfg.train.batch_size,
-      probe_every=cfg.probe.every, group_names=groups, b1=cfg.optim.b1, b2=cfg.optim.b2)
-  create = lambda key: train_lib.create_train_state(model, tx, key, total_steps, cfg.probe.every,
-                                                    groups)
-  return create, step, groups
+  """One seed's (create(key), step(state, arrays, anchor=None), probe group names), taken from
+  train.build_programs: the functions a study maps over its seeds."""
+  programs = train_lib.build_programs(cfg, model, n_train=len(arrays["labels"]),
+                                      total=total_steps)
+  return programs.create_one, programs.step_one, programs.group_names
 
 
 def tree_max_abs_diff(a, b):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxstab import config_lib, experiment
+from jaxstab import config_lib, experiment, validate
 from jaxstab.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -56,7 +56,7 @@ def test_config_loads_and_has_every_key(name):
 def test_task_configs_name_their_task_and_validate(name, task):
   cfg = load_config(name)
   assert cfg.task == task
-  experiment.validate(cfg)  # a shipped config must pass its own validation
+  validate.check_config(cfg)  # a shipped config must pass its own validation
 
 
 def test_demo_config_is_offline_and_multi_seed():
@@ -322,11 +322,11 @@ def _rte():
 ])
 def test_validate_rejects_bad_enum_values(key, bad, allowed):
   cfg = _rte()
-  experiment.validate(cfg)  # fine before the change
+  validate.check_config(cfg)  # fine before the change
   section, leaf = key.split(".")
   cfg[section][leaf] = bad
   with pytest.raises(ConfigError) as e:
-    experiment.validate(cfg)
+    validate.check_config(cfg)
   msg = str(e.value)
   assert key in msg and repr(bad) in msg
   for a in allowed:
@@ -341,14 +341,14 @@ def test_validate_rejects_non_positive_sizes(key, value):
   section, leaf = key.split(".")
   cfg[section][leaf] = value
   with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-    experiment.validate(cfg)
+    validate.check_config(cfg)
 
 
 def test_validate_rejects_unknown_task():
   cfg = _rte()
   cfg.task = "qqp"
   with pytest.raises(ConfigError) as e:
-    experiment.validate(cfg)
+    validate.check_config(cfg)
   msg = str(e.value)
   assert "'qqp'" in msg
   for t in ("rte", "mrpc", "cola"):
@@ -360,13 +360,13 @@ def test_validate_rejects_no_training_length():
   cfg.train.epochs = 0.0
   cfg.train.max_steps = 0
   with pytest.raises(ConfigError, match="epochs"):
-    experiment.validate(cfg)
+    validate.check_config(cfg)
   cfg.train.max_steps = 5
-  experiment.validate(cfg)
+  validate.check_config(cfg)
 
 
 def test_validate_rejects_duplicated_seeds():
   cfg = _rte()
   cfg.seeds = "1,2,2"
   with pytest.raises(ConfigError, match="twice"):
-    experiment.validate(cfg)
+    validate.check_config(cfg)

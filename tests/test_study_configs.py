@@ -2,7 +2,8 @@
 every setting passes validation before anything trains."""
 import pytest
 
-from jaxstab import config_lib, experiment, study
+from jaxstab import config_lib, study, validate
+from jaxstab import workdir as workdir_lib
 from tests.test_config import CONFIG_DIR, load_config
 
 STUDIES = sorted(p.stem for p in CONFIG_DIR.glob("study_*.py"))
@@ -17,7 +18,7 @@ def test_study_config_expands_and_every_setting_validates(name):
   settings = _expanded(name)
   assert len(settings) >= 2, name
   for setting_name, cfg in settings.items():
-    experiment.validate(cfg)
+    validate.check_config(cfg)
     assert setting_name.startswith(cfg.task) or "_" + cfg.task + "_" in setting_name, setting_name
     assert config_lib.parse_seeds(cfg) == list(range(1, 26)), setting_name
 
@@ -60,7 +61,7 @@ def test_minilm_study_loads_from_a_given_folder_without_the_package(monkeypatch)
 def test_moments_study_pairs_differ_only_in_the_moments_dtype():
   settings = _expanded("study_moments", "model=minilm,epochs=3,train_examples=1000")
   fp32, bf16 = settings["cola_ours_moments_fp32"], settings["cola_ours_moments_bf16"]
-  assert experiment.config_diff(fp32.to_dict(), bf16.to_dict()) == [
+  assert workdir_lib.config_diff(fp32.to_dict(), bf16.to_dict()) == [
       "optim.moments_dtype: 'float32' -> 'bfloat16'"]
   assert fp32.train.epochs == 3 and fp32.data.train_examples == 1000
   assert fp32.optim.bias_correction
