@@ -163,7 +163,7 @@ def _start_group(plan: Plan, engine: Engine, group, ckpt):
 def _train_until(state, engine: Engine, progress: _Group, point: int, ckpt, stop):
   """Train steps up to `point`; checkpoints when due; a SIGTERM saves and stops."""
   while progress.step < point:
-    state = engine.programs.step(state, engine.train_on_device)
+    state = engine.programs.step(state, engine.train_on_device, engine.programs.anchor)
     progress.step += 1
     checkpoint.fault("kill_at_step", progress.step)
     checkpoint.fault("sigterm_at_step", progress.step)

@@ -187,12 +187,13 @@ class Programs:
 
   The `*_one` functions are one seed's pure, unjitted functions (tests jit them directly; the
   analyses call them); `create`, `step` and `eval_logits` are those functions mapped over a
-  group of `seeds_per_group` seeds (`seed_axis`) and jitted, with the pretrained weights and
-  the anchor bound as device arguments (as jit constants they would be compiled into every
-  executable and the persistent cache).
+  group of `seeds_per_group` seeds (`seed_axis`) and jitted. The pretrained weights (bound into
+  `create`) and the anchor (`step`'s third argument) are device arguments: as jit constants they
+  would be compiled into every executable and the persistent cache.
   """
   create: Callable         # create(seed_keys[K, 2]) -> TrainState with a leading seed axis
-  step: Callable           # step(state, train_arrays) -> state (the state is donated)
+  step: Callable           # step(state, train_arrays, anchor) -> state (jitted; the state is
+                           # donated; pass `anchor` below)
   eval_logits: Callable    # eval_logits(params, dev_batches) -> [K, batches, B, C]
   create_one: Callable     # create_one(seed_key) -> TrainState
   step_one: Callable       # step_one(state, train_arrays, anchor=None) -> TrainState
@@ -238,11 +239,11 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
   eval_one = make_eval_logits(model, cfg.model.pass_segment_ids)
   create_fn = jax.jit(over_seeds(create_from, (None, 0), axis),
                       out_shardings=layout.seed_sharding(seeds_per_group))
-  step_fn = jax.jit(over_seeds(step_one, (0, None, None), axis), donate_argnums=0)
+  step = jax.jit(over_seeds(step_one, (0, None, None), axis), donate_argnums=0)
   pretrained = jax.device_put(model.params, layout.replicated)
   return Programs(
       create=functools.partial(create_fn, pretrained),
-      step=lambda state, train_arrays: step_fn(state, train_arrays, anchor),
+      step=step,
       eval_logits=jax.jit(over_seeds(eval_one, (0, None), axis)),
       create_one=functools.partial(create_from, model.params), step_one=step_one,
       eval_one=eval_one, tx=tx, schedule=schedule, group_names=groups, total_steps=total,

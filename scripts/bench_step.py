@@ -107,26 +107,18 @@ def random_arrays(batch, seq):
 
 
 def make_step(cfg, model, k, batch, seq, probe_every, total, seed_axis="vmap"):
-  """(jitted vmapped step, initial K-seed state, device arrays) exactly as a study builds them."""
+  """(jitted step over K seeds, initial K-seed state, device arrays, anchor): the programs of
+  train.build_programs, the builder a study uses (the benchmark measures what a study runs)."""
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from jaxstab import optim, probe  # pylint: disable=import-outside-toplevel
   from jaxstab import train as train_lib  # pylint: disable=import-outside-toplevel
   arrays = random_arrays(batch, seq)
-  n = len(arrays["labels"])
-  tx, schedule = optim.from_config(cfg.optim, total)
-  groups = probe.group_names(model.params, model.arch, model.num_layers)
-  every = probe_every if probe_every > 0 else 0
-  step = train_lib.make_train_step(model, tx, schedule, n_train=n, batch_size=batch,
-                                   probe_every=every, group_names=groups, b1=0.9, b2=0.999)
-  # The pretrained params go in as an argument: closed over, they would be baked into the
-  # executable as constants (a 1.3 GB program for BERT-large; see scripts/bench_study.py cache).
-  create = lambda params, key: train_lib.create_train_state(
-      dataclasses.replace(model, params=params), tx, key, total, every, groups)
-  state = jax.jit(jax.vmap(create, in_axes=(None, 0)))(
-      model.params, jnp.stack([train_lib.seed_key(s) for s in range(k)]))
-  f = jax.jit(train_lib.over_seeds(step, (0, None), seed_axis), donate_argnums=0)
-  return f, state, jax.device_put(arrays)
+  cfg = cfg.copy_and_resolve_references()
+  cfg.train.batch_size = batch
+  cfg.probe.every = max(int(probe_every), 0)  # 0: probe off
+  programs = train_lib.build_programs(cfg, model, n_train=len(arrays["labels"]), total=total,
+                                      seeds_per_group=k, seed_axis=seed_axis)
+  state = programs.create(np.stack([np.asarray(train_lib.seed_key(s)) for s in range(k)]))
+  return programs.step, state, jax.device_put(arrays), programs.anchor
 
 
 def time_config(cfg, model, k, batch, seq, probe_every, steps, warmup, events=None,
@@ -134,11 +126,11 @@ def time_config(cfg, model, k, batch, seq, probe_every, steps, warmup, events=No
   """(seconds per step, {lower_s, compile_s, backend_compiles, cache_hits}); with profile =
   (folder, n) it then traces n more steps into folder (TensorBoard / Perfetto)."""
   import jax  # pylint: disable=import-outside-toplevel
-  f, state, dev = make_step(cfg, model, k, batch, seq, probe_every, steps + warmup + 1,
-                            seed_axis)
+  f, state, dev, anchor = make_step(cfg, model, k, batch, seq, probe_every, steps + warmup + 1,
+                                    seed_axis)
   before = events.snapshot() if events else (0, 0, 0)
   t0 = time.perf_counter()
-  lowered = f.lower(state, dev)
+  lowered = f.lower(state, dev, anchor)
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()
@@ -146,17 +138,17 @@ def time_config(cfg, model, k, batch, seq, probe_every, steps, warmup, events=No
   info = dict(lower_s=t1 - t0, compile_s=t2 - t1, backend_compiles=after[0] - before[0],
               cache_hits=after[1] - before[1])
   for _ in range(warmup):
-    state = compiled(state, dev)
+    state = compiled(state, dev, anchor)
   jax.block_until_ready(state.step)
   t0 = time.perf_counter()
   for _ in range(steps):
-    state = compiled(state, dev)
+    state = compiled(state, dev, anchor)
   jax.block_until_ready(state.step)
   sec = (time.perf_counter() - t0) / steps
   if profile[0] and profile[1] > 0:
     with jax.profiler.trace(profile[0]):
       for _ in range(profile[1]):
-        state = compiled(state, dev)
+        state = compiled(state, dev, anchor)
       jax.block_until_ready(state.step)
     info["profile"] = profile[0]
   if int(np.asarray(state.diverged_at).max()) >= 0:

@@ -118,15 +118,15 @@ def cmd_cache_child(a):
   from bench_step import CompileEvents, build, make_step  # pylint: disable=import-outside-toplevel
   events = CompileEvents()
   cfg, model = build(a.shape, "bert", a.dtype, a.seq)
-  f, state, dev = make_step(cfg, model, a.k, a.batch, a.seq, 10, 100)
+  f, state, dev, anchor = make_step(cfg, model, a.k, a.batch, a.seq, 10, 100)
   n0, h0, _ = events.snapshot()
   t0 = time.perf_counter()
-  lowered = f.lower(state, dev)
+  lowered = f.lower(state, dev, anchor)
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()
   n1, h1, m1 = events.snapshot()
-  jax.block_until_ready(compiled(state, dev).step)
+  jax.block_until_ready(compiled(state, dev, anchor).step)
   print("RESULT " + json.dumps(dict(
       shape=a.shape, lower_s=t1 - t0, compile_s=t2 - t1,
       step_backend_compiles=n1 - n0, step_cache_hits=h1 - h0,
