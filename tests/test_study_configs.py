@@ -65,3 +65,42 @@ def test_moments_study_pairs_differ_only_in_the_moments_dtype():
       "optim.moments_dtype: 'float32' -> 'bfloat16'"]
   assert fp32.train.epochs == 3 and fp32.data.train_examples == 1000
   assert fp32.optim.bias_correction
+
+
+def test_bias_correction_study_is_the_reference_grid():
+  """RTE x {bert, roberta, albert}-large x lr {1,2,3}e-5 x bias correction off/on, 3 epochs,
+  end-of-training result: the reference's configs/rte/pooler-*_adamW[_bias-correct].yaml."""
+  settings = _expanded("study_bias_correction")
+  models = ("bert-large-uncased", "roberta-large", "albert-large-v2")
+  want = {f"{m}_rte_{s}_lr{lr}" for m in models for s in ("devlin", "devlin_bc")
+          for lr in ("1e-5", "2e-5", "3e-5")}
+  assert set(settings) == {w.replace(".", "_") for w in want}
+  for name, cfg in settings.items():
+    assert cfg.task == "rte" and cfg.train.epochs == 3.0 and cfg.select == "final", name
+    assert cfg.optim.bias_correction == ("_devlin_bc_" in name), name
+    assert cfg.optim.lr == float(name.rsplit("_lr", 1)[1]), name
+    model = cfg.model.name_or_path
+    assert name.startswith(model.replace(".", "_")), name
+    # each model keeps its own preset (reference yaml: roberta wd 0.1, beta2 0.98, no clipping)
+    if model == "roberta-large":
+      assert (cfg.optim.weight_decay, cfg.optim.b2, cfg.optim.clip_norm) == (0.1, 0.98, 0.0)
+    elif model == "albert-large-v2":
+      assert (cfg.optim.weight_decay, cfg.model.dropout) == (0.0, 0.0)
+    else:
+      assert (cfg.optim.weight_decay, cfg.optim.b2, cfg.optim.clip_norm) == (0.01, 0.999, 1.0)
+
+
+def test_bias_correction_study_narrows_and_accepts_the_fourth_lr():
+  settings = _expanded("study_bias_correction", "models=bert-large-uncased,lrs=2e-5+5e-5")
+  assert sorted(settings) == sorted(f"bert-large-uncased_rte_{s}_lr{lr}".replace(".", "_")
+                                    for s in ("devlin", "devlin_bc") for lr in ("2e-5", "5e-5"))
+  with pytest.raises(config_lib.ConfigError, match="lrs="):
+    _expanded("study_bias_correction", "lrs=fast")
+
+
+def test_devlin_bc_differs_from_devlin_only_in_bias_correction():
+  devlin = config_lib.task_config("rte", "setting=devlin").to_dict()
+  bc = config_lib.task_config("rte", "setting=devlin_bc").to_dict()
+  assert bc["optim"].pop("bias_correction") is True and devlin["optim"].pop("bias_correction") is False
+  bc.pop("setting"), devlin.pop("setting")
+  assert bc == devlin

@@ -170,7 +170,8 @@ def test_cli_reports_an_error_inside_get_config_in_one_line(tmp_path):
 # ------------------------------------------------------------ the user's values win
 
 
-STUDIES = ["study_table1", "study_fig5", "study_smalldata", "study_moments"]
+STUDIES = ["study_table1", "study_models", "study_bias_correction", "study_smalldata",
+           "study_moments"]
 
 
 @pytest.mark.parametrize("name", STUDIES)
