@@ -14,15 +14,17 @@ key, value, and for ALBERT dense/LayerNorm) are used as they are.
 import contextlib
 import inspect
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxstab.errors import ConfigError
 
 IMPLEMENTATIONS = ("reference", "xla", "cudnn")
 
 
 def check(implementation: str, dtype: str) -> None:
   """Raises ConfigError when `model.attention` cannot run here."""
-  from jaxstab.errors import ConfigError  # pylint: disable=import-outside-toplevel
   if implementation not in IMPLEMENTATIONS:
     raise ConfigError(f"model.attention={implementation!r}; choose one of "
                       f"{', '.join(IMPLEMENTATIONS)}")
@@ -36,6 +38,7 @@ def check(implementation: str, dtype: str) -> None:
 
 
 def _self_attention_classes():
+  # Deferred: transformers takes seconds to import, and only a fused implementation needs these.
   # pylint: disable=import-outside-toplevel
   from transformers.models.albert import modeling_flax_albert as albert
   from transformers.models.bert import modeling_flax_bert as bert
@@ -106,6 +109,5 @@ def fused(implementation: str):
   if implementation == "reference":
     yield
     return
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
   with nn.intercept_methods(interceptor(implementation)):
     yield

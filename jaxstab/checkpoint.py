@@ -40,6 +40,8 @@ class GroupCheckpointer:
   """Orbax checkpoints of one seed group, in <workdir>/checkpoints/<group name>/."""
 
   def __init__(self, workdir: str, group_name: str, every_steps: int, keep: int):
+    # orbax is imported where a checkpoint is written or read (here and below), not by every
+    # module that imports this one for Preempted or params_dir: it adds ~0.3 s to an import.
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
     self._ocp = ocp
     self.every = int(every_steps)
@@ -96,7 +98,7 @@ def params_dir(workdir: str, seed: int) -> str:
 
 def save_params(workdir: str, seed: int, params) -> None:
   """Final parameters of one seed (for the loss surface and forgetting analyses)."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel  # see GroupCheckpointer.__init__
   path = params_dir(workdir, seed)
   fs.rmtree(path)
   with ocp.StandardCheckpointer() as ckptr:
@@ -105,7 +107,7 @@ def save_params(workdir: str, seed: int, params) -> None:
 
 def load_params(workdir: str, seed: int, like):
   """The final parameters `save_params` kept, restored with the structure of `like`."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel  # see GroupCheckpointer.__init__
   path = params_dir(workdir, seed)
   if not fs.isdir(path):
     raise ConfigError(f"no kept parameters for seed {seed} in {path}; train with "

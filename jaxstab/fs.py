@@ -13,6 +13,9 @@ import shutil
 from typing import Iterable
 
 import numpy as np
+from etils import epath
+
+from jaxstab.errors import ConfigError
 
 
 def is_remote(path: str) -> bool:
@@ -20,7 +23,6 @@ def is_remote(path: str) -> bool:
 
 
 def _epath(path: str):
-  from etils import epath  # pylint: disable=import-outside-toplevel
   return epath.Path(path)
 
 
@@ -149,6 +151,5 @@ def upload_tree(local_dir: str, remote_dir: str) -> None:
 def require_local(path: str, tool: str) -> None:
   """The analyses read and write many files in place; they run on a local copy of a bucket."""
   if is_remote(path):
-    from jaxstab.errors import ConfigError  # pylint: disable=import-outside-toplevel
     raise ConfigError(f"{tool} works on a local workdir; copy {path} first, e.g. "
                       f"`gsutil -m cp -r {path} .`, and pass the local folder")

@@ -35,6 +35,7 @@ def reported(setting) -> list:
 def levene(a, b):
   """p-value of Levene's test (median-centred, i.e. Brown-Forsythe) for equal spread; None
   when undefined (fewer than 2 runs a side, or no spread at all)."""
+  # Deferred: scipy.stats takes about a second to import and only Levene's test needs it.
   from scipy import stats  # pylint: disable=import-outside-toplevel
   if len(a) < 2 or len(b) < 2:
     return None

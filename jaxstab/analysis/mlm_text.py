@@ -27,6 +27,7 @@ def read_text(path: str) -> str:
 def load_wikitext() -> str:
   """The WikiText-2 raw test split joined into one text (needs `datasets` and the network)."""
   try:
+    # Deferred: `datasets` is optional (pip install -e ".[hf]"); --text=FILE needs none of it.
     import datasets  # pylint: disable=import-outside-toplevel
     name, config, split = WIKITEXT
     ds = datasets.load_dataset(name, config, split=split)
