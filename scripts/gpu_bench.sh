@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole GPU measurement of issue 7 in one go, on the lent machine (../shared/gpu/README.md).
+# The whole GPU throughput measurement (jaxstab's train step against PyTorch eager, single seed
+# and vmapped seeds) in one go, on the lent machine (../shared/gpu/README.md).
 #
 # Prepare on your own machine, in the project root (once; .whl/ is git-ignored):
 #   source scripts/device_wheels.sh && download_device_wheels .whl
