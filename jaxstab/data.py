@@ -117,6 +117,9 @@ def load_split(task: Task, split: str, source: str, data_dir: str) -> Split:
 def _fingerprint(split: Split, tokenizer, max_len: int) -> str:
   h = hashlib.sha1()
   h.update(f"{type(tokenizer).__name__}|{tokenizer.name_or_path}|{len(tokenizer)}|{max_len}".encode())
+  if getattr(tokenizer, "add_prefix_space", False):  # model.roberta_prefix_space (vocab.py)
+    normalizer = getattr(getattr(tokenizer, "backend_tokenizer", None), "normalizer", None)
+    h.update(b"|add_prefix_space|" + (normalizer.__getstate__() if normalizer else b""))
   for token, idx in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):  # the ids matter
     h.update(f"{idx}:{token}\n".encode("utf-8"))
   for t in split.text_a + (split.text_b or []):

@@ -27,23 +27,34 @@ def anchor_of(pretrained):
   return out
 
 
-def mixout(params, anchor, key, p: float):
+def mixout(params, anchor, key, p: float, head_anchor=None):
   """Mixout(p) of every 2-D kernel outside the head, toward `anchor` (pure, differentiable).
 
   For a Flax kernel W [in, out] and a Bernoulli(p) mask M over its *input units* (rows):
   W_mix = (M * U + (1 - M) * W - p * U) / (1 - p), so E[W_mix] = W.
+
+  `head_anchor` (stabilisers.mixout_head): the head's kernels are mixed too, toward
+  head_anchor (a `classifier` subtree: the seed's initial head). Lee et al.'s recipe, as Zhang
+  et al. run it (asappresearch/revisit-bert-finetuning run_glue.py, lines 800-814), swaps
+  *every* nn.Linear for a MixLinear whose target is that layer's weight at the time of the swap,
+  after the head was drawn; the head has no pretrained value, so its target is its initial
+  value. Biases are not mixed (MixLinear mixes only the weight). Each leaf keeps its own key,
+  so the backbone's masks are the same with and without the head.
   """
   if p <= 0.0:
     return params
   if p >= 1.0:
     raise ConfigError(f"stabilisers.mixout={p}: the probability must be in [0, 1)")
+  if head_anchor is not None:
+    anchor = dict(anchor, classifier=head_anchor)
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   anchors = jax.tree_util.tree_leaves(anchor)
   keys = jax.random.split(key, len(flat))
   out = []
   for (path, w), u, k in zip(flat, anchors, keys):
     names = path_names(path)
-    if names[0] == "classifier" or names[-1] != "kernel" or w.ndim != 2:
+    in_head = names[0] == "classifier"
+    if (in_head and head_anchor is None) or names[-1] != "kernel" or w.ndim != 2:
       out.append(w)
       continue
     m = jax.random.bernoulli(k, p, (w.shape[0], 1)).astype(w.dtype)

@@ -41,7 +41,8 @@ def train_wordpiece(corpus, vocab_size: int):
 
 def load(model_cfg, corpus_fn):
   """`model.tokenizer`: '' = the model's own; 'wordpiece' = trained on corpus_fn(); else a
-  folder or hub id."""
+  folder or hub id. `model.roberta_prefix_space` makes a byte-level BPE tokenizer (RoBERTa's)
+  tokenize as the reference's did (`reference_prefix_space`); other tokenizers are unchanged."""
   source = model_cfg.tokenizer or model_cfg.name_or_path
   if source == "wordpiece":
     return train_wordpiece(corpus_fn(), int(model_cfg.tiny.vocab_size))
@@ -50,9 +51,48 @@ def load(model_cfg, corpus_fn):
                       "--config.model.tokenizer=wordpiece (or a tokenizer folder / hub id)")
   from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
   try:
-    return AutoTokenizer.from_pretrained(source, use_fast=True)
+    tok = AutoTokenizer.from_pretrained(source, use_fast=True)
+    prefix_space = model_cfg.get("roberta_prefix_space", False) and is_byte_level(tok)
+    if prefix_space:
+      tok = AutoTokenizer.from_pretrained(source, use_fast=True, add_prefix_space=True)
   except (OSError, ValueError) as e:
     where = "folder" if os.path.isdir(source) else "hub id"
     raise ConfigError(
         f"cannot load the tokenizer of {source!r} ({where}): {str(e).splitlines()[0]}. "
         "Offline, pass a local folder: --config.model.name_or_path=/path/to/folder") from e
+  return reference_prefix_space(tok) if prefix_space else tok
+
+
+def is_byte_level(tok) -> bool:
+  """A fast tokenizer whose pre-tokenizer is byte-level BPE's (RoBERTa, GPT-2 and kin)."""
+  from tokenizers import pre_tokenizers  # pylint: disable=import-outside-toplevel
+  backend = getattr(tok, "backend_tokenizer", None)
+  return backend is not None and isinstance(backend.pre_tokenizer, pre_tokenizers.ByteLevel)
+
+
+def reference_prefix_space(tok):
+  """Makes a byte-level fast tokenizer loaded with add_prefix_space=True tokenize each segment
+  as transformers 2.5.1's RobertaTokenizer did in the reference (returns `tok`, changed).
+
+  The reference calls tokenizer.encode_plus(text_a, text_b, add_special_tokens=True)
+  (examples/bert_stable_fine_tuning/glue.py, line 96). In 2.5.1 `encode_plus` tokenizes each
+  segment with `tokenize(text, add_special_tokens=True)` (src/transformers/tokenization_utils.py,
+  line 1028), and RobertaTokenizer.prepare_for_tokenization turns add_special_tokens=True into
+  add_prefix_space=True: " " + text unless the text starts with whitespace
+  (src/transformers/tokenization_roberta.py, lines 234-241). `tokenize` then splits the text on
+  the special tokens and right-strips every piece (tokenization_utils.py, line 774), so trailing
+  whitespace is dropped before the byte-level BPE. A fast tokenizer loaded with
+  add_prefix_space=True adds the space (when the text does not start with one); the right-strip
+  is added here as a normalizer, which runs on each segment before pre-tokenization.
+  (The RTE, MRPC and CoLA files in ../shared/glue have no leading or trailing whitespace.)
+  """
+  from tokenizers import normalizers  # pylint: disable=import-outside-toplevel
+  backend = tok.backend_tokenizer
+  strip = normalizers.Strip(left=False, right=True)
+  backend.normalizer = (normalizers.Sequence([backend.normalizer, strip])
+                        if backend.normalizer is not None else strip)
+  if tok.tokenize("a") != tok.tokenize(" a "):
+    raise ConfigError(f"model.roberta_prefix_space: tokenizer {tok.name_or_path!r} "
+                      f"({type(tok).__name__}) does not take add_prefix_space; it cannot "
+                      "tokenize as transformers 2.5.1's RoBERTa tokenizer did")
+  return tok
