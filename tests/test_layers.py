@@ -1,6 +1,8 @@
 """The package's shape: imports run one way between layers with no cycle (scripts/import_graph.py,
-pure ast), and every tool follows one command-line convention (jaxstab/cli.py)."""
+pure ast), every tool follows one command-line convention (jaxstab/cli.py), and two lines no
+longer print on every run (jaxstab/quiet.py)."""
 import importlib
+import logging
 import os
 import sys
 import tomllib
@@ -10,6 +12,8 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 import import_graph  # noqa: E402  pylint: disable=wrong-import-position
+
+from jaxstab import quiet  # noqa: E402  pylint: disable=wrong-import-position
 
 TOOLS = {"report": "jaxstab.report.__main__", "compare": "jaxstab.compare",
          "loss-surface": "jaxstab.loss_surface", "forgetting": "jaxstab.forgetting"}
@@ -103,3 +107,29 @@ def test_every_tool_reports_a_bad_workdir_in_one_line(tool, tmp_path, capsys):
   assert main(argv) == 2
   err = capsys.readouterr().err
   assert err.startswith("jaxstab: error: ") and missing in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------ quiet
+def _passes(logger_name, level, message) -> bool:
+  log = logging.getLogger(logger_name)
+  return bool(log.filter(log.makeRecord(logger_name, level, "x.py", 1, message, (), None)))
+
+
+def test_the_tpu_probe_and_the_flax_deprecation_warning_are_caught(caplog, monkeypatch):
+  monkeypatch.setattr(quiet, "_noted", [])
+  quiet.install()
+  quiet.install()  # idempotent
+  probe = "jax._src.xla_bridge"
+  assert logging.getLogger(probe).filters.count(quiet._keep) == 1  # pylint: disable=protected-access
+  assert not _passes(probe, logging.INFO, "Unable to initialize backend 'tpu': INTERNAL: Failed "
+                                          "to open libtpu.so: libtpu.so: cannot open shared object")
+  assert _passes(probe, logging.INFO, "something else jax says")
+  assert _passes(probe, logging.WARNING, "Unable to initialize backend 'cuda': a real problem")
+  flax = ("TensorFlow and JAX classes are deprecated and will be removed in Transformers v5. We "
+          "recommend migrating to PyTorch classes or pinning your version of Transformers.")
+  with caplog.at_level(logging.INFO, logger="jaxstab"):
+    for name in quiet.TRANSFORMERS_LOGGERS:
+      assert not _passes(name, logging.WARNING, flax)
+    assert _passes("transformers.modeling_flax_utils", logging.WARNING, "Some weights of ...")
+  notes = [r.getMessage() for r in caplog.records if r.name == "jaxstab"]
+  assert len(notes) == 1 and "pins transformers<5 on purpose" in notes[0]
