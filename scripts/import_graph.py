@@ -248,7 +248,7 @@ def _one_cycle(graph, group) -> List[str]:
 
 
 # ------------------------------------------------------------------ printing
-def render(package: str, edges: Sequence[Import], layers=LAYERS) -> str:
+def render(package: str, edges: Sequence[Import], layers=LAYERS, modules=()) -> str:
   """The module-level graph, layer by layer from the top; `*` marks a function-level import."""
   by_source: Dict[str, Dict[str, bool]] = {}
   for e in edges:
@@ -256,7 +256,7 @@ def render(package: str, edges: Sequence[Import], layers=LAYERS) -> str:
     by_source.setdefault(e.source, {})[e.target] = by_source.get(e.source, {}).get(
         e.target, True) and e.local
   lines = []
-  modules = sorted({e.source for e in edges} | {e.target for e in edges})
+  modules = sorted(set(modules) | {e.source for e in edges} | {e.target for e in edges})
   for name, height, _ in layers:
     members = [m for m in modules if layer_of(m, layers) == name]
     uses = sorted({layer_of(t, layers) or "?" for m in members for t in by_source.get(m, {})}
@@ -280,7 +280,7 @@ def main(argv=None) -> int:
   package = os.path.basename(os.path.normpath(args.package))
   edges, problems = check(args.package)
   if not args.quiet:
-    print(render(package, edges))
+    print(render(package, edges, modules=modules_of(args.package)))
     used = {(layer_of(e.source), e.target) for e in edges} & set(EXTRA)
     for (layer, module), why in sorted(EXTRA.items()):
       if (layer, module) in used:
