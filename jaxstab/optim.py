@@ -59,6 +59,12 @@ def linear_warmup_decay(peak: float, warmup_steps: int, total_steps: int):
   return schedule
 
 
+def check_warmup(warmup_ratio: float) -> None:
+  """optim.warmup_ratio must be in [0, 1): warmup shorter than training."""
+  if not 0.0 <= warmup_ratio < 1.0:
+    raise ConfigError(f"optim.warmup_ratio={warmup_ratio} must be in [0, 1)")
+
+
 def warmup_steps(warmup_ratio: float, total_steps: int) -> int:
   """Updates of linear warmup: int(ratio x total) (from_config, and the report's schedule)."""
   return int(float(warmup_ratio) * int(total_steps))
@@ -133,8 +139,7 @@ def total_train_steps(train_cfg, steps_per_epoch: int) -> int:
 def from_config(optim_cfg, total_steps: int, lr_scales=None):
   """The full chain the recipe describes: [clip] -> adamw(schedule) [-> per-layer lr scales].
   Returns (tx, schedule)."""
-  if not 0.0 <= optim_cfg.warmup_ratio < 1.0:
-    raise ConfigError(f"optim.warmup_ratio={optim_cfg.warmup_ratio} must be in [0, 1)")
+  check_warmup(optim_cfg.warmup_ratio)
   schedule = linear_warmup_decay(optim_cfg.lr, warmup_steps(optim_cfg.warmup_ratio, total_steps),
                                  total_steps)
   parts = []
