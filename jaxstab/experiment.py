@@ -17,12 +17,23 @@ import numpy as np
 from absl import logging
 
 from jaxstab import checkpoint, config_lib, data, fs, metrics, models, outputs, parallel, probe
-from jaxstab import stats, tasks
+from jaxstab import reference, stats, tasks
 from jaxstab import inputs as inputs_lib
 from jaxstab import lock as lock_lib
 from jaxstab import train as train_lib
 from jaxstab import validate, workdir as workdir_lib
 from jaxstab.errors import ConfigError
+
+
+def eval_steps(cfg, task: str, steps_per_epoch: int, total: int):
+  """When dev is evaluated: train.eval_every_steps = 0 -> eval_points (evals_per_epoch evenly);
+  N > 0 -> every N steps and each epoch end, the reference's rule; -1 -> the same with the
+  reference's own N for the task (reference.reference_eval_steps)."""
+  every = cfg.train.get("eval_every_steps", 0)
+  if every == 0:
+    return eval_points(steps_per_epoch, total, cfg.train.evals_per_epoch)
+  return reference.reference_eval_steps(task, steps_per_epoch, total,
+                                        every=None if every < 0 else every)
 
 
 def eval_points(steps_per_epoch: int, total: int, per_epoch: int):
@@ -99,14 +110,14 @@ def _prepare(cfg, workdir, loaded: inputs_lib.Inputs) -> Plan:
                  len(seeds), workdir)
   n_train = len(arrays.train["labels"])
   spe = data.num_batches(n_train, cfg.train.batch_size)
-  total = train_lib.total_steps(cfg.train, n_train, arrays.full_steps_per_epoch)
+  total = train_lib.total_steps(cfg.train, n_train, arrays.full_steps_per_epoch, loaded.task.name)
   model = loaded.model
   logging.info("%s: %d train / %d dev examples, %d steps per epoch, %d steps, %d seeds, model %s "
                "(%s, %.1fM params)", loaded.task.name, n_train, len(arrays.dev["labels"]), spe,
                total, len(seeds), model.name, model.arch, models.param_count(model.params) / 1e6)
   return Plan(task=loaded.task, model=model, workdir=workdir, seeds=seeds, todo=todo,
               arrays=arrays, total_steps=total,
-              eval_steps=eval_points(spe, total, cfg.train.evals_per_epoch),
+              eval_steps=eval_steps(cfg, loaded.task.name, spe, total),
               majority=metrics.majority(loaded.task.metric, arrays.dev["labels"]))
 
 

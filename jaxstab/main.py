@@ -9,7 +9,7 @@ import sys
 
 from absl import app, flags, logging
 
-from jaxstab import config_lib
+from jaxstab import config_lib, fs, quiet
 from jaxstab.errors import ConfigError
 
 FLAGS = flags.FLAGS
@@ -78,7 +78,6 @@ def load_config(spec: str, overrides):
 def _compilation_cache(config, workdir):
   """Persistent XLA cache, shared by the studies next to this workdir: a rerun compiles nothing."""
   import jax  # pylint: disable=import-outside-toplevel  # after absl has parsed the flags
-  from jaxstab import fs  # pylint: disable=import-outside-toplevel
   where = config.get("compile_cache", "")
   if where == "off":
     return
@@ -98,7 +97,6 @@ def _compilation_cache(config, workdir):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
   # jax initialises its backends on first use: the study modules come after the flags.
   from jaxstab import checkpoint, parallel, study  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.INFO)
@@ -125,6 +123,7 @@ def main(argv):
 
 
 def run():
+  quiet.install()  # no TPU-probe line, transformers' Flax deprecation said once (quiet.py)
   app.run(main, flags_parser=parse_flags)
 
 

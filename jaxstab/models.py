@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxstab import attention as attention_lib
+from jaxstab import treepath
 from jaxstab.errors import ConfigError
 
 ARCHS = ("bert", "roberta", "albert")
@@ -228,7 +229,7 @@ def init_head(params, key, init_range: float, head: str = "transformers"):
   keys = jax.random.split(key, len(leaves))
   new = []
   for (path, leaf), k in zip(leaves, keys):
-    names = [str(getattr(p, "key", p)) for p in path]
+    names = treepath.names(path)
     if head == "reference" and names[0] == "dense":
       fan_in = head_params["dense"]["kernel"].shape[0]  # a Flax kernel is [in, out]
       bound = 1.0 / float(np.sqrt(fan_in))

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxstab import data as data_lib
-from jaxstab import models, optim, parallel, probe, stabilisers
+from jaxstab import models, optim, parallel, probe, reference, stabilisers
 from jaxstab.optim import bias_correction_factor
 
 SEED_AXES = ("auto", "vmap", "map")
@@ -69,7 +69,8 @@ def initial_params(model: models.Model, key, reinit_layers: int = 0, reinit_pool
   when asked, the pooler and top layers re-drawn from the seed too (jittable). The analyses call
   this to rebuild a run's starting point."""
   init_range = model.config.initializer_range
-  params = models.init_head(model.params, jax.random.fold_in(key, HEAD), init_range)
+  params = models.init_head(model.params, jax.random.fold_in(key, HEAD), init_range,
+                            head=model.head)
   if reinit_layers or reinit_pooler:
     params = stabilisers.reinit_top_layers(params, jax.random.fold_in(key, REINIT), model.arch,
                                            model.num_layers, reinit_layers, reinit_pooler,
@@ -97,14 +98,16 @@ def weighted_xent(logits, labels, weight):
 def make_train_step(model: models.Model, tx, schedule: Callable, *, n_train: int,
                     batch_size: int, probe_every: int, group_names: Sequence[str],
                     b1: float, b2: float, pass_segment_ids: bool = True,
-                    mixout: float = 0.0, prior_wd: bool = False):
+                    mixout: float = 0.0, prior_wd: bool = False, mixout_head: bool = False):
   """Returns train_step(state, train_arrays, anchor=None) -> state for one seed (vmap it for
-  many). `anchor` (stabilisers.anchor_of(pretrained)) is needed by Mixout and prior_wd."""
+  many). `anchor` (stabilisers.anchor_of(pretrained)) is needed by Mixout and prior_wd.
+  `mixout_head`: Mixout also mixes the head, toward the seed's initial head (re-drawn each step
+  from the seed key and the anchor's head shapes: the same draw as initial_params)."""
   is_albert = model.arch == "albert"  # per-depth norms of the shared layer need interception
 
-  def loss_fn(params, deltas, batch, weight, dropout_key, mixout_key, anchor):
+  def loss_fn(params, deltas, batch, weight, dropout_key, mixout_key, anchor, head0):
     if mixout > 0:
-      params = stabilisers.mixout(params, anchor, mixout_key, mixout)
+      params = stabilisers.mixout(params, anchor, mixout_key, mixout, head_anchor=head0)
 
     def forward():
       return model.logits(params, batch, train=True, dropout_key=dropout_key,
@@ -126,9 +129,12 @@ def make_train_step(model: models.Model, tx, schedule: Callable, *, n_train: int
     if is_albert and probe_every > 0:
       zeros = jax.tree_util.tree_map(jnp.zeros_like, probe.albert_shared(state.params))
       deltas = [zeros] * model.num_layers
+    head0 = (models.init_head(anchor, jax.random.fold_in(state.key, HEAD),
+                              model.config.initializer_range, head=model.head)["classifier"]
+             if mixout > 0 and mixout_head else None)
     loss, (grads, depth_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1))(
         state.params, deltas, batch, weight, dropout_key,
-        jax.random.fold_in(jax.random.fold_in(state.key, MIXOUT), step), anchor)
+        jax.random.fold_in(jax.random.fold_in(state.key, MIXOUT), step), anchor, head0)
     # Decoupled decay reads only the parameters: decay toward theta_p is decay of theta - theta_p.
     decay_params = (jax.tree_util.tree_map(jnp.subtract, state.params, anchor) if prior_wd
                     else state.params)
@@ -172,10 +178,14 @@ def make_eval_logits(model: models.Model, pass_segment_ids: bool = True):
   return eval_logits
 
 
-def total_steps(train_cfg, n_train: int, full_steps_per_epoch: int) -> int:
+def total_steps(train_cfg, n_train: int, full_steps_per_epoch: int, task: str = "") -> int:
   """Optimizer updates of a setting: train.max_steps, else epochs x batches of the training set
-  (or x batches of the *full* set for the small-data ablation's steps_of_full_epochs)."""
+  (or x batches of the *full* set for the small-data ablation's steps_of_full_epochs; with
+  train.full_steps_count='reference' the reference configs' counts, see reference.py)."""
   if train_cfg.steps_of_full_epochs > 0:
+    if train_cfg.get("full_steps_count", "batches") == "reference":
+      return reference.reference_full_steps(task, train_cfg.steps_of_full_epochs,
+                                            full_steps_per_epoch)
     return int(round(train_cfg.steps_of_full_epochs * full_steps_per_epoch))
   return optim.total_train_steps(train_cfg, data_lib.num_batches(n_train, train_cfg.batch_size))
 
@@ -235,7 +245,8 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
   step_one = make_train_step(
       model, tx, schedule, n_train=n_train, batch_size=cfg.train.batch_size, probe_every=every,
       group_names=groups, b1=cfg.optim.b1, b2=cfg.optim.b2,
-      pass_segment_ids=cfg.model.pass_segment_ids, mixout=st.mixout, prior_wd=st.prior_wd)
+      pass_segment_ids=cfg.model.pass_segment_ids, mixout=st.mixout, prior_wd=st.prior_wd,
+      mixout_head=st.mixout_head)
   eval_one = make_eval_logits(model, cfg.model.pass_segment_ids)
   create_fn = jax.jit(over_seeds(create_from, (None, 0), axis),
                       out_shardings=layout.seed_sharding(seeds_per_group))

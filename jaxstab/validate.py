@@ -15,7 +15,8 @@ from jaxstab.errors import ConfigError
 ENUMS = {"data.source": data.SOURCES, "model.dtype": tuple(models.DTYPES),
          "optim.eps_mode": optim.EPS_MODES, "select": ("final", "best"),
          "optim.moments_dtype": ("float32", "bfloat16"),
-         "train.seed_axis": train.SEED_AXES}
+         "train.seed_axis": train.SEED_AXES, "fidelity": tuple(config_lib.FIDELITY),
+         "model.head": models.HEADS, "train.full_steps_count": ("batches", "reference")}
 
 
 def check_config(cfg) -> None:
@@ -30,12 +31,14 @@ def check_config(cfg) -> None:
   for key in positive:
     if config_lib.get_path(cfg, key) <= 0:
       raise ConfigError(f"{key}={config_lib.get_path(cfg, key)} must be positive")
+  if cfg.train.eval_every_steps < -1:
+    raise ConfigError(f"train.eval_every_steps={cfg.train.eval_every_steps}: use N > 0 (every N "
+                      "steps), 0 (train.evals_per_epoch) or -1 (the reference's own N)")
   if cfg.train.max_steps <= 0 and cfg.train.epochs <= 0:
     raise ConfigError("set train.epochs > 0 or train.max_steps > 0")
   if not cfg.optim.lr > 0:
     raise ConfigError(f"optim.lr={cfg.optim.lr} must be positive")
-  if not 0.0 <= cfg.optim.warmup_ratio < 1.0:
-    raise ConfigError(f"optim.warmup_ratio={cfg.optim.warmup_ratio} must be in [0, 1)")
+  optim.check_warmup(cfg.optim.warmup_ratio)
   if cfg.optim.eps < 0 or not 0 <= cfg.optim.b1 < 1 or not 0 <= cfg.optim.b2 < 1:
     raise ConfigError("optim.eps must be >= 0 and optim.b1, optim.b2 in [0, 1)")
   n_dev = jax.device_count()

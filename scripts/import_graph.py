@@ -55,8 +55,6 @@ EXTRA: Dict[Tuple[str, str], str] = {
                          "own pure functions, so it shows what training used",
     ("results", "metrics"): "picks judges a run failed by metrics.is_failed when an old summary "
                             "lacks the flag",
-    ("infra", "tasks"): "config_lib checks a study's task names against the task table (inside "
-                        "a function)",
 }
 
 

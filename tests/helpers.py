@@ -8,7 +8,7 @@ from jaxstab import train as train_lib
 
 def tiny_setup(glue_dir, arch="bert", task="rte", n=64, length=32, **overrides):
   """A tiny random model of `arch`, its config, and tokenized arrays of n real examples."""
-  cfg = config_lib.task_config(task, f"model=tiny-{arch}")
+  cfg = config_lib.task_config(task, f"model=tiny-{arch},fidelity=corrected")  # engine tests
   cfg.data.dir = str(glue_dir)
   cfg.model.dropout = 0.0
   cfg.model.tiny.vocab_size = 500
@@ -40,7 +40,7 @@ def tree_max_abs_diff(a, b):
 
 def demo_config(seeds="1-2", **overrides):
   """A few steps of the tiny BERT on the synthetic demo task; overrides as a__b=value."""
-  cfg = config_lib.task_config("demo", "model=tiny-bert")
+  cfg = config_lib.task_config("demo", "model=tiny-bert,fidelity=corrected")
   cfg.data.source = "synthetic"
   cfg.model.tiny.vocab_size = 200
   cfg.train.batch_size = 32
