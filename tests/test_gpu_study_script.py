@@ -29,7 +29,7 @@ def _study_minilm(arg):
   return module.get_config(arg)
 
 
-def test_the_stages_cover_the_comparison_and_the_rte_lr_ablation_with_25_seeds():
+def test_the_stages_cover_the_comparison_the_ablations_and_reference_mode_with_25_seeds():
   seeds_of = collections.defaultdict(set)
   for argv in _stage_commands():
     assert argv[:3] == ["python3", "-m", "jaxstab.main"]
@@ -37,14 +37,21 @@ def test_the_stages_cover_the_comparison_and_the_rte_lr_ablation_with_25_seeds()
     path, arg = flags["--config"].split(":", 1)
     assert path == "configs/study_minilm.py"
     assert flags["--config.data.dir"] == "carry/glue"
+    workdir = os.path.basename(flags["--workdir"])
     cfg = _study_minilm(arg)
     for name, sub in study.expand(cfg):
       assert sub.model.name_or_path == "carry/minilm_fp16"
       assert sub.train.max_seq_length == 128 and sub.train.batch_size == 16
-      seeds_of[name] |= set(config_lib.parse_seeds(sub))
-  expected = {f"{t}_{s}" for t in ("rte", "mrpc", "cola") for s in ("devlin_lr2e-5", "ours")}
-  expected |= {f"rte_devlin_lr{lr}" for lr in ("1e-5", "3e-5", "5e-5")}
-  assert set(seeds_of) == expected
+      seeds_of[(workdir, sub.fidelity, name)] |= set(config_lib.parse_seeds(sub))
+  corrected = {("minilm_rte", f"rte_{s}") for s in ("devlin_lr2e-5", "ours")}
+  corrected |= {("minilm_rte", f"rte_devlin_lr{lr}") for lr in ("1e-5", "3e-5", "5e-5")}
+  corrected |= {("minilm_mrpc", "mrpc_devlin_lr2e-5"), ("minilm_cola", "cola_devlin_lr2e-5"),
+                ("minilm_mrpc_ours", "mrpc_ours"), ("minilm_cola_ours", "cola_ours")}
+  reference = {("minilm_rte_bc", f"rte_{s}_lr{lr}") for s in ("devlin", "devlin_bc")
+               for lr in ("1e-5", "2e-5", "3e-5")}
+  reference |= {("minilm_rte_reference", f"rte_{s}") for s in ("devlin_lr2e-5", "ours")}
+  assert set(seeds_of) == ({(w, "corrected", n) for w, n in corrected}
+                           | {(w, "reference", n) for w, n in reference})
   assert all(seeds == set(range(1, 26)) for seeds in seeds_of.values())
 
 
@@ -53,5 +60,5 @@ def test_seeds_override_every_stage_and_an_unknown_stage_is_refused():
   assert len(commands) == 2
   assert all(",seeds=1-2," in c[3] and c[-1] == "--config.train.max_steps=2" for c in commands)
   with pytest.raises(subprocess.CalledProcessError) as e:
-    _stage_commands({"STAGES": "1 9"})
-  assert "unknown stage 9" in e.value.stderr
+    _stage_commands({"STAGES": "1 10"})
+  assert "unknown stage 10" in e.value.stderr
