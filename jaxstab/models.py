@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 from typing import Any
 
 import jax
@@ -165,7 +166,7 @@ def load(model_cfg, num_labels: int, tokenizer=None) -> Model:
     _, model_cls = _classes(arch)
     from_pt = local and not _has_flax_weights(name)
     try:
-      with _no_half_precision_warning():
+      with _no_load_noise():
         flax_model = model_cls.from_pretrained(name, config=config, dtype=dtype, from_pt=from_pt)
     except OSError as e:
       if local or from_pt:
@@ -177,20 +178,30 @@ def load(model_cfg, num_labels: int, tokenizer=None) -> Model:
                head)
 
 
-def _not_the_half_precision_warning(record) -> bool:
-  """transformers warns, listing every tensor, when a checkpoint holds fp16/bf16 weights (the
-  copy carried to a GPU machine); jaxstab casts them all to float32 right after, so it is noise."""
-  return "precision from the model checkpoint" not in record.getMessage()
+def _not_load_noise(record) -> bool:
+  """Drops two of transformers' loading warnings that say nothing true about a jaxstab run:
+  - the list of every fp16/bf16 tensor of a half-precision checkpoint (the copy carried to a GPU
+    machine): jaxstab casts them all to float32 right after loading;
+  - "Some weights ... newly initialized: {classifier ...} You should probably TRAIN this model"
+    when only the classification head is missing: jaxstab draws that head per seed itself
+    (models.init_head). Any other missing weight is still reported."""
+  text = record.getMessage()
+  if "precision from the model checkpoint" in text:
+    return False
+  if "newly initialized" in text:
+    missing = re.findall(r"\(\s*'([^']+)'", text.split("newly initialized", 1)[1].split("\n", 1)[0])
+    return not (missing and all(m == "classifier" for m in missing))
+  return True
 
 
 @contextlib.contextmanager
-def _no_half_precision_warning():
+def _no_load_noise():
   log = logging.getLogger("transformers.modeling_flax_utils")
-  log.addFilter(_not_the_half_precision_warning)
+  log.addFilter(_not_load_noise)
   try:
     yield
   finally:
-    log.removeFilter(_not_the_half_precision_warning)
+    log.removeFilter(_not_load_noise)
 
 
 def check_fit(model: Model, tokenizer, max_seq_length: int) -> None:

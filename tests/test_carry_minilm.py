@@ -1,6 +1,7 @@
 """scripts/carry_minilm.py: the half-precision copy carried to the GPU machine loads as float32
 parameters that match the real MiniLM weights to within the 16-bit rounding."""
 import importlib.util
+import logging
 import os
 from pathlib import Path
 
@@ -49,3 +50,20 @@ def test_the_carried_copy_restores_float32_weights_close_to_the_originals(tmp_pa
 def test_an_unknown_dtype_is_refused(tmp_path):
   with pytest.raises(SystemExit, match="float16 or bfloat16"):
     _script().main(str(tmp_path / "x"), "int8")
+
+
+def test_loading_a_checkpoint_without_a_head_says_nothing_misleading(capfd, caplog):
+  """transformers' 'newly initialized ... You should probably TRAIN' is dropped when only the
+  classifier is missing (jaxstab draws it per seed); any other missing weight is still said."""
+  capfd.readouterr()
+  _load(config_lib.minilm_folder())
+  said = "".join(capfd.readouterr()) + caplog.text
+  assert "newly initialized" not in said and "You should probably TRAIN" not in said
+  record = logging.LogRecord("transformers.modeling_flax_utils", logging.WARNING, "", 0,
+                             "Some weights of M were not initialized from the model checkpoint at "
+                             "x and are newly initialized: {('classifier', 'bias'), "
+                             "('bert', 'pooler', 'dense', 'kernel')}\nYou should probably TRAIN", (),
+                             None)
+  assert models._not_load_noise(record)  # pylint: disable=protected-access
+  record.msg = record.msg.replace("('bert', 'pooler', 'dense', 'kernel')", "('classifier', 'kernel')")
+  assert not models._not_load_noise(record)  # pylint: disable=protected-access
