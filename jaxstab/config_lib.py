@@ -84,7 +84,7 @@ ARG_KEYS = {
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.task = "rte"                       # rte | mrpc | cola | sst2 | qnli | demo
+  c.task = "rte"                       # rte | mrpc | cola | sst2 | qnli | demo | own data's name
   c.seed = 1                           # the run's seed (used when `seeds` is empty)
   c.seeds = ""                         # '1-25', '1,3,7' or '5'; empty = [seed]
   c.setting = "devlin"                 # name of the recipe preset applied (for the record)
@@ -98,10 +98,19 @@ def base_config() -> ml_collections.ConfigDict:
                                        # (applied after every preset, per setting of a study)
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "tsv"                # tsv | hf | tfds | synthetic
+  c.data.source = "tsv"                # tsv | hf | tfds | synthetic | csv | jsonl (your own files)
   c.data.dir = os.path.normpath(_GLUE_DIR)  # GLUE folder (tsv), cache dir (hf), data_dir (tfds)
   c.data.train_examples = 0            # > 0: train on this many examples (small-data ablation)
   c.data.subsample_seed = 0            # which subset (the same for every run seed)
+  # Your own files (data.source=csv|jsonl; README "Your own data"); '' = not set:
+  c.data.path = ""                     # folder holding train.csv|.tsv|.jsonl and dev.<same>
+  c.data.train_file = ""               # the training file itself (instead of data.path's)
+  c.data.dev_file = ""                 # the dev file itself (instead of data.path's)
+  c.data.text_a = ""                   # column (CSV header name / JSON field) of the first text
+  c.data.text_b = ""                   # column of the second text; '' = single-text task
+  c.data.label = ""                    # column of the class label
+  c.data.labels = ""                   # class order 'neg,pos' (id = position); '' = train's, sorted
+  c.data.metric = ""                   # accuracy ('') | f1 | mcc | acc_and_f1 (2 classes; 2nd positive)
 
   c.model = ml_collections.ConfigDict()
   c.model.name_or_path = "bert-large-uncased"  # hub id, local folder, or tiny-bert|roberta|albert

@@ -20,7 +20,8 @@ from jaxstab import demo_task, fs
 from jaxstab.errors import ConfigError
 from jaxstab.tasks import Task
 
-SOURCES = ("tsv", "hf", "tfds", "synthetic")
+CUSTOM_SOURCES = ("csv", "jsonl")  # the user's own files: jaxstab/custom_data.py reads them
+SOURCES = ("tsv", "hf", "tfds", "synthetic") + CUSTOM_SOURCES
 SPLITS = ("train", "dev")
 
 
@@ -110,6 +111,9 @@ def load_split(task: Task, split: str, source: str, data_dir: str) -> Split:
   if source == "synthetic":
     a, b, y = demo_task.generate(demo_task.SIZES[split], demo_task.SEEDS[split])
     return Split(a, b, y)
+  if source in CUSTOM_SOURCES:  # their task is built from the files: inputs.load reads them
+    raise ConfigError(f"data.source={source} is read by custom_data.load(cfg), not load_split "
+                      f"(which reads {', '.join(s for s in SOURCES if s not in CUSTOM_SOURCES)})")
   raise ConfigError(f"unknown data source {source!r} (config key data.source); "
                     f"choose one of: {', '.join(SOURCES)}")
 

@@ -9,7 +9,7 @@ import dataclasses
 import os
 from typing import Optional
 
-from jaxstab import data, fs, models, tasks, vocab
+from jaxstab import custom_data, data, fs, models, tasks, vocab
 
 
 @dataclasses.dataclass
@@ -34,9 +34,12 @@ class Arrays:
 
 def load(cfg) -> Inputs:
   """Data files, tokenizer and model of `cfg` (raises ConfigError naming a bad input)."""
-  task = tasks.get_task(cfg.task)
-  train_split = data.load_split(task, "train", cfg.data.source, cfg.data.dir)
-  dev_split = data.load_split(task, "dev", cfg.data.source, cfg.data.dir)
+  if cfg.data.source in data.CUSTOM_SOURCES:  # the user's own files: the task is built from them
+    task, train_split, dev_split = custom_data.load(cfg)
+  else:
+    task = tasks.get_task(cfg.task)
+    train_split = data.load_split(task, "train", cfg.data.source, cfg.data.dir)
+    dev_split = data.load_split(task, "dev", cfg.data.source, cfg.data.dir)
   tokenizer = vocab.load(cfg.model, lambda: train_split.text_a + (train_split.text_b or []))
   model = models.load(cfg.model, task.num_labels, tokenizer)
   models.check_fit(model, tokenizer, cfg.train.max_seq_length)

@@ -9,7 +9,8 @@ config".
 """
 import jax
 
-from jaxstab import attention, config_lib, data, models, optim, stabilisers, tasks, train
+from jaxstab import attention, config_lib, custom_data, data, models, optim, stabilisers, tasks
+from jaxstab import train
 from jaxstab.errors import ConfigError
 
 ENUMS = {"data.source": data.SOURCES, "model.dtype": tuple(models.DTYPES),
@@ -21,7 +22,11 @@ ENUMS = {"data.source": data.SOURCES, "model.dtype": tuple(models.DTYPES),
 
 def check_config(cfg) -> None:
   """Raises ConfigError naming the first bad key; never modifies `cfg`."""
-  tasks.get_task(cfg.task)
+  if cfg.data.source in data.CUSTOM_SOURCES:  # own files: task names them; reads no file
+    custom_data.check_config(cfg)
+  else:
+    custom_data.check_unused(cfg)
+    tasks.get_task(cfg.task)
   for key, allowed in ENUMS.items():
     value = config_lib.get_path(cfg, key)
     if value not in allowed:

@@ -1,0 +1,379 @@
+"""The user's own classification data: CSV or JSON-lines files with named columns.
+
+`data.source=csv` (or `jsonl`) reads a training and a dev file, found in the folder `data.path`
+(train.csv or train.tsv, dev.csv or dev.tsv; train.jsonl, dev.jsonl) or named by
+`data.train_file` / `data.dev_file`. `data.text_a`, `data.text_b` ('' = single text) and
+`data.label` name the columns (CSV header) or fields (JSON objects). The classes are the training
+file's labels, sorted (numbers by value), unless `data.labels` lists them; a class's position is
+its id, and for f1, mcc and acc_and_f1 (two classes only) the second class is the positive one.
+
+The result is a `tasks.Task` built for the files (its name is the config's `task`, which must not
+be a built-in task's) and two `data.Split`s, after which a run is the same as a GLUE task's:
+tokenized and cached alike, the majority baseline computed on dev, failed = final main metric
+<= the majority's. `check_config` checks the keys without reading a file (validate.py runs it
+before anything is written); `load` reads the files (inputs.load, still before the workdir is
+touched). Every mistake is a ConfigError naming the file, and the line where there is one.
+
+Regression (task=regression, MSE loss, Pearson/Spearman) is not supported yet: it needs a loss
+and a metric in the train step, not only a reader.
+"""
+import csv
+import io
+import json
+import math
+import re
+import sys
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+from absl import logging
+
+from jaxstab import data, fs, tasks
+from jaxstab.errors import ConfigError
+
+SOURCES = data.CUSTOM_SOURCES
+METRICS = ("accuracy", "f1", "mcc", "acc_and_f1")
+BINARY_METRICS = ("f1", "mcc", "acc_and_f1")  # metrics.py scores these for classes 0 and 1
+# What a folder (data.path) is searched for, in this order; two matches are an error.
+FILE_NAMES = {"csv": ("{split}.csv", "{split}.tsv"), "jsonl": ("{split}.jsonl",)}
+# Keys read only for the user's own files; '' is "not set" for every one of them.
+KEYS = ("path", "train_file", "dev_file", "text_a", "text_b", "label", "labels", "metric")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+_REGRESSION = ("regression on your own data (task=regression, data.metric=pearson_spearman) is "
+               "not supported yet: jaxstab trains classifiers (cross-entropy loss, a label per "
+               "class); regression needs a mean-squared-error loss and correlation metrics in the "
+               "train step, which come with STS-B. Give each example a class label instead")
+
+
+class Label(NamedTuple):
+  """One label as read: `key` is the class name (text), `kind` its type for the mixed-type
+  check, `order` how inferred classes are sorted."""
+  key: str
+  kind: str
+  order: tuple
+
+
+class Rows(NamedTuple):
+  """One file's examples; `lines` are the file's line numbers (for messages)."""
+  path: str
+  text_a: List[str]
+  text_b: Optional[List[str]]
+  labels: List[Label]
+  lines: List[int]
+
+
+# ------------------------------------------------------------------ checks without reading
+
+
+def _get(cfg, key: str) -> str:
+  return str(cfg.data.get(key, "") or "")
+
+
+def parse_labels(spec: str) -> List[str]:
+  """data.labels ('neg,pos') as a list; [] when empty."""
+  return [x.strip() for x in str(spec).split(",")] if str(spec).strip() else []
+
+
+def check_config(cfg) -> None:
+  """The custom-data keys of a config with data.source=csv|jsonl; reads no file."""
+  source, name = cfg.data.source, str(cfg.task)
+  if name.lower() == "regression" or _get(cfg, "metric") == "pearson_spearman":
+    raise ConfigError(_REGRESSION + ".")
+  if not _NAME.fullmatch(name):
+    raise ConfigError(f"task={name!r}: with data.source={source} the task is your data's name, "
+                      "shown in summaries and tables and used in file names: letters, digits, "
+                      "'_' and '-' (e.g. task=custom)")
+  if name.lower().replace("-", "") in tasks.TASKS:
+    raise ConfigError(f"task={name!r} is a built-in task, but data.source={source} reads your own "
+                      "files: give them their own name (e.g. task=custom), or use "
+                      "data.source=tsv|hf|tfds for the built-in task")
+  for key, what in (("text_a", "the first text"), ("label", "the label")):
+    if not _get(cfg, key):
+      raise ConfigError(f"data.{key} is empty: with data.source={source} name the column of "
+                        f"{what} (a CSV header's name or a JSON field)")
+  if _get(cfg, "label") in (_get(cfg, "text_a"), _get(cfg, "text_b")):
+    raise ConfigError(f"data.label={_get(cfg, 'label')!r} is also a text column (data.text_a="
+                      f"{_get(cfg, 'text_a')!r}, data.text_b={_get(cfg, 'text_b')!r})")
+  if not _get(cfg, "path"):
+    missing = [f"data.{k}" for k in ("train_file", "dev_file") if not _get(cfg, k)]
+    if missing:
+      ext = "csv" if source == "csv" else "jsonl"
+      raise ConfigError(f"data.source={source} needs data.path (a folder holding train.{ext} and "
+                        f"dev.{ext}) or both data.train_file and data.dev_file; "
+                        f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set")
+  metric = _get(cfg, "metric") or "accuracy"
+  if metric not in METRICS:
+    raise ConfigError(f"data.metric={metric!r} is not allowed; choose one of: "
+                      f"{', '.join(METRICS)} ('' = accuracy)")
+  given = parse_labels(_get(cfg, "labels"))
+  if given:
+    if "" in given:
+      raise ConfigError(f"data.labels={_get(cfg, 'labels')!r} has an empty class name")
+    dup = sorted({x for x in given if given.count(x) > 1})
+    if dup:
+      raise ConfigError(f"data.labels={_get(cfg, 'labels')!r} lists {', '.join(dup)} twice")
+    if len(given) < 2:
+      raise ConfigError(f"data.labels={_get(cfg, 'labels')!r}: classification needs at least "
+                        "two classes")
+    _check_binary(metric, given, "data.labels")
+
+
+def check_unused(cfg) -> None:
+  """A custom-data key set while data.source reads a built-in task: refused, so that a
+  forgotten data.source=csv never trains on GLUE instead of the user's files."""
+  for key in KEYS:
+    if _get(cfg, key):
+      raise ConfigError(f"data.{key}={_get(cfg, key)!r} is read only with data.source=csv or "
+                        f"jsonl (your own files), but data.source={cfg.data.source!r}: set "
+                        f"--config.data.source=csv (or jsonl), or leave data.{key} empty")
+
+
+def _check_binary(metric: str, labels, where: str) -> None:
+  if metric in BINARY_METRICS and len(labels) != 2:
+    raise ConfigError(f"data.metric={metric} needs exactly two classes (the second is the "
+                      f"positive one), but {where} has {len(labels)}: {', '.join(labels)}; "
+                      "use data.metric=accuracy")
+
+
+# ------------------------------------------------------------------ reading
+
+
+def find_files(cfg) -> Dict[str, str]:
+  """{'train': path, 'dev': path}: data.train_file / data.dev_file, else looked up in data.path."""
+  source, folder, out = cfg.data.source, _get(cfg, "path"), {}
+  for split in data.SPLITS:
+    key = f"{split}_file"
+    given = _get(cfg, key)
+    if given:
+      if not fs.isfile(given):
+        raise ConfigError(f"data.{key}={given!r}: no such file")
+      out[split] = given
+      continue
+    names = [n.format(split=split) for n in FILE_NAMES[source]]
+    found = [fs.join(folder, n) for n in names if fs.isfile(fs.join(folder, n))]
+    if not found:
+      where = folder if fs.isdir(folder) else f"{folder} (no such folder)"
+      raise ConfigError(f"no {split} file in {where} (data.path, data.source={source}): looked "
+                        f"for {' and '.join(names)}; or name the file with data.{key}")
+    if len(found) > 1:
+      raise ConfigError(f"both {' and '.join(found)} exist (data.path): keep one, or name it "
+                        f"with data.{key}")
+    out[split] = found[0]
+  return out
+
+
+def _text_of(path: str) -> str:
+  raw = fs.read_bytes(path)
+  try:
+    return raw.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = raw[:e.start].count(b"\n") + 1
+    raise ConfigError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start}); save the "
+                      "file as UTF-8") from None
+
+
+def _csv_label(raw: str, where: str) -> Label:
+  """A CSV label: a number (an integer class id, written any way int() or float() reads it) or
+  a class name; the mixed-type check keeps a column to one of the two."""
+  value = raw.strip()
+  if not value:
+    raise ConfigError(f"{where}: empty label")
+  try:
+    number = int(value)
+  except ValueError:
+    try:
+      number = float(value)
+    except ValueError:
+      number = None
+  if number is None or (isinstance(number, float) and not math.isfinite(number)):
+    return Label(value, "text", (value,))
+  if number != int(number):
+    raise ConfigError(f"{where}: label {value!r} is not a whole number; {_REGRESSION}")
+  return Label(str(int(number)), "number", (int(number),))
+
+
+def _json_label(value, where: str, field: str) -> Label:
+  if isinstance(value, bool):
+    return Label("true" if value else "false", "boolean", (value,))
+  if isinstance(value, (int, float)):
+    if isinstance(value, float) and (not math.isfinite(value) or value != int(value)):
+      raise ConfigError(f"{where}: label {value!r} is not a whole number; {_REGRESSION}")
+    return Label(str(int(value)), "number", (int(value),))
+  if isinstance(value, str):
+    if not value.strip():
+      raise ConfigError(f"{where}: empty label")
+    return Label(value.strip(), "string", (value.strip(),))
+  raise ConfigError(f"{where}: field {field!r} (data.label) is {_json_type(value)}; a label "
+                    "must be a string, an integer or a boolean")
+
+
+def _json_type(value) -> str:
+  return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+          list: "a list", dict: "an object", type(None): "null"}.get(type(value), "a value")
+
+
+KIND_WORDS = {"text": "not a number", "number": "a number", "string": "a JSON string",
+              "boolean": "a JSON boolean"}
+
+
+def _columns(cfg) -> Tuple[Tuple[str, str], ...]:
+  cols = [("text_a", _get(cfg, "text_a"))]
+  if _get(cfg, "text_b"):
+    cols.append(("text_b", _get(cfg, "text_b")))
+  return tuple(cols + [("label", _get(cfg, "label"))])
+
+
+def read_csv(path: str, cols) -> Rows:
+  """A CSV file (comma-separated, standard quoting) or, named *.tsv, a tab-separated one (quotes
+  literal, as in GLUE's files); its first line is the header naming the columns."""
+  csv.field_size_limit(sys.maxsize)
+  tab = path.endswith(".tsv")
+  reader = csv.reader(io.StringIO(_text_of(path), newline=""), delimiter="\t" if tab else ",",
+                      quoting=csv.QUOTE_NONE if tab else csv.QUOTE_MINIMAL)
+  texts = {key: [] for key, _ in cols}
+  labels, lines = [], []
+  header, index, end = None, {}, 0
+  try:
+    for row in reader:
+      line, end = end + 1, reader.line_num
+      if not row:
+        continue
+      if header is None:
+        header = [h.strip() for h in row]
+        for key, name in cols:
+          if name not in header:
+            raise ConfigError(f"{path}: no column {name!r} (data.{key}); the header (line "
+                              f"{line}) has columns: {', '.join(repr(h) for h in header)}. The "
+                              "first line must name the columns")
+          if header.count(name) > 1:
+            raise ConfigError(f"{path}:{line}: column {name!r} (data.{key}) appears twice in "
+                              "the header")
+          index[key] = header.index(name)
+        continue
+      if len(row) != len(header):
+        hint = "" if tab else " (a text holding a comma must be in double quotes)"
+        raise ConfigError(f"{path}:{line}: {len(row)} fields, but the header has "
+                          f"{len(header)}{hint}")
+      for key, _ in cols:
+        if key == "label":
+          labels.append(_csv_label(row[index[key]], f"{path}:{line}"))
+        else:
+          texts[key].append(row[index[key]])
+      lines.append(line)
+  except csv.Error as e:
+    raise ConfigError(f"{path}:{reader.line_num}: malformed CSV: {e}") from None
+  if header is None:
+    raise ConfigError(f"{path}: empty file (expected a header line naming the columns, then "
+                      "one example per line)")
+  if not labels:
+    raise ConfigError(f"{path}: empty file: a header but no examples")
+  return Rows(path, texts["text_a"], texts.get("text_b"), labels, lines)
+
+
+def read_jsonl(path: str, cols) -> Rows:
+  """A JSON-lines file: one JSON object per line (blank lines skipped)."""
+  texts = {key: [] for key, _ in cols}
+  labels, lines = [], []
+  # split("\n"), not splitlines(): a JSON string may hold U+2028 and other line separators.
+  for line, raw in enumerate(_text_of(path).split("\n"), 1):
+    if not raw.strip():
+      continue
+    where = f"{path}:{line}"
+    try:
+      obj = json.loads(raw)
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"{where}: not valid JSON ({e.msg}, column {e.colno}); each line must "
+                        "be one JSON object") from None
+    if not isinstance(obj, dict):
+      raise ConfigError(f"{where}: expected a JSON object {{...}}, found {_json_type(obj)}")
+    for key, name in cols:
+      if name not in obj:
+        raise ConfigError(f"{where}: no field {name!r} (data.{key}); this line has fields: "
+                          f"{', '.join(repr(k) for k in obj)}")
+      value = obj[name]
+      if key == "label":
+        labels.append(_json_label(value, where, name))
+      elif not isinstance(value, str):
+        raise ConfigError(f"{where}: field {name!r} (data.{key}) is {_json_type(value)}, not a "
+                          "string")
+      else:
+        texts[key].append(value)
+    lines.append(line)
+  if not labels:
+    raise ConfigError(f"{path}: empty file: no JSON objects (one example per line)")
+  return Rows(path, texts["text_a"], texts.get("text_b"), labels, lines)
+
+
+def _check_one_kind(files: List[Rows]) -> None:
+  """A label column holds one type: in CSV numbers or names, in JSON strings, numbers or
+  booleans. The first label read is the reference."""
+  first = files[0]
+  ref, ref_where = first.labels[0], f"{first.path}:{first.lines[0]}"
+  for rows in files:
+    for label, line in zip(rows.labels, rows.lines):
+      if label.kind != ref.kind:
+        raise ConfigError(
+            f"{rows.path}:{line}: mixed types in the label column: {label.key!r} is "
+            f"{KIND_WORDS[label.kind]}, but the first label ({ref_where}) {ref.key!r} is "
+            f"{KIND_WORDS[ref.kind]}; every label must be of one type (all class names or all "
+            "integer class ids)")
+
+
+def _class_ids(rows: Rows, classes: List[str], unknown) -> np.ndarray:
+  pos = {c: i for i, c in enumerate(classes)}
+  for label, line in zip(rows.labels, rows.lines):
+    if label.key not in pos:
+      raise ConfigError(unknown(f"{rows.path}:{line}", label.key))
+  return np.asarray([pos[label.key] for label in rows.labels], np.int32)
+
+
+def _canonical(name: str, kind: str) -> str:
+  """A class of data.labels spelled as the files' labels are keyed (numbers: '01' -> '1')."""
+  if kind == "number":
+    try:
+      return _csv_label(name, "data.labels").key
+    except ConfigError:
+      return name
+  return name
+
+
+def load(cfg) -> Tuple[tasks.Task, data.Split, data.Split]:
+  """The Task of the user's files and their train and dev splits (raises ConfigError)."""
+  check_config(cfg)
+  paths = find_files(cfg)
+  cols = _columns(cfg)
+  reader = read_csv if cfg.data.source == "csv" else read_jsonl
+  train, dev = reader(paths["train"], cols), reader(paths["dev"], cols)
+  _check_one_kind([train, dev])
+  kind = train.labels[0].kind
+  seen = sorted({l.key: l.order for l in train.labels}.items(), key=lambda kv: kv[1])
+  if len(seen) < 2:
+    raise ConfigError(f"{train.path}: every label is {seen[0][0]!r}; classification needs at "
+                      "least two classes in the training file")
+  given = [_canonical(x, kind) for x in parse_labels(_get(cfg, "labels"))]
+  if len(set(given)) != len(given):
+    raise ConfigError(f"data.labels={_get(cfg, 'labels')!r} names one class twice")
+  classes = given or [key for key, _ in seen]
+  metric = _get(cfg, "metric") or "accuracy"
+  _check_binary(metric, classes, "data.labels" if given else f"the training file {train.path}")
+  if given:
+    unknown = lambda where, key: (f"{where}: label {key!r} is not in data.labels "
+                                  f"({', '.join(given)})")
+    y_train = _class_ids(train, classes, unknown)
+    y_dev = _class_ids(dev, classes, unknown)
+  else:
+    y_train = _class_ids(train, classes, None)
+    y_dev = _class_ids(dev, classes, lambda where, key: (
+        f"{where}: label {key!r} never occurs in the training file {train.path}, whose labels "
+        f"are: {', '.join(classes)}; a classifier cannot learn a class it never sees: fix the "
+        "label, or add training examples of it"))
+  # Column numbers are meaningless here (the files' columns have names): text_a, text_b and
+  # label are the positions in (text_a, text_b, label) and glue_dir is empty.
+  task = tasks.Task(str(cfg.task), "", 0, 1 if train.text_b is not None else None, 2,
+                    tuple(classes), metric)
+  logging.info("%s: %d train examples (%s), %d dev (%s); classes by id: %s; main metric %s%s",
+               task.name, len(y_train), train.path, len(y_dev), dev.path, ", ".join(classes),
+               metric, f" (positive class {classes[1]!r})" if metric in BINARY_METRICS else "")
+  return (task, data.Split(train.text_a, train.text_b, y_train),
+          data.Split(dev.text_a, dev.text_b, y_dev))
