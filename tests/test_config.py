@@ -318,7 +318,7 @@ def _rte():
 @pytest.mark.parametrize("key,bad,allowed", [
     ("model.dtype", "float16", ("float32", "bfloat16")),
     ("optim.eps_mode", "torch", ("hf", "optax")),
-    ("data.source", "csv", ("tsv", "hf", "tfds", "synthetic")),
+    ("data.source", "parquet", ("tsv", "hf", "tfds", "synthetic", "csv", "jsonl")),
 ])
 def test_validate_rejects_bad_enum_values(key, bad, allowed):
   cfg = _rte()
