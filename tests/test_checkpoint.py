@@ -1,4 +1,5 @@
-"""Kill a run anywhere, rerun the same command: the results are bit-identical."""
+"""Kill a run anywhere, rerun the same command: it resumes from the newest complete checkpoint
+and the results are bit-identical."""
 import json
 import os
 import subprocess
@@ -11,22 +12,22 @@ import pytest
 
 from jaxstab import checkpoint, lock
 from jaxstab.errors import ConfigError
+from tests import guards
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--config=configs/demo.py:seeds=1-2", "--config.train.max_steps=12",
-        "--config.train.epochs=1", "--config.train.max_seq_length=24",
-        "--config.train.evals_per_epoch=2", "--config.probe.every=1",
-        "--config.checkpoint.every_steps=2"]
+# The run (guards.CHECKPOINT_ARGS): 2 seeds, 12 steps, evaluations at steps 0 and 12, a
+# checkpoint every 2 steps. It resumes from the newest complete checkpoint at the fault. Saves
+# are asynchronous and orbax commits a step (renames its folder to the step number) only when
+# it is fully written, so the newest one started may still be in flight when the process is
+# killed (measured: it was, for 6 and 10); then the one before it is the newest complete.
+RESUME_AT = {"kill_at_step:7": (6, 4),    # saves started at 2, 4, 6; killed after step 7
+             "kill_in_save:4": (2,),      # killed inside the save at 4
+             "kill_in_eval:12": (10, 8),  # killed in the last evaluation, before its save
+             "sigterm_at_step:5": (5,)}   # SIGTERM: a synchronous save at 5, then exit
 
 
 def _cli(workdir, fault="", extra=()):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop(checkpoint.FAULT_ENV, None)
-  if fault:
-    env[checkpoint.FAULT_ENV] = fault
-  return subprocess.run([sys.executable, "-m", "jaxstab.main", *ARGS, *extra,
-                         f"--workdir={workdir}"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  return guards.checkpoint_cli(workdir, fault, extra)
 
 
 def _results(workdir):
@@ -36,46 +37,62 @@ def _results(workdir):
   return summary["runs"], probe, (workdir / "metrics.jsonl").read_text()
 
 
+def _resume(workdir, fault, extra=()):
+  """Reruns a killed run; checks it resumed from the newest complete checkpoint, which must be
+  one RESUME_AT allows for `fault`."""
+  assert not (workdir / "summary.json").exists()  # nothing that looks finished
+  committed = guards.committed_checkpoints(workdir)
+  assert committed and committed[-1] in RESUME_AT[fault], committed
+  resumed = _cli(workdir, extra=extra)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  guards.check_resumed_at(resumed.stderr, committed[-1])
+  return committed[-1]
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("uninterrupted")
+def reference(cli_root):
+  workdir = cli_root / "uninterrupted"
   out = _cli(workdir)
   assert out.returncode == 0, out.stderr[-3000:]
+  assert guards.resume_steps(out.stderr) == []
   return _results(workdir)
 
 
 @pytest.mark.parametrize("fault,code", [("kill_at_step:7", -9), ("kill_in_save:4", -9),
                                         ("kill_in_eval:12", -9), ("sigterm_at_step:5", 143)])
-def test_killed_and_resumed_run_is_bit_identical(tmp_path, reference, fault, code):
-  killed = _cli(tmp_path, fault)
-  assert killed.returncode == code, killed.stderr[-3000:]
-  assert not (tmp_path / "summary.json").exists()  # nothing that looks finished
-  if code == 143:
-    assert "rerun the same command to resume" in killed.stderr
-  resumed = _cli(tmp_path)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "resumed from the checkpoint at step" in resumed.stderr
-  runs, probe, metrics_text = _results(tmp_path)
+def test_killed_and_resumed_run_is_bit_identical(cli_root, killed_at_step_7, reference, fault,
+                                                 code):
+  name = "resumed_" + fault.replace(":", "_")
+  if fault == "kill_at_step:7":  # made once a session (conftest), also for test_planted_bugs
+    workdir = killed_at_step_7(name)
+  else:
+    workdir = cli_root / name
+    killed = _cli(workdir, fault)
+    assert killed.returncode == code, killed.stderr[-3000:]
+    if code == 143:
+      assert "rerun the same command to resume" in killed.stderr
+  step = _resume(workdir, fault)
+  runs, probe, metrics_text = _results(workdir)
   ref_runs, ref_probe, ref_metrics = reference
   assert runs == ref_runs
   assert probe.keys() == ref_probe.keys()
   for k in probe:
     np.testing.assert_array_equal(probe[k], ref_probe[k], err_msg=k)
   assert metrics_text == ref_metrics
-  assert not (tmp_path / "checkpoints" / "seeds_1-2_of_2").exists()  # cleaned up when done
+  assert not (workdir / "checkpoints" / "seeds_1-2_of_2").exists()  # cleaned up when done
+  print(f"\n{fault}: resumed from step {step}")
 
 
-def test_diverged_seeds_survive_a_kill_and_resume(tmp_path):
+def test_diverged_seeds_survive_a_kill_and_resume(cli_root):
   """lr 1e30: both seeds diverge early; the divergence marks resume with the rest."""
   extra = ["--config.optim.lr=1e30"]
-  ref = _cli(tmp_path / "ref", extra=extra)
+  ref = _cli(cli_root / "diverged_ref", extra=extra)
   assert ref.returncode == 0, ref.stderr[-3000:]
-  killed = _cli(tmp_path / "k", "kill_at_step:7", extra)
+  killed = _cli(cli_root / "diverged_killed", "kill_at_step:7", extra)
   assert killed.returncode == -9
-  resumed = _cli(tmp_path / "k", extra=extra)
-  assert resumed.returncode == 0 and "resumed from the checkpoint" in resumed.stderr
-  runs, probe, _ = _results(tmp_path / "k")
-  ref_runs, ref_probe, _ = _results(tmp_path / "ref")
+  _resume(cli_root / "diverged_killed", "kill_at_step:7", extra)
+  runs, probe, _ = _results(cli_root / "diverged_killed")
+  ref_runs, ref_probe, _ = _results(cli_root / "diverged_ref")
   assert runs == ref_runs and all(r["diverged_at"] is not None and r["failed"] for r in runs)
   for k in probe:
     np.testing.assert_array_equal(probe[k], ref_probe[k], err_msg=k)
