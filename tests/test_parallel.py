@@ -25,21 +25,44 @@ def _run(workdir, devices):
   return out.stderr
 
 
-def test_eight_devices_match_one(tmp_path):
-  log1 = _run(tmp_path / "one", 1)
-  log8 = _run(tmp_path / "eight", 8)
-  # one CPU device maps over the seeds one at a time, eight devices vmap (train.seed_axis=auto)
-  assert "(map over seeds), on 1 device(s)" in log1
-  assert "8 per step (vmap over seeds), on 8 device(s)" in log8
-  s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
-  s8 = json.loads((tmp_path / "eight" / "summary.json").read_text())
-  assert [r["seed"] for r in s8["runs"]] == [1, 2, 3]  # padding seeds are not reported
-  for a, b in zip(s1["runs"], s8["runs"]):
+# 1 device maps over the seeds, more devices vmap: float32 rounding differs. Measured over 6
+# steps, 3 seeds (8 devices / 2 processes vs 1): per record |d| / value of grad_norm 3.1e-7 /
+# 1.5e-7, loss 1.7e-7 / 8.2e-8, total_grad_norm 2.4e-7 / 1.2e-7, update_norm 1.0e-7 / 9.0e-8,
+# param_norm 0 / 0; final_train_loss 8.4e-8 / 0. Dev accuracies, lr and bias correction agree
+# exactly.
+PROBE_RTOL = 3e-6
+TRAIN_LOSS_RTOL = 1e-6
+
+
+def _assert_same_study(one, other):
+  """Two workdirs of the same 3-seed study hold the same seeds and the same results."""
+  s1 = json.loads((one / "summary.json").read_text())
+  s2 = json.loads((other / "summary.json").read_text())
+  assert s1["seeds"] == s2["seeds"] == [1, 2, 3]  # padding seeds are not reported
+  assert [r["seed"] for r in s1["runs"]] == [r["seed"] for r in s2["runs"]] == [1, 2, 3]
+  for a, b in zip(s1["runs"], s2["runs"]):
     assert a["final"] == b["final"] and a["best"] == b["best"]
-    assert a["final_train_loss"] == pytest.approx(b["final_train_loss"], rel=1e-5)
-  with np.load(tmp_path / "one" / "probe.npz") as p1, np.load(tmp_path / "eight" / "probe.npz") as p8:
-    for key in ("grad_norm", "loss", "total_grad_norm", "update_norm"):
-      np.testing.assert_allclose(p8[key], p1[key], rtol=1e-5, err_msg=key)
+    assert a["final_train_loss"] == pytest.approx(b["final_train_loss"], rel=TRAIN_LOSS_RTOL)
+  with np.load(one / "probe.npz") as p1, np.load(other / "probe.npz") as p2:
+    assert sorted(p1.files) == sorted(p2.files)
+    for key in ("seeds", "groups", "step", "lr", "bias_correction"):
+      np.testing.assert_array_equal(p2[key], p1[key], err_msg=key)
+    for key in ("grad_norm", "loss", "total_grad_norm", "update_norm", "param_norm"):
+      np.testing.assert_allclose(p2[key], p1[key], rtol=PROBE_RTOL, atol=0, err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+  """The study on one CPU device, which maps over the seeds one at a time (seed_axis=auto)."""
+  workdir = tmp_path_factory.mktemp("one_device")
+  assert "(map over seeds), on 1 device(s)" in _run(workdir, 1)
+  return workdir
+
+
+def test_eight_devices_match_one(tmp_path, one_device):
+  log8 = _run(tmp_path / "eight", 8)
+  assert "8 per step (vmap over seeds), on 8 device(s)" in log8  # eight devices vmap
+  _assert_same_study(one_device, tmp_path / "eight")
 
 
 class _FakeDevice:
@@ -81,9 +104,8 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one(tmp_path):
+def test_two_processes_match_one(tmp_path, one_device):
   """Two processes joined by jax.distributed (CPU collectives) run one study; process 0 writes."""
-  _run(tmp_path / "one", 1)
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
@@ -95,10 +117,4 @@ def test_two_processes_match_one(tmp_path):
   logs = [p.communicate(timeout=600)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
   assert "process 1 of 2" in logs[1] and "on 2 device(s)" in logs[0]
-  s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
-  s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
-  for a, b in zip(s1["runs"], s2["runs"]):
-    assert a["final"] == b["final"] and a["best"] == b["best"]
-    assert a["final_train_loss"] == pytest.approx(b["final_train_loss"], rel=1e-5)
-  with np.load(tmp_path / "one" / "probe.npz") as p1, np.load(tmp_path / "two" / "probe.npz") as p2:
-    np.testing.assert_allclose(p2["grad_norm"], p1["grad_norm"], rtol=1e-5)
+  _assert_same_study(one_device, tmp_path / "two")
