@@ -3,8 +3,10 @@
 A proxy study is often run one task per workdir (each task its own sequence length, machine or
 day), while the paper's Table 1 puts the tasks next to each other. This reads the summary.json
 of each workdir (nothing is retrained; the statistics come from the per-seed records there) and
-writes the table the study itself writes, the majority classifier per task, and Levene's p-value
-for every two recipes of the same task.
+writes the table the study itself writes, the majority classifier per task, Levene's p-value and
+the permutation tests' p-values (difference in mean and in std) for every two recipes of the same
+task, and, per setting, bootstrap intervals of std / mean / median / failed runs and the
+expected best of n = 1, 5 and N seeds (jaxstab.stats).
 
 Command line: python -m jaxstab.compare WORKDIR [WORKDIR ...] [--out=FILE.md] [--paper]
 (console script: jaxstab-compare)
@@ -85,8 +87,10 @@ def _one_setting(summary, name, unfinished) -> dict:
 
 
 def markdown(settings, paper=False) -> str:
-  """The table, the majority line, Levene's p-values and where each column came from; with
-  `paper`, the paper's BERT-large rows for the same tasks below one's own."""
+  """The table, the majority line, the pairwise tests (Levene, permutation), the intervals and
+  expected best-of-n table (stats.uncertainty_markdown) and where each column came from; with
+  `paper`, the paper's BERT-large rows for the same tasks below one's own (Table 1 alone, the
+  first block, is what table.md and README's results table hold)."""
   tasks = list(dict.fromkeys(s["task"] for s in settings))
   majority = {}
   for s in settings:
@@ -104,11 +108,18 @@ def markdown(settings, paper=False) -> str:
   pairs = stats.levene_table(settings)
   if pairs:
     by_name = {s["name"]: s["recipe"] for s in settings}
-    lines += ["| task | recipes | Levene's p |", "|---|---|---|"]
+    lines += ["| task | recipes | Levene's p | permutation p, mean | permutation p, std |",
+              "|---|---|---|---|---|"]
     for p in pairs:
-      value = "—" if p["p"] is None else f"{p['p']:.2g}"
-      lines.append(f"| {p['task'].upper()} | {by_name[p['a']]} vs {by_name[p['b']]} | {value} |")
-    lines.append("")
+      values = ["—" if p.get(k) is None else f"{p[k]:.2g}"
+                for k in ("p", "perm_mean_p", "perm_std_p")]
+      lines.append(f"| {p['task'].upper()} | {by_name[p['a']]} vs {by_name[p['b']]} | "
+                   + " | ".join(values) + " |")
+    lines += ["", "Two-sided p-values on the reported metric: Levene's test (median-centred) for "
+              "equal spread; permutation tests of the difference in mean and in std "
+              f"({stats.RESAMPLES:,} random splits of the pooled seeds, seed {stats.SEED}; "
+              f"smallest possible p {2 / (stats.RESAMPLES + 1):.2g}).", ""]
+  lines += [stats.uncertainty_markdown(settings), ""]
   unfinished = {}
   for s in settings:
     if s.get("unfinished_study"):

@@ -5,10 +5,11 @@ import math
 import os
 import shutil
 
+import numpy as np
 import pytest
 from scipy import stats as sps
 
-from jaxstab import compare, config_lib, study
+from jaxstab import compare, config_lib, stats, study
 
 
 def _small(cfg, glue_dir):
@@ -36,7 +37,9 @@ def workdirs(tmp_path_factory, glue_dir):
 
 
 def _cells(table: str) -> dict:
-  rows = [l.strip("|").split("|") for l in table.strip().splitlines()]
+  """{(row, column): cell} of the first markdown table in `table` (table.md then has the
+  intervals and best-of-n tables below it)."""
+  rows = [l.strip("|").split("|") for l in table.strip().split("\n\n")[0].splitlines()]
   head = [c.strip() for c in rows[0]]
   return {(r[0].strip(), head[i]): c.strip() for r in rows[2:] for i, c in enumerate(r) if i}
 
@@ -60,8 +63,25 @@ def test_merged_table_keeps_every_cell_of_its_sources(workdirs, tmp_path, capsys
   summary = json.load(open(f"{rte}/summary.json", encoding="utf-8"))
   finals = {s["recipe"]: [r["final"]["accuracy"] for r in s["runs"]] for s in summary["settings"]}
   p = sps.levene(finals["devlin"], finals["ours"], center="median").pvalue
-  expected = f"| RTE | devlin vs ours | {p:.2g} |" if math.isfinite(p) else "| RTE | devlin vs ours | — |"
+  perm = [stats.permutation_test(finals["devlin"], finals["ours"], k) for k in ("mean", "std")]
+  expected = "| RTE | devlin vs ours | " + " | ".join(
+      f"{x:.2g}" if math.isfinite(x) else "—" for x in [p] + perm) + " |"
   assert [l for l in text.splitlines() if l.startswith("| RTE |")] == [expected]
+  assert "permutation tests of the difference in mean and in std (10,000 random splits" in text
+  # each setting's intervals and best of n = 1, 5 (more than 3 seeds: —) and N = 3, as the
+  # study's table.md gives them below its Table 1
+  own = open(f"{rte}/table.md", encoding="utf-8").read().split("\n\n", 1)[1]
+  for s in summary["settings"]:
+    v = [r["final"]["accuracy"] for r in s["runs"]]
+    lo, hi = stats.bootstrap_ci(v, "mean")
+    (row,) = [l for l in text.splitlines() if l.startswith(f"| {s['recipe']} | RTE | 3 | ")
+              and "±" not in l]
+    assert f" | {100 * np.mean(v):.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | " in row and row in own
+    mean, std = stats.expected_max(v)
+    assert len(mean) == 3 and mean[0] == pytest.approx(np.mean(v))
+    best = (f"| {s['recipe']} | RTE | 3 | {100 * mean[0]:.1f} ± {100 * std[0]:.1f} | — | "
+            f"{100 * mean[2]:.1f} ± {100 * std[2]:.1f} |")
+    assert best in text.splitlines() and best in own.splitlines()
   majority = summary["settings"][0]["majority"]["accuracy"]
   assert f"RTE {100 * majority:.1f}, MRPC " in text
   assert not any(l.startswith("| MRPC |") for l in text.splitlines())   # one recipe: no pair

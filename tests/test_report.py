@@ -49,8 +49,8 @@ def _check_pngs(report):
 def test_report_of_a_real_run(real_run):
   report = build(real_run)
   assert report.index == os.path.join(real_run, "report", "index.html")
-  assert set(report.figures) == {"spread", "gradnorms_demo_devlin", "bias_correction",
-                                 "generalization", "train_loss"}
+  assert set(report.figures) == {"spread", "expected_max_demo", "gradnorms_demo_devlin",
+                                 "bias_correction", "generalization", "train_loss"}
   _check_pngs(report)
   page, images = _images(report.index)
   assert len(images) == len(report.figures)
@@ -89,10 +89,10 @@ def test_the_command_line_builds_the_report(real_run, tmp_path):
                         check=False)
   assert done.returncode == 0, done.stderr
   page, images = _images(out / "index.html")
-  assert len(images) == 5 and "demo_devlin" in page
+  assert len(images) == 6 and "demo_devlin" in page
   assert sorted(p.name for p in out.glob("*.png")) == sorted(
-      ["spread.png", "gradnorms_demo_devlin.png", "bias_correction.png", "generalization.png",
-       "train_loss.png"])
+      ["spread.png", "expected_max_demo.png", "gradnorms_demo_devlin.png", "bias_correction.png",
+       "generalization.png", "train_loss.png"])
 
 
 # ------------------------------------------------------------------ errors
@@ -186,9 +186,10 @@ def test_a_two_setting_study_with_failed_and_diverged_runs(tmp_path):
   report = build(str(tmp_path))
   _check_pngs(report)
   page, images = _images(report.index)
-  assert len(images) == 6 == len(report.figures)
+  assert len(images) == 7 == len(report.figures)
   assert "<td>devlin</td>" in page and "<td>ours</td>" in page
   assert "3/5 failed" in page and "0/5 failed" in page
+  _check_expected_max(tmp_path, report, page)
   # devlin: the diverged seed 3 (no finite metric) is the lowest failed run; seed 1 the best.
   caption = report.captions["gradnorms_rte_devlin"]
   named = int(re.search(r"Seed (\d+) is the failed run", caption).group(1))
@@ -203,6 +204,74 @@ def test_a_two_setting_study_with_failed_and_diverged_runs(tmp_path):
   assert (p.failed_seed, p.success_seed) == (3, 5)
   # the unfilled probe slot (step -1) is not drawn
   assert results.load(str(tmp_path)).settings[0].probe["step"].tolist() == [0, 10, 20, 30]
+
+
+def _best_of_n(values, n):
+  """E and std of the best of n draws from `values`, straight from P(max <= v_(i)) = (i/N)^n."""
+  v = np.sort(values)
+  w = np.diff((np.arange(len(v) + 1) / len(v)) ** n)
+  mean = float(w @ v)
+  return mean, float(np.sqrt(w @ (v - mean) ** 2))
+
+
+def _check_expected_max(root, report, page):
+  """The best-of-n figure of the task is drawn (each setting's colour on the canvas), its caption
+  gives each curve at n = 1, 5, N as computed here from the runs, and the page's uncertainty
+  table gives the same numbers with the bootstrap intervals."""
+  from matplotlib import image
+  key = "expected_max_rte"
+  pixels = image.imread(report.figures[key])[..., :3]
+  for color in ("#1f77b4", "#ff7f0e"):             # setting_colors: first and second setting
+    rgb = np.array([int(color[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    assert (np.abs(pixels - rgb).max(axis=-1) < 0.02).sum() > 200, color
+  assert f'alt="expected best-of-n curves of RTE"' in page
+  for name in ("rte_devlin", "rte_ours"):
+    with open(os.path.join(root, name, "summary.json"), encoding="utf-8") as f:
+      s = json.load(f)
+    values = [r["final"]["accuracy"] for r in s["runs"] if math.isfinite(r["final"]["accuracy"])]
+    ns = (1, 5, len(values))   # devlin has 4 finite values: no n = 5 there
+    at = {n: _best_of_n(values, n) for n in ns if n <= len(values)}
+    assert f"{name} " + ", ".join(f"{m:.4g} ± {d:.2g} at n = {n}" for n, (m, d) in at.items()) \
+        in report.captions[key]
+    ci = s["ci"]
+    x = lambda v: f"{100 * v:.1f}"
+    cells = [f"{x(np.mean(values))} [{x(ci['mean'][0])}, {x(ci['mean'][1])}]"] + [
+        f"{x(at[n][0])} ± {x(at[n][1])}" if n in at else "—" for n in ns]
+    assert f"<td>{cells[0]}</td>" in page and "".join(f"<td>{c}</td>" for c in cells[1:]) in page
+    lo, hi = ci["failed_runs"]
+    assert f"<td>{sum(r['failed'] for r in s['runs'])} [{lo:.0f}, {hi:.0f}]</td>" in page
+
+
+def test_a_summary_written_before_the_intervals_gets_them_from_its_runs(tmp_path):
+  """A study whose summaries lack expected_max / ci (written before they existed): the report
+  computes them from the runs, and the page and figure say the same as with them."""
+  settings = {"rte_devlin": dict(finals=[0.70, 0.45, 0.52, 0.50, 0.65]),
+              "rte_ours": dict(finals=[0.71, 0.72, 0.69, 0.70, 0.73], recipe="ours")}
+  write_study(tmp_path / "new", settings)
+  write_study(tmp_path / "old", settings)
+  drop = ("expected_max", "expected_max_std", "ci")
+  for path in [tmp_path / "old" / "summary.json"] + [tmp_path / "old" / n / "summary.json"
+                                                     for n in settings]:
+    with open(path, encoding="utf-8") as f:
+      top = json.load(f)
+    for entry in top.get("settings", [top]):
+      for k in drop:
+        entry.pop(k, None)
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(top, f)
+  old, new = build(str(tmp_path / "old")), build(str(tmp_path / "new"))
+  assert old.captions["expected_max_rte"] == new.captions["expected_max_rte"]
+  tables = []
+  for rep in (old, new):
+    page, _ = _images(rep.index)
+    tables.append(page[page.index("<caption>Uncertainty over seeds"):].split("</table>")[0])
+  assert tables[0] == tables[1] and "<td>2 [0, 4]</td>" in tables[0]   # 0.45, 0.50 <= 0.5
+  # the pairwise table gains the permutation tests, recomputed from the runs
+  page, _ = _images(old.index)
+  for k in ("mean", "std"):
+    p = stats.permutation_test([0.70, 0.45, 0.52, 0.50, 0.65], [0.71, 0.72, 0.69, 0.70, 0.73], k)
+    assert f"<td>{p:.3g}</td>" in page
+  assert "permutation p, mean" in page
 
 
 def test_a_best_checkpoint_recipe_reports_its_best_dev_results(tmp_path):

@@ -15,6 +15,9 @@ window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   document.body.setAttribute('data-images', ok + '/' + imgs.length);
+  var best = imgs.filter(function (i) { return i.alt.indexOf('expected best-of-n') === 0; });
+  var drawn = best.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-best-of-n', drawn + '/' + best.length);
 });
 </script>"""
 
@@ -58,6 +61,9 @@ def test_report_page_loads_every_image_without_console_errors(tmp_path, glue_dir
   assert counts, dom.stdout[-2000:]
   loaded, total = int(counts.group(1)), int(counts.group(2))
   assert total >= 4 and loaded == total, (loaded, total)
+  # the expected best-of-n figure of the task (one per task) is on the page and drawn
+  assert re.search(r'data-best-of-n="1/1"', dom.stdout), dom.stdout[-2000:]
+  assert "expected best-of-n curves of RTE" in html and "Uncertainty over seeds" in html
   console = [l for l in dom.stderr.splitlines() if "CONSOLE" in l and "probed.html" in l]
   assert not [l for l in console if "rror" in l], console
   shot = out / "screenshot.png"

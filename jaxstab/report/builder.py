@@ -20,6 +20,11 @@ def safe_name(name: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "setting"
 
 
+def expected_max_key(task: str) -> str:
+  """The figure key of a task's expected best-of-n curves."""
+  return f"expected_max_{safe_name(task)}"
+
+
 def build(workdir: str, out: str = None) -> Report:
   """Reads `workdir` (a finished run or study) and writes the report into `out`
   (default workdir/report). Raises jaxstab.errors.ConfigError when workdir is not finished."""
@@ -40,6 +45,10 @@ def build(workdir: str, out: str = None) -> Report:
     return caption
 
   draw("spread", figures.spread, settings)
+  found = {s.name: html.uncertainty(s) for s in settings}
+  tasks = figures.by_task(settings)
+  for task, group in tasks.items():
+    draw(expected_max_key(task), figures.expected_max, group, found)
   for s in settings:
     key = f"gradnorms_{safe_name(s.name)}"
     path = os.path.join(out, f"{key}.png")
@@ -59,7 +68,9 @@ def build(workdir: str, out: str = None) -> Report:
       "<h2>1. Seed spread</h2>",
       "<div class='side'>" + fig("spread", "box plots of the reported dev metric per setting")
       + "<div class='tables'>" + html.table1(settings) + html.details_table(settings)
-      + html.levene_table(study) + "</div></div>",
+      + html.levene_table(study) + html.uncertainty_table(settings, found) + "</div></div>",
+      "<h3>How many seeds? Expected best of n</h3>",
+      *[fig(expected_max_key(t), f"expected best-of-n curves of {t.upper()}") for t in tasks],
       "<h2>2. Gradient norms: failed vs successful runs</h2>",
       *[f"<h3>{html.esc(s.title())}</h3>"
         + fig(f"gradnorms_{safe_name(s.name)}", f"gradient norms of {s.name}") for s in settings],

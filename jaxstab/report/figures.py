@@ -1,5 +1,6 @@
-"""The report's figures that compare settings: seed spread (Fig. 1/5), the effective learning
-rate with bias correction (Fig. 6), and generalization (dev metric vs training loss).
+"""The report's figures that compare settings: seed spread (Fig. 1/5), the expected best of n
+seeds (Dodge et al. 2019), the effective learning rate with bias correction (Fig. 6), and
+generalization (dev metric vs training loss).
 
 Every function takes loaded settings (jaxstab.results), draws one matplotlib Figure on the
 Agg canvas, saves it as PNG and returns its caption text.
@@ -107,6 +108,51 @@ def spread(settings: List[Setting], path: str) -> str:
              "triangles.")
   if not_drawn:
     caption += f" {not_drawn} run(s) without a finite metric are not drawn (counted failed)."
+  return caption
+
+
+# ---------------------------------------------------------------- 1b. expected best of n seeds
+def expected_max(settings: List[Setting], found: Dict[str, dict], path: str) -> str:
+  """One task's settings: the expected best reported dev metric of n seeds, n = 1..N, one curve
+  per setting with a band of ± the std of that best, and the majority line. `found`: setting
+  name -> its {expected_max, expected_max_std} (report.html.uncertainty)."""
+  colors = setting_colors(settings)
+  fig = new_figure(7.6, 4.8)
+  ax = fig.subplots()
+  shown, skipped, longest = [], [], 1
+  for s in settings:
+    mean = np.asarray(found[s.name]["expected_max"], np.float64)
+    std = np.asarray(found[s.name]["expected_max_std"], np.float64)
+    if not mean.size:
+      skipped.append(s.name)
+      continue
+    n = np.arange(1, mean.size + 1)
+    longest = max(longest, mean.size)
+    ax.fill_between(n, mean - std, mean + std, color=colors[s.name], alpha=0.18, lw=0)
+    ax.plot(n, mean, "-", marker="o", ms=3, color=colors[s.name],
+            label=s.name + (" (best ckpt)" if s.select == "best" else ""))
+    at = [k for k in (1, 5, mean.size) if k <= mean.size]
+    shown.append(f"{s.name} " + ", ".join(f"{mean[k - 1]:.4g} ± {std[k - 1]:.2g} at n = {k}"
+                                          for k in dict.fromkeys(at)))
+  majority = settings[0].majority
+  if math.isfinite(majority):
+    ax.axhline(majority, color="gray", ls="--", lw=1, label="majority classifier")
+  ax.set_xlim(0.5, longest + 0.5)
+  ax.xaxis.get_major_locator().set_params(integer=True)
+  ax.set_xlabel("n: seeds trained (the best dev result of them is kept)")
+  ax.set_ylabel(f"expected best reported dev {settings[0].metric}")
+  ax.set_title(f"{settings[0].task.upper()} ({_models(settings)}): expected best of n seeds")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc="lower right")
+  save(fig, path)
+  caption = ("Expected best reported dev metric of n seeds (Dodge et al. 2019, \"Show Your "
+             "Work\"), exact for n draws with replacement from the N runs' values: E[max of n] = "
+             "Σ v_(i) ((i/N)^n − ((i−1)/N)^n) over the sorted values; the band is ± the std of "
+             "that best. n = 1 is the mean; at n = N the curve stays below the observed max, "
+             "which N draws with replacement often miss. It describes these N runs, not "
+             "seeds beyond them. " + "; ".join(shown) + ".")
+  if skipped:
+    caption += f" Not drawn (no finite reported metric): {', '.join(skipped)}."
   return caption
 
 

@@ -65,6 +65,53 @@ def failed_count(s: Setting) -> int:
   return sum(picks.is_failed(s, r) for r in s.runs)
 
 
+UNCERTAINTY_KEYS = ("expected_max", "expected_max_std", "ci")
+
+
+def uncertainty(s: Setting) -> dict:
+  """The setting's expected best of n (`expected_max`, `expected_max_std`) and bootstrap
+  intervals (`ci`) as its summary holds them, or, for a summary written before they existed,
+  computed from its runs (reported metric, failed flags) as stats.setting_stats does."""
+  if all(isinstance(s.summary.get(k), (list, dict)) for k in UNCERTAINTY_KEYS):
+    return {k: s.summary[k] for k in UNCERTAINTY_KEYS}
+  return stats.uncertainty_of([s.reported(r) for r in s.runs],
+                              [picks.is_failed(s, r) for r in s.runs])
+
+
+def _with_ci(value: str, ci, fmt=pct) -> str:
+  return value + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
+
+
+def _count(x) -> str:
+  x = num(x)
+  return "—" if not math.isfinite(x) else (f"{x:.0f}" if x.is_integer() else f"{x:.1f}")
+
+
+def uncertainty_table(settings: List[Setting], found: dict) -> str:
+  """Per setting: std / mean / median of the reported metric and the failed-run count with their
+  bootstrap intervals, and the expected best of n = 1, 5 and N seeds ± its std (`found`: setting
+  name -> `uncertainty`)."""
+  level = next((num(found[s.name]["ci"].get("level")) for s in settings), stats.LEVEL)
+  head = ["setting", "task", "seeds", "std", "mean", "median", "failed runs", "best of 1",
+          "best of 5", "best of N"]
+  out = [f"<table><caption>Uncertainty over seeds, reported dev metric ×100: "
+         f"{100 * level:g}% percentile-bootstrap intervals in brackets ({stats.RESAMPLES:,} "
+         f"resamples of the seeds, seed {stats.SEED}); expected best of n seeds ± its std "
+         "(Dodge et al. 2019)</caption>",
+         "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+  for s in settings:
+    u, sp = found[s.name], reported_spread(s)
+    ci = u["ci"]
+    cells = [s.name, s.task.upper(), len(s.runs)]
+    cells += [_with_ci(pct(sp.get(k)), ci.get(k)) for k in ("std", "mean", "median")]
+    cells.append(_with_ci(str(failed_count(s)), ci.get("failed_runs"), _count))
+    em, em_std = u["expected_max"], u["expected_max_std"]
+    cells += [f"{pct(em[n - 1])} ± {pct(em_std[n - 1])}" if 0 < n <= len(em) else "—"
+              for n in (1, 5, len(em))]
+    out.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+  return "\n".join(out + ["</table>"])
+
+
 def table1(settings: List[Setting]) -> str:
   """Rows: recipes (setting names when two settings of a task share a recipe); columns: tasks;
   cells: std / mean / median / max of the reported dev metric (at the end of training, or at
@@ -106,8 +153,9 @@ def details_table(settings: List[Setting]) -> str:
 
 
 def _levene_rows(study: Study) -> list:
-  """Levene's p between every two settings of a task, recomputed from the runs (so a workdir
-  written by an older version, which tested the final metric, gets the reported one's)."""
+  """Levene's p and the permutation tests' p between every two settings of a task, recomputed
+  from the runs (so a workdir written by an older version, which tested the final metric or had
+  no permutation tests, gets the reported metric's, and all three)."""
   try:
     return stats.levene_table([dict(s.summary, name=s.name) for s in study.settings])
   except (KeyError, TypeError):
@@ -118,12 +166,17 @@ def levene_table(study: Study) -> str:
   rows = _levene_rows(study)
   if not rows:
     return ""
-  out = ["<table><caption>Levene's test (median-centred) for equal spread of the reported metric"
-         "</caption><tr><th>task</th><th>a</th><th>b</th><th>p</th></tr>"]
+  out = ["<table><caption>Two-sided p-values on the reported metric: Levene's test "
+         "(median-centred) for equal spread, and permutation tests of the difference in mean and "
+         f"in std ({stats.RESAMPLES:,} random splits, seed {stats.SEED})</caption>"
+         "<tr><th>task</th><th>a</th><th>b</th><th>p</th><th>permutation p, mean</th>"
+         "<th>permutation p, std</th></tr>"]
   for r in rows:
-    p = num(r.get("p"))
+    ps = [num(r.get(k)) for k in ("p", "perm_mean_p", "perm_std_p")]
     out.append(f"<tr><td>{esc(r.get('task'))}</td><td>{esc(r.get('a'))}</td>"
-               f"<td>{esc(r.get('b'))}</td><td>{f'{p:.3g}' if math.isfinite(p) else '—'}</td></tr>")
+               f"<td>{esc(r.get('b'))}</td>"
+               + "".join(f"<td>{f'{p:.3g}' if math.isfinite(p) else '—'}</td>" for p in ps)
+               + "</tr>")
   return "\n".join(out + ["</table>"])
 
 
