@@ -3,7 +3,8 @@
 A plain task config is a study of one setting, written straight into the workdir. A study
 config lists its settings in `settings` (name -> argument string, e.g. "task=mrpc,setting=ours");
 each runs in workdir/<name>/ and the study writes the comparison: summary.json (a `settings`
-list plus Levene p-values), summary.csv and table.md (Table 1's shape). Each setting's results
+list plus Levene and permutation p-values), summary.csv and table.md (Table 1's shape, then the
+confidence intervals and the expected best-of-n). Each setting's results
 are written as soon as it finishes, so a later crash loses nothing finished.
 """
 from absl import logging
