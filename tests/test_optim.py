@@ -30,17 +30,17 @@ def assert_trees_close(a, b, rtol, atol):
 @pytest.mark.parametrize("bias_correction", [False, True])
 @pytest.mark.parametrize("eps_mode", ["hf", "optax"])
 def test_adamw_matches_formulas(bias_correction, eps_mode):
-  print(guards.check_adamw_matches_formulas(bias_correction, eps_mode))
+  print(guards.check_adamw_matches_formulas(bias_correction, eps_mode))  # measured 0.16 - 0.22
   # The variants must be far apart at this tolerance, or the check above proves nothing: they
-  # differ by 8.9e-4 (the order of decay and step, without correction) to 0.11.
+  # differ by 8.9e-4 (the order of decay and step, without correction) to 0.11, >= 400x it.
   params, grads = _problem()
   got = run(optim.adamw(schedule, b1=B1, b2=B2, eps=EPS, weight_decay=WD,
                         bias_correction=bias_correction, eps_mode=eps_mode), params, grads)
   for bc in (False, True):
     for mode in ("hf", "optax"):
       if (bc, mode) != (bias_correction, eps_mode):
-        gap = guards.tree_max_abs_diff(got, reference(params, grads, bc, mode))
-        assert gap > 100 * guards.ADAM_ATOL, (bc, mode, gap)
+        gap = guards.adam_error(got, reference(params, grads, bc, mode))
+        assert gap > 100, (bc, mode, gap)
 
 
 @pytest.mark.parametrize("lr", [3e-2, schedule])
@@ -49,8 +49,9 @@ def test_optax_mode_equals_optax_adamw(lr):
   ours = optim.adamw(lr, b1=B1, b2=B2, eps=EPS, weight_decay=WD, bias_correction=True,
                      eps_mode="optax")
   theirs = optax.adamw(lr, b1=B1, b2=B2, eps=EPS, weight_decay=WD, mask=DECAYED)
-  # the same formula in another operation order: measured max |d| 1.2e-7 (params ~ 1)
-  assert_trees_close(run(ours, params, grads), run(theirs, params, grads), 0, 1.2e-6)
+  # the same formula in another operation order: measured max |d| 1.2e-7 (params ~ 1), the worst
+  # element at 0.10 of this tolerance
+  assert_trees_close(run(ours, params, grads), run(theirs, params, grads), 1e-6, 1e-7)
 
 
 def test_hf_and_optax_eps_differ_early():

@@ -67,7 +67,7 @@ def test_mixout_expectation_is_the_current_weight():
   w = {"enc": {"kernel": jnp.linspace(-1, 1, 12).reshape(4, 3)},
        "classifier": {"kernel": jnp.ones((3, 2))}}
   u = {"enc": {"kernel": jnp.full((4, 3), 0.5)}, "classifier": {"kernel": jnp.zeros((3, 2))}}
-  n, p = 20000, 0.9
+  n, p = 400000, 0.9  # enough draws that even the worst 5-sigma bound (0.036) is under 0.05
   keys = jax.random.split(jax.random.PRNGKey(0), n)
   mixed = np.asarray(jax.vmap(lambda k: stabilisers.mixout(w, u, k, p))(keys)["enc"]["kernel"],
                      np.float64)
@@ -168,7 +168,7 @@ def test_prior_wd_pulls_toward_pretrained_and_equals_plain_decay_at_zero(bert):
                           jax.tree_util.tree_leaves(anchor), jax.tree_util.tree_leaves(mask)):
     want = lr_wd * np.asarray(t) if m else np.zeros_like(np.asarray(t))
     # measured max |d| 2.8e-8 (the weights are ~1, their float32 spacing 1.2e-7)
-    np.testing.assert_allclose(np.asarray(a_) - np.asarray(b_), want, rtol=0, atol=3e-7)
+    np.testing.assert_allclose(np.asarray(a_) - np.asarray(b_), want, rtol=0, atol=2e-7)
     moved += int(m and np.abs(want).max() > 1e-5)
   assert moved > 10
 
