@@ -194,17 +194,16 @@ def jaxstab_run(model_dir, model, arrays, setting):
   """TRAIN_STEPS of jaxstab's own jitted train step with the `setting` chain from its config."""
   cfg = config_lib.task_config("rte", f"model={model_dir},setting={setting},lr={TRAIN_LR}")
   cfg.model.dropout = 0.0
-  tx, schedule = optim.from_config(cfg.optim, total_steps=TRAIN_STEPS)
-  step_fn = jax.jit(train_lib.make_train_step(
-      model, tx, schedule, n_train=len(arrays["labels"]), batch_size=TRAIN_BATCH,
-      probe_every=PROBE_EVERY, group_names=GROUPS, b1=cfg.optim.b1, b2=cfg.optim.b2,
-      pass_segment_ids=cfg.model.pass_segment_ids))
-  state = train_lib.create_train_state(model, tx, train_lib.seed_key(TRAIN_SEED), TRAIN_STEPS,
-                                       PROBE_EVERY, GROUPS)
+  cfg.train.batch_size, cfg.probe.every = TRAIN_BATCH, PROBE_EVERY
+  programs = train_lib.build_programs(cfg, model, n_train=len(arrays["labels"]),
+                                      total=TRAIN_STEPS)  # the programs a study builds
+  assert programs.group_names == GROUPS
+  step_fn = jax.jit(programs.step_one)
+  state = programs.create_one(train_lib.seed_key(TRAIN_SEED))
   init = state.params  # the head create_train_state drew from the seed; torch starts here too
   device_arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
   for _ in range(TRAIN_STEPS):
-    state = step_fn(state, device_arrays)
+    state = step_fn(state, device_arrays, programs.anchor)
   return cfg, jax_as_torch(init), jax.device_get(state)
 
 

@@ -138,20 +138,19 @@ def test_prior_wd_pulls_toward_pretrained_and_equals_plain_decay_at_zero(bert):
   cfg.optim.weight_decay = 0.5
   cfg.optim.warmup_ratio = 0.0
   from jaxstab import train as train_lib
-  tx, schedule = optim.from_config(cfg.optim, 4)
-  groups = probe.group_names(model.params, "bert", model.num_layers)
+
+  def programs(prior_wd):
+    c = cfg.copy_and_resolve_references()
+    c.stabilisers.prior_wd, c.probe.every, c.train.batch_size = prior_wd, 1, 8
+    return train_lib.build_programs(c, model, n_train=len(arrays["labels"]), total=4)
 
   def one_step(prior_wd, anchor, params):
-    step = train_lib.make_train_step(model, tx, schedule, n_train=len(arrays["labels"]),
-                                     batch_size=8, probe_every=1, group_names=groups,
-                                     b1=0.9, b2=0.999, prior_wd=prior_wd)
-    state = train_lib.create_train_state(model, tx, jax.random.PRNGKey(0), 4, 1, groups)
-    state = state.replace(params=params)
-    return jax.jit(step)(state, jax.device_put(arrays), anchor)
+    p = programs(prior_wd)
+    state = p.create_one(jax.random.PRNGKey(0)).replace(params=params)
+    return jax.jit(p.step_one)(state, jax.device_put(arrays), anchor)
 
   start = jax.tree_util.tree_map(lambda x: x + 0.2, model.params)
-  start["classifier"] = train_lib.create_train_state(
-      model, tx, jax.random.PRNGKey(0), 4, 1, groups).params["classifier"]
+  start["classifier"] = programs(False).create_one(jax.random.PRNGKey(0)).params["classifier"]
   zero = jax.tree_util.tree_map(jnp.zeros_like, model.params)
   plain = one_step(False, zero, start)
   prior_at_zero = one_step(True, zero, start)
