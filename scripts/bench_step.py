@@ -35,8 +35,8 @@ sys.path.insert(1, os.path.dirname(HERE))
 
 from bench_common import SHAPES, fmt, gemm_tflops, make_row, skipped_row, train_flops_per_example, write_json  # pylint: disable=unused-import
 
-SINGLE_SEED_TARGET = 2.0   # issue 7: single seed >= 2x PyTorch eager TF32
-SUMMED_TARGET_EX_S = 1650  # issue 7: BERT-large b16 l128, summed over vmapped seeds
+SINGLE_SEED_TARGET = 2.0   # target: single seed >= 2x PyTorch eager TF32
+SUMMED_TARGET_EX_S = 1650  # target: BERT-large b16 l128, summed over vmapped seeds (one H200)
 
 
 class _Vocab:  # what models.load needs of a tokenizer to size a random model
@@ -211,7 +211,7 @@ def ratios(rows):
 
 
 def headline(rows, shape, log):
-  """The issue's targets, from whatever rows exist."""
+  """The speed targets (BUILD_NOTES), from whatever rows exist."""
   ok = lambda r: r.get("examples_per_s") is not None and r["examples_per_s"] == r["examples_per_s"]
   jx = [r for r in rows if r["impl"] == "jaxstab" and ok(r)]
   th = {r["mode"]: r for r in rows if r["impl"] == "torch" and ok(r)}
