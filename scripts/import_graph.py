@@ -32,7 +32,7 @@ LAYERS: Sequence[Tuple[str, int, Tuple[str, ...]]] = (
                    "inputs")),
     ("data", 1, ("data", "tasks", "vocab", "demo_task", "metrics", "custom_data")),
     ("results", 1, ("stats", "outputs", "results", "picks")),
-    ("infra", 0, ("__init__", "fs", "lock", "checkpoint", "errors", "config_lib", "quiet", "cli",
+    ("infra", 0, ("__init__", "fs", "lock", "checkpoint", "errors", "config_lib", "presets", "quiet", "cli",
                   "treepath", "reference")),
 )
 
