@@ -153,14 +153,17 @@ def uncertainty_of(values, failed) -> dict:
           "ci": intervals(values, failed)}
 
 
-def uncertainty(setting) -> dict:
+def uncertainty(setting, values=None, failed=None) -> dict:
   """`expected_max`, `expected_max_std` and `ci` of a setting (a summary entry): the stored ones,
-  or, for a summary written before they existed, recomputed from its runs (the reported metric,
-  see `reported`, and the runs' `failed` flags) with the same defaults."""
+  or, for a summary written before they existed, recomputed from its runs with the same
+  defaults: the reported metric (`values`, else `reported`) and the failed flags (`failed`,
+  else the runs' stored `failed` keys)."""
   keys = ("expected_max", "expected_max_std", "ci")
   if all(isinstance(setting.get(k), (list, dict)) for k in keys):
     return {k: setting[k] for k in keys}
-  return uncertainty_of(reported(setting), [bool(r.get("failed")) for r in setting["runs"]])
+  if failed is None:
+    failed = [bool(r.get("failed")) for r in setting["runs"]]
+  return uncertainty_of(reported(setting) if values is None else values, failed)
 
 
 def reported(setting) -> list:

@@ -65,17 +65,11 @@ def failed_count(s: Setting) -> int:
   return sum(picks.is_failed(s, r) for r in s.runs)
 
 
-UNCERTAINTY_KEYS = ("expected_max", "expected_max_std", "ci")
-
-
 def uncertainty(s: Setting) -> dict:
-  """The setting's expected best of n (`expected_max`, `expected_max_std`) and bootstrap
-  intervals (`ci`) as its summary holds them, or, for a summary written before they existed,
-  computed from its runs (reported metric, failed flags) as stats.setting_stats does."""
-  if all(isinstance(s.summary.get(k), (list, dict)) for k in UNCERTAINTY_KEYS):
-    return {k: s.summary[k] for k in UNCERTAINTY_KEYS}
-  return stats.uncertainty_of([s.reported(r) for r in s.runs],
-                              [picks.is_failed(s, r) for r in s.runs])
+  """stats.uncertainty of the setting, with failed flags judged as the report judges them (old
+  summaries without the flag fall back to the majority rule, see picks.is_failed)."""
+  return stats.uncertainty(s.summary, values=[s.reported(r) for r in s.runs],
+                           failed=[picks.is_failed(s, r) for r in s.runs])
 
 
 def _with_ci(value: str, ci, fmt=pct) -> str:
