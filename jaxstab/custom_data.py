@@ -1,4 +1,4 @@
-"""The user's own classification data: CSV or JSON-lines files with named columns.
+"""The user's own data, classification or regression: CSV or JSON-lines files with named columns.
 
 `data.source=csv` (or `jsonl`) reads a training and a dev file, found in the folder `data.path`
 (train.csv or train.tsv, dev.csv or dev.tsv; train.jsonl, dev.jsonl) or named by
@@ -14,8 +14,12 @@ tokenized and cached alike, the majority baseline computed on dev, failed = fina
 before anything is written); `load` reads the files (inputs.load, still before the workdir is
 touched). Every mistake is a ConfigError naming the file, and the line where there is one.
 
-Regression (task=regression, MSE loss, Pearson/Spearman) is not supported yet: it needs a loss
-and a metric in the train step, not only a reader.
+Regression: data.metric=pearson_spearman (or pearson, spearman) makes the task a regression, as
+STS-B is: every label must be a number (a real-valued score), the model has one output trained
+with the mean squared error, and dev reports pearson, spearman, their mean and mse. The metric is
+the switch (no other key): a classification metric with a fractional label is an error that says
+so. The baseline is the constant predictor, whose correlation is 0 (metrics.majority), so a
+regression run fails when its final dev correlation is <= 0.
 """
 import csv
 import io
@@ -28,11 +32,12 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 from absl import logging
 
-from jaxstab import data, fs, tasks
+from jaxstab import data, fs, metrics, tasks
 from jaxstab.errors import ConfigError
 
 SOURCES = data.CUSTOM_SOURCES
-METRICS = ("accuracy", "f1", "mcc", "acc_and_f1")
+CLASSIFICATION = ("accuracy", "f1", "mcc", "acc_and_f1")
+METRICS = CLASSIFICATION + metrics.REGRESSION_METRICS
 BINARY_METRICS = ("f1", "mcc", "acc_and_f1")  # metrics.py scores these for classes 0 and 1
 # What a folder (data.path) is searched for, in this order; two matches are an error.
 FILE_NAMES = {"csv": ("{split}.csv", "{split}.tsv"), "jsonl": ("{split}.jsonl",)}
@@ -40,10 +45,8 @@ FILE_NAMES = {"csv": ("{split}.csv", "{split}.tsv"), "jsonl": ("{split}.jsonl",)
 KEYS = ("path", "train_file", "dev_file", "text_a", "text_b", "label", "labels", "metric")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
-_REGRESSION = ("regression on your own data (task=regression, data.metric=pearson_spearman) is "
-               "not supported yet: jaxstab trains classifiers (cross-entropy loss, a label per "
-               "class); regression needs a mean-squared-error loss and correlation metrics in the "
-               "train step, which come with STS-B. Give each example a class label instead")
+_FRACTION = ("a class id must be a whole number; for real-valued labels (regression) set "
+             "data.metric=pearson_spearman")
 
 
 class Label(NamedTuple):
@@ -78,8 +81,6 @@ def parse_labels(spec: str) -> List[str]:
 def check_config(cfg) -> None:
   """The custom-data keys of a config with data.source=csv|jsonl; reads no file."""
   source, name = cfg.data.source, str(cfg.task)
-  if name.lower() == "regression" or _get(cfg, "metric") == "pearson_spearman":
-    raise ConfigError(_REGRESSION + ".")
   if not _NAME.fullmatch(name):
     raise ConfigError(f"task={name!r}: with data.source={source} the task is your data's name, "
                       "shown in summaries and tables and used in file names: letters, digits, "
@@ -105,8 +106,12 @@ def check_config(cfg) -> None:
   metric = _get(cfg, "metric") or "accuracy"
   if metric not in METRICS:
     raise ConfigError(f"data.metric={metric!r} is not allowed; choose one of: "
-                      f"{', '.join(METRICS)} ('' = accuracy)")
+                      f"{', '.join(METRICS)} ('' = accuracy; the last three: regression)")
   given = parse_labels(_get(cfg, "labels"))
+  if given and metrics.is_regression(metric):
+    raise ConfigError(f"data.labels={_get(cfg, 'labels')!r} lists classes, but data.metric="
+                      f"{metric} makes a regression task (real-valued labels): leave data.labels "
+                      "empty")
   if given:
     if "" in given:
       raise ConfigError(f"data.labels={_get(cfg, 'labels')!r} has an empty class name")
@@ -189,8 +194,27 @@ def _csv_label(raw: str, where: str) -> Label:
   if number is None or (isinstance(number, float) and not math.isfinite(number)):
     return Label(value, "text", (value,))
   if number != int(number):
-    raise ConfigError(f"{where}: label {value!r} is not a whole number; {_REGRESSION}")
+    raise ConfigError(f"{where}: label {value!r} is not a whole number; {_FRACTION}")
   return Label(str(int(number)), "number", (int(number),))
+
+
+def _score(raw, where: str, field: str, metric: str) -> Label:
+  """A regression label: a finite number (text that float() reads, or a JSON number; a JSON
+  boolean is refused). The value is kept in `order`."""
+  value = None
+  if isinstance(raw, str):
+    try:
+      value = float(raw.strip())
+    except ValueError:
+      pass
+  elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
+    value = float(raw)
+  if value is None or not math.isfinite(value):
+    shown = repr(raw.strip()) if isinstance(raw, str) else json.dumps(raw)
+    raise ConfigError(f"{where}: label {shown} in column {field!r} (data.label) is not a "
+                      f"number; data.metric={metric} makes this a regression task, whose "
+                      "labels are real-valued scores")
+  return Label(repr(value), "number", (value,))
 
 
 def _json_label(value, where: str, field: str) -> Label:
@@ -198,7 +222,7 @@ def _json_label(value, where: str, field: str) -> Label:
     return Label("true" if value else "false", "boolean", (value,))
   if isinstance(value, (int, float)):
     if isinstance(value, float) and (not math.isfinite(value) or value != int(value)):
-      raise ConfigError(f"{where}: label {value!r} is not a whole number; {_REGRESSION}")
+      raise ConfigError(f"{where}: label {value!r} is not a whole number; {_FRACTION}")
     return Label(str(int(value)), "number", (int(value),))
   if isinstance(value, str):
     if not value.strip():
@@ -224,9 +248,10 @@ def _columns(cfg) -> Tuple[Tuple[str, str], ...]:
   return tuple(cols + [("label", _get(cfg, "label"))])
 
 
-def read_csv(path: str, cols) -> Rows:
+def read_csv(path: str, cols, regression: str = "") -> Rows:
   """A CSV file (comma-separated, standard quoting) or, named *.tsv, a tab-separated one (quotes
-  literal, as in GLUE's files); its first line is the header naming the columns."""
+  literal, as in GLUE's files); its first line is the header naming the columns. `regression`:
+  the regression metric, when the labels are real-valued scores ('' = class labels)."""
   csv.field_size_limit(sys.maxsize)
   tab = path.endswith(".tsv")
   reader = csv.reader(io.StringIO(_text_of(path), newline=""), delimiter="\t" if tab else ",",
@@ -256,7 +281,9 @@ def read_csv(path: str, cols) -> Rows:
         raise ConfigError(f"{path}:{line}: {len(row)} fields, but the header has "
                           f"{len(header)}{hint}")
       for key, _ in cols:
-        if key == "label":
+        if key == "label" and regression:
+          labels.append(_score(row[index[key]], f"{path}:{line}", dict(cols)[key], regression))
+        elif key == "label":
           labels.append(_csv_label(row[index[key]], f"{path}:{line}"))
         else:
           texts[key].append(row[index[key]])
@@ -271,8 +298,9 @@ def read_csv(path: str, cols) -> Rows:
   return Rows(path, texts["text_a"], texts.get("text_b"), labels, lines)
 
 
-def read_jsonl(path: str, cols) -> Rows:
-  """A JSON-lines file: one JSON object per line (blank lines skipped)."""
+def read_jsonl(path: str, cols, regression: str = "") -> Rows:
+  """A JSON-lines file: one JSON object per line (blank lines skipped); `regression` as in
+  read_csv (a regression label must be a JSON number)."""
   texts = {key: [] for key, _ in cols}
   labels, lines = [], []
   # split("\n"), not splitlines(): a JSON string may hold U+2028 and other line separators.
@@ -292,7 +320,9 @@ def read_jsonl(path: str, cols) -> Rows:
         raise ConfigError(f"{where}: no field {name!r} (data.{key}); this line has fields: "
                           f"{', '.join(repr(k) for k in obj)}")
       value = obj[name]
-      if key == "label":
+      if key == "label" and regression:
+        labels.append(_score(value, where, name, regression))
+      elif key == "label":
         labels.append(_json_label(value, where, name))
       elif not isinstance(value, str):
         raise ConfigError(f"{where}: field {name!r} (data.{key}) is {_json_type(value)}, not a "
@@ -344,7 +374,12 @@ def load(cfg) -> Tuple[tasks.Task, data.Split, data.Split]:
   paths = find_files(cfg)
   cols = _columns(cfg)
   reader = read_csv if cfg.data.source == "csv" else read_jsonl
-  train, dev = reader(paths["train"], cols), reader(paths["dev"], cols)
+  metric = _get(cfg, "metric") or "accuracy"
+  regression = metric if metrics.is_regression(metric) else ""
+  train = reader(paths["train"], cols, regression)
+  dev = reader(paths["dev"], cols, regression)
+  if regression:
+    return _regression_task(cfg, metric, train, dev)
   _check_one_kind([train, dev])
   kind = train.labels[0].kind
   seen = sorted({l.key: l.order for l in train.labels}.items(), key=lambda kv: kv[1])
@@ -355,7 +390,6 @@ def load(cfg) -> Tuple[tasks.Task, data.Split, data.Split]:
   if len(set(given)) != len(given):
     raise ConfigError(f"data.labels={_get(cfg, 'labels')!r} names one class twice")
   classes = given or [key for key, _ in seen]
-  metric = _get(cfg, "metric") or "accuracy"
   _check_binary(metric, classes, "data.labels" if given else f"the training file {train.path}")
   if given:
     unknown = lambda where, key: (f"{where}: label {key!r} is not in data.labels "
@@ -377,3 +411,20 @@ def load(cfg) -> Tuple[tasks.Task, data.Split, data.Split]:
                metric, f" (positive class {classes[1]!r})" if metric in BINARY_METRICS else "")
   return (task, data.Split(train.text_a, train.text_b, y_train),
           data.Split(dev.text_a, dev.text_b, y_dev))
+
+
+def _regression_task(cfg, metric: str, train: Rows, dev: Rows):
+  """The Task and Splits of real-valued labels (float32 scores, one model output)."""
+  y = []
+  for rows in (train, dev):
+    y.append(np.asarray([label.order[0] for label in rows.labels], np.float32))
+    if np.all(y[-1] == y[-1][0]):
+      raise ConfigError(f"{rows.path}: every label is {rows.labels[0].key}; a correlation "
+                        f"(data.metric={metric}) needs labels that vary")
+  task = tasks.Task(str(cfg.task), "", 0, 1 if train.text_b is not None else None, 2, (), metric,
+                    regression=True)
+  logging.info("%s: %d train examples (%s), %d dev (%s); regression (labels %.3g..%.3g, one "
+               "output, MSE loss); main metric %s", task.name, len(y[0]), train.path, len(y[1]),
+               dev.path, float(y[0].min()), float(y[0].max()), metric)
+  return (task, data.Split(train.text_a, train.text_b, y[0]),
+          data.Split(dev.text_a, dev.text_b, y[1]))

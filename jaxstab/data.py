@@ -1,114 +1,55 @@
 """Read a GLUE task from TSV files, HF datasets or tensorflow-datasets into tokenized arrays.
 
-All sources end in the same `Split` (texts and integer labels) and then the same tokenized
-numpy arrays, cached in the workdir. Batches are cut *on the device* from the whole training
-set (GLUE tasks fit easily): a seed's data order is a pure function of its key and the step,
-so the train step needs no host input and vmaps over seeds unchanged.
+All sources end in the same `Split` (texts and labels: class ids, or float scores for a
+regression task) and then the same tokenized numpy arrays, cached in the workdir. Batches are
+cut *on the device* from the whole training set (GLUE tasks fit easily): a seed's data order is
+a pure function of its key and the step, so the train step needs no host input and vmaps over
+seeds unchanged.
+
+Large training sets (QQP, MNLI: ~400k pairs) are tokenized `TOKENIZE_CHUNK` examples at a time
+into arrays allocated once, with a progress line per chunk, so the tokenizer's per-example
+Python objects exist for one chunk at a time, and the cache file is written from those arrays
+without an in-memory copy of the file.
 """
-import csv
-import dataclasses
 import hashlib
+import itertools
 import os
-import sys
-from typing import List, Optional
+import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
-from jaxstab import demo_task, fs
+from jaxstab import demo_task
 from jaxstab.errors import ConfigError
+from jaxstab.glue_files import Split, label_dtype, read_hf, read_tfds, read_tsv
 from jaxstab.tasks import Task
+
+__all__ = ["Split", "label_dtype"]  # re-exported: callers build and read Splits from here
 
 CUSTOM_SOURCES = ("csv", "jsonl")  # the user's own files: jaxstab/custom_data.py reads them
 SOURCES = ("tsv", "hf", "tfds", "synthetic") + CUSTOM_SOURCES
 SPLITS = ("train", "dev")
-
-
-@dataclasses.dataclass
-class Split:
-  text_a: List[str]
-  text_b: Optional[List[str]]
-  labels: np.ndarray  # int32 class ids
-
-  def __len__(self):
-    return len(self.labels)
-
-
-def _read_tsv(task: Task, path: str) -> Split:
-  if not os.path.isfile(path):
-    raise ConfigError(f"missing data file {path} for task {task.name!r} (data.source=tsv); "
-                      f"expected {os.path.dirname(path)}/{{train,dev}}.tsv in the GLUE layout. "
-                      "Set --config.data.dir to the folder holding the task folders.")
-  csv.field_size_limit(sys.maxsize)
-  need = max(c for c in (task.text_a, task.text_b, task.label) if c is not None) + 1
-  text_a, text_b, labels = [], [], []
-  # utf-8-sig: MRPC's train.tsv starts with a byte-order mark. QUOTE_NONE: quotes are literal.
-  with open(path, encoding="utf-8-sig", newline="") as f:
-    for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-      if lineno == 1 and task.header:
-        continue
-      if not row or row == [""]:
-        continue
-      if len(row) < need:
-        raise ConfigError(f"{path}:{lineno}: malformed row: expected at least {need} "
-                          f"tab-separated columns, found {len(row)}")
-      label = row[task.label].strip()
-      if label not in task.labels:
-        raise ConfigError(f"{path}:{lineno}: label {label!r} is not one of {list(task.labels)}")
-      text_a.append(row[task.text_a])
-      if task.text_b is not None:
-        text_b.append(row[task.text_b])
-      labels.append(task.labels.index(label))
-  if not labels:
-    raise ConfigError(f"{path}: no examples found")
-  return Split(text_a, text_b if task.text_b is not None else None,
-               np.asarray(labels, np.int32))
-
-
-def _read_hf(task: Task, split: str, data_dir: str) -> Split:
-  try:
-    import datasets  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ConfigError("data.source=hf needs the `datasets` package: pip install 'datasets<5'") from e
-  hf_split = {"train": "train", "dev": "validation"}[split]
-  try:
-    ds = datasets.load_dataset("nyu-mll/glue", task.hf_name, split=hf_split,
-                               cache_dir=data_dir or None)
-  except Exception as e:  # offline, or the hub refused: say what to do instead
-    raise ConfigError(f"could not load nyu-mll/glue/{task.hf_name} ({split}) from the HF hub: "
-                      f"{e}. Offline, use --config.data.source=tsv --config.data.dir=GLUE_DIR.") from e
-  cols = task.hf_text
-  return Split(list(ds[cols[0]]), list(ds[cols[1]]) if len(cols) > 1 else None,
-               np.asarray(ds["label"], np.int32))
-
-
-def _read_tfds(task: Task, split: str, data_dir: str) -> Split:
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ConfigError("data.source=tfds needs tensorflow-datasets: pip install 'jaxstab[tfds]'") from e
-  tf_split = {"train": "train", "dev": "validation"}[split]
-  ds = tfds.as_numpy(tfds.load(task.tfds_name, split=tf_split, data_dir=data_dir or None))
-  cols = task.hf_text
-  rows = list(ds)
-  dec = lambda b: b.decode("utf-8") if isinstance(b, bytes) else str(b)
-  return Split([dec(r[cols[0]]) for r in rows],
-               [dec(r[cols[1]]) for r in rows] if len(cols) > 1 else None,
-               np.asarray([r["label"] for r in rows], np.int32))
+TOKENIZE_CHUNK = 20_000  # examples per tokenizer call (bounds the tokenizer's Python objects)
 
 
 def load_split(task: Task, split: str, source: str, data_dir: str) -> Split:
-  """One split ('train' or 'dev') of `task` from `source`."""
-  if split not in SPLITS:
-    raise ConfigError(f"unknown split {split!r}; choose one of {SPLITS}")
+  """One split of `task` from `source`: 'train', 'dev' (the main dev set: MNLI's matched one)
+  or one of task.extra_dev (MNLI's 'dev_mismatched')."""
+  if split not in SPLITS + task.extra_dev:
+    raise ConfigError(f"unknown split {split!r} of task {task.name!r}; choose one of "
+                      f"{SPLITS + task.extra_dev}")
   if source == "tsv":
-    return _read_tsv(task, os.path.join(data_dir, task.glue_dir, f"{split}.tsv"))
+    return read_tsv(task, os.path.join(data_dir, task.glue_dir, f"{task.file_name(split)}.tsv"))
   if source == "hf":
-    return _read_hf(task, split, data_dir)
+    return read_hf(task, split, data_dir)
   if source == "tfds":
-    return _read_tfds(task, split, data_dir)
+    return read_tfds(task, split, data_dir)
   if source == "synthetic":
+    if split not in SPLITS:
+      raise ConfigError(f"data.source=synthetic has no split {split!r}")
     a, b, y = demo_task.generate(demo_task.SIZES[split], demo_task.SEEDS[split])
     return Split(a, b, y)
   if source in CUSTOM_SOURCES:  # their task is built from the files: inputs.load reads them
@@ -126,35 +67,70 @@ def _fingerprint(split: Split, tokenizer, max_len: int) -> str:
     h.update(b"|add_prefix_space|" + (normalizer.__getstate__() if normalizer else b""))
   for token, idx in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):  # the ids matter
     h.update(f"{idx}:{token}\n".encode("utf-8"))
-  for t in split.text_a + (split.text_b or []):
+  for t in itertools.chain(split.text_a, split.text_b or ()):
     h.update(t.encode("utf-8"))
     h.update(b"\0")
   h.update(split.labels.tobytes())
   return h.hexdigest()[:16]
 
 
-def tokenize(split: Split, tokenizer, max_len: int) -> dict:
-  """Fixed-length numpy arrays: input_ids, attention_mask, token_type_ids, labels (all int32)."""
-  enc = tokenizer(split.text_a, split.text_b, max_length=max_len, truncation=True,
-                  padding="max_length", return_token_type_ids=True, return_tensors="np")
-  ids = enc["input_ids"].astype(np.int32)
-  return {"input_ids": ids,
-          "attention_mask": enc["attention_mask"].astype(np.int32),
-          "token_type_ids": enc.get("token_type_ids", np.zeros_like(ids)).astype(np.int32),
-          "labels": split.labels.astype(np.int32)}
+def _encode(tokenizer, text_a, text_b, max_len: int) -> dict:
+  enc = tokenizer(text_a, text_b, max_length=max_len, truncation=True, padding="max_length",
+                  return_token_type_ids=True, return_tensors="np")
+  ids = enc["input_ids"]
+  return {"input_ids": ids, "attention_mask": enc["attention_mask"],
+          "token_type_ids": enc.get("token_type_ids", np.zeros_like(ids))}
+
+
+def tokenize(split: Split, tokenizer, max_len: int, chunk: int = TOKENIZE_CHUNK,
+             name: str = "") -> dict:
+  """Fixed-length numpy arrays: input_ids, attention_mask, token_type_ids (int32, [n, max_len])
+  and labels (int32 class ids, or float32 for regression).
+
+  The texts are tokenized `chunk` examples at a time, each chunk written into arrays allocated
+  once; the result equals one tokenizer call on all texts (tests/test_glue_tasks.py). A set of
+  more than one chunk logs a progress line per chunk (`name` says which set)."""
+  n = len(split.labels)
+  out = {k: np.zeros((n, max_len), np.int32)
+         for k in ("input_ids", "attention_mask", "token_type_ids")}
+  t0, many = time.time(), n > chunk
+  for start in range(0, n, chunk):
+    stop = min(start + chunk, n)
+    enc = _encode(tokenizer, split.text_a[start:stop],
+                  split.text_b[start:stop] if split.text_b is not None else None, max_len)
+    for k, v in enc.items():
+      out[k][start:stop] = v
+    del enc
+    if many:
+      logging.info("tokenizing %s: %d/%d examples (%.0f%%), %.0f s", name or "examples", stop, n,
+                   100 * stop / n, time.time() - t0)
+  floats = np.issubdtype(np.asarray(split.labels).dtype, np.floating)
+  out["labels"] = np.asarray(split.labels).astype(np.float32 if floats else np.int32)
+  return out
+
+
+def _save_local_npz(path: str, arrays: dict) -> None:
+  """np.savez straight into a temporary file beside `path`, then renamed: the arrays are
+  streamed into the zip, never copied whole in memory (fs.save_npz builds the file in memory)."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    np.savez(f, **arrays)
+  os.replace(tmp, path)
 
 
 def tokenize_cached(split: Split, tokenizer, max_len: int, cache_dir: Optional[str],
                     name: str) -> dict:
-  """`tokenize`, reusing a cached copy keyed by the texts, tokenizer and length."""
+  """`tokenize`, reusing a cached copy keyed by the texts, labels, tokenizer and length (the
+  cache folder is on this machine: inputs.token_cache_dir)."""
   if not cache_dir:
-    return tokenize(split, tokenizer, max_len)
+    return tokenize(split, tokenizer, max_len, name=name)
   path = os.path.join(cache_dir, f"{name}-{_fingerprint(split, tokenizer, max_len)}.npz")
   if os.path.isfile(path):
-    return fs.load_npz(path)
-  arrays = tokenize(split, tokenizer, max_len)
+    with np.load(path) as z:
+      return {k: z[k] for k in z.files}
+  arrays = tokenize(split, tokenizer, max_len, name=name)
   os.makedirs(cache_dir, exist_ok=True)
-  fs.save_npz(path, **arrays)
+  _save_local_npz(path, arrays)
   return arrays
 
 

@@ -7,7 +7,7 @@ inputs before it touches its workdir.
 """
 import dataclasses
 import os
-from typing import Optional
+from typing import Dict, Optional
 
 from jaxstab import custom_data, data, fs, models, tasks, vocab
 
@@ -20,30 +20,38 @@ class Inputs:
   tokenizer: object
   train_split: data.Split
   dev_split: data.Split
+  # The task's further dev sets by name (MNLI: dev_mismatched), scored besides the main one.
+  extra_dev_splits: Dict[str, data.Split] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
 class Arrays:
   """Tokenized inputs: the training set as training uses it (subsampled when the config says so)
   and the whole dev set; `full_steps_per_epoch` counts batches of the *full* training set (the
-  small-data ablation's "as many steps as E full epochs")."""
+  small-data ablation's "as many steps as E full epochs"); `extra_dev` holds the task's further
+  dev sets, tokenized, by name (metrics recorded as f"{name}_{metric}")."""
   train: dict
   dev: dict
   full_steps_per_epoch: int
+  extra_dev: Dict[str, dict] = dataclasses.field(default_factory=dict)
 
 
 def load(cfg) -> Inputs:
   """Data files, tokenizer and model of `cfg` (raises ConfigError naming a bad input)."""
+  extra = {}
   if cfg.data.source in data.CUSTOM_SOURCES:  # the user's own files: the task is built from them
     task, train_split, dev_split = custom_data.load(cfg)
   else:
     task = tasks.get_task(cfg.task)
     train_split = data.load_split(task, "train", cfg.data.source, cfg.data.dir)
     dev_split = data.load_split(task, "dev", cfg.data.source, cfg.data.dir)
+    if cfg.data.source != "synthetic":  # the demo's generator makes one dev set
+      extra = {name: data.load_split(task, name, cfg.data.source, cfg.data.dir)
+               for name in task.extra_dev}
   tokenizer = vocab.load(cfg.model, lambda: train_split.text_a + (train_split.text_b or []))
   model = models.load(cfg.model, task.num_labels, tokenizer)
   models.check_fit(model, tokenizer, cfg.train.max_seq_length)
-  return Inputs(task, model, tokenizer, train_split, dev_split)
+  return Inputs(task, model, tokenizer, train_split, dev_split, extra)
 
 
 def token_cache_dir(directory: str) -> str:
@@ -57,6 +65,8 @@ def tokenize(cfg, inputs: Inputs, cache_dir: Optional[str]) -> Arrays:
   train = data.tokenize_cached(inputs.train_split, inputs.tokenizer, length, cache_dir,
                                f"{name}-train")
   dev = data.tokenize_cached(inputs.dev_split, inputs.tokenizer, length, cache_dir, f"{name}-dev")
+  extra = {key: data.tokenize_cached(split, inputs.tokenizer, length, cache_dir, f"{name}-{key}")
+           for key, split in inputs.extra_dev_splits.items()}
   full_spe = data.num_batches(len(train["labels"]), cfg.train.batch_size)
   train = data.subsample(train, cfg.data.train_examples, cfg.data.subsample_seed)
-  return Arrays(train=train, dev=dev, full_steps_per_epoch=full_spe)
+  return Arrays(train=train, dev=dev, full_steps_per_epoch=full_spe, extra_dev=extra)

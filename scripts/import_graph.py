@@ -30,7 +30,7 @@ LAYERS: Sequence[Tuple[str, int, Tuple[str, ...]]] = (
     ("report", 3, ("report", "compare")),
     ("engine", 2, ("train", "probe", "optim", "stabilisers", "models", "attention", "parallel",
                    "inputs")),
-    ("data", 1, ("data", "tasks", "vocab", "demo_task", "metrics", "custom_data")),
+    ("data", 1, ("data", "glue_files", "tasks", "vocab", "demo_task", "metrics", "custom_data")),
     ("results", 1, ("stats", "outputs", "results", "picks")),
     ("infra", 0, ("__init__", "fs", "lock", "checkpoint", "errors", "config_lib", "presets", "quiet", "cli",
                   "treepath", "reference")),

@@ -150,7 +150,7 @@ def test_tsv_file_in_the_folder_is_tab_separated_with_literal_quotes(tmp_path):
 
 
 def test_metric_by_name_and_positive_class(rte_csv):
-  for name in custom_data.METRICS:
+  for name in custom_data.CLASSIFICATION:
     task, _, dev = custom_data.load(rte_cfg(rte_csv, metric=name))
     assert task.metric == name
     scores = metrics.compute(name, dev.labels, dev.labels)
@@ -161,6 +161,44 @@ def test_metric_by_name_and_positive_class(rte_csv):
   preds, labels = np.array([1, 1, 0, 0]), np.array([1, 0, 0, 0])
   assert metrics.compute("f1", preds, labels)["f1"] == pytest.approx(2 / 3)
   assert metrics.compute("f1", 1 - preds, 1 - labels)["f1"] == pytest.approx(0.8)
+
+
+def test_regression_csv_and_jsonl(tmp_path):
+  """data.metric=pearson_spearman: real-valued labels, float32, one output; the task's name is
+  free (even 'regression')."""
+  write_csv(tmp_path / "c" / "train.csv", ["s", "score"], [("a", "0.5"), ("b", " 4.25"), ("c", "1")])
+  write_csv(tmp_path / "c" / "dev.csv", ["s", "score"], [("a", "3e-1"), ("b", "2")])
+  cfg = own(path=str(tmp_path / "c"), text_a="s", label="score", metric="pearson_spearman")
+  cfg.task = "regression"
+  task, train, dev = custom_data.load(cfg)
+  assert task.regression and task.num_labels == 1 and task.metric == "pearson_spearman"
+  assert train.labels.dtype == np.float32 and train.labels.tolist() == [0.5, 4.25, 1.0]
+  assert dev.labels.tolist() == pytest.approx([0.3, 2.0], rel=1e-7)  # float32 of 0.3: measured rel 4.0e-8
+  write_jsonl(tmp_path / "j" / "train.jsonl", [{"s": "a", "y": 1}, {"s": "b", "y": 2.5}])
+  write_jsonl(tmp_path / "j" / "dev.jsonl", [{"s": "a", "y": 0}, {"s": "b", "y": 5}])
+  task, train, _ = custom_data.load(own("jsonl", path=str(tmp_path / "j"), text_a="s", label="y",
+                                        metric="spearman"))
+  assert task.metric == "spearman" and train.labels.tolist() == [1.0, 2.5]
+
+
+def test_regression_errors_name_file_line_and_column(tmp_path):
+  train = write_csv(tmp_path / "train.csv", ["s", "score"], [("a", "0.5"), ("b", "high")])
+  dev = write_csv(tmp_path / "dev.csv", ["s", "score"], [("a", "1"), ("b", "2")])
+  cfg = own(train_file=train, dev_file=dev, text_a="s", label="score", metric="pearson_spearman")
+  assert error_of(cfg) == (f"{train}:3: label 'high' in column 'score' (data.label) is not a "
+                           "number; data.metric=pearson_spearman makes this a regression task, "
+                           "whose labels are real-valued scores")
+  write_csv(tmp_path / "train.csv", ["s", "score"], [("a", "0.5"), ("b", "nan")])
+  assert error_of(cfg).startswith(f"{train}:3: label 'nan' in column 'score'")
+  write_csv(tmp_path / "train.csv", ["s", "score"], [("a", "2"), ("b", "2.0")])
+  assert error_of(cfg) == (f"{train}: every label is 2.0; a correlation "
+                           "(data.metric=pearson_spearman) needs labels that vary")
+  jtrain = write_jsonl(tmp_path / "j" / "train.jsonl", [{"s": "a", "y": 1}, {"s": "b", "y": True}])
+  write_jsonl(tmp_path / "j" / "dev.jsonl", [{"s": "a", "y": 1}, {"s": "b", "y": 2}])
+  assert error_of(own("jsonl", path=str(tmp_path / "j"), text_a="s", label="y",
+                      metric="pearson")) == (
+      f"{jtrain}:2: label true in column 'y' (data.label) is not a number; data.metric=pearson "
+      "makes this a regression task, whose labels are real-valued scores")
 
 
 def test_binary_metric_needs_two_classes(tmp_path):
@@ -300,8 +338,8 @@ def test_bad_rows_and_values(tmp_path):
                            "classes in the training file")
   train.write_text("t,y\na,0.37\nb,1\n", encoding="utf-8")
   msg = error_of(cfg)
-  assert msg.startswith(f"{train}:2: label '0.37' is not a whole number; regression on your own "
-                        "data (task=regression, data.metric=pearson_spearman) is not supported yet")
+  assert msg == (f"{train}:2: label '0.37' is not a whole number; a class id must be a whole "
+                 "number; for real-valued labels (regression) set data.metric=pearson_spearman")
   write_jsonl(tmp_path / "j" / "train.jsonl", [{"t": 5, "y": 0}])
   write_jsonl(tmp_path / "j" / "dev.jsonl", [{"t": "a", "y": 0}])
   assert error_of(own("jsonl", path=str(tmp_path / "j"), text_a="t", label="y")) == (
@@ -320,10 +358,11 @@ def test_bad_rows_and_values(tmp_path):
      "the first text (a CSV header's name or a JSON field)"),
     (dict(path="d", text_a="s", label="s"), "data.label='s' is also a text column"),
     (dict(path="d", text_a="s", label="y", metric="auc"), "data.metric='auc' is not allowed; "
-     "choose one of: accuracy, f1, mcc, acc_and_f1 ('' = accuracy)"),
-    (dict(path="d", text_a="s", label="y", metric="pearson_spearman"),
-     "regression on your own data (task=regression, data.metric=pearson_spearman) is not "
-     "supported yet"),
+     "choose one of: accuracy, f1, mcc, acc_and_f1, pearson_spearman, pearson, spearman ('' = "
+     "accuracy; the last three: regression)"),
+    (dict(path="d", text_a="s", label="y", metric="pearson_spearman", labels="a,b"),
+     "data.labels='a,b' lists classes, but data.metric=pearson_spearman makes a regression task "
+     "(real-valued labels): leave data.labels empty"),
     (dict(path="d", text_a="s", label="y", labels="a,b,a"), "data.labels='a,b,a' lists a twice"),
     (dict(path="d", text_a="s", label="y", labels="a"), "classification needs at least two"),
 ])
@@ -337,8 +376,7 @@ def test_validate_task_names_and_sources():
   ok = dict(path="no/such/folder", text_a="s", label="y")
   validate.check_config(own(**ok))  # the files are read by inputs.load, not here
   validate.check_config(own("jsonl", task="my_reviews-2", **ok))
-  with pytest.raises(ConfigError, match=r"^regression on your own data .* not supported yet"):
-    validate.check_config(own(task="regression", **ok))
+  validate.check_config(own(task="regression", metric="pearson_spearman", **ok))
   with pytest.raises(ConfigError, match="task='rte' is a built-in task, but data.source=csv"):
     validate.check_config(own(task="rte", **ok))
   with pytest.raises(ConfigError, match="letters, digits"):
