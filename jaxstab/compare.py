@@ -6,14 +6,16 @@ of each workdir (nothing is retrained; the statistics come from the per-seed rec
 writes the table the study itself writes, the majority classifier per task, Levene's p-value and
 the permutation tests' p-values (difference in mean and in std) for every two recipes of the same
 task, and, per setting, bootstrap intervals of std / mean / median / failed runs and the
-expected best of n = 1, 5 and N seeds (jaxstab.stats).
+expected best of n = 1, 5 and N seeds (jaxstab.stats), and, where a setting has a stored
+forecast or a probe.npz, how well its early gradient norms forecast the failed seeds
+(jaxstab.forecast).
 
 Command line: python -m jaxstab.compare WORKDIR [WORKDIR ...] [--out=FILE.md] [--paper]
 (console script: jaxstab-compare)
 """
 import sys
 
-from jaxstab import cli, fs, outputs, stats
+from jaxstab import cli, forecast, fs, outputs, stats
 from jaxstab.errors import ConfigError
 
 
@@ -54,14 +56,17 @@ def _settings_of(wd) -> list:
   if fs.isfile(path):
     summary = _read(path)
     if "settings" in summary:
-      return [dict(s, recipe=s.get("recipe") or s["setting"]) for s in summary["settings"]]
-    return [_one_setting(summary, wd.rstrip("/").rsplit("/", 1)[-1], unfinished=False)]
+      return [dict(s, recipe=s.get("recipe") or s["setting"], directory=fs.join(wd, s["name"]))
+              for s in summary["settings"]]
+    return [dict(_one_setting(summary, wd.rstrip("/").rsplit("/", 1)[-1], unfinished=False),
+                 directory=wd)]
   names = ([n for n in fs.listdir(wd) if fs.isfile(fs.join(wd, n, outputs.SUMMARY))]
            if fs.isdir(wd) else [])
   if not names:
     raise ConfigError(f"{path} not found, nor any <setting>/summary.json under it: {wd} holds "
                       "no finished run, study or study setting")
-  return [_one_setting(_read(fs.join(wd, n, outputs.SUMMARY)), n, unfinished=True) for n in names]
+  return [dict(_one_setting(_read(fs.join(wd, n, outputs.SUMMARY)), n, unfinished=True),
+               directory=fs.join(wd, n)) for n in names]
 
 
 def _read(path) -> dict:
@@ -120,6 +125,9 @@ def markdown(settings, paper=False) -> str:
               f"({stats.RESAMPLES:,} random splits of the pooled seeds, seed {stats.SEED}; "
               f"smallest possible p {2 / (stats.RESAMPLES + 1):.2g}).", ""]
   lines += [stats.uncertainty_markdown(settings), ""]
+  predicted = forecast.markdown([(s["recipe"], s["task"], setting_forecast(s)) for s in settings])
+  if predicted:
+    lines += [predicted, ""]
   unfinished = {}
   for s in settings:
     if s.get("unfinished_study"):
@@ -131,6 +139,18 @@ def markdown(settings, paper=False) -> str:
       f"{t.upper()} {', '.join(dict.fromkeys(s['workdir'] for s in settings if s['task'] == t))}"
       f" ({_seeds(settings, t)})" for t in tasks) + ".")
   return "\n".join(lines) + "\n"
+
+
+def setting_forecast(setting, stored=True):
+  """A gathered setting's failure forecast (jaxstab.forecast.evaluate's dict): summary["forecast"]
+  when stored (and `stored`), else computed from the probe.npz in its folder (None without one)."""
+  if stored and isinstance(setting.get("forecast"), dict):
+    return setting["forecast"]
+  setting = {k: v for k, v in setting.items() if k != "forecast"}
+  path = fs.join(setting["directory"], outputs.PROBE) if setting.get("directory") else None
+  if not path or not fs.isfile(path):
+    return None
+  return forecast.of_setting(setting, fs.load_npz(path))
 
 
 def _reported(settings) -> str:

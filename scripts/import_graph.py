@@ -31,7 +31,7 @@ LAYERS: Sequence[Tuple[str, int, Tuple[str, ...]]] = (
     ("engine", 2, ("train", "probe", "optim", "stabilisers", "models", "attention", "parallel",
                    "inputs")),
     ("data", 1, ("data", "glue_files", "tasks", "vocab", "demo_task", "metrics", "custom_data")),
-    ("results", 1, ("stats", "outputs", "results", "picks")),
+    ("results", 1, ("stats", "outputs", "results", "picks", "forecast")),
     ("infra", 0, ("__init__", "fs", "lock", "checkpoint", "errors", "config_lib", "presets", "quiet", "cli",
                   "treepath", "reference")),
 )

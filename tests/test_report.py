@@ -50,7 +50,8 @@ def test_report_of_a_real_run(real_run):
   report = build(real_run)
   assert report.index == os.path.join(real_run, "report", "index.html")
   assert set(report.figures) == {"spread", "expected_max_demo", "gradnorms_demo_devlin",
-                                 "bias_correction", "generalization", "train_loss"}
+                                 "forecast_demo", "bias_correction", "generalization",
+                                 "train_loss"}
   _check_pngs(report)
   page, images = _images(report.index)
   assert len(images) == len(report.figures)
@@ -89,10 +90,10 @@ def test_the_command_line_builds_the_report(real_run, tmp_path):
                         check=False)
   assert done.returncode == 0, done.stderr
   page, images = _images(out / "index.html")
-  assert len(images) == 6 and "demo_devlin" in page
+  assert len(images) == 7 and "demo_devlin" in page
   assert sorted(p.name for p in out.glob("*.png")) == sorted(
       ["spread.png", "expected_max_demo.png", "gradnorms_demo_devlin.png", "bias_correction.png",
-       "generalization.png", "train_loss.png"])
+       "generalization.png", "train_loss.png", "forecast_demo.png"])
 
 
 # ------------------------------------------------------------------ errors
@@ -186,7 +187,7 @@ def test_a_two_setting_study_with_failed_and_diverged_runs(tmp_path):
   report = build(str(tmp_path))
   _check_pngs(report)
   page, images = _images(report.index)
-  assert len(images) == 7 == len(report.figures)
+  assert len(images) == 8 == len(report.figures)   # with forecast_rte
   assert "<td>devlin</td>" in page and "<td>ours</td>" in page
   assert "3/5 failed" in page and "0/5 failed" in page
   _check_expected_max(tmp_path, report, page)

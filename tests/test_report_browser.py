@@ -18,6 +18,9 @@ window.addEventListener('load', function () {
   var best = imgs.filter(function (i) { return i.alt.indexOf('expected best-of-n') === 0; });
   var drawn = best.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   document.body.setAttribute('data-best-of-n', drawn + '/' + best.length);
+  var fc = imgs.filter(function (i) { return i.alt.indexOf('failure forecast of') === 0; });
+  var fcDrawn = fc.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-forecast', fcDrawn + '/' + fc.length);
 });
 </script>"""
 
@@ -64,6 +67,9 @@ def test_report_page_loads_every_image_without_console_errors(tmp_path, glue_dir
   # the expected best-of-n figure of the task (one per task) is on the page and drawn
   assert re.search(r'data-best-of-n="1/1"', dom.stdout), dom.stdout[-2000:]
   assert "expected best-of-n curves of RTE" in html and "Uncertainty over seeds" in html
+  # the failure-forecast figure of the task (jaxstab.forecast) is drawn, its table beside it
+  assert re.search(r'data-forecast="1/1"', dom.stdout), dom.stdout[-2000:]
+  assert "Failure forecast from the probe" in html
   console = [l for l in dom.stderr.splitlines() if "CONSOLE" in l and "probed.html" in l]
   assert not [l for l in console if "rror" in l], console
   shot = out / "screenshot.png"

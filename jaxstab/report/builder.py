@@ -6,6 +6,7 @@ from typing import Dict, List
 
 from jaxstab import outputs, picks, results
 from jaxstab.report import analyses, figures, gradnorms, html
+from jaxstab.report import forecast as forecast_fig
 
 
 @dataclasses.dataclass
@@ -57,6 +58,12 @@ def build(workdir: str, out: str = None) -> Report:
       captions[key] = f"{s.title()}: no probe.npz with gradient norms; figure skipped."
     else:
       pngs[key], captions[key] = path, caption
+  forecasts = {s.name: forecast_fig.of_setting(s) for s in settings}
+  for task, group in tasks.items():
+    path = os.path.join(out, f"forecast_{safe_name(task)}.png")
+    caption = forecast_fig.figure(task, group, forecasts, path)
+    if caption:
+      pngs[f"forecast_{safe_name(task)}"], captions[f"forecast_{safe_name(task)}"] = path, caption
   draw("bias_correction", figures.bias_correction, settings)
   surfaces = _analysis_figures(settings, out, "loss_surface", pngs, captions, notes)
   forgetting = _analysis_figures(settings, out, "forgetting", pngs, captions, notes)
@@ -74,6 +81,11 @@ def build(workdir: str, out: str = None) -> Report:
       "<h2>2. Gradient norms: failed vs successful runs</h2>",
       *[f"<h3>{html.esc(s.title())}</h3>"
         + fig(f"gradnorms_{safe_name(s.name)}", f"gradient norms of {s.name}") for s in settings],
+      "<h3>Forecasting failure from the early gradient norms</h3>",
+      *[fig(f"forecast_{safe_name(t)}", f"failure forecast of {t.upper()}")
+        for t in tasks if f"forecast_{safe_name(t)}" in pngs],
+      html.forecast_table(settings, forecasts)
+      or "<p class='note'>No setting has a probe.npz with gradient norms: no forecast.</p>",
       "<h2>3. Bias correction acts as warmup</h2>",
       fig("bias_correction", "bias-correction factor and effective learning rate"),
       "<h2>4. Loss surface through the pretrained, a failed and a successful model</h2>",

@@ -8,7 +8,7 @@ import math
 import os
 from typing import List, Optional
 
-from jaxstab import outputs, picks, stats
+from jaxstab import forecast, outputs, picks, stats
 from jaxstab.results import Setting, Study, num
 
 CSS = """
@@ -103,6 +103,34 @@ def uncertainty_table(settings: List[Setting], found: dict) -> str:
     cells += [f"{pct(em[n - 1])} ± {pct(em_std[n - 1])}" if 0 < n <= len(em) else "—"
               for n in (1, 5, len(em))]
     out.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+  return "\n".join(out + ["</table>"])
+
+
+def forecast_table(settings: List[Setting], found: dict) -> str:
+  """Per setting with a forecast (`found`: setting name -> jaxstab.forecast.evaluate's dict, the
+  summary's stored one or recomputed from probe.npz) and fraction: the cut-off step, alarms /
+  failed seeds, precision, recall, AUROC and the leave-one-out precision / recall."""
+  rows = [(s, found.get(s.name)) for s in settings if found.get(s.name)]
+  if not rows:
+    return ""
+  fmt = lambda x: "—" if x is None else f"{x:.2f}"
+  head = ["setting", "task", "fraction", "step", "alarms / failed / seeds", "precision",
+          "recall", "AUROC", "leave-one-out P / R"]
+  out = [f"<table><caption>Failure forecast from the probe at each fraction of training: a seed "
+         f"is predicted to fail when its lowest groups' gradient norm has fallen more than "
+         f"tenfold (score &gt; {forecast.THRESHOLD:.2f}, fixed a priori) relative to the "
+         "classifier's since step 0; precision = failed among the alarms, recall = alarms among "
+         "the failed (— when undefined); leave-one-out: each seed judged by a threshold chosen "
+         "on the other seeds</caption>",
+         "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+  for s, f in rows:
+    for r in f["fractions"]:
+      cells = [s.name, s.task.upper(), f"{100 * r['fraction']:.0f}%", r["step"],
+               f"{r['predicted_failed']} / {r['actual_failed']} / {len(f['seeds'])}",
+               fmt(r["precision"]),
+               fmt(r["recall"]), fmt(r["auroc"]),
+               f"{fmt(r['loo']['precision'])} / {fmt(r['loo']['recall'])}"]
+      out.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
   return "\n".join(out + ["</table>"])
 
 
