@@ -38,6 +38,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.task = "rte"                       # rte | mrpc | cola | sst2 | qnli | demo | own data's name
   c.seed = 1                           # the run's seed (used when `seeds` is empty)
   c.seeds = ""                         # '1-25', '1,3,7' or '5'; empty = [seed]
+  c.data_seeds = ""                    # same syntax: a separate data-order seed per run, the grid
+                                       # seeds x data_seeds (jaxstab/runs.py); empty = off
   c.setting = "devlin"                 # name of the recipe preset applied (for the record)
   c.fidelity = "corrected"             # reference | corrected: run the reference code's quirks or not
                                        # (FIDELITY; the paper's presets default to reference)
@@ -103,6 +105,10 @@ def base_config() -> ml_collections.ConfigDict:
                                        # | reference (the reference configs': CoLA 1602, not 1605)
   c.train.seeds_per_step = 0           # seeds advanced together by one step; 0 = all that fit
   c.train.seed_axis = "auto"           # auto | vmap | map (one seed at a time; auto: map on 1 CPU)
+  c.train.early_stop = ml_collections.ConfigDict()  # start many, continue the best (early_stop.py)
+  c.train.early_stop.at = 0.0          # fraction of the total steps at which runs are ranked; 0 = off
+  c.train.early_stop.keep = 0          # runs continued after that point (the rest stop there)
+  c.train.early_stop.by = "dev"        # dev (dev metric then) | probe (forecast.failure_scores)
 
   c.stabilisers = ml_collections.ConfigDict()
   c.stabilisers.mixout = 0.0           # Mixout probability toward the pretrained weights; 0 = off
@@ -359,9 +365,18 @@ def parse_seeds(cfg):
   spec = cfg.seeds
   if isinstance(spec, int) and not isinstance(spec, bool):
     return [spec]
+  if not str(spec).strip():
+    return [int(cfg.seed)]
+  return parse_seed_list(spec, "seeds")
+
+
+def parse_seed_list(spec, key: str):
+  """'1-25', '1,3,7' or '5' (config key `key`) as a list of ints; [] when empty."""
+  if isinstance(spec, int) and not isinstance(spec, bool):
+    return [spec]
   spec = str(spec).strip()
   if not spec:
-    return [int(cfg.seed)]
+    return []
   out = []
   try:
     for part in spec.replace(" ", "").split(","):
@@ -373,7 +388,7 @@ def parse_seeds(cfg):
       else:
         out.append(int(part))
   except ValueError:
-    raise ConfigError(f"seeds={spec!r}: expected a range '1-25', a list '1,3,7' or one int") from None
+    raise ConfigError(f"{key}={spec!r}: expected a range '1-25', a list '1,3,7' or one int") from None
   if len(set(out)) != len(out):
-    raise ConfigError(f"seeds={spec!r} lists a seed twice")
+    raise ConfigError(f"{key}={spec!r} lists a seed twice")
   return out

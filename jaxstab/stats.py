@@ -285,3 +285,45 @@ def summary_csv(settings) -> str:
                   sp["n"], s["failed_runs"], s["majority"][s["metric"]]]
                  + [sp[k] for k in ("std", "mean", "median", "min", "max")])
   return buf.getvalue()
+
+
+# ---------------------------------------------------------------- init vs data order
+def decomposition(values, init_seeds, data_seeds):
+  """How the spread of a metric over a seeds x data_seeds grid divides between the init seed,
+  the data-order seed and the rest (Dodge et al. 2020): a two-way ANOVA without replication,
+  read as a random-effects model, with the method-of-moments (ANOVA) estimators
+      var_init = (MS_init - MS_res) / D,  var_data = (MS_data - MS_res) / I,  var_res = MS_res
+  (I init seeds, D data seeds; a negative estimate is set to 0). `init`, `data`, `residual` are
+  each component's share of their sum. Shares of the sums of squares (`ss_shares`) are given
+  too, but they overstate a factor that does nothing by about (levels - 1) / (I D - 1) of the
+  residual, which the components correct. `p` holds the F tests of "this factor adds no
+  variance". The residual holds the init x data interaction, inseparable without replicates.
+  None when the grid is incomplete, smaller than 2 x 2, or not finite."""
+  inits, datas = sorted(set(init_seeds)), sorted(set(data_seeds))
+  n_i, n_d = len(inits), len(datas)
+  if n_i < 2 or n_d < 2 or len(values) != n_i * n_d:
+    return None
+  y = np.full((n_i, n_d), np.nan)
+  for v, a, b in zip(values, init_seeds, data_seeds):
+    y[inits.index(a), datas.index(b)] = v
+  if not np.all(np.isfinite(y)):
+    return None
+  grand, rows, cols = y.mean(), y.mean(axis=1), y.mean(axis=0)
+  ss = {"init": n_d * float(np.sum((rows - grand) ** 2)),
+        "data": n_i * float(np.sum((cols - grand) ** 2)),
+        "residual": float(np.sum((y - rows[:, None] - cols[None, :] + grand) ** 2))}
+  df = {"init": n_i - 1, "data": n_d - 1, "residual": (n_i - 1) * (n_d - 1)}
+  ms = {k: ss[k] / df[k] for k in ss}
+  comp = {"init": max((ms["init"] - ms["residual"]) / n_d, 0.0),
+          "data": max((ms["data"] - ms["residual"]) / n_i, 0.0),
+          "residual": ms["residual"]}
+  total_comp, total_ss = sum(comp.values()), sum(ss.values())
+  from scipy import stats as sps  # pylint: disable=import-outside-toplevel  # ~1 s import
+  p = {}
+  for k in ("init", "data"):
+    p[k] = (float(sps.f.sf(ms[k] / ms["residual"], df[k], df["residual"]))
+            if ms["residual"] > 0 else None)
+  share = lambda d, tot: {k: (d[k] / tot if tot > 0 else None) for k in d}
+  return {**share(comp, total_comp), "components": comp, "ss_shares": share(ss, total_ss),
+          "p": p, "grid": [n_i, n_d], "init_seeds": inits, "data_seeds": datas,
+          "method": "two-way ANOVA without replication, random effects, method of moments"}

@@ -54,6 +54,7 @@ class TrainState:
   params: Any
   opt_state: Any
   key: jax.Array           # the run's seed key (raw uint32[2], checkpoint-friendly)
+  data_key: jax.Array      # the key of its data order (fold_in(key, DATA), or a data seed's)
   probe: dict              # fixed-size record buffers, see probe.init_buffers
   loss_sum: jax.Array      # running sums of the weighted training loss since the last read
   loss_count: jax.Array
@@ -78,13 +79,21 @@ def initial_params(model: models.Model, key, reinit_layers: int = 0, reinit_pool
   return params
 
 
+def data_key_of(seed_key):
+  """The data-order key a seed draws (jittable): a data seed d orders the examples exactly as
+  a plain run of seed d does (jaxstab/runs.py)."""
+  return jax.random.fold_in(seed_key, DATA)
+
+
 def create_train_state(model: models.Model, tx: optax.GradientTransformation, key,
                        total_steps: int, probe_every: int, group_names: Sequence[str],
-                       reinit_layers: int = 0, reinit_pooler: bool = False):
-  """A fresh state for one seed (jittable): initial_params, Adam's zero moments, empty probe."""
+                       reinit_layers: int = 0, reinit_pooler: bool = False, data_key=None):
+  """A fresh state for one seed (jittable): initial_params, Adam's zero moments, empty probe.
+  `data_key` orders the training examples; default: the seed's own (data_key_of(key))."""
   params = initial_params(model, key, reinit_layers, reinit_pooler)
+  data_key = data_key_of(key) if data_key is None else data_key
   return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params),
-                    key=key, probe=probe.init_buffers(total_steps, probe_every, len(group_names)),
+                    key=key, data_key=data_key, probe=probe.init_buffers(total_steps, probe_every, len(group_names)),
                     loss_sum=jnp.zeros([], jnp.float32), loss_count=jnp.zeros([], jnp.float32),
                     diverged_at=jnp.full([], -1, jnp.int32))
 
@@ -93,6 +102,20 @@ def weighted_xent(logits, labels, weight):
   """Mean cross-entropy over the real (weight 1) examples of a padded batch."""
   ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
   return jnp.sum(ce * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def weighted_mse(logits, labels, weight):
+  """Mean squared error of a one-output (regression) head over the real examples of a batch."""
+  err = logits[..., 0].astype(jnp.float32) - labels.astype(jnp.float32)
+  return jnp.sum(err * err * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def task_loss(logits, labels, weight):
+  """The training loss of a head: MSE for one output (regression, e.g. STS-B), else
+  cross-entropy over the classes. The choice is static (the logits' shape)."""
+  if logits.shape[-1] == 1:
+    return weighted_mse(logits, labels, weight)
+  return weighted_xent(logits, labels, weight)
 
 
 def make_train_step(model: models.Model, tx, schedule: Callable, *, n_train: int,
@@ -117,12 +140,11 @@ def make_train_step(model: models.Model, tx, schedule: Callable, *, n_train: int
         logits = forward()
     else:
       logits = forward()
-    return weighted_xent(logits, batch["labels"], weight)
+    return task_loss(logits, batch["labels"], weight)
 
   def train_step(state: TrainState, train_arrays: dict, anchor=None) -> TrainState:
     step = state.step
-    idx, weight = data_lib.batch_indices(jax.random.fold_in(state.key, DATA), step, n_train,
-                                         batch_size)
+    idx, weight = data_lib.batch_indices(state.data_key, step, n_train, batch_size)
     batch = data_lib.gather(train_arrays, idx)
     dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, DROPOUT), step)
     deltas = None
@@ -201,11 +223,12 @@ class Programs:
   `create`) and the anchor (`step`'s third argument) are device arguments: as jit constants they
   would be compiled into every executable and the persistent cache.
   """
-  create: Callable         # create(seed_keys[K, 2]) -> TrainState with a leading seed axis
+  create: Callable         # create(seed_keys[K, 2], data_keys[K, 2] = each seed's own)
+                           # -> TrainState with a leading seed axis
   step: Callable           # step(state, train_arrays, anchor) -> state (jitted; the state is
                            # donated; pass `anchor` below)
   eval_logits: Callable    # eval_logits(params, dev_batches) -> [K, batches, B, C]
-  create_one: Callable     # create_one(seed_key) -> TrainState
+  create_one: Callable     # create_one(seed_key, data_key=None) -> TrainState
   step_one: Callable       # step_one(state, train_arrays, anchor=None) -> TrainState
   eval_one: Callable       # eval_one(params, dev_batches) -> [batches, B, C]
   tx: optax.GradientTransformation
@@ -238,9 +261,9 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
   anchor = (jax.device_put(stabilisers.anchor_of(model.params), layout.replicated)
             if stabilisers.uses_anchor(st) else None)
 
-  def create_from(params, key):
+  def create_from(params, key, data_key=None):
     return create_train_state(dataclasses.replace(model, params=params), tx, key, total, every,
-                              groups, st.reinit_layers, st.reinit_pooler)
+                              groups, st.reinit_layers, st.reinit_pooler, data_key)
 
   step_one = make_train_step(
       model, tx, schedule, n_train=n_train, batch_size=cfg.train.batch_size, probe_every=every,
@@ -248,12 +271,18 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
       pass_segment_ids=cfg.model.pass_segment_ids, mixout=st.mixout, prior_wd=st.prior_wd,
       mixout_head=st.mixout_head)
   eval_one = make_eval_logits(model, cfg.model.pass_segment_ids)
-  create_fn = jax.jit(over_seeds(create_from, (None, 0), axis),
+  create_fn = jax.jit(over_seeds(create_from, (None, 0, 0), axis),
                       out_shardings=layout.seed_sharding(seeds_per_group))
-  step = jax.jit(over_seeds(step_one, (0, None, None), axis), donate_argnums=0)
   pretrained = jax.device_put(model.params, layout.replicated)
+
+  def create(seed_keys, data_keys=None):
+    if data_keys is None:
+      data_keys = jax.vmap(data_key_of)(jnp.asarray(seed_keys))
+    return create_fn(pretrained, seed_keys, data_keys)
+
+  step = jax.jit(over_seeds(step_one, (0, None, None), axis), donate_argnums=0)
   return Programs(
-      create=functools.partial(create_fn, pretrained),
+      create=create,
       step=step,
       eval_logits=jax.jit(over_seeds(eval_one, (0, None), axis)),
       create_one=functools.partial(create_from, model.params), step_one=step_one,

@@ -10,14 +10,15 @@ config".
 import jax
 
 from jaxstab import attention, config_lib, custom_data, data, models, optim, stabilisers, tasks
-from jaxstab import train
+from jaxstab import early_stop, runs as runs_lib, train
 from jaxstab.errors import ConfigError
 
 ENUMS = {"data.source": data.SOURCES, "model.dtype": tuple(models.DTYPES),
          "optim.eps_mode": optim.EPS_MODES, "select": ("final", "best"),
          "optim.moments_dtype": ("float32", "bfloat16"),
          "train.seed_axis": train.SEED_AXES, "fidelity": tuple(config_lib.FIDELITY),
-         "model.head": models.HEADS, "train.full_steps_count": ("batches", "reference")}
+         "model.head": models.HEADS, "train.full_steps_count": ("batches", "reference"),
+         "train.early_stop.by": early_stop.CRITERIA}
 
 
 def check_config(cfg) -> None:
@@ -50,10 +51,11 @@ def check_config(cfg) -> None:
   if cfg.train.batch_size % n_dev:
     raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
                       f"{n_dev} devices; choose a multiple of {n_dev}")
-  seeds = config_lib.parse_seeds(cfg)
+  seeds = runs_lib.parse(cfg)
   if cfg.train.seeds_per_step > len(seeds):
     raise ConfigError(f"train.seeds_per_step={cfg.train.seeds_per_step} is larger than the "
-                      f"{len(seeds)} seeds of this run; use at most {len(seeds)} (or 0 = auto)")
+                      f"{len(seeds)} runs of this setting; use at most {len(seeds)} (or 0 = auto)")
+  early_stop.check(cfg, len(seeds))
   attention.check(cfg.model.attention, cfg.model.dtype)
   stabilisers.check(cfg.stabilisers)
   if cfg.stabilisers.reinit_layers < 0:
@@ -62,8 +64,17 @@ def check_config(cfg) -> None:
 
 def check_model(cfg, arch: str, num_layers: int) -> None:
   """The checks that need the model's architecture and depth (from models.shape_of or a loaded
-  model)."""
+  model). Re-initialisation and layer-wise decay work for every family whose layers are
+  separate (BERT, RoBERTa/XLM-R, ELECTRA, DistilBERT); ALBERT shares one layer."""
   st = cfg.stabilisers
+  if arch not in models.ARCHS:
+    raise ConfigError(f"model {cfg.model.name_or_path!r} is a {arch!r} model; jaxstab handles "
+                      f"{', '.join(models.ARCHS)} (model.name_or_path)")
+  if arch == "distilbert" and st.mixout > 0 and st.get("mixout_head", False):
+    raise ConfigError(f"stabilisers.mixout_head=True is not supported for DistilBERT "
+                      f"({cfg.model.name_or_path}): its head is two layers (pre_classifier, "
+                      "classifier) and only the classifier's initial value is kept as Mixout's "
+                      "target; use stabilisers.mixout_head=False (or fidelity=corrected)")
   if arch == "albert" and st.llrd != 1.0:
     raise ConfigError(f"stabilisers.llrd={st.llrd} is undefined for ALBERT ({cfg.model.name_or_path}"
                       "): all its depths share one layer; use stabilisers.llrd=1.0")

@@ -25,15 +25,15 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 # package, and a subpackage's name stands for all its modules.
 LAYERS: Sequence[Tuple[str, int, Tuple[str, ...]]] = (
     ("entry", 4, ("main", "loss_surface", "forgetting")),   # one thin module per command line
-    ("study", 3, ("study", "experiment", "validate", "workdir")),
+    ("study", 3, ("study", "experiment", "validate", "workdir", "early_stop", "merge")),
     ("analysis", 3, ("analysis",)),
     ("report", 3, ("report", "compare")),
-    ("engine", 2, ("train", "probe", "optim", "stabilisers", "models", "attention", "parallel",
-                   "inputs")),
+    ("engine", 2, ("train", "probe", "optim", "stabilisers", "models", "families", "attention",
+                   "parallel", "inputs")),
     ("data", 1, ("data", "glue_files", "tasks", "vocab", "demo_task", "metrics", "custom_data")),
     ("results", 1, ("stats", "outputs", "results", "picks", "forecast")),
     ("infra", 0, ("__init__", "fs", "lock", "checkpoint", "errors", "config_lib", "presets", "quiet", "cli",
-                  "treepath", "reference")),
+                  "treepath", "reference", "runs")),
 )
 
 # What each layer may use besides itself: LAYOUT.md's table. `inputs` (engine) is the public way
