@@ -60,7 +60,7 @@ def write_mnli(root, pairs, n_train=64, n_dev=24):
     rows, labels = [], []
     for i, (a, b) in enumerate(pairs[offset:offset + n_dev]):
       label = NLI[(i * 7) % 3]
-      votes = [label, label, NLI[(i + 1) % 3], label, label]  # annotators disagree: gold is last
+      votes = [NLI[(i + 1) % 3], label, label, label, label]  # label1 is not the gold label
       rows.append([i, 2000 + i, f"{2000 + i}n", genre, *_parse(a)[:1], *_parse(b)[:1],
                    _parse(a)[1], _parse(b)[1], a, b, *votes, label])
       labels.append(label)
@@ -308,6 +308,8 @@ def test_stsb_two_seeds(tmp_path, pairs):
     assert -1.0 <= final["pearson_spearman"] <= 1.0 and np.isfinite(r["final_train_loss"])
     assert r["failed"] == (final["pearson_spearman"] <= 0.0)
   assert summary["failed_runs"] == sum(r["failed"] for r in summary["runs"])
+  # scored from the single output, not its argmax (which is constant: correlation exactly 0)
+  assert all(r["final"]["pearson"] != 0.0 for r in summary["runs"])
 
 
 def test_mnli_two_seeds_score_both_dev_sets(tmp_path, pairs):
