@@ -2,8 +2,9 @@
 
 A model here is a `Model` record: the transformers object (used only as a function, never for
 its stored params), the pretrained parameter tree, the architecture family and the layer count.
-Built-in tiny architectures (`tiny-bert`, `tiny-roberta`, `tiny-albert`) are randomly initialised
-and need no download; they are what tests and the offline demo use.
+Built-in tiny architectures (`tiny-bert`, `tiny-roberta`, `tiny-xlm-roberta`, `tiny-albert`,
+`tiny-electra`, `tiny-distilbert`) are randomly initialised and need no download; they are what
+tests and the offline demo use. The families and their differences: jaxstab.families.
 """
 import contextlib
 import dataclasses
@@ -17,15 +18,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxstab import attention as attention_lib
+from jaxstab import families
 from jaxstab import treepath
 from jaxstab.errors import ConfigError
 
-ARCHS = ("bert", "roberta", "albert")
-TINY = {"tiny-bert": "bert", "tiny-roberta": "roberta", "tiny-albert": "albert"}
+ARCHS = families.ARCHS
+TINY = families.TINY  # name -> transformers model_type
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # model.head: 'transformers' = transformers 4.x's Flax heads; 'reference' = the heads the paper's
 # code ran (uds-lsv/bert-stable-fine-tuning, transformers 2.5.1). They differ for RoBERTa only:
-# see `reference_roberta_head` and `init_head`. BERT's and ALBERT's heads are the same in both.
+# see `reference_roberta_head` and `init_head`. BERT's and ALBERT's heads are the same in both;
+# the paper ran no ELECTRA or DistilBERT, so `load` gives them the transformers head always.
 HEADS = ("transformers", "reference")
 
 
@@ -33,7 +36,7 @@ HEADS = ("transformers", "reference")
 class Model:
   flax_model: Any          # transformers FlaxPreTrainedModel, used as a function
   params: Any              # pretrained (or random) parameters, float32
-  arch: str                # 'bert' | 'roberta' | 'albert'
+  arch: str                # one of families.ARCHS (XLM-R: 'roberta')
   num_layers: int
   config: Any              # transformers PretrainedConfig
   name: str
@@ -42,14 +45,18 @@ class Model:
 
   def logits(self, params, batch, *, train: bool = False, dropout_key=None,
              pass_segment_ids: bool = True):
-    """Forward pass; `batch` holds input_ids, attention_mask, token_type_ids. Logits in fp32."""
-    segments = batch["token_type_ids"] if pass_segment_ids else jnp.zeros_like(batch["input_ids"])
+    """Forward pass; `batch` holds input_ids, attention_mask, token_type_ids. Logits in fp32.
+    DistilBERT has no segment embeddings: it is never given token_type_ids."""
+    kw = {}
+    if self.arch not in families.NO_SEGMENT_IDS:
+      kw["token_type_ids"] = (batch["token_type_ids"] if pass_segment_ids
+                              else jnp.zeros_like(batch["input_ids"]))
     reference_head = self.head == "reference" and self.arch == "roberta"
     with attention_lib.fused(self.attention), \
         (reference_roberta_head() if reference_head else contextlib.nullcontext()):
       out = self.flax_model(batch["input_ids"], attention_mask=batch["attention_mask"],
-                            token_type_ids=segments, params=params,
-                            dropout_rng=dropout_key if train else None, train=train)
+                            params=params, dropout_rng=dropout_key if train else None,
+                            train=train, **kw)
     return out.logits.astype(jnp.float32)
 
 
@@ -67,7 +74,9 @@ def reference_roberta_head():
   """
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   from transformers.models.roberta import modeling_flax_roberta  # pylint: disable=import-outside-toplevel
-  head_cls = modeling_flax_roberta.FlaxRobertaClassificationHead
+  from transformers.models.xlm_roberta import modeling_flax_xlm_roberta  # pylint: disable=import-outside-toplevel
+  head_cls = (modeling_flax_roberta.FlaxRobertaClassificationHead,
+              modeling_flax_xlm_roberta.FlaxXLMRobertaClassificationHead)
 
   def intercept(next_fun, args, kwargs, context):
     module = context.module
@@ -83,48 +92,25 @@ def reference_roberta_head():
     yield
 
 
-def _classes(arch):
-  import transformers as tr  # pylint: disable=import-outside-toplevel
-  return {"bert": (tr.BertConfig, tr.FlaxBertForSequenceClassification),
-          "roberta": (tr.RobertaConfig, tr.FlaxRobertaForSequenceClassification),
-          "albert": (tr.AlbertConfig, tr.FlaxAlbertForSequenceClassification)}[arch]
-
-
-def _arch_of(config) -> str:
-  mt = getattr(config, "model_type", "")
-  for a in ARCHS:
-    if mt == a:
-      return a
-  if mt in ("xlm-roberta", "camembert"):
-    return "roberta"
-  raise ConfigError(f"model type {mt!r} is not supported; jaxstab handles {', '.join(ARCHS)}")
+def _arch_of(config, name: str = "") -> str:
+  return families.arch_of(config, name)
 
 
 def _config_overrides(model_cfg, arch):
-  kw = {}
-  if model_cfg.get("dropout", -1.0) is not None and model_cfg.get("dropout", -1.0) >= 0:
-    p = float(model_cfg.dropout)
-    kw.update(hidden_dropout_prob=p, attention_probs_dropout_prob=p)
-    if arch == "albert":
-      kw["classifier_dropout_prob"] = p
-  return kw
+  p = model_cfg.get("dropout", -1.0)
+  if p is not None and p >= 0:
+    return families.dropout_overrides(arch, float(p))
+  return {}
 
 
-def _tiny(model_cfg, arch, num_labels, tokenizer, dtype):
-  config_cls, model_cls = _classes(arch)
-  t = model_cfg.tiny
-  kw = dict(vocab_size=len(tokenizer), hidden_size=t.hidden_size, num_hidden_layers=t.num_layers,
-            num_attention_heads=t.num_heads, intermediate_size=t.intermediate_size,
-            max_position_embeddings=t.max_position_embeddings, num_labels=num_labels,
-            type_vocab_size=2)
-  if arch == "albert":
-    kw["embedding_size"] = max(t.hidden_size // 2, 8)
-  # Special-token ids must agree with the tokenizer (RoBERTa derives position ids from padding).
-  kw.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
-            eos_token_id=tokenizer.sep_token_id)
-  kw.update(_config_overrides(model_cfg, arch))
+def _tiny(model_cfg, model_type, num_labels, tokenizer, dtype):
+  config_cls, model_cls = families.classes(model_type)
+  kw = families.tiny_config_kwargs(model_type, model_cfg.tiny, len(tokenizer), num_labels,
+                                   tokenizer)
+  # (Special-token ids agree with the tokenizer: RoBERTa derives position ids from padding.)
+  kw.update(_config_overrides(model_cfg, families.arch_of_type(model_type)))
   config = config_cls(**kw)
-  flax_model = model_cls(config, seed=int(t.init_seed), dtype=dtype)
+  flax_model = model_cls(config, seed=int(model_cfg.tiny.init_seed), dtype=dtype)
   return flax_model, config
 
 
@@ -160,10 +146,10 @@ def load(model_cfg, num_labels: int, tokenizer=None) -> Model:
           "If this machine is offline, pass a local folder holding config.json and the weights "
           "(flax_model.msgpack or model.safetensors / pytorch_model.bin): "
           "--config.model.name_or_path=/path/to/folder") from e
-    arch = _arch_of(config)
+    arch = _arch_of(config, name)
     for k, v in _config_overrides(model_cfg, arch).items():
       setattr(config, k, v)
-    _, model_cls = _classes(arch)
+    _, model_cls = families.classes(config.model_type)
     from_pt = local and not _has_flax_weights(name)
     try:
       with _no_load_noise():
@@ -173,6 +159,8 @@ def load(model_cfg, num_labels: int, tokenizer=None) -> Model:
         raise ConfigError(f"cannot load weights of {name!r}: {e}") from e
       flax_model = model_cls.from_pretrained(name, config=config, dtype=dtype, from_pt=True)
   arch = _arch_of(config)
+  if arch != "roberta":  # the reference head differs from transformers' for RoBERTa only
+    head = "transformers"
   params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), flax_model.params)
   return Model(flax_model, params, arch, int(config.num_hidden_layers), config, name, attention,
                head)
@@ -183,14 +171,15 @@ def _not_load_noise(record) -> bool:
   - the list of every fp16/bf16 tensor of a half-precision checkpoint (the copy carried to a GPU
     machine): jaxstab casts them all to float32 right after loading;
   - "Some weights ... newly initialized: {classifier ...} You should probably TRAIN this model"
-    when only the classification head is missing: jaxstab draws that head per seed itself
+    when only the classification head (families.HEAD_KEYS) is missing: jaxstab draws that
+    head per seed itself
     (models.init_head). Any other missing weight is still reported."""
   text = record.getMessage()
   if "precision from the model checkpoint" in text:
     return False
   if "newly initialized" in text:
     missing = re.findall(r"\(\s*'([^']+)'", text.split("newly initialized", 1)[1].split("\n", 1)[0])
-    return not (missing and all(m == "classifier" for m in missing))
+    return not (missing and all(m in families.HEAD_KEYS for m in missing))
   return True
 
 
@@ -222,7 +211,10 @@ def init_head(params, key, init_range: float, head: str = "transformers"):
   """Re-draws the classification head from `key`: N(0, init_range) kernels, zero biases.
 
   transformers initialises a missing head from one fixed seed; the paper's seeds differ in
-  exactly this draw (and data order and dropout), so each run draws its own head here.
+  exactly this draw (and data order and dropout), so each run draws its own head here. The head
+  is every top-level subtree named in families.HEAD_KEYS: `classifier` (BERT and ALBERT: one
+  dense; RoBERTa, XLM-R and ELECTRA: classifier/dense + classifier/out_proj), and DistilBERT's
+  `pre_classifier` with its `classifier` (the pretrained checkpoint holds neither).
 
   head='reference' draws RoBERTa's `classifier/dense` (the only head layer named `dense`; BERT
   and ALBERT heads have none, so they are drawn as above) the way the reference left it:
@@ -233,15 +225,28 @@ def init_head(params, key, init_range: float, head: str = "transformers"):
   configs), so `dense` keeps PyTorch's nn.Linear default: weight and bias
   uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn from the run's seed (set_seed at
   run_finetuning.py line 903 comes before the model is built). The keys per leaf are the same in
-  both modes, so `out_proj` is the same draw either way.
+  both modes, so `out_proj` is the same draw either way. Only a RoBERTa tree (one with a
+  `roberta` backbone: RoBERTa, XLM-R) is drawn this way; ELECTRA's classifier/dense is N(0, init_range).
+
+  `classifier` is drawn from `key` itself and DistilBERT's `pre_classifier` from
+  fold_in(key, 1), so the families with a one-part head draw it from `key` alone.
   """
-  head_params = params["classifier"]
+  reference = head == "reference" and "roberta" in params
+  out = dict(params)
+  for i, root in enumerate(families.HEAD_KEYS):
+    if root in params:
+      out[root] = _draw_head(params[root], key if i == 0 else jax.random.fold_in(key, i),
+                             init_range, reference)
+  return out
+
+
+def _draw_head(head_params, key, init_range, reference):
   leaves, treedef = jax.tree_util.tree_flatten_with_path(head_params)
   keys = jax.random.split(key, len(leaves))
   new = []
   for (path, leaf), k in zip(leaves, keys):
     names = treepath.names(path)
-    if head == "reference" and names[0] == "dense":
+    if reference and names[0] == "dense":
       fan_in = head_params["dense"]["kernel"].shape[0]  # a Flax kernel is [in, out]
       bound = 1.0 / float(np.sqrt(fan_in))
       new.append(jax.random.uniform(k, leaf.shape, leaf.dtype, -bound, bound))
@@ -249,9 +254,7 @@ def init_head(params, key, init_range: float, head: str = "transformers"):
       new.append(init_range * jax.random.normal(k, leaf.shape, leaf.dtype))
     else:
       new.append(jnp.zeros_like(leaf))
-  out = dict(params)
-  out["classifier"] = jax.tree_util.tree_unflatten(treedef, new)
-  return out
+  return jax.tree_util.tree_unflatten(treedef, new)
 
 
 def param_count(params) -> int:
@@ -261,15 +264,17 @@ def param_count(params) -> int:
 def shape_of(model_cfg):
   """(arch, num_layers) of `model.name_or_path` from its config alone, without the weights or
   the network (a folder, or a hub id already in the local cache); None when it cannot be read
-  that way (the full load then checks, and reports why)."""
+  that way (the full load then checks, and reports why). A config of a family jaxstab does not
+  handle raises ConfigError naming the ones it does."""
   name = model_cfg.name_or_path
   if name in TINY:
-    return TINY[name], int(model_cfg.tiny.num_layers)
+    return families.arch_of_type(TINY[name]), int(model_cfg.tiny.num_layers)
   if os.path.isdir(name) and not os.path.isfile(os.path.join(name, "config.json")):
     return None
   import transformers as tr  # pylint: disable=import-outside-toplevel  # heavy; only when needed
   try:
     config = tr.AutoConfig.from_pretrained(name, local_files_only=True)
-    return _arch_of(config), int(config.num_hidden_layers)
-  except (OSError, ValueError, AttributeError):  # ConfigError is a ValueError
+    layers = int(config.num_hidden_layers)
+  except (OSError, ValueError, AttributeError):
     return None
+  return _arch_of(config, name), layers  # a family jaxstab does not handle: ConfigError, here already

@@ -11,9 +11,22 @@ MODELS = {
     "roberta-base": {"optim.weight_decay": 0.1, "optim.b2": 0.98, "optim.clip_norm": 0.0},
     "albert-large-v2": {"model.dropout": 0.0, "optim.weight_decay": 0.0},
     "albert-base-v2": {"model.dropout": 0.0, "optim.weight_decay": 0.0},
+    # Beyond the paper (its three families): ELECTRA's own GLUE recipe has no weight decay
+    # (Clark et al. 2020, appendix, fine-tuning hyperparameters; its layer-wise lr decay is the
+    # `llrd` setting, not a per-model difference). DistilBERT (Sanh et al. 2019) fine-tunes as
+    # BERT does; XLM-R's paper names no GLUE fine-tuning values of its own, so it keeps the
+    # defaults.
+    "google/electra-large-discriminator": {"optim.weight_decay": 0.0},
+    "google/electra-base-discriminator": {"optim.weight_decay": 0.0},
+    "distilbert-base-uncased": {},
+    "xlm-roberta-large": {},
+    "xlm-roberta-base": {},
     "tiny-bert": {"model.tokenizer": "wordpiece"},
     "tiny-roberta": {"model.tokenizer": "wordpiece"},
     "tiny-albert": {"model.tokenizer": "wordpiece"},
+    "tiny-electra": {"model.tokenizer": "wordpiece"},
+    "tiny-distilbert": {"model.tokenizer": "wordpiece"},
+    "tiny-xlm-roberta": {"model.tokenizer": "wordpiece"},
 }
 
 # The recipes users compare (../shared/paper/NOTES.md "Settings"; BUILD_NOTES.md says why each value was chosen).

@@ -1,7 +1,12 @@
 """Per-layer gradient norms measured inside the compiled train step.
 
 Groups follow the paper's Fig. 4: `embeddings`, `layer_0` ... `layer_{L-1}`, `pooler`,
-`classifier`. ALBERT applies one shared layer L times; its per-depth norms are the norms of
+`classifier`. `embeddings` holds the embedding tables, their LayerNorm and any projection to the
+hidden size (ALBERT's embedding_hidden_mapping_in, ELECTRA's embeddings_project); `layer_i` is
+encoder layer i (DistilBERT's transformer/layer/i); `pooler` is BERT's and ALBERT's pretrained
+pooler; `classifier` is the head drawn per seed (families.HEAD_KEYS: RoBERTa's, XLM-R's and
+ELECTRA's classifier/dense + out_proj, DistilBERT's pre_classifier + classifier). RoBERTa,
+ELECTRA and DistilBERT have no `pooler` group. ALBERT applies one shared layer L times; its per-depth norms are the norms of
 each application's contribution to the shared gradient (they sum, as vectors, to it). They come
 from `albert_depth_grads`: the shared weights enter application i as `shared + delta_i` with
 delta_i = 0, so d loss / d delta_i is exactly application i's contribution.
@@ -17,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxstab import treepath
+from jaxstab.families import HEAD_KEYS
 
 ALBERT_LAYER_GROUP = "FlaxAlbertLayerCollections"  # one application of the shared layer group
 SCALARS = ("total_grad_norm", "param_norm", "update_norm", "loss", "lr", "bias_correction")
@@ -25,15 +31,15 @@ SCALARS = ("total_grad_norm", "param_norm", "update_norm", "loss", "lr", "bias_c
 def group_of(path, arch: str) -> str:
   """The probe group of one parameter, from its path in the transformers Flax tree."""
   names = treepath.names(path)
-  if names[0] == "classifier":
+  if names[0] in HEAD_KEYS:
     return "classifier"
   if "pooler" in names:
     return "pooler"
-  if "layer" in names:  # bert / roberta: <arch>/encoder/layer/<i>/...
+  if "layer" in names:  # <arch>/encoder/layer/<i>/..., distilbert/transformer/layer/<i>/...
     return f"layer_{names[names.index('layer') + 1]}"
   if "albert_layer_groups" in names:
     return "shared_layers"
-  if "embeddings" in names or "embedding_hidden_mapping_in" in names:
+  if {"embeddings", "embedding_hidden_mapping_in", "embeddings_project"} & set(names):
     return "embeddings"
   raise ValueError(f"parameter {'/'.join(names)} of a {arch} model fits no probe group")
 

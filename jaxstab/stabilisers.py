@@ -9,13 +9,19 @@
   `train.py` passes shifted parameters to the optimizer instead of changing the optimizer.
 
 The anchor theta_p is the pretrained backbone with a zero head (the head has no pretrained value,
-so its "decay toward theta_p" is ordinary decay and Mixout leaves it alone).
+so its "decay toward theta_p" is ordinary decay and Mixout leaves it alone). The head is every
+top-level subtree in families.HEAD_KEYS (DistilBERT's pre_classifier too).
+
+Every family's encoder layers are separate (all but ALBERT's), so re-initialisation and
+layer-wise decay are defined for them; for the families without a pretrained pooler (RoBERTa,
+XLM-R, ELECTRA, DistilBERT) `pooler=True` re-draws nothing, as their whole head is drawn per seed.
 """
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxstab.errors import ConfigError
+from jaxstab.families import HEAD_KEYS
 from jaxstab.probe import group_of
 from jaxstab.treepath import names as path_names
 
@@ -23,7 +29,9 @@ from jaxstab.treepath import names as path_names
 def anchor_of(pretrained):
   """theta_p for the stabilisers: pretrained backbone, zeros for the classification head."""
   out = dict(pretrained)
-  out["classifier"] = jax.tree_util.tree_map(jnp.zeros_like, pretrained["classifier"])
+  for root in HEAD_KEYS:
+    if root in pretrained:
+      out[root] = jax.tree_util.tree_map(jnp.zeros_like, pretrained[root])
   return out
 
 
@@ -46,6 +54,10 @@ def mixout(params, anchor, key, p: float, head_anchor=None):
   if p >= 1.0:
     raise ConfigError(f"stabilisers.mixout={p}: the probability must be in [0, 1)")
   if head_anchor is not None:
+    if any(root in params for root in HEAD_KEYS if root != "classifier"):
+      raise ConfigError("stabilisers.mixout_head: this model's head has more than a `classifier` "
+                        "(DistilBERT's pre_classifier); Mixout of its head is not supported, "
+                        "use stabilisers.mixout_head=False")
     anchor = dict(anchor, classifier=head_anchor)
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   anchors = jax.tree_util.tree_leaves(anchor)
@@ -53,7 +65,7 @@ def mixout(params, anchor, key, p: float, head_anchor=None):
   out = []
   for (path, w), u, k in zip(flat, anchors, keys):
     names = path_names(path)
-    in_head = names[0] == "classifier"
+    in_head = names[0] in HEAD_KEYS
     if (in_head and head_anchor is None) or names[-1] != "kernel" or w.ndim != 2:
       out.append(w)
       continue
@@ -77,9 +89,9 @@ def reinit_top_layers(params, key, arch: str, num_layers: int, k: int, pooler: b
   out = []
   for (path, w), kk in zip(flat, keys):
     names = path_names(path)
-    if names[0] == "classifier" or group_of(path, arch) not in targets:
+    if names[0] in HEAD_KEYS or group_of(path, arch) not in targets:
       out.append(w)
-    elif any("layernorm" in n.lower() for n in names):
+    elif any("layernorm" in n.lower().replace("_", "") for n in names):  # DistilBERT: *_layer_norm
       out.append(jnp.ones_like(w) if names[-1] == "scale" else jnp.zeros_like(w))
     elif names[-1] in ("kernel", "embedding"):
       out.append(init_range * jax.random.normal(kk, w.shape, w.dtype))
