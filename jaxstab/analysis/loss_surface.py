@@ -4,7 +4,8 @@
     f(alpha, beta) = L(theta_p + alpha (theta_f - theta_p) + beta (theta_s - theta_p))
 
 on a grid (default 21 x 21, alpha and beta in [-0.5, 1.5]), so theta_p sits at (0, 0), theta_f
-at (1, 0) and theta_s at (0, 1). L is the mean cross-entropy (train.weighted_xent) of the
+at (1, 0) and theta_s at (0, 1). L is the training loss (train.task_loss: the mean
+cross-entropy, or the mean squared error of a regression task such as STS-B) of the
 deterministic forward pass (no dropout) on a fixed subset of the training set (default 256
 examples drawn without replacement by `subset_seed`, in their original order).
 
@@ -66,14 +67,15 @@ def subset_batches(arrays: dict, idx: np.ndarray, batch_size: int) -> dict:
 
 
 def make_loss(model, pass_segment_ids: bool = True):
-  """loss(params, batches) -> mean weighted cross-entropy over all real examples of `batches`
-  (deterministic forward, one batch at a time with lax.map)."""
+  """loss(params, batches) -> mean weighted training loss (train.task_loss: cross-entropy, or
+  MSE for a one-output regression head) over all real examples of `batches` (deterministic
+  forward, one batch at a time with lax.map)."""
 
   def loss(params, batches):
     def one(batch):
       logits = model.logits(params, batch, train=False, pass_segment_ids=pass_segment_ids)
       total = jnp.sum(batch["weight"])
-      return train_lib.weighted_xent(logits, batch["labels"], batch["weight"]) * total, total
+      return train_lib.task_loss(logits, batch["labels"], batch["weight"]) * total, total
     sums, counts = jax.lax.map(one, batches)
     return jnp.sum(sums) / jnp.maximum(jnp.sum(counts), 1.0)
   return loss
