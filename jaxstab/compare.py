@@ -125,6 +125,9 @@ def markdown(settings, paper=False) -> str:
               f"({stats.RESAMPLES:,} random splits of the pooled seeds, seed {stats.SEED}; "
               f"smallest possible p {2 / (stats.RESAMPLES + 1):.2g}).", ""]
   lines += [stats.uncertainty_markdown(settings), ""]
+  seed_analyses = stats.seed_analyses_markdown(settings)
+  if seed_analyses:
+    lines += [seed_analyses, ""]
   predicted = forecast.markdown([(s["recipe"], s["task"], setting_forecast(s)) for s in settings])
   if predicted:
     lines += [predicted, ""]

@@ -35,7 +35,7 @@ ARG_KEYS = {
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.task = "rte"                       # rte | mrpc | cola | sst2 | qnli | demo | own data's name
+  c.task = "rte"                       # a GLUE task (tasks.TASKS) | demo | your own data's name
   c.seed = 1                           # the run's seed (used when `seeds` is empty)
   c.seeds = ""                         # '1-25', '1,3,7' or '5'; empty = [seed]
   c.data_seeds = ""                    # same syntax: a separate data-order seed per run, the grid
@@ -64,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.label = ""                    # column of the class label
   c.data.labels = ""                   # class order 'neg,pos' (id = position); '' = train's, sorted
   c.data.metric = ""                   # accuracy ('') | f1 | mcc | acc_and_f1 (2 classes; 2nd positive)
+                                       # | pearson_spearman | pearson | spearman (regression)
 
   c.model = ml_collections.ConfigDict()
   c.model.name_or_path = "bert-large-uncased"  # hub id, local folder, or tiny-bert|roberta|albert

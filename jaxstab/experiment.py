@@ -71,6 +71,7 @@ class Engine:
   train_on_device: Any        # the whole tokenized training set, replicated
   dev_on_device: Any          # dev batches (without their weights), replicated
   dev_labels: np.ndarray
+  extra_dev: Dict[str, tuple]  # further dev sets (MNLI's mismatched): name -> (batches, labels)
 
 
 def run_setting(cfg, workdir: str) -> dict:
@@ -144,14 +145,16 @@ def _build(cfg, plan: Plan) -> Engine:
                               per_seed, 8 * n_params)
   programs = train_lib.build_programs(cfg, model, n_train=len(plan.arrays.train["labels"]),
                                       total=plan.total_steps, layout=layout, seeds_per_group=k)
-  dev_batches = data.eval_batches(plan.arrays.dev, cfg.train.eval_batch_size)
+  on_device = lambda arrays: jax.device_put(
+      {n: v for n, v in data.eval_batches(arrays, cfg.train.eval_batch_size).items()
+       if n != "weight"}, layout.replicated)
   logging.info("%d seeds to train, %d per step (%s over seeds), on %d device(s)", len(plan.todo),
                k, programs.seed_axis, layout.num_devices)
   return Engine(programs=programs,
                 train_on_device=jax.device_put(plan.arrays.train, layout.replicated),
-                dev_on_device=jax.device_put({n: v for n, v in dev_batches.items()
-                                              if n != "weight"}, layout.replicated),
-                dev_labels=plan.arrays.dev["labels"])
+                dev_on_device=on_device(plan.arrays.dev), dev_labels=plan.arrays.dev["labels"],
+                extra_dev={name: (on_device(arrays), arrays["labels"])
+                           for name, arrays in plan.arrays.extra_dev.items()})
 
 
 @dataclasses.dataclass
@@ -226,16 +229,22 @@ def _evaluate(state, plan: Plan, engine: Engine, progress: _Group):
                           loss_count=jnp.zeros_like(state.loss_count))
     progress.last_loss = [float(x) for x in loss[:len(progress.seeds)]]
   t0 = time.time()  # the train steps before it have finished: the loss was read above
-  logits = parallel.to_host(engine.programs.eval_logits(state.params, engine.dev_on_device))
+  k, n = engine.programs.seeds_per_group, len(progress.seeds)
+  found = [{} for _ in progress.seeds]
+  sets = [("", engine.dev_on_device, engine.dev_labels)] + [
+      (f"{name}_", batches, labels) for name, (batches, labels) in engine.extra_dev.items()]
+  for prefix, batches, labels in sets:
+    logits = parallel.to_host(engine.programs.eval_logits(state.params, batches))
+    logits = logits.astype(np.float32).reshape(k, -1, logits.shape[-1])[:n, :len(labels)]
+    for i in range(n):
+      found[i].update({prefix + key: v for key, v in
+                       metrics.score(plan.task.metric, logits[i], labels).items()})
   seconds = time.time() - t0
   checkpoint.fault("kill_in_eval", progress.step)
-  k, n_dev = engine.programs.seeds_per_group, len(engine.dev_labels)
-  logits = logits.astype(np.float32).reshape(k, -1, logits.shape[-1])[:len(progress.seeds), :n_dev]
   lr = float(engine.programs.schedule(max(progress.step - 1, 0)))
   for i, s in enumerate(progress.seeds):
-    m = metrics.compute(plan.task.metric, logits[i].argmax(-1), engine.dev_labels)
     progress.records[s].append(dict(kind="dev", seed=s, step=progress.step,
-                                    train_loss=progress.last_loss[i], lr=lr, **m))
+                                    train_loss=progress.last_loss[i], lr=lr, **found[i]))
   return state, seconds
 
 

@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 
-from jaxstab import early_stop, fs, metrics, outputs, parallel, probe, stats
+from jaxstab import early_stop, forecast, fs, metrics, outputs, parallel, probe, stats
 from jaxstab import runs as runs_lib
 from jaxstab import workdir as workdir_lib
 
@@ -21,7 +21,11 @@ def merge(cfg, plan):
   for s in seeds:
     runs.append(fs.read_json(workdir_lib.run_path(workdir, s, "json")))
     probes.append(fs.load_npz(workdir_lib.run_path(workdir, s, "npz")))
+  merged = {k: np.stack([p[k] for p in probes]) for k in probes[0] if k != "step"}
+  groups = probe.group_names(plan.model.params, plan.model.arch, plan.model.num_layers)
+  merged.update(step=probes[0]["step"], groups=np.asarray(groups), seeds=np.asarray(seeds))
   out = summary(cfg, plan, runs)
+  out["forecast"] = _forecast(out, merged, plan.total_steps)
   if not parallel.is_primary():
     return out
   fs.rmtree(fs.join(workdir, "tensorboard"))
@@ -30,12 +34,21 @@ def merge(cfg, plan):
     for line in fs.read_text(workdir_lib.run_path(workdir, s, "jsonl")).splitlines():
       log.write(json.loads(line))
   log.close()
-  merged = {k: np.stack([p[k] for p in probes]) for k in probes[0] if k != "step"}
-  groups = probe.group_names(plan.model.params, plan.model.arch, plan.model.num_layers)
-  outputs.write_npz(fs.join(workdir, outputs.PROBE), step=probes[0]["step"],
-                    groups=np.asarray(groups), seeds=np.asarray(seeds), **merged)
+  outputs.write_npz(fs.join(workdir, outputs.PROBE), **merged)
   outputs.write_json(fs.join(workdir, outputs.SUMMARY), out)
   return out
+
+
+def _forecast(out: dict, merged: dict, total_steps: int):
+  """The probe's failure forecast scored against how the runs that trained to the end ended
+  (forecast.evaluate); None without probe records."""
+  if "grad_norm" not in merged or not merged["grad_norm"].size:
+    return None
+  failed = {r["seed"]: r["failed"] for r in out["runs"]}
+  rows = [i for i, n in enumerate(merged["seeds"]) if int(n) in failed]
+  kept = {k: (v[rows] if k not in ("step", "groups", "seeds") else v) for k, v in merged.items()}
+  kept["seeds"] = merged["seeds"][rows]
+  return forecast.evaluate(kept, [failed[int(n)] for n in kept["seeds"]], total_steps)
 
 
 def run_record(seed, history, task, final_train_loss):

@@ -201,11 +201,18 @@ def levene_table(settings) -> list:
   return out
 
 
-def _cell(spread_, failed=None, n=None):
+def _cell(spread_, failed=None, n=None, started=None):
   if not spread_["n"]:
     return "—"
   body = " / ".join(f"{100 * spread_[k]:.1f}" for k in ("std", "mean", "median", "max"))
-  return body + (f" ({failed}/{n} failed)" if failed is not None else "")
+  stopped = f"; {started} started, {n} continued" if started else ""
+  return body + (f" ({failed}/{n} failed{stopped})" if failed is not None else "")
+
+
+def started_runs(setting):
+  """Runs started by a setting that stopped some early (train.early_stop), else None."""
+  es = setting.get("early_stop")
+  return es.get("started") if isinstance(es, dict) else None
 
 
 def table1_markdown(settings) -> str:
@@ -219,8 +226,8 @@ def table1_markdown(settings) -> str:
     cells = []
     for t in tasks:
       hit = [s for s in settings if s["task"] == t and s.get("recipe", s["name"]) == rec]
-      cells.append(_cell(spread(reported(hit[0])), hit[0]["failed_runs"], len(hit[0]["runs"]))
-                   if hit else "")
+      cells.append(_cell(spread(reported(hit[0])), hit[0]["failed_runs"], len(hit[0]["runs"]),
+                         started_runs(hit[0])) if hit else "")
     lines.append(f"| {rec} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -269,6 +276,43 @@ def uncertainty_markdown(settings) -> str:
        "|---" * 6 + "|", *rows_max, "",
        "Expected best reported dev metric ×100 of n seeds drawn from the N runs (Dodge et al. "
        "2019), ± the std of that best; N = the seeds column."])
+
+
+def _p(x) -> str:
+  return "—" if x is None else f"{x:.3f}"
+
+
+def seed_analyses_markdown(settings) -> str:
+  """Tables for the settings that have them: the init / data-order decomposition (data_seeds)
+  and the early stop (train.early_stop); '' when no setting has either."""
+  dec, stop = [], []
+  for s in settings:
+    label = f"| {s.get('recipe', s['name'])} | {s['task'].upper()} | "
+    d = s.get("decomposition")
+    if isinstance(d, dict):
+      share = lambda k, d=d: "—" if d.get(k) is None else f"{100 * d[k]:.0f}%"
+      dec.append(label + f"{d['grid'][0]} × {d['grid'][1]} | " + " | ".join(
+          [share("init"), share("data"), share("residual"), _p(d["p"].get("init")),
+           _p(d["p"].get("data"))]) + " |")
+    es = s.get("early_stop")
+    if isinstance(es, dict):
+      found = max((v for v in reported(s) if np.isfinite(v)), default=None)
+      stop.append(label + f"{es['started']} | {es['continued']} | {es['step']} ({es['at']:g}) | "
+                  f"{es['by']} | {100 * es['fraction_of_compute']:.0f}% | {_x100(found)} |")
+  out = []
+  if dec:
+    out += ["| setting | task | init × data seeds | init | data order | residual | p init "
+            "| p data |", "|---" * 8 + "|", *dec, "",
+            "Shares of the reported metric's variance over the grid (two-way ANOVA without "
+            "replication, random-effects components by the method of moments; the residual "
+            "holds the init × data interaction); p: F test of no added variance."]
+  if stop:
+    out += ([""] if out else []) + [
+        "| setting | task | started | continued | stop step (fraction) | ranked by | compute "
+        "| best reported |", "|---" * 8 + "|", *stop, "",
+        "Runs stopped early leave every statistic above; compute = seed-steps trained as a "
+        "share of training every started run to the end."]
+  return "\n".join(out)
 
 
 def summary_csv(settings) -> str:

@@ -89,8 +89,9 @@ def _write(workdir, results, errors=()):
     return study
   fs.makedirs(workdir)
   fs.write_text(fs.join(workdir, "summary.csv"), stats.summary_csv(results))
-  fs.write_text(fs.join(workdir, "table.md"),
-                table + "\n\n" + stats.uncertainty_markdown(results) + "\n")
+  extra = stats.seed_analyses_markdown(results)
+  fs.write_text(fs.join(workdir, "table.md"), table + "\n\n" + stats.uncertainty_markdown(results)
+                + ("\n\n" + extra if extra else "") + "\n")
   outputs.write_json(fs.join(workdir, outputs.SUMMARY), study)
   print("final dev results, std / mean / median / max (x100):\n" + table)
   return study

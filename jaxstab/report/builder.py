@@ -5,7 +5,7 @@ import re
 from typing import Dict, List
 
 from jaxstab import outputs, picks, results
-from jaxstab.report import analyses, figures, gradnorms, html
+from jaxstab.report import analyses, figures, gradnorms, html, seed_grid
 from jaxstab.report import forecast as forecast_fig
 
 
@@ -64,6 +64,13 @@ def build(workdir: str, out: str = None) -> Report:
     caption = forecast_fig.figure(task, group, forecasts, path)
     if caption:
       pngs[f"forecast_{safe_name(task)}"], captions[f"forecast_{safe_name(task)}"] = path, caption
+  for s in settings:  # the seed analyses: init x data-order grid, early stop
+    for kind, fn in (("seed_grid", seed_grid.grid), ("early_stop", seed_grid.early_stop)):
+      path = os.path.join(out, f"{kind}_{safe_name(s.name)}.png")
+      caption = fn(s, path)
+      if caption:
+        pngs[f"{kind}_{safe_name(s.name)}"] = path
+        captions[f"{kind}_{safe_name(s.name)}"] = caption
   draw("bias_correction", figures.bias_correction, settings)
   surfaces = _analysis_figures(settings, out, "loss_surface", pngs, captions, notes)
   forgetting = _analysis_figures(settings, out, "forgetting", pngs, captions, notes)
@@ -78,6 +85,14 @@ def build(workdir: str, out: str = None) -> Report:
       + html.levene_table(study) + html.uncertainty_table(settings, found) + "</div></div>",
       "<h3>How many seeds? Expected best of n</h3>",
       *[fig(expected_max_key(t), f"expected best-of-n curves of {t.upper()}") for t in tasks],
+      *(["<h3>Init seed vs data order (Dodge et al. 2020)</h3>"]
+        + [fig(f"seed_grid_{safe_name(s.name)}", f"init x data-order grid of {s.name}")
+           for s in settings if seed_grid.has_grid(s)] if any(map(seed_grid.has_grid, settings))
+        else []),
+      *(["<h3>Start many, stop early</h3>"]
+        + [fig(f"early_stop_{safe_name(s.name)}", f"early stop of {s.name}")
+           for s in settings if seed_grid.has_early_stop(s)]
+        if any(map(seed_grid.has_early_stop, settings)) else []),
       "<h2>2. Gradient norms: failed vs successful runs</h2>",
       *[f"<h3>{html.esc(s.title())}</h3>"
         + fig(f"gradnorms_{safe_name(s.name)}", f"gradient norms of {s.name}") for s in settings],
