@@ -30,6 +30,8 @@ ARG_KEYS = {
     "dtype": "model.dtype", "data": "data.source", "task": "task",
     "train_examples": "data.train_examples", "steps_of_full_epochs": "train.steps_of_full_epochs",
     "moments": "optim.moments_dtype", "attention": "model.attention",
+    "data_seeds": "data_seeds", "stop_at": "train.early_stop.at",
+    "stop_keep": "train.early_stop.keep", "stop_by": "train.early_stop.by",
 }
 
 

@@ -21,6 +21,11 @@ window.addEventListener('load', function () {
   var fc = imgs.filter(function (i) { return i.alt.indexOf('failure forecast of') === 0; });
   var fcDrawn = fc.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   document.body.setAttribute('data-forecast', fcDrawn + '/' + fc.length);
+  ['init x data-order grid of', 'early stop of'].forEach(function (alt, k) {
+    var mine = imgs.filter(function (i) { return i.alt.indexOf(alt) === 0; });
+    var shown = mine.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+    document.body.setAttribute(k ? 'data-early-stop' : 'data-seed-grid', shown + '/' + mine.length);
+  });
 });
 </script>"""
 
@@ -46,8 +51,15 @@ def test_report_page_loads_every_image_without_console_errors(tmp_path, glue_dir
   cfg.probe.every = 2
   cfg.settings["rte_devlin"] = "setting=devlin"
   cfg.settings["rte_ours"] = "setting=ours"
+  # the seed analyses: an init x data-order grid, and 4 runs of which 2 go on after step 3
+  cfg.settings["rte_grid"] = "setting=devlin,data_seeds=1-2"  # seeds 1-4 x data seeds 1-2
+  cfg.settings["rte_stop"] = "setting=devlin,stop_at=0.5,stop_keep=2"
   result = study.run(cfg, str(tmp_path / "study"))
-  assert [len(s["runs"]) for s in result["settings"]] == [4, 4]
+  by_name = {s["name"]: s for s in result["settings"]}
+  assert {n: len(s["runs"]) for n, s in by_name.items()} == {
+      "rte_devlin": 4, "rte_ours": 4, "rte_grid": 8, "rte_stop": 2}
+  assert by_name["rte_grid"]["decomposition"]["grid"] == [4, 2]
+  assert by_name["rte_stop"]["early_stop"]["started"] == 4
   out = tmp_path / "study" / "report"
   report.build(str(tmp_path / "study"), str(out))
   page = out / "index.html"
@@ -70,6 +82,11 @@ def test_report_page_loads_every_image_without_console_errors(tmp_path, glue_dir
   # the failure-forecast figure of the task (jaxstab.forecast) is drawn, its table beside it
   assert re.search(r'data-forecast="1/1"', dom.stdout), dom.stdout[-2000:]
   assert "Failure forecast from the probe" in html
+  # the init x data-order heat map and the early-stop curves, one each, drawn
+  assert re.search(r'data-seed-grid="1/1"', dom.stdout), dom.stdout[-2000:]
+  assert re.search(r'data-early-stop="1/1"', dom.stdout), dom.stdout[-2000:]
+  table = (tmp_path / "study" / "table.md").read_text(encoding="utf-8")
+  assert "| init × data seeds |" in table and "4 started, 2 continued" in table
   console = [l for l in dom.stderr.splitlines() if "CONSOLE" in l and "probed.html" in l]
   assert not [l for l in console if "rror" in l], console
   shot = out / "screenshot.png"
