@@ -69,7 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
                                        # | pearson_spearman | pearson | spearman (regression)
 
   c.model = ml_collections.ConfigDict()
-  c.model.name_or_path = "bert-large-uncased"  # hub id, local folder, or tiny-bert|roberta|albert
+  c.model.name_or_path = "bert-large-uncased"  # hub id, local folder, or a tiny-* (models.TINY)
   c.model.tokenizer = ""               # '' = the model's own; 'wordpiece' = trained on the task
   c.model.dtype = "float32"            # computation dtype: float32 | bfloat16 (params stay fp32)
   c.model.dropout = -1.0               # < 0 keeps the model's own dropout probabilities

@@ -302,8 +302,8 @@ def assert_failed_cleanly(proc, workdir, *patterns):
 
 
 @pytest.mark.parametrize("args,patterns", [
-    pytest.param(["--config=configs/rte.py", "--config.task=qqp"],
-                 [r"'qqp'", r"\brte\b", r"\bmrpc\b", r"\bcola\b"], id="unknown-task"),
+    pytest.param(["--config=configs/rte.py", "--config.task=boolq"],
+                 [r"'boolq'", r"\brte\b", r"\bmrpc\b", r"\bcola\b"], id="unknown-task"),
     pytest.param(["--config=configs/rte.py", "--config.optim.lrr=1"],
                  [r"optim\.lrr", r"\blr\b"], id="unknown-override-key"),
     pytest.param(["--config=configs/rte.py:foo=1"],

@@ -346,11 +346,11 @@ def test_validate_rejects_non_positive_sizes(key, value):
 
 def test_validate_rejects_unknown_task():
   cfg = _rte()
-  cfg.task = "qqp"
+  cfg.task = "boolq"  # not a GLUE task
   with pytest.raises(ConfigError) as e:
     validate.check_config(cfg)
   msg = str(e.value)
-  assert "'qqp'" in msg
+  assert "'boolq'" in msg
   for t in ("rte", "mrpc", "cola"):
     assert t in msg
 

@@ -44,7 +44,7 @@ def _glue_copy(glue_dir, tmp_path, task="RTE"):
     ("seeds", "1,x", "seeds='1,x'"),
     ("model.dtype", "float16", "model.dtype='float16'"),
     ("optim.eps_mode", "torch", "optim.eps_mode='torch'"),
-    ("task", "qqp", "unknown task 'qqp'"),
+    ("task", "boolq", "unknown task 'boolq'"),
     ("stabilisers.mixout", 1.0, "stabilisers.mixout=1.0"),
 ])
 def test_bad_values(glue_dir, tmp_path, key, value, fragment):

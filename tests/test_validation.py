@@ -59,7 +59,7 @@ KNOWN_ERRORS = [
     ("bert", {"data.source": "csv", "task": "mine", "data.text_a": "t", "data.label": "y"},
      "data.source=csv needs data.path"),
     ("bert", {"data.path": "examples/custom"}, "is read only with data.source=csv or jsonl"),
-    ("bert", {"task": "qqp"}, "unknown task 'qqp'"),
+    ("bert", {"task": "boolq"}, "unknown task 'boolq'"),
     ("bert", {"stabilisers.mixout": 1.0}, "stabilisers.mixout=1.0"),
     ("bert", {"stabilisers.llrd": 0.0}, "stabilisers.llrd=0.0"),
     ("bert", {"stabilisers.reinit_layers": -1}, "stabilisers.reinit_layers=-1"),
