@@ -302,6 +302,15 @@ def test_albert_is_refused(inputs):
     fg.load_mlm(fake)
 
 
+@pytest.mark.parametrize("arch", ["electra", "distilbert"])
+def test_families_without_a_masked_lm_here_are_refused(inputs, arch):
+  fake = analysis.SettingInputs(inputs.name, inputs.directory, inputs.cfg, inputs.summary,
+                                inputs.task, type(inputs.model)(None, {}, arch, 2, None, "x"),
+                                inputs.tokenizer, {})
+  with pytest.raises(ConfigError, match=f"is a {arch} model"):
+    fg.load_mlm(fake)
+
+
 # ------------------------------------------------------------------ report
 def test_report_shows_both_analyses(run_dir, surface, forgetting_result, tmp_path):
   report = build(run_dir, str(tmp_path / "report"))

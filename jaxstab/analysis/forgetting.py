@@ -132,6 +132,10 @@ def load_mlm(inputs: analysis.SettingInputs) -> MaskedLM:
   if arch == "albert":
     raise ConfigError("forgetting per layer is undefined for ALBERT: its layers share one set of "
                       "weights, so the top k layers cannot be restored separately")
+  if arch not in ("bert", "roberta"):  # ELECTRA's discriminator has no masked-LM head
+    raise ConfigError(f"the forgetting analysis measures masked-LM perplexity, which jaxstab "
+                      f"computes for BERT and RoBERTa / XLM-RoBERTa models; "
+                      f"{cfg.model.name_or_path} is a {arch} model")
   dtype = models.DTYPES[cfg.model.dtype]
   name = cfg.model.name_or_path
   pretrained = backbone_of(model.params, arch)
