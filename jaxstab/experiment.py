@@ -344,6 +344,8 @@ def _first_phase(cfg, plan: Plan, engine: Engine, group, stop) -> dict:
     buffers = {key: parallel.to_host(v)[:len(group)] for key, v in state.probe.items()}
     scores = list(early_stop.score_probe(buffers, engine.programs.group_names, es.step))
   _write_group(cfg, plan, state, progress, partial=True)
+  # a save cut short before the scores file was written leaves a step orbax will not overwrite
+  fs.rmtree(fs.join(plan.workdir, "checkpoints", early_stop.checkpoint_name(name)))
   hold = checkpoint.GroupCheckpointer(plan.workdir, early_stop.checkpoint_name(name), 1, 1)
   hold.save(progress.step, state, progress.host_state(), wait=True)
   info = {"name": name, "group": list(group), "k": k, "host": progress.host_state(),
