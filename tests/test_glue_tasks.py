@@ -322,3 +322,36 @@ def test_mnli_two_seeds_score_both_dev_sets(tmp_path, pairs):
   dev = [r for r in records if r.get("kind") == "dev"]
   assert dev and all("dev_mismatched_accuracy" in r and "accuracy" in r for r in dev)
   assert all(0.0 <= r["dev_mismatched_accuracy"] <= 1.0 for r in dev)
+
+
+def test_hub_sources_name_mnli_splits_and_keep_stsb_scores(monkeypatch, require):
+  """HF and tfds: MNLI's dev sets are validation_matched / validation_mismatched, its texts
+  premise / hypothesis; STS-B's float scores stay floats (no network: stand-ins record the
+  calls)."""
+  import sys  # pylint: disable=import-outside-toplevel
+  import types  # pylint: disable=import-outside-toplevel
+  datasets = require("datasets")
+  calls = []
+  rows = {"mnli": {"premise": ["p1", "p2"], "hypothesis": ["h1", "h2"], "label": [2, 0]},
+          "stsb": {"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [4.25, 0.5]}}
+
+  def fake_load(path, name, split, cache_dir=None):
+    calls.append((path, name, split))
+    return datasets.Dataset.from_dict(rows[name])
+  monkeypatch.setattr(datasets, "load_dataset", fake_load)
+  mm = data.load_split(tasks.get_task("mnli"), "dev_mismatched", "hf", "")
+  matched = data.load_split(tasks.get_task("mnli"), "dev", "hf", "")
+  sts = data.load_split(tasks.get_task("stsb"), "train", "hf", "")
+  assert calls == [("nyu-mll/glue", "mnli", "validation_mismatched"),
+                   ("nyu-mll/glue", "mnli", "validation_matched"), ("nyu-mll/glue", "stsb", "train")]
+  assert mm.text_a == ["p1", "p2"] and mm.text_b == ["h1", "h2"] and mm.labels.tolist() == [2, 0]
+  assert matched.labels.dtype == np.int32
+  assert sts.labels.dtype == np.float32 and sts.labels.tolist() == [4.25, 0.5]
+  tf_calls = []
+  fake = types.ModuleType("tensorflow_datasets")
+  fake.load = lambda name, split, data_dir: tf_calls.append((name, split)) or name
+  fake.as_numpy = lambda ds: iter([{"premise": b"p", "hypothesis": b"h", "label": 1}])
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
+  got = data.load_split(tasks.get_task("mnli"), "dev_mismatched", "tfds", "")
+  assert tf_calls == [("glue/mnli", "validation_mismatched")]
+  assert got.text_a == ["p"] and got.text_b == ["h"] and got.labels.tolist() == [1]
