@@ -18,34 +18,12 @@ import numpy as np
 from absl import logging
 
 from jaxstab import checkpoint, config_lib, data, fs, metrics, models, outputs, parallel, probe
-from jaxstab import early_stop, merge, reference, runs as runs_lib, tasks
+from jaxstab import early_stop, evaluation, merge, runs as runs_lib, tasks
 from jaxstab import inputs as inputs_lib
 from jaxstab import lock as lock_lib
 from jaxstab import train as train_lib
 from jaxstab import validate, workdir as workdir_lib
 from jaxstab.errors import ConfigError
-
-
-def eval_steps(cfg, task: str, steps_per_epoch: int, total: int):
-  """When dev is evaluated: train.eval_every_steps = 0 -> eval_points (evals_per_epoch evenly);
-  N > 0 -> every N steps and each epoch end, the reference's rule; -1 -> the same with the
-  reference's own N for the task (reference.reference_eval_steps)."""
-  every = cfg.train.get("eval_every_steps", 0)
-  if every == 0:
-    return eval_points(steps_per_epoch, total, cfg.train.evals_per_epoch)
-  return reference.reference_eval_steps(task, steps_per_epoch, total,
-                                        every=None if every < 0 else every)
-
-
-def eval_points(steps_per_epoch: int, total: int, per_epoch: int):
-  """Step 0, `per_epoch` evenly spaced points in each epoch (the last at its end), and the end."""
-  pts = {0, total}
-  epoch = 0
-  while epoch * steps_per_epoch < total:
-    for k in range(1, per_epoch + 1):
-      pts.add(min(epoch * steps_per_epoch + round(k * steps_per_epoch / per_epoch), total))
-    epoch += 1
-  return sorted(pts)
 
 
 @dataclasses.dataclass
@@ -121,7 +99,7 @@ def _prepare(cfg, workdir, loaded: inputs_lib.Inputs) -> Plan:
   total = train_lib.total_steps(cfg.train, n_train, arrays.full_steps_per_epoch, loaded.task.name)
   model = loaded.model
   stop_at = early_stop.spec(cfg, total)
-  points = eval_steps(cfg, loaded.task.name, spe, total)
+  points = evaluation.eval_steps(cfg, loaded.task.name, spe, total)
   if stop_at is not None:  # the runs are ranked on their dev metric at the stop step
     points = sorted(set(points) | {stop_at.step})
   logging.info("%s: %d train / %d dev examples, %d steps per epoch, %d steps, %d seeds, model %s "

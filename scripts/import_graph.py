@@ -30,10 +30,10 @@ LAYERS: Sequence[Tuple[str, int, Tuple[str, ...]]] = (
     ("report", 3, ("report", "compare")),
     ("engine", 2, ("train", "probe", "optim", "stabilisers", "models", "families", "attention",
                    "parallel", "inputs")),
-    ("data", 1, ("data", "glue_files", "tasks", "vocab", "demo_task", "metrics", "custom_data")),
+    ("data", 1, ("data", "glue_files", "tasks", "vocab", "demo_task", "metrics", "custom_data", "custom_files")),
     ("results", 1, ("stats", "outputs", "results", "picks", "forecast")),
     ("infra", 0, ("__init__", "fs", "lock", "checkpoint", "errors", "config_lib", "presets", "quiet", "cli",
-                  "treepath", "reference", "runs")),
+                  "treepath", "reference", "runs", "evaluation")),
 )
 
 # What each layer may use besides itself: LAYOUT.md's table. `inputs` (engine) is the public way
