@@ -42,8 +42,13 @@ def _self_attention_classes():
   # pylint: disable=import-outside-toplevel
   from transformers.models.albert import modeling_flax_albert as albert
   from transformers.models.bert import modeling_flax_bert as bert
+  from transformers.models.electra import modeling_flax_electra as electra
   from transformers.models.roberta import modeling_flax_roberta as roberta
-  return ((bert.FlaxBertSelfAttention, roberta.FlaxRobertaSelfAttention),
+  from transformers.models.xlm_roberta import modeling_flax_xlm_roberta as xlm_roberta
+  # ELECTRA's and XLM-R's self-attention are BERT's, copied (same fields, same call); DistilBERT's
+  # is another module (validate.check_model refuses a fused attention for it).
+  return ((bert.FlaxBertSelfAttention, roberta.FlaxRobertaSelfAttention,
+           electra.FlaxElectraSelfAttention, xlm_roberta.FlaxXLMRobertaSelfAttention),
           albert.FlaxAlbertSelfAttention)
 
 

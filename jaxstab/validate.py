@@ -70,6 +70,10 @@ def check_model(cfg, arch: str, num_layers: int) -> None:
   if arch not in models.ARCHS:
     raise ConfigError(f"model {cfg.model.name_or_path!r} is a {arch!r} model; jaxstab handles "
                       f"{', '.join(models.ARCHS)} (model.name_or_path)")
+  if arch == "distilbert" and cfg.model.attention != "reference":
+    raise ConfigError(f"model.attention={cfg.model.attention!r} is not available for DistilBERT "
+                      f"({cfg.model.name_or_path}): its attention module is not BERT's; use "
+                      "model.attention='reference'")
   if arch == "distilbert" and st.mixout > 0 and st.get("mixout_head", False):
     raise ConfigError(f"stabilisers.mixout_head=True is not supported for DistilBERT "
                       f"({cfg.model.name_or_path}): its head is two layers (pre_classifier, "

@@ -14,6 +14,7 @@ from tests.helpers import build_step, tiny_setup
 # The fused op sums in another order than transformers' einsum + softmax; the differences are
 # float32 rounding. Bounds about 10x the measured figures (tiny models, logits ~ 0.02 - 0.2):
 LOGIT_ATOL = 3e-7  # max |d logit|: bert 3.4e-8, roberta 3.7e-9, albert 3.0e-8, head mask 5.6e-9,
+                   # electra 1.2e-7 (its tiny logits are larger), xlm-roberta 3.7e-9,
                    # albert with hidden dropout 1.7e-8
 GRAD_ATOL = 5e-7   # max |d gradient| (gradients up to 0.036): 4.5e-8
 
@@ -35,7 +36,7 @@ def _batch(arrays, n=8):
   return {k: jnp.asarray(v[:n]) for k, v in arrays.items()}
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta", "albert"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "albert", "electra", "xlm-roberta"])
 def test_eval_logits_match_reference(glue_dir, arch, fused_calls):
   _, model, arrays = tiny_setup(glue_dir, arch=arch, length=48)
   batch = _batch(arrays)
@@ -151,6 +152,14 @@ def test_bad_attention_setting_is_refused(glue_dir):
     cfg.model.attention = "cudnn"
     with pytest.raises(ConfigError, match="needs a GPU"):
       models.load(cfg.model, 2, _tokenizer(cfg))
+
+
+def test_distilbert_refuses_a_fused_attention(glue_dir):
+  from jaxstab import validate  # pylint: disable=import-outside-toplevel
+  cfg, _, _ = tiny_setup(glue_dir, arch="distilbert")
+  cfg.model.attention = "xla"
+  with pytest.raises(ConfigError, match="not available for DistilBERT"):
+    validate.check_model(cfg, "distilbert", 2)
 
 
 def _tokenizer(cfg):
