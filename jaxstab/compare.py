@@ -56,7 +56,9 @@ def _settings_of(wd) -> list:
   if fs.isfile(path):
     summary = _read(path)
     if "settings" in summary:
-      return [dict(s, recipe=s.get("recipe") or s["setting"], directory=fs.join(wd, s["name"]))
+      # a plain run's summary lists its one setting too, but its files are in wd itself
+      where = lambda n: fs.join(wd, n) if fs.isdir(fs.join(wd, n)) else wd
+      return [dict(s, recipe=s.get("recipe") or s["setting"], directory=where(s["name"]))
               for s in summary["settings"]]
     return [dict(_one_setting(summary, wd.rstrip("/").rsplit("/", 1)[-1], unfinished=False),
                  directory=wd)]
