@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxstab import config_lib, experiment, validate
+from jaxstab import config_lib, evaluation, validate
 from jaxstab.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -275,7 +275,7 @@ def _check_eval_points(spe, total, per_epoch, pts):
 
 
 def test_eval_points_exact_example():
-  pts = experiment.eval_points(156, 468, 3)
+  pts = evaluation.eval_points(156, 468, 3)
   expected = [0] + [e * 156 + k * 52 for e in range(3) for k in range(1, 4)]
   assert pts == expected
   assert pts == [0, 52, 104, 156, 208, 260, 312, 364, 416, 468]
@@ -286,7 +286,7 @@ def test_eval_points_exact_example():
     (312, 937, 3), (50, 50, 5),
 ])
 def test_eval_points_properties(spe, total, per_epoch):
-  _check_eval_points(spe, total, per_epoch, experiment.eval_points(spe, total, per_epoch))
+  _check_eval_points(spe, total, per_epoch, evaluation.eval_points(spe, total, per_epoch))
 
 
 def test_eval_points_divisible_cases_match_an_independent_formula():
@@ -294,18 +294,18 @@ def test_eval_points_divisible_cases_match_an_independent_formula():
     total = spe * epochs
     expected = sorted({0} | {e * spe + k * (spe // per_epoch)
                              for e in range(epochs) for k in range(1, per_epoch + 1)})
-    assert experiment.eval_points(spe, total, per_epoch) == expected
+    assert evaluation.eval_points(spe, total, per_epoch) == expected
 
 
 def test_eval_points_partial_last_epoch_ends_at_total():
-  pts = experiment.eval_points(156, 500, 3)
+  pts = evaluation.eval_points(156, 500, 3)
   assert pts[-1] == 500
   assert [p for p in pts if p > 468] == [500]  # 520 clipped to the end; no point past total
   assert 468 in pts
 
 
 def test_eval_points_max_steps_shorter_than_an_epoch():
-  assert experiment.eval_points(312, 12, 3) == [0, 12]
+  assert evaluation.eval_points(312, 12, 3) == [0, 12]
 
 
 # ---------------------------------------------------------------- validate

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxstab import config_lib, data, experiment, main, reference, study
+from jaxstab import config_lib, data, evaluation, main, reference, study
 from jaxstab import train as train_lib
 from tests.helpers import tiny_setup
 from tests.test_config import CONFIG_DIR
@@ -133,9 +133,9 @@ def test_reference_mode_evaluates_when_the_reference_did(glue_dir, tmp_path):
   assert summary["total_steps"] == 14
   assert [h["step"] for h in _history(tmp_path / "work")] == [0, 2, 4, 7, 8, 10, 12, 14]
   assert reference.reference_eval_steps("mrpc", 7, 14) == [0, 2, 4, 7, 8, 10, 12, 14]
-  assert experiment.eval_points(7, 14, 3) == [0, 2, 5, 7, 9, 12, 14]
+  assert evaluation.eval_points(7, 14, 3) == [0, 2, 5, 7, 9, 12, 14]
   cfg.train.eval_every_steps = 0  # corrected mode's rule on the same plan
-  assert experiment.eval_steps(cfg, "mrpc", 7, 14) == experiment.eval_points(7, 14, 3)
+  assert evaluation.eval_steps(cfg, "mrpc", 7, 14) == evaluation.eval_points(7, 14, 3)
 
 
 def _history(workdir):
