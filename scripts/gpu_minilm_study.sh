@@ -17,7 +17,9 @@
 #   5 MRPC ours, ~5 min                    6, 7 CoLA ours, seeds 1-13 and 14-25, ~6 min each
 #   8 RTE bias-correction ablation: Devlin without / with bias correction at 1e-5, 2e-5, 3e-5,
 #     reference mode, ~6 min                9 RTE Devlin 2e-5 vs ours in reference mode, ~5 min
-# Stages 1-7 run in fidelity=corrected, the mode of the rows committed in docs/results/gpu/
+#   10 RTE Devlin 5e-5, 5 init x 5 data seeds (data_seeds): decomposition, failure forecast and
+#      early stopping at full size, ~3 min (like stage 2's 5e-5 setting)
+# Stages 1-7 and 10 run in fidelity=corrected, the mode of the rows committed in docs/results/gpu/
 # (they extend or sit beside them); 8 and 9 in the paper presets' default, fidelity=reference.
 # A fresh machine starts bare, so stages 5-7 write workdirs of their own (minilm_mrpc_ours,
 # minilm_cola_ours) that jaxstab.compare puts next to the others without retraining Devlin.
@@ -48,7 +50,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
   exit 0
 fi
 
-BUDGET=${BUDGET:-520}; STAGES=${STAGES:-1 2 3 4 5 6 7 8 9}; SEEDS_GIVEN=${SEEDS:-}
+BUDGET=${BUDGET:-520}; STAGES=${STAGES:-1 2 3 4 5 6 7 8 9 10}; SEEDS_GIVEN=${SEEDS:-}
 WORK=${WORK:-/tmp/jaxstab_gpu}
 
 stage_arg() {  # the study_minilm argument and workdir of each stage
@@ -62,7 +64,10 @@ stage_arg() {  # the study_minilm argument and workdir of each stage
     7) echo "tasks=cola,settings=ours,fidelity=corrected,seeds=14-25 minilm_cola_ours" ;;
     8) echo "tasks=rte,settings=devlin+devlin_bc,lrs=1e-5+2e-5+3e-5,seeds=1-25 minilm_rte_bc" ;;
     9) echo "tasks=rte,lrs=2e-5,seeds=1-25 minilm_rte_reference" ;;
-    *) echo "unknown stage $1 (stages: 1-9)" >&2; exit 2 ;;
+    # the seed analyses at full size: 5 init x 5 data seeds where failures are common (their
+    # probe records test the failure forecast; early stopping replays on them)
+    10) echo "tasks=rte,lrs=5e-5,settings=devlin,fidelity=corrected,data_seeds=1-5,seeds=1-5 minilm_rte_grid" ;;
+    *) echo "unknown stage $1 (stages: 1-10)" >&2; exit 2 ;;
   esac
 }
 stage_command() {  # stage_command ARG WORKDIR EXTRA...: the jaxstab.main call of one stage

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxstab import config_lib, study
+from jaxstab import runs, study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,8 @@ def test_the_stages_cover_the_comparison_the_ablations_and_reference_mode_with_2
     for name, sub in study.expand(cfg):
       assert sub.model.name_or_path == "carry/minilm_fp16"
       assert sub.train.max_seq_length == 128 and sub.train.batch_size == 16
-      seeds_of[(workdir, sub.fidelity, name)] |= set(config_lib.parse_seeds(sub))
+      seeds_of[(workdir, sub.fidelity, name)] |= {(r.init_seed, r.data_seed)
+                                                  for r in runs.parse(sub)}
   corrected = {("minilm_rte", f"rte_{s}") for s in ("devlin_lr2e-5", "ours")}
   corrected |= {("minilm_rte", f"rte_devlin_lr{lr}") for lr in ("1e-5", "3e-5", "5e-5")}
   corrected |= {("minilm_mrpc", "mrpc_devlin_lr2e-5"), ("minilm_cola", "cola_devlin_lr2e-5"),
@@ -50,9 +51,11 @@ def test_the_stages_cover_the_comparison_the_ablations_and_reference_mode_with_2
   reference = {("minilm_rte_bc", f"rte_{s}_lr{lr}") for s in ("devlin", "devlin_bc")
                for lr in ("1e-5", "2e-5", "3e-5")}
   reference |= {("minilm_rte_reference", f"rte_{s}") for s in ("devlin_lr2e-5", "ours")}
+  grid = ("minilm_rte_grid", "corrected", "rte_devlin_lr5e-5")
   assert set(seeds_of) == ({(w, "corrected", n) for w, n in corrected}
-                           | {(w, "reference", n) for w, n in reference})
-  assert all(seeds == set(range(1, 26)) for seeds in seeds_of.values())
+                           | {(w, "reference", n) for w, n in reference} | {grid})
+  assert seeds_of.pop(grid) == {(i, d) for i in range(1, 6) for d in range(1, 6)}
+  assert all(seeds == {(s, None) for s in range(1, 26)} for seeds in seeds_of.values())
 
 
 def test_seeds_override_every_stage_and_an_unknown_stage_is_refused():
@@ -60,5 +63,5 @@ def test_seeds_override_every_stage_and_an_unknown_stage_is_refused():
   assert len(commands) == 2
   assert all(",seeds=1-2," in c[3] and c[-1] == "--config.train.max_steps=2" for c in commands)
   with pytest.raises(subprocess.CalledProcessError) as e:
-    _stage_commands({"STAGES": "1 10"})
-  assert "unknown stage 10" in e.value.stderr
+    _stage_commands({"STAGES": "1 11"})
+  assert "unknown stage 11" in e.value.stderr
