@@ -63,7 +63,7 @@ def test_unknown_seed_axis(glue_dir, tmp_path):
 def test_more_seeds_per_step_than_seeds(glue_dir, tmp_path):
   cfg = _tiny(glue_dir, "seeds=1-2")
   cfg.train.seeds_per_step = 3
-  _refused(cfg, tmp_path, "train.seeds_per_step=3", "2 seeds")
+  _refused(cfg, tmp_path, "train.seeds_per_step=3", "the 2 runs of this setting")
 
 
 def test_config_key_typo_suggests_the_closest_key():
