@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxstab import checkpoint, config_lib, data, fs, metrics, models, outputs, parallel, probe
+from jaxstab import checkpoint, data, fs, metrics, models, outputs, parallel
 from jaxstab import early_stop, evaluation, merge, runs as runs_lib, tasks
 from jaxstab import inputs as inputs_lib
 from jaxstab import lock as lock_lib
@@ -270,23 +270,24 @@ def _train_early_stop(cfg, plan: Plan, engine: Engine, stop):
     k = engine.programs.seeds_per_group
     infos = [_first_phase(cfg, plan, engine, plan.todo[g:g + k], stop)
              for g in range(0, len(plan.todo), k)]
-    scores = {int(n): (math.inf if v is None else v) for i in infos for n, v in i["scores"].items()}
+    scores = {int(n): (math.inf if v is None else v)
+              for i in infos for n, v in i["scores"].items()}
     continued, stopped = early_stop.choose(scores, es.keep)
     decision = early_stop.write_decision(workdir, es, scores, continued, stopped,
                                          {i["name"]: i["group"] for i in infos})
     logging.info("early stop at step %d (by %s): %d started, continuing %s", es.step, es.by,
                  len(scores), continued)
-  infos = {name: fs.read_json(early_stop.scores_path(workdir, name)) for name in decision["groups"]}
-  host = {int(n): (info, str(n)) for info in infos.values() for n in info["group"]}
+  infos = {name: fs.read_json(early_stop.scores_path(workdir, name))
+           for name in decision["groups"]}
+  source = {n: info for info in infos.values() for n in info["group"]}
   finished = lambda n: fs.isfile(workdir_lib.run_path(workdir, n, "json"))
   for n in decision["stopped"]:
     if not finished(n) and parallel.is_primary():
-      info, key = host[n]
-      records = info["host"]["records"][key]
-      history = [{k: v for k, v in r.items() if k not in ("kind", "seed", "train_loss", "lr")}
-                 for r in records]
-      record = merge.run_record(n, history, plan.task, info["host"]["last_loss"][info["group"].index(n)])
-      record.update(plan.runs[n].record(), stopped_at=es.step, diverged_at=None)
+      info, i = source[n], source[n]["group"].index(n)
+      record = merge.run_record(n, info["host"]["records"][str(n)], plan.task,
+                                info["host"]["last_loss"][i])
+      record.update(plan.runs[n].record(), stopped_at=es.step,
+                    diverged_at=info["diverged_at"][i])
       outputs.write_json(workdir_lib.run_path(workdir, n, "json"), record)
   todo = [n for n in decision["continued"] if not finished(n)]
   k2 = min(engine.programs.seeds_per_group, len(decision["continued"]))
@@ -326,7 +327,9 @@ def _first_phase(cfg, plan: Plan, engine: Engine, group, stop) -> dict:
   fs.rmtree(fs.join(plan.workdir, "checkpoints", early_stop.checkpoint_name(name)))
   hold = checkpoint.GroupCheckpointer(plan.workdir, early_stop.checkpoint_name(name), 1, 1)
   hold.save(progress.step, state, progress.host_state(), wait=True)
+  diverged = parallel.to_host(state.diverged_at)[:len(group)]
   info = {"name": name, "group": list(group), "k": k, "host": progress.host_state(),
+          "diverged_at": [int(d) if d >= 0 else None for d in diverged],
           "scores": {str(n): (float(v) if math.isfinite(v) else None)
                      for n, v in zip(group, scores)}}
   if parallel.is_primary():
@@ -350,7 +353,7 @@ def _regroup(cfg, plan: Plan, engine: Engine, second: Engine, group, infos):
     restored = hold.restore_latest(like)
     if restored is None:
       raise ConfigError(f"the saved first phase of {name} in {hold.directory} is "
-                                   "unreadable; rerun with --config.overwrite=True")
+                        "unreadable; rerun with --config.overwrite=True")
     parts.append(early_stop.take(restored[1], rows))
     order += [info["group"][r] for r in rows]
   state = early_stop.concat(parts)
@@ -378,9 +381,7 @@ def _write_group(cfg, plan: Plan, state, progress: _Group, partial: bool = False
     fs.write_lines(path("jsonl"), (json.dumps(r) + "\n" for r in progress.records[s]))
     if partial:
       continue
-    history = [{key: v for key, v in r.items() if key not in ("kind", "seed", "train_loss", "lr")}
-               for r in progress.records[s]]
-    record = merge.run_record(s, history, plan.task, progress.last_loss[i])
+    record = merge.run_record(s, progress.records[s], plan.task, progress.last_loss[i])
     record.update(plan.runs[s].record())
     record["diverged_at"] = int(diverged[i]) if diverged[i] >= 0 else None
     outputs.write_json(path("json"), record)

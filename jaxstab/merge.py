@@ -51,7 +51,10 @@ def _forecast(out: dict, merged: dict, total_steps: int):
   return forecast.evaluate(kept, [failed[int(n)] for n in kept["seeds"]], total_steps)
 
 
-def run_record(seed, history, task, final_train_loss):
+def run_record(seed, records, task, final_train_loss):
+  """A run's record from its dev records (metrics.jsonl lines): the final and the best one."""
+  history = [{k: v for k, v in r.items() if k not in ("kind", "seed", "train_loss", "lr")}
+             for r in records]
   final = dict(history[-1])
   best = max(history, key=lambda h: (h[task.metric], -h["step"]))
   return {"seed": seed, "final": final, "best": dict(best), "final_train_loss": final_train_loss}

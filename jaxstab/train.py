@@ -93,7 +93,8 @@ def create_train_state(model: models.Model, tx: optax.GradientTransformation, ke
   params = initial_params(model, key, reinit_layers, reinit_pooler)
   data_key = data_key_of(key) if data_key is None else data_key
   return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params),
-                    key=key, data_key=data_key, probe=probe.init_buffers(total_steps, probe_every, len(group_names)),
+                    key=key, data_key=data_key,
+                    probe=probe.init_buffers(total_steps, probe_every, len(group_names)),
                     loss_sum=jnp.zeros([], jnp.float32), loss_count=jnp.zeros([], jnp.float32),
                     diverged_at=jnp.full([], -1, jnp.int32))
 

@@ -10,29 +10,24 @@ choose). Prints one Markdown row per criterion and one for training every run to
   python scripts/early_stop_eval.py WORKDIR --at 0.21 --keep 4
 """
 import argparse
-import json
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from jaxstab import early_stop  # noqa: E402  pylint: disable=wrong-import-position
+from jaxstab import early_stop, results  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def replay(workdir: str, at: float, keep: int):
-  with open(os.path.join(workdir, "summary.json")) as f:
-    summary = json.load(f)
-  with np.load(os.path.join(workdir, "probe.npz")) as z:
-    probe = {k: z[k] for k in z.files}
+  setting = results.load(workdir).settings[0]  # a plain run, or a study's first setting
+  summary, probe = setting.summary, setting.probe
   metric, select, total = summary["metric"], summary["select"], summary["total_steps"]
   step = min(max(1, int(round(at * total))), total - 1)
   records = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      r = json.loads(line)
-      if r.get("kind") == "dev":
-        records.setdefault(int(r["seed"]), []).append(r)
+  for r in setting.records:
+    if r.get("kind") == "dev":
+      records.setdefault(int(r["seed"]), []).append(r)
   runs = {int(r["seed"]): r for r in summary["runs"]}
   evaluated = {r["step"] for rs in records.values() for r in rs}
   if step not in evaluated:
