@@ -19,8 +19,8 @@ fidelity=, lr=, epochs=, seeds=, task= ...), e.g.
 Runs in corrected mode (no reference-code quirks: they reproduce the paper's runs on GLUE, not a
 recipe for your data) unless the argument says fidelity=reference.
 """
-from jaxstab import config_lib
-from jaxstab.errors import ConfigError
+from jaxstab.config import config_lib
+from jaxstab.infra.errors import ConfigError
 
 SHORT = {"path": "data.path", "train": "data.train_file", "dev": "data.dev_file",
          "text_a": "data.text_a", "text_b": "data.text_b", "label": "data.label",

@@ -1,5 +1,5 @@
-"""Every key with its default; see jaxstab/config_lib.py for the one-line meaning of each."""
-from jaxstab import config_lib
+"""Every key with its default; see jaxstab/config/config_lib.py for the one-line meaning of each."""
+from jaxstab.config import config_lib
 
 
 def get_config(arg: str = ""):

@@ -3,7 +3,7 @@
 Four seeds, 20 epochs; about 80 s on 2 CPU cores. Try `configs/demo.py:setting=ours` to see the
 paper's baseline recipe on the same task, or `model=tiny-albert`.
 """
-from jaxstab import config_lib
+from jaxstab.config import config_lib
 
 
 def get_config(arg: str = ""):

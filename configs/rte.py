@@ -1,5 +1,5 @@
 """RTE with the paper's settings. Argument: model=..., setting=devlin|ours, lr=..., seeds=..."""
-from jaxstab import config_lib
+from jaxstab.config import config_lib
 
 
 def get_config(arg: str = ""):

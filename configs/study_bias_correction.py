@@ -8,7 +8,7 @@ albert-large-v2}_bsz_16_lr_{1,2,3}e-05_adamW[_bias-correct].yaml in uds-lsv/bert
 (BERT-large also has 5e-5 there; add it with `lrs=1e-5+2e-5+3e-5+5e-5`). Narrow with `models=`,
 `lrs=`, `settings=` (joined with '+'), e.g. `models=bert-large-uncased,lrs=2e-5`.
 """
-from jaxstab import config_lib
+from jaxstab.config import config_lib
 
 
 def get_config(arg: str = ""):

@@ -11,7 +11,7 @@ settings are then named `<task>_ours_<E>ep`, so a shortened run never passes for
 `model=FOLDER` loads MiniLM from another folder instead of the installed package, e.g. the fp16
 copy carried to the GPU machine (scripts/gpu_minilm_study.sh): model=carry/minilm_fp16.
 """
-from jaxstab import config_lib
+from jaxstab.config import config_lib
 
 
 def get_config(arg: str = ""):

@@ -4,7 +4,7 @@ ALBERT-large-v2 (the models the paper adds to BERT-large) on RTE, MRPC and CoLA,
 Narrow with `tasks=`, `settings=`, `models=` (joined with '+'), e.g.
 `--config=configs/study_models.py:models=roberta-large,tasks=rte`.
 """
-from jaxstab import config_lib
+from jaxstab.config import config_lib
 
 
 def get_config(arg: str = ""):

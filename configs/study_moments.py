@@ -7,7 +7,7 @@ study's Levene test and table say whether the two differ.
   --config=configs/study_moments.py:model=minilm,tasks=mrpc,seeds=1-4,train_examples=1000,epochs=3
   --config.train.max_seq_length=64 --config.train.evals_per_epoch=1
 """
-from jaxstab import config_lib
+from jaxstab.config import config_lib
 
 
 def get_config(arg: str = ""):

@@ -2,7 +2,7 @@
 Devlin recipe either for 3 epochs or for as many steps as 3 epochs of the full training set
 (RTE 468, MRPC 690, CoLA 1,602), next to the full-data Devlin run. Narrow with tasks=...,
 seeds=..., model=..."""
-from jaxstab import config_lib
+from jaxstab.config import config_lib
 
 
 def get_config(arg: str = ""):

@@ -3,7 +3,7 @@
 Argument: the usual (model=..., seeds=...). `tasks=rte+mrpc` and `settings=devlin+ours` narrow
 the grid, e.g. `--config=configs/study_table1.py:tasks=rte,settings=devlin+ours,seeds=1-5`.
 """
-from jaxstab import config_lib
+from jaxstab.config import config_lib
 
 
 def get_config(arg: str = ""):

@@ -1,7 +1,7 @@
 """Command line: python -m jaxstab.main --config=configs/rte.py[:args] --workdir=DIR [--config.a.b=v].
 
 A thin absl entry: flags, the config (config_lib.load_file plus the `--config.a.b=v`
-overrides, in the order given), then study.run. Every mistake in the config reaches the user as
+overrides, in the order given), then studies.run. Every mistake in the config reaches the user as
 one line `jaxstab: error: ...` and exit status 2, before any file is written.
 """
 import os
@@ -9,8 +9,9 @@ import sys
 
 from absl import app, flags, logging
 
-from jaxstab import config_lib, fs, quiet
-from jaxstab.errors import ConfigError
+from jaxstab.config import config_lib
+from jaxstab.infra import fs, quiet
+from jaxstab.infra.errors import ConfigError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for logs and results.")
@@ -98,7 +99,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   # jax initialises its backends on first use: the study modules come after the flags.
-  from jaxstab import checkpoint, parallel, study  # pylint: disable=import-outside-toplevel
+  from jaxstab.infra import checkpoint  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import parallel  # pylint: disable=import-outside-toplevel
+  from jaxstab.study import studies  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.INFO)
   try:
     config = load_config(FLAGS.config, _OVERRIDES)
@@ -114,7 +117,7 @@ def main(argv):
       lambda r: r.levelno >= 30 or "orbax" not in r.pathname)  # 30: python WARNING
   _compilation_cache(config, FLAGS.workdir)
   try:
-    study.run(config, FLAGS.workdir)
+    studies.run(config, FLAGS.workdir)
   except ConfigError as e:
     _fail(str(e))
   except checkpoint.Preempted as e:

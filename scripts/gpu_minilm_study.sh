@@ -22,11 +22,11 @@
 # Stages 1-7 and 10 run in fidelity=corrected, the mode of the rows committed in docs/results/gpu/
 # (they extend or sit beside them); 8 and 9 in the paper presets' default, fidelity=reference.
 # A fresh machine starts bare, so stages 5-7 write workdirs of their own (minilm_mrpc_ours,
-# minilm_cola_ours) that jaxstab.compare puts next to the others without retraining Devlin.
+# minilm_cola_ours) that jaxstab.report.compare puts next to the others without retraining Devlin.
 # Stages 6 and 7 fill one workdir from two calls: unpack both archives into one folder here and
 # rerun stage 6's command with seeds=1-25 on it; every seed is found finished and merged.
 # Everything still running at BUDGET seconds is killed: finished settings keep their
-# <setting>/summary.json (jaxstab.compare reads them), the setting in flight is lost.
+# <setting>/summary.json (jaxstab.report.compare reads them), the setting in flight is lost.
 # $OUT gets run.log and minilm_gpu.tgz (the workdirs without token caches, rewritten after
 # every stage).
 #

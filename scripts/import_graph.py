@@ -1,16 +1,19 @@
-"""The import graph of the jaxstab package by layer, checked against the layer table.
+"""The import graph of the jaxstab package by part, checked against the one-way rule.
 
     python scripts/import_graph.py [--package=jaxstab] [--quiet]
 
-Reads every module of the package with `ast` (nothing is imported or run), collects its imports of
-the package's own modules, at module level and inside functions, and prints them grouped by layer.
-Exits 1 when
-  - a module imports a module of a layer it may not use (upward, or sideways between two layers of
-    the same height, e.g. report <-> analysis): the table below, from ../shared/design/LAYOUT.md,
+A module's part is its folder: `jaxstab/<part>/...` belongs to <part>, so the rule cannot drift
+from the tree. The top-level modules are the entry points (ENTRY: thin command lines and the two
+public aliases); the package's own __init__ counts as infra, since every import of a sub-package
+runs it. Reads every module with `ast` (nothing is imported or run), collects its imports of the
+package's own modules, at module level and inside functions, prints them grouped by part, and
+exits 1 when
+  - a module imports a module of a part it may not use (upward, or sideways between two parts of
+    the same height, e.g. report <-> analysis): ALLOWED below, from ../shared/design/LAYOUT.md,
     with its few single-module exceptions (EXTRA), each with its reason;
   - the modules import each other in a cycle (function-level imports count: a local import that
     dodges a cycle at import time is still a cycle in the design);
-  - a module belongs to no layer (a new module gets its line in LAYERS).
+  - a module belongs to no part: a folder not in PARTS, or a top-level module not in ENTRY.
 
 `import jaxstab.a.b` and `from jaxstab.a import b` also run `jaxstab/a/__init__.py`, so an import
 from outside a subpackage counts as an import of the subpackage's __init__ too.
@@ -21,42 +24,37 @@ import os
 import sys
 from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-# (layer, height, modules), from ../shared/design/LAYOUT.md: a module name is relative to the
-# package, and a subpackage's name stands for all its modules.
-LAYERS: Sequence[Tuple[str, int, Tuple[str, ...]]] = (
-    ("entry", 4, ("main", "loss_surface", "forgetting")),   # one thin module per command line
-    ("study", 3, ("study", "experiment", "validate", "workdir", "early_stop", "merge")),
-    ("analysis", 3, ("analysis",)),
-    ("report", 3, ("report", "compare")),
-    ("engine", 2, ("train", "probe", "optim", "stabilisers", "models", "families", "attention",
-                   "parallel", "inputs")),
-    ("data", 1, ("data", "glue_files", "tasks", "vocab", "demo_task", "metrics", "custom_data", "custom_files")),
-    ("results", 1, ("stats", "outputs", "results", "picks", "forecast")),
-    ("infra", 0, ("__init__", "fs", "lock", "checkpoint", "errors", "config_lib", "presets", "quiet", "cli",
-                  "treepath", "reference", "runs", "evaluation")),
-)
+# part -> height; a module's part is its folder under the package (LAYOUT.md).
+PARTS: Dict[str, int] = {
+    "entry": 5,     # the top-level modules: one thin module per command line, public aliases
+    "study": 4, "analysis": 4, "report": 4,
+    "engine": 3, "results": 3,
+    "data": 2,
+    "config": 1,
+    "infra": 0,     # plus the package's own __init__
+}
+# The top-level modules, each a thin entry point or a public alias of a module in a part.
+ENTRY = ("main", "compare", "loss_surface", "forgetting", "config_lib", "optim")
 
-# What each layer may use besides itself: LAYOUT.md's table. `inputs` (engine) is the public way
-# an analysis rebuilds a setting; the report reads analyses' outputs on disk, never their code.
+# What each part may use besides itself. An analysis rebuilds a setting through the engine's
+# public `inputs`; the report reads analyses' outputs on disk, never their code.
 ALLOWED: Dict[str, Set[str]] = {
-    "entry": {"study", "analysis", "report", "engine", "data", "results", "infra"},
-    "study": {"engine", "data", "results", "infra"},
-    "analysis": {"engine", "data", "results", "infra"},
-    "report": {"results", "infra"},
-    "engine": {"data", "infra"},
-    "data": {"infra"},
-    "results": {"infra"},
+    "entry": {"study", "analysis", "report", "engine", "results", "data", "config", "infra"},
+    "study": {"engine", "results", "data", "config", "infra"},
+    "analysis": {"engine", "results", "data", "config", "infra"},
+    "report": {"results", "config", "infra"},
+    "engine": {"data", "config", "infra"},
+    "results": {"data", "config", "infra"},
+    "data": {"config", "infra"},
+    "config": {"infra"},
     "infra": set(),
 }
 
-# Single modules a layer may use beyond its table, each for one stated reason.
+# Single modules a part may use beyond its table, each for one stated reason.
 EXTRA: Dict[Tuple[str, str], str] = {
-    ("report", "optim"): "the bias-correction figure computes the schedule with the optimizer's "
-                         "own pure functions, so it shows what training used",
-    ("results", "metrics"): "picks judges a run failed by metrics.is_failed when an old summary "
-                            "lacks the flag",
+    ("report", "engine.optim"): "the bias-correction figure computes the schedule with the "
+                                "optimizer's own pure functions, so it shows what training used",
 }
-
 
 class Import(NamedTuple):
   source: str       # importing module, relative dotted name ("report.builder")
@@ -160,27 +158,33 @@ def _targets(node, package: str, here: List[str], modules: Dict[str, str]) -> Li
 
 
 # ------------------------------------------------------------------ checking
-def layer_of(module: str, layers=LAYERS) -> Optional[str]:
-  for name, _, members in layers:
-    for m in members:
-      if module == m or module.startswith(m + "."):
-        return name
-  return None
+def layer_of(module: str) -> Optional[str]:
+  """The part of `module` (dotted, relative to the package): its folder, or entry at the top."""
+  if module == "__init__":
+    return "infra"
+  first = module.split(".")[0]
+  if first in PARTS and first != "entry":
+    return first
+  return "entry" if module in ENTRY else None
 
 
-def check(package_dir: str, package: Optional[str] = None, layers=LAYERS, allowed=ALLOWED,
+def check(package_dir: str, package: Optional[str] = None, allowed=ALLOWED,
           extra=EXTRA) -> Tuple[List[Import], List[Problem]]:
   """(the imports, the problems) of the package in `package_dir` (see the module docstring)."""
   package = package or os.path.basename(os.path.normpath(package_dir))
   edges = imports_of(package, package_dir)
-  height = {name: h for name, h, _ in layers}
+  height = PARTS
   problems = []
   for m in modules_of(package_dir):
-    if layer_of(m, layers) is None:
-      problems.append(Problem("unassigned", f"{package}.{m} is in no layer (add it to LAYERS)"))
+    if layer_of(m) is None:
+      problems.append(Problem("unassigned", f"{package}.{m} is in no part (move it into a part's "
+                                            "folder, or name it an entry point in ENTRY)"))
   for e in edges:
-    a, b = layer_of(e.source, layers), layer_of(e.target, layers)
-    if a is None or b is None or a == b or b in allowed.get(a, set()) or (a, e.target) in extra:
+    a, b = layer_of(e.source), layer_of(e.target)
+    # an exception module's package __init__ runs with it, so it is excepted too
+    excepted = any(part == a and (m == e.target or m.startswith(e.target + "."))
+                   for part, m in extra)
+    if a is None or b is None or a == b or b in allowed.get(a, set()) or excepted:
       continue
     way = "upward" if height[b] > height[a] else (
         "sideways" if height[b] == height[a] else "not in the table")
@@ -246,7 +250,7 @@ def _one_cycle(graph, group) -> List[str]:
 
 
 # ------------------------------------------------------------------ printing
-def render(package: str, edges: Sequence[Import], layers=LAYERS, modules=()) -> str:
+def render(package: str, edges: Sequence[Import], modules=()) -> str:
   """The module-level graph, layer by layer from the top; `*` marks a function-level import."""
   by_source: Dict[str, Dict[str, bool]] = {}
   for e in edges:
@@ -255,9 +259,9 @@ def render(package: str, edges: Sequence[Import], layers=LAYERS, modules=()) -> 
         e.target, True) and e.local
   lines = []
   modules = sorted(set(modules) | {e.source for e in edges} | {e.target for e in edges})
-  for name, height, _ in layers:
-    members = [m for m in modules if layer_of(m, layers) == name]
-    uses = sorted({layer_of(t, layers) or "?" for m in members for t in by_source.get(m, {})}
+  for name, height in PARTS.items():
+    members = [m for m in modules if layer_of(m) == name]
+    uses = sorted({layer_of(t) or "?" for m in members for t in by_source.get(m, {})}
                   - {name})
     lines.append(f"{name} (height {height}) uses: {', '.join(uses) or 'nothing'}")
     for m in members:

@@ -89,7 +89,9 @@ ONE_BATCH_BOUNDS = {
 def minilm(model_dir: str) -> dict:
   """jaxstab's config, tokenizer and Flax MiniLM classifier (dropout 0), loaded once a session.
   Tests that plant a bug in model.config restore it (monkeypatch) before the next user."""
-  from jaxstab import config_lib, models, probe, vocab  # pylint: disable=import-outside-toplevel
+  from jaxstab.config import config_lib  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import models, probe  # pylint: disable=import-outside-toplevel
+  from jaxstab.data import vocab  # pylint: disable=import-outside-toplevel
   cfg = config_lib.task_config("rte", f"model={model_dir}")
   cfg.model.dropout = 0.0
   tok = vocab.load(cfg.model, None)
@@ -100,17 +102,17 @@ def minilm(model_dir: str) -> dict:
 
 
 def glue_examples(glue_dir, task, split, n, tok, length):
-  from jaxstab import data, tasks  # pylint: disable=import-outside-toplevel
-  s = data.load_split(tasks.get_task(task), split, "tsv", glue_dir)
-  s = data.Split(s.text_a[:n], s.text_b[:n] if s.text_b else None, s.labels[:n])
-  return data.tokenize(s, tok, length)
+  from jaxstab.data import dataset, tasks  # pylint: disable=import-outside-toplevel
+  s = dataset.load_split(tasks.get_task(task), split, "tsv", glue_dir)
+  s = dataset.Split(s.text_a[:n], s.text_b[:n] if s.text_b else None, s.labels[:n])
+  return dataset.tokenize(s, tok, length)
 
 
 def jax_one_batch(model, params, arrays) -> dict:
   """Loss, logits, per-group and total gradient norms of one batch through jaxstab's model and
   probe. Compiled afresh on every call, so a bug planted in the model's config takes effect."""
   import optax  # pylint: disable=import-outside-toplevel
-  from jaxstab import probe, train as train_lib  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import probe, train as train_lib  # pylint: disable=import-outside-toplevel
 
   def loss_and_logits(p, batch):
     logits = model.logits(p, batch, train=False)
@@ -257,7 +259,7 @@ SEED_GROUP_BOUNDS = {
 
 
 def run_alone(create, step, arrays, seed: int, n: int):
-  from jaxstab import train as train_lib  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import train as train_lib  # pylint: disable=import-outside-toplevel
   state = jax.jit(create)(train_lib.seed_key(seed))
   f = jax.jit(step)
   dev = jax.device_put(arrays)
@@ -267,7 +269,7 @@ def run_alone(create, step, arrays, seed: int, n: int):
 
 
 def run_group(create, step, arrays, seeds, axis: str, n: int):
-  from jaxstab import train as train_lib  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import train as train_lib  # pylint: disable=import-outside-toplevel
   group = jax.jit(train_lib.over_seeds(create, (0,), axis))(
       jnp.stack([train_lib.seed_key(s) for s in seeds]))
   f = jax.jit(train_lib.over_seeds(step, (0, None), axis))
@@ -359,7 +361,7 @@ def check_probe_matches_full_gradient(got, total, groups, grads) -> dict:
 
 def plain_grads(model, params, batch, weight):
   """Gradient of the weighted loss through transformers' model: no probe, not the train step."""
-  from jaxstab import train as train_lib  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import train as train_lib  # pylint: disable=import-outside-toplevel
 
   def loss(p):
     return train_lib.weighted_xent(model.logits(p, batch, train=False), batch["labels"], weight)
@@ -368,17 +370,18 @@ def plain_grads(model, params, batch, weight):
 
 def first_batch(state, arrays, batch_size):
   """The batch (and its example weights) the train step draws at step 0 of `state`'s seed."""
-  from jaxstab import data, train as train_lib  # pylint: disable=import-outside-toplevel
-  idx, weight = data.batch_indices(jax.random.fold_in(state.key, train_lib.DATA), 0,
+  from jaxstab.data import dataset  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import train as train_lib  # pylint: disable=import-outside-toplevel
+  idx, weight = dataset.batch_indices(jax.random.fold_in(state.key, train_lib.DATA), 0,
                                    len(arrays["labels"]), batch_size)
-  return data.gather(arrays, idx), weight
+  return dataset.gather(arrays, idx), weight
 
 
 def probe_first_step(model, create, step, arrays, seed: int, batch_size: int):
   """One jitted train step of `seed` (probe every step). Returns its probe records and the full
   gradient of the same batch, computed outside the step (for check_probe_matches_full_gradient
   on record 0, and check_probe_sums_to_total)."""
-  from jaxstab import train as train_lib  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import train as train_lib  # pylint: disable=import-outside-toplevel
   state = jax.jit(create)(train_lib.seed_key(seed))
   batch, weight = first_batch(state, arrays, batch_size)
   grads = plain_grads(model, state.params, batch, weight)
@@ -397,7 +400,7 @@ PROBE_COVER_RTOL = 6e-7
 def check_probe_covers_all_params(params, arch: str, num_layers: int) -> dict:
   """probe.group_norms of an all-ones gradient == sqrt(parameter count) of each group, and the
   groups hold every parameter."""
-  from jaxstab import probe  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import probe  # pylint: disable=import-outside-toplevel
   groups = probe.group_names(params, arch, num_layers)
   ones = jax.tree_util.tree_map(jnp.ones_like, params)
   counts = independent_group_sq(ones)
@@ -412,7 +415,7 @@ def check_probe_covers_all_params(params, arch: str, num_layers: int) -> dict:
 
 
 # ==================================================================== 4. the optimizer
-# jaxstab.optim.adamw against the update rules written out in float64 (NOTES.md), on a small
+# jaxstab.engine.optim.adamw against the update rules written out in float64 (NOTES.md), on a small
 # problem: a dense kernel (decayed), its bias and a LayerNorm scale (not decayed), 10 steps,
 # params ~ N(0, 1), gradients ~ N(0, 1e-2), lr 0.005 -> 0.05, b1 0.9, b2 0.99, eps 1e-3, wd 0.1.
 
@@ -485,7 +488,7 @@ def run_tx(tx, params, grads):
 
 def check_adamw_matches_formulas(bias_correction: bool, eps_mode: str) -> dict:
   """optim.adamw (default decay mask) on adam_problem() against adam_reference."""
-  from jaxstab import optim  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import optim  # pylint: disable=import-outside-toplevel
   params, grads = adam_problem()
   tx = optim.adamw(adam_schedule, b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS, weight_decay=ADAM_WD,
                    bias_correction=bias_correction, eps_mode=eps_mode)
@@ -527,7 +530,7 @@ RESUME_LINE = re.compile(r"resumed from the checkpoint at step (\d+)")
 def checkpoint_cli(workdir, fault: str = "", extra=(), plant: str = ""):
   """`python -m jaxstab.main CHECKPOINT_ARGS extra --workdir=workdir`, with JAXSTAB_FAULT=fault;
   `plant`: Python code run in that process before jaxstab.main (planted-bug tests)."""
-  from jaxstab import checkpoint  # pylint: disable=import-outside-toplevel
+  from jaxstab.infra import checkpoint  # pylint: disable=import-outside-toplevel
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
   env.pop(checkpoint.FAULT_ENV, None)

@@ -2,8 +2,10 @@
 import jax
 import numpy as np
 
-from jaxstab import config_lib, data, models, tasks, vocab
-from jaxstab import train as train_lib
+from jaxstab.config import config_lib
+from jaxstab.data import dataset, tasks, vocab
+from jaxstab.engine import models
+from jaxstab.engine import train as train_lib
 
 
 def tiny_setup(glue_dir, arch="bert", task="rte", n=64, length=32, **overrides):
@@ -17,11 +19,11 @@ def tiny_setup(glue_dir, arch="bert", task="rte", n=64, length=32, **overrides):
   for k, v in overrides.items():
     config_lib.set_path(cfg, k.replace("__", "."), v)
   t = tasks.get_task(task)
-  split = data.load_split(t, "train", "tsv", cfg.data.dir)
-  split = data.Split(split.text_a[:n], split.text_b[:n] if split.text_b else None, split.labels[:n])
+  split = dataset.load_split(t, "train", "tsv", cfg.data.dir)
+  split = dataset.Split(split.text_a[:n], split.text_b[:n] if split.text_b else None, split.labels[:n])
   tok = vocab.load(cfg.model, lambda: split.text_a + (split.text_b or []))
   model = models.load(cfg.model, t.num_labels, tok)
-  arrays = data.tokenize(split, tok, length)
+  arrays = dataset.tokenize(split, tok, length)
   return cfg, model, arrays
 
 

@@ -11,13 +11,18 @@ import optax
 import pytest
 import transformers as tr
 
-from jaxstab import analysis, checkpoint, data, outputs, probe, study
-from jaxstab import inputs as inputs_lib
-from jaxstab import train as train_lib
+from jaxstab import analysis
+from jaxstab.infra import checkpoint
+from jaxstab.data import dataset
+from jaxstab.results import outputs
+from jaxstab.engine import probe
+from jaxstab.study import studies
+from jaxstab.engine import inputs as inputs_lib
+from jaxstab.engine import train as train_lib
 from jaxstab.analysis import forgetting as fg
 from jaxstab.analysis import loss_surface as ls
 from jaxstab.analysis import mlm_text
-from jaxstab.errors import ConfigError
+from jaxstab.infra.errors import ConfigError
 from jaxstab.report import build
 from tests.helpers import demo_config, tree_max_abs_diff
 
@@ -34,7 +39,7 @@ def _cfg():
 def run_dir(tmp_path_factory):
   """A plain run (one setting) whose three seeds' final params are kept."""
   workdir = str(tmp_path_factory.mktemp("analysis_run"))
-  study.run(_cfg(), workdir)
+  studies.run(_cfg(), workdir)
   assert outputs.kept_seeds(workdir) == SEEDS
   return workdir
 
@@ -51,7 +56,7 @@ def independent(run_dir):
   cfg = _cfg()
   loaded = inputs_lib.load(cfg)
   task, model, tok = loaded.task, loaded.model, loaded.tokenizer
-  arrays = data.tokenize(loaded.train_split, tok, cfg.train.max_seq_length)
+  arrays = dataset.tokenize(loaded.train_split, tok, cfg.train.max_seq_length)
   with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
     failed = {r["seed"]: r["failed"] for r in json.load(f)["runs"]}
   return dict(cfg=cfg, task=task, model=model, tok=tok, arrays=arrays, failed=failed)

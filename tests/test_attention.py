@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxstab import attention, models, train as train_lib
-from jaxstab.errors import ConfigError
+from jaxstab.engine import attention, models, train as train_lib
+from jaxstab.infra.errors import ConfigError
 from tests import guards
 from tests.helpers import build_step, tiny_setup
 
@@ -155,7 +155,7 @@ def test_bad_attention_setting_is_refused(glue_dir):
 
 
 def test_distilbert_refuses_a_fused_attention(glue_dir):
-  from jaxstab import validate  # pylint: disable=import-outside-toplevel
+  from jaxstab.study import validate  # pylint: disable=import-outside-toplevel
   cfg, _, _ = tiny_setup(glue_dir, arch="distilbert")
   cfg.model.attention = "xla"
   with pytest.raises(ConfigError, match="not available for DistilBERT"):
@@ -163,5 +163,5 @@ def test_distilbert_refuses_a_fused_attention(glue_dir):
 
 
 def _tokenizer(cfg):
-  from jaxstab import vocab  # pylint: disable=import-outside-toplevel
+  from jaxstab.data import vocab  # pylint: disable=import-outside-toplevel
   return vocab.load(cfg.model, lambda: ["a few words of text", "and some more"])

@@ -12,8 +12,10 @@ import pytest
 from etils.epath import backend as epath_backend
 from fsspec.implementations.local import LocalFileSystem
 
-from jaxstab import checkpoint, compare, fs, lock, study
-from jaxstab.errors import ConfigError
+from jaxstab.infra import checkpoint, fs, lock
+from jaxstab.report import compare
+from jaxstab.study import studies
+from jaxstab.infra.errors import ConfigError
 from tests.helpers import demo_config
 
 
@@ -90,7 +92,7 @@ def test_study_in_a_bucket_writes_there_resumes_and_refuses_a_changed_config(buc
   with cfg.unlocked():
     cfg.settings = {"demo_devlin": "task=demo,setting=devlin",
                     "demo_ours": "task=demo,setting=ours,epochs=1"}
-  first = study.run(cfg, workdir)
+  first = studies.run(cfg, workdir)
   store = bucket / "runs" / "study"
   for name in ("summary.json", "summary.csv", "table.md"):
     assert (store / name).is_file(), name
@@ -113,7 +115,7 @@ def test_study_in_a_bucket_writes_there_resumes_and_refuses_a_changed_config(buc
 
   # A rerun finds both seeds finished in the bucket and trains nothing: run records unchanged.
   before = (store / "demo_devlin" / "runs" / "seed_1.json").stat().st_mtime_ns
-  again = study.run(cfg, workdir)
+  again = studies.run(cfg, workdir)
   assert (store / "demo_devlin" / "runs" / "seed_1.json").stat().st_mtime_ns == before
   assert again["settings"][1]["final_spread"] == first["settings"][1]["final_spread"]
 
@@ -125,7 +127,7 @@ def test_study_in_a_bucket_writes_there_resumes_and_refuses_a_changed_config(buc
   changed = cfg.copy_and_resolve_references()
   changed.optim.lr = 5e-4
   with pytest.raises(ConfigError, match="optim.lr"):
-    study.run(changed, workdir)
+    studies.run(changed, workdir)
 
 
 def _lease(host, pid, age_s):

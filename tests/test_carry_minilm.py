@@ -10,7 +10,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxstab import config_lib, models
+from jaxstab.config import config_lib
+from jaxstab.engine import models
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "carry_minilm.py"
 

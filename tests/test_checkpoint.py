@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxstab import checkpoint, lock
-from jaxstab.errors import ConfigError
+from jaxstab.infra import checkpoint, lock
+from jaxstab.infra.errors import ConfigError
 from tests import guards
 
 ROOT = Path(__file__).resolve().parents[1]

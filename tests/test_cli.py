@@ -92,7 +92,7 @@ def demo_run(cli_root):
 @pytest.fixture(scope="module")
 def demo_expected():
   """Independent of the run: sizes and labels of the demo task, and the demo config's values."""
-  from jaxstab import demo_task  # pylint: disable=import-outside-toplevel
+  from jaxstab.data import demo_task  # pylint: disable=import-outside-toplevel
   _, _, dev_labels = demo_task.generate(demo_task.SIZES["dev"], demo_task.SEEDS["dev"])
   dev_labels = np.asarray(dev_labels)
   majority_acc = np.bincount(dev_labels).max() / len(dev_labels)

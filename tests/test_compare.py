@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from jaxstab import compare, config_lib, stats, study
+from jaxstab.report import compare
+from jaxstab.config import config_lib
+from jaxstab.results import stats
+from jaxstab.study import studies
 
 
 def _small(cfg, glue_dir):
@@ -29,9 +32,9 @@ def _small(cfg, glue_dir):
 def workdirs(tmp_path_factory, glue_dir):
   rte = str(tmp_path_factory.mktemp("rte"))
   cfg = config_lib.study_config("model=tiny-bert", tasks=("rte",), settings=("devlin", "ours"))
-  study.run(_small(cfg, glue_dir), rte)
+  studies.run(_small(cfg, glue_dir), rte)
   mrpc = str(tmp_path_factory.mktemp("mrpc"))
-  study.run(_small(config_lib.task_config("mrpc", "model=tiny-bert,setting=devlin"), glue_dir),
+  studies.run(_small(config_lib.task_config("mrpc", "model=tiny-bert,setting=devlin"), glue_dir),
             mrpc)
   return rte, mrpc
 

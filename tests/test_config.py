@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from jaxstab import config_lib, evaluation, validate
-from jaxstab.errors import ConfigError
+from jaxstab.config import config_lib
+from jaxstab.study import evaluation, validate
+from jaxstab.infra.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIG_NAMES = ("default", "rte", "mrpc", "cola", "demo")

@@ -17,9 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxstab import compare, config_lib, custom_data, data, inputs, metrics, study, tasks
-from jaxstab import validate
-from jaxstab.errors import ConfigError
+from jaxstab.report import compare
+from jaxstab.config import config_lib
+from jaxstab.data import custom_data, dataset, metrics, tasks
+from jaxstab.engine import inputs
+from jaxstab.study import studies
+from jaxstab.study import validate
+from jaxstab.infra.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "custom"
@@ -30,7 +34,7 @@ CONFIG = REPO / "configs" / "custom.py"
 
 
 def _glue(glue_dir, task, split, n):
-  s = data.load_split(tasks.get_task(task), split, "tsv", glue_dir)
+  s = dataset.load_split(tasks.get_task(task), split, "tsv", glue_dir)
   labels = [tasks.get_task(task).labels[i] for i in s.labels[:n]]
   return s.text_a[:n], (s.text_b[:n] if s.text_b else None), labels, s.labels[:n]
 
@@ -389,14 +393,14 @@ def test_validate_task_names_and_sources():
                           "jsonl (your own files), but data.source='tsv': set "
                           "--config.data.source=csv (or jsonl), or leave data.path empty")
   with pytest.raises(ConfigError, match="custom_data.load"):
-    data.load_split(tasks.get_task("rte"), "train", "csv", "")
+    dataset.load_split(tasks.get_task("rte"), "train", "csv", "")
 
 
 def test_a_bad_file_is_refused_before_the_workdir_exists(rte_csv, tmp_path):
   cfg = rte_cfg(rte_csv, label="gold")
   workdir = tmp_path / "never_made"
   with pytest.raises(ConfigError, match="no column 'gold' .data.label."):
-    study.run(cfg, str(workdir))
+    studies.run(cfg, str(workdir))
   assert not workdir.exists()
 
 
@@ -416,7 +420,7 @@ def test_study_on_a_csv_of_real_pairs(rte_csv, tmp_path):
   cfg.train.evals_per_epoch = 1
   cfg.probe.every = 2
   workdir = tmp_path / "wd"
-  result = study.run(cfg, str(workdir))
+  result = studies.run(cfg, str(workdir))
   summary = json.loads((workdir / "summary.json").read_text(encoding="utf-8"))
   assert summary["task"] == "rte_own" and summary["metric"] == "accuracy"
   loaded = inputs.load(cfg)
@@ -461,9 +465,9 @@ def test_custom_config_file_arguments():
       "reviews", "jsonl", "n,p", "f1")
   assert cfg.fidelity == "corrected" and config_lib.parse_seeds(cfg) == [1, 2, 3]
   assert dict(cfg.settings) == {"reviews_devlin": "setting=devlin", "reviews_ours": "setting=ours"}
-  for name, sub in study.expand(cfg):
+  for name, sub in studies.expand(cfg):
     assert sub.fidelity == "corrected" and sub.data.path == "d", name  # after ours' presets too
-  assert study.expand(cfg)[1][1].select == "best"
+  assert studies.expand(cfg)[1][1].select == "best"
   assert config_lib.load_file(f"{CONFIG}:fidelity=reference").fidelity == "reference"
   with pytest.raises(ConfigError, match="unknown setting 'best'"):
     config_lib.load_file(f"{CONFIG}:settings=best")

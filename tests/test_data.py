@@ -1,4 +1,4 @@
-"""jaxstab.data: the TSV reader on the real GLUE files, error messages, batching, tokenizing."""
+"""jaxstab.data.dataset: the TSV reader on the real GLUE files, error messages, batching, tokenizing."""
 import functools
 import os
 
@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxstab import data, metrics, tasks
-from jaxstab.errors import ConfigError
+from jaxstab.data import dataset, metrics, tasks
+from jaxstab.infra.errors import ConfigError
 
 # rows and label counts (in task.labels order) from ../shared/glue/README.md
 EXPECTED = {
@@ -22,7 +22,7 @@ EXPECTED = {
 
 @functools.lru_cache(maxsize=None)
 def _load(task_name, split, glue_dir):
-  return data.load_split(tasks.get_task(task_name), split, "tsv", glue_dir)
+  return dataset.load_split(tasks.get_task(task_name), split, "tsv", glue_dir)
 
 
 def _naive_rows(task, path):
@@ -73,7 +73,7 @@ def test_byte_order_mark_stripped_from_first_field(tmp_path):
   task = tasks.Task("x", "X", 0, None, 1, ("0", "1"), "accuracy", header=False)
   (tmp_path / "X").mkdir()
   (tmp_path / "X" / "dev.tsv").write_bytes("\ufeffhello\t1\nworld\t0\n".encode("utf-8"))
-  s = data.load_split(task, "dev", "tsv", str(tmp_path))
+  s = dataset.load_split(task, "dev", "tsv", str(tmp_path))
   assert s.text_a == ["hello", "world"] and s.labels.tolist() == [1, 0]
 
 
@@ -110,36 +110,36 @@ def _write(tmp_path, task_dir, split, text):
 def test_malformed_row_names_file_and_line(tmp_path):
   path = _write(tmp_path, "RTE", "dev", "index\ts1\ts2\tlabel\n0\ta\tb\tentailment\n1\tonly a\n")
   with pytest.raises(ConfigError) as e:
-    data.load_split(tasks.get_task("rte"), "dev", "tsv", str(tmp_path))
+    dataset.load_split(tasks.get_task("rte"), "dev", "tsv", str(tmp_path))
   assert path in str(e.value) and f"{path}:3" in str(e.value)
 
 
 def test_bad_label_names_line(tmp_path):
   path = _write(tmp_path, "CoLA", "train", "src\t1\t\tok .\nsrc\t7\t*\tbad .\n")
   with pytest.raises(ConfigError) as e:
-    data.load_split(tasks.get_task("cola"), "train", "tsv", str(tmp_path))
+    dataset.load_split(tasks.get_task("cola"), "train", "tsv", str(tmp_path))
   assert f"{path}:2" in str(e.value) and "'7'" in str(e.value)
 
 
 def test_missing_directory_names_expected_path(tmp_path):
   missing = tmp_path / "no_such_dir"
   with pytest.raises(ConfigError) as e:
-    data.load_split(tasks.get_task("mrpc"), "train", "tsv", str(missing))
+    dataset.load_split(tasks.get_task("mrpc"), "train", "tsv", str(missing))
   assert os.path.join(str(missing), "MRPC", "train.tsv") in str(e.value)
 
 
 def test_unknown_source_lists_sources():
   with pytest.raises(ConfigError) as e:
-    data.load_split(tasks.get_task("rte"), "dev", "csv", "")
+    dataset.load_split(tasks.get_task("rte"), "dev", "csv", "")
   for name in ("tsv", "hf", "tfds", "synthetic"):
     assert name in str(e.value)
 
 
 def test_synthetic_source_balanced_and_deterministic():
   task = tasks.get_task("mrpc")
-  a = data.load_split(task, "train", "synthetic", "")
-  b = data.load_split(task, "train", "synthetic", "")
-  dev = data.load_split(task, "dev", "synthetic", "")
+  a = dataset.load_split(task, "train", "synthetic", "")
+  b = dataset.load_split(task, "train", "synthetic", "")
+  dev = dataset.load_split(task, "dev", "synthetic", "")
   assert len(a) > 0 and len(a.text_a) == len(a.text_b) == len(a)
   assert np.bincount(a.labels).tolist() == [len(a) // 2, len(a) - len(a) // 2]
   assert a.text_a == b.text_a and a.text_b == b.text_b
@@ -149,11 +149,11 @@ def test_synthetic_source_balanced_and_deterministic():
 
 # ---------------------------------------------------------------- batching
 
-_batch = jax.jit(data.batch_indices, static_argnums=(2, 3))
+_batch = jax.jit(dataset.batch_indices, static_argnums=(2, 3))
 
 
 def _epoch(key, epoch, n, bs):
-  nb = data.num_batches(n, bs)
+  nb = dataset.num_batches(n, bs)
   out = [_batch(key, epoch * nb + i, n, bs) for i in range(nb)]
   return np.stack([np.asarray(i) for i, _ in out]), np.stack([np.asarray(w) for _, w in out])
 
@@ -186,13 +186,13 @@ def test_eval_batches():
   rng = np.random.default_rng(0)
   arrays = {"input_ids": rng.integers(0, 100, (7, 5)).astype(np.int32),
             "labels": rng.integers(0, 2, 7).astype(np.int32)}
-  out = data.eval_batches(arrays, 3)
+  out = dataset.eval_batches(arrays, 3)
   assert out["input_ids"].shape == (3, 3, 5) and out["labels"].shape == (3, 3)
   assert out["weight"].shape == (3, 3) and out["weight"].sum() == 7
   assert out["weight"].reshape(-1).tolist() == [1.0] * 7 + [0.0] * 2
   np.testing.assert_array_equal(out["input_ids"].reshape(-1, 5)[:7], arrays["input_ids"])
   np.testing.assert_array_equal(out["labels"].reshape(-1)[:7], arrays["labels"])
-  exact = data.eval_batches(arrays, 7)
+  exact = dataset.eval_batches(arrays, 7)
   assert exact["input_ids"].shape == (1, 7, 5) and exact["weight"].all()
 
 
@@ -207,8 +207,8 @@ def tokenizer():
 
 def test_tokenize_pairs_and_singles(glue_dir, tokenizer):
   rte = _load("rte", "dev", glue_dir)
-  pair = data.Split(rte.text_a[:6], rte.text_b[:6], rte.labels[:6])
-  out = data.tokenize(pair, tokenizer, 64)
+  pair = dataset.Split(rte.text_a[:6], rte.text_b[:6], rte.labels[:6])
+  out = dataset.tokenize(pair, tokenizer, 64)
   assert set(out) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
   for k, v in out.items():
     assert v.dtype == np.int32, k
@@ -221,8 +221,8 @@ def test_tokenize_pairs_and_singles(glue_dir, tokenizer):
   assert np.all(out["input_ids"][pad] == tokenizer.pad_token_id)
 
   cola = _load("cola", "dev", glue_dir)
-  single = data.Split(cola.text_a[:6], None, cola.labels[:6])
-  out = data.tokenize(single, tokenizer, 32)
+  single = dataset.Split(cola.text_a[:6], None, cola.labels[:6])
+  out = dataset.tokenize(single, tokenizer, 32)
   assert out["input_ids"].shape == (6, 32) and not out["token_type_ids"].any()
   n_tok = [len(tokenizer(t)["input_ids"]) for t in cola.text_a[:6]]
   assert out["attention_mask"].sum(axis=1).tolist() == [min(k, 32) for k in n_tok]
@@ -230,9 +230,9 @@ def test_tokenize_pairs_and_singles(glue_dir, tokenizer):
 
 def test_tokenize_cached(tmp_path, monkeypatch, glue_dir, tokenizer):
   rte = _load("rte", "dev", glue_dir)
-  split = data.Split(rte.text_a[:4], rte.text_b[:4], rte.labels[:4])
+  split = dataset.Split(rte.text_a[:4], rte.text_b[:4], rte.labels[:4])
   cache = tmp_path / "cache"
-  first = data.tokenize_cached(split, tokenizer, 32, str(cache), "rte-dev")
+  first = dataset.tokenize_cached(split, tokenizer, 32, str(cache), "rte-dev")
   files = list(cache.glob("*.npz"))
   assert len(files) == 1 and files[0].name.startswith("rte-dev")
 
@@ -240,11 +240,11 @@ def test_tokenize_cached(tmp_path, monkeypatch, glue_dir, tokenizer):
     raise AssertionError("tokenize called despite a cached copy")
 
   monkeypatch.setattr(data, "tokenize", no_tokenize)
-  second = data.tokenize_cached(split, tokenizer, 32, str(cache), "rte-dev")
+  second = dataset.tokenize_cached(split, tokenizer, 32, str(cache), "rte-dev")
   assert set(second) == set(first)
   for k in first:
     assert second[k].dtype == first[k].dtype
     np.testing.assert_array_equal(second[k], first[k])
   # a different max_len is a different cache entry (and needs tokenizing)
   with pytest.raises(AssertionError):
-    data.tokenize_cached(split, tokenizer, 16, str(cache), "rte-dev")
+    dataset.tokenize_cached(split, tokenizer, 16, str(cache), "rte-dev")

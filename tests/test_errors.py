@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from jaxstab import config_lib, data, study, tasks
-from jaxstab.errors import ConfigError
+from jaxstab.config import config_lib
+from jaxstab.data import dataset, tasks
+from jaxstab.study import studies
+from jaxstab.infra.errors import ConfigError
 
 
 def _tiny(glue_dir, arg=""):
@@ -21,7 +23,7 @@ def _tiny(glue_dir, arg=""):
 def _refused(cfg, tmp_path, *fragments):
   workdir = tmp_path / "work"
   with pytest.raises(ConfigError) as err:
-    study.run(cfg, str(workdir))
+    studies.run(cfg, str(workdir))
   for f in fragments:
     assert f in str(err.value), (f, str(err.value))
   assert not (workdir / "summary.json").exists() and not (workdir / "runs").exists()
@@ -84,7 +86,7 @@ def test_wrong_label_value_and_missing_column(glue_dir, tmp_path):
   lines[5] = lines[5].replace("not_entailment", "contradiction").replace("\tentailment", "\tcontradiction")
   (root / "RTE" / "dev.tsv").write_text("".join(lines), encoding="utf-8")
   with pytest.raises(ConfigError, match=r"dev\.tsv:6: label 'contradiction'"):
-    data.load_split(tasks.get_task("rte"), "dev", "tsv", str(root))
+    dataset.load_split(tasks.get_task("rte"), "dev", "tsv", str(root))
   lines[5] = "\t".join(lines[5].split("\t")[:2]) + "\n"
   (root / "RTE" / "dev.tsv").write_text("".join(lines), encoding="utf-8")
   cfg = _tiny(root)
@@ -101,10 +103,10 @@ def test_empty_split(glue_dir, tmp_path):
 def test_bom_and_crlf_files_work(glue_dir, tmp_path):
   root = _glue_copy(glue_dir, tmp_path)
   path = root / "RTE" / "dev.tsv"
-  original = data.load_split(tasks.get_task("rte"), "dev", "tsv", str(glue_dir))
+  original = dataset.load_split(tasks.get_task("rte"), "dev", "tsv", str(glue_dir))
   text = path.read_text(encoding="utf-8")
   path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8"))
-  got = data.load_split(tasks.get_task("rte"), "dev", "tsv", str(root))
+  got = dataset.load_split(tasks.get_task("rte"), "dev", "tsv", str(root))
   assert got.text_a == original.text_a and got.text_b == original.text_b
   assert (got.labels == original.labels).all()
   assert not any(t.endswith("\r") for t in got.text_b)
@@ -128,7 +130,8 @@ def test_tokenizer_model_vocab_mismatch_and_too_long_sequences(glue_dir, tmp_pat
   cfg = _tiny(glue_dir)
   cfg.model.tokenizer = folder  # a 30k-token vocabulary for a 300-embedding tiny model
   cfg.model.tiny.vocab_size = 300
-  from jaxstab import models, vocab  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import models  # pylint: disable=import-outside-toplevel
+  from jaxstab.data import vocab  # pylint: disable=import-outside-toplevel
   tok = vocab.load(cfg.model, None)
   small = config_lib.task_config("rte", "model=tiny-bert")
   small.model.tiny.vocab_size = 300
@@ -144,12 +147,12 @@ def test_unwritable_workdir(glue_dir, tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
   with pytest.raises(ConfigError, match="cannot create the workdir"):
-    study.run(_tiny(glue_dir), str(blocker / "sub"))
+    studies.run(_tiny(glue_dir), str(blocker / "sub"))
 
 
 def test_results_of_another_config_are_refused_with_the_diff(glue_dir, tmp_path):
   cfg = _tiny(glue_dir)
-  study.run(cfg, str(tmp_path / "work"))
+  studies.run(cfg, str(tmp_path / "work"))
   cfg.optim.lr = 5e-5
   msg = _refused_keep(cfg, tmp_path)
   assert "optim.lr: 2e-05 -> 5e-05" in msg and "overwrite" in msg
@@ -159,14 +162,14 @@ def test_a_key_added_later_with_its_default_does_not_block_a_resume(glue_dir, tm
   """A workdir written before `model.attention` existed resumes; a non-default value is refused."""
   import json  # pylint: disable=import-outside-toplevel
   cfg = _tiny(glue_dir)
-  study.run(cfg, str(tmp_path / "work"))
+  studies.run(cfg, str(tmp_path / "work"))
   saved = tmp_path / "work" / "config.json"
   old = json.loads(saved.read_text())
   del old["model"]["attention"]
   saved.write_text(json.dumps(old))
   runs = sorted((tmp_path / "work" / "runs").iterdir())
   mtimes = [p.stat().st_mtime_ns for p in runs]
-  study.run(cfg, str(tmp_path / "work"))  # resumes: nothing to train
+  studies.run(cfg, str(tmp_path / "work"))  # resumes: nothing to train
   assert [p.stat().st_mtime_ns for p in runs] == mtimes
   saved.write_text(json.dumps(old))
   cfg.model.attention = "xla"
@@ -175,6 +178,6 @@ def test_a_key_added_later_with_its_default_does_not_block_a_resume(glue_dir, tm
 
 def _refused_keep(cfg, tmp_path):
   with pytest.raises(ConfigError) as err:
-    study.run(cfg, str(tmp_path / "work"))
+    studies.run(cfg, str(tmp_path / "work"))
   assert (tmp_path / "work" / "summary.json").exists()  # the finished results are untouched
   return str(err.value)

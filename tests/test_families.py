@@ -19,8 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxstab import config_lib, models, probe, stabilisers, validate
-from jaxstab.errors import ConfigError
+from jaxstab.config import config_lib
+from jaxstab.engine import models, probe, stabilisers
+from jaxstab.study import validate
+from jaxstab.infra.errors import ConfigError
 from tests import guards
 from tests.family_torch import (FAMILIES, GROUPS, LAYERS, scaled, torch_one_batch,
                                  torch_twin)

@@ -6,8 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxstab import config_lib, data, evaluation, main, reference, study
-from jaxstab import train as train_lib
+from jaxstab.config import config_lib, reference
+from jaxstab.data import dataset
+from jaxstab.study import evaluation, studies
+from jaxstab import main
+from jaxstab.engine import train as train_lib
 from tests.helpers import tiny_setup
 from tests.test_config import CONFIG_DIR
 
@@ -41,17 +44,17 @@ def test_fidelity_argument_flag_and_single_switch_win_in_this_order():
   # a flag written after the argument wins; a single switch given by the user beats the preset
   cfg = main.load_config(str(CONFIG_DIR / "rte.py") + ":fidelity=corrected",
                          [("model.pass_segment_ids", "true"), ("fidelity", "reference")])
-  (_, sub), = study.expand(cfg)
+  (_, sub), = studies.expand(cfg)
   assert sub.fidelity == "reference" and sub.model.head == "reference"
   assert sub.model.pass_segment_ids is True  # the user's own value, applied after every preset
 
 
 def test_a_fidelity_flag_reaches_every_setting_of_a_study():
   cfg = main.load_config(str(CONFIG_DIR / "study_table1.py"), [("fidelity", "corrected")])
-  for name, sub in study.expand(cfg):
+  for name, sub in studies.expand(cfg):
     assert sub.fidelity == "corrected" and _quirks(sub) == config_lib.FIDELITY["corrected"], name
   cfg = main.load_config(str(CONFIG_DIR / "study_table1.py"), [])
-  assert {sub.fidelity for _, sub in study.expand(cfg)} == {"reference"}
+  assert {sub.fidelity for _, sub in studies.expand(cfg)} == {"reference"}
 
 
 def test_unknown_fidelity_names_the_choices():
@@ -129,7 +132,7 @@ def test_reference_mode_evaluates_when_the_reference_did(glue_dir, tmp_path):
   cfg.data.train_examples = 112       # 7 batches of 16 per epoch
   cfg.train.batch_size, cfg.train.epochs = 16, 2.0
   cfg.train.max_steps = 0
-  summary = study.run(cfg, str(tmp_path / "work"))
+  summary = studies.run(cfg, str(tmp_path / "work"))
   assert summary["total_steps"] == 14
   assert [h["step"] for h in _history(tmp_path / "work")] == [0, 2, 4, 7, 8, 10, 12, 14]
   assert reference.reference_eval_steps("mrpc", 7, 14) == [0, 2, 4, 7, 8, 10, 12, 14]
@@ -149,4 +152,4 @@ def test_full_steps_count_follows_the_mode():
   assert train_lib.total_steps(train_cfg, 1000, 535, "cola") == 1602
   train_cfg.full_steps_count = "batches"
   assert train_lib.total_steps(train_cfg, 1000, 535, "cola") == 1605
-  assert data.num_batches(8551, 16) == 535
+  assert dataset.num_batches(8551, 16) == 535

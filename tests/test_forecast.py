@@ -1,4 +1,4 @@
-"""The failure forecast (jaxstab.forecast): planted probe records whose answer is known exactly,
+"""The failure forecast (jaxstab.results.forecast): planted probe records whose answer is known exactly,
 mid-run buffers with unwritten rows, the cut-off, divergence, the real reduced CPU reference
 probe, and the stored-or-recomputed forecast in compare and the report."""
 import json
@@ -9,7 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from jaxstab import compare, forecast, results
+from jaxstab.report import compare
+from jaxstab.results import forecast, records
 from jaxstab.report import build
 from jaxstab.report import forecast as report_forecast
 
@@ -141,7 +142,7 @@ def test_a_diverged_seed_scores_inf_and_is_predicted():
 
 
 def test_the_reduced_cpu_reference_probe_evaluates():
-  probe = results.read_probe(os.path.join(REFERENCE, "probe.npz"))
+  probe = records.read_probe(os.path.join(REFERENCE, "probe.npz"))
   with open(os.path.join(REFERENCE, "summary.json"), encoding="utf-8") as f:
     summary = json.load(f)
   failed = [r["failed"] for r in summary["runs"]]
@@ -176,7 +177,7 @@ def test_compare_shows_the_stored_forecast_else_recomputes_it(tmp_path):
   root = _study_copy(tmp_path)
   text = compare.markdown(compare.gather([str(root)]))
   assert "| devlin_lr2e-5 | RTE | 30% | 140 | 0 / 1 / 5 | — | 0.00 | 0.25 |" in text
-  probe = results.read_probe(os.path.join(REFERENCE, "probe.npz"))
+  probe = records.read_probe(os.path.join(REFERENCE, "probe.npz"))
   stored = forecast.evaluate(probe, [False, False, True, False, False], 468, fractions=(0.5,))
   stored["fractions"][0]["step"] = 12345   # a marker only a stored forecast can carry
   root2 = _study_copy(tmp_path / "b", stored)
@@ -197,6 +198,6 @@ def test_report_draws_the_forecast_and_its_table(tmp_path):
     page = f.read()
   assert 'alt="failure forecast of RTE"' in page and "Failure forecast from the probe" in page
   assert "<td>30%</td><td>140</td><td>0 / 1 / 5</td>" in page
-  setting = results.load(REFERENCE).settings[0]
+  setting = records.load(REFERENCE).settings[0]
   frac, scores = report_forecast.curves(setting)
   assert scores.shape == (5, 47) and frac[-1] == pytest.approx(460 / 468, abs=0)

@@ -14,9 +14,12 @@ import numpy as np
 import optax
 import pytest
 
-from jaxstab import config_lib, data, experiment, inputs, metrics, tasks
-from jaxstab import train as train_lib
-from jaxstab.errors import ConfigError
+from jaxstab.config import config_lib
+from jaxstab.data import dataset, metrics, tasks
+from jaxstab.study import experiment
+from jaxstab.engine import inputs
+from jaxstab.engine import train as train_lib
+from jaxstab.infra.errors import ConfigError
 
 MNLI_TRAIN = ("index promptID pairID genre sentence1_binary_parse sentence2_binary_parse "
               "sentence1_parse sentence2_parse sentence1 sentence2 label1 gold_label").split()
@@ -30,7 +33,7 @@ NLI = ("entailment", "neutral", "contradiction")
 @pytest.fixture(scope="module")
 def pairs(glue_dir):
   """Real sentence pairs (RTE train) to fill the files with."""
-  rte = data.load_split(tasks.get_task("rte"), "train", "tsv", glue_dir)
+  rte = dataset.load_split(tasks.get_task("rte"), "train", "tsv", glue_dir)
   return list(zip(rte.text_a, rte.text_b))
 
 
@@ -142,18 +145,18 @@ def test_mnli_reads_train_and_both_dev_sets(tmp_path, pairs):
   task = tasks.get_task("mnli")
   for split, name in (("train", "train"), ("dev", "dev_matched"),
                       ("dev_mismatched", "dev_mismatched")):
-    s = data.load_split(task, split, "tsv", str(tmp_path))
+    s = dataset.load_split(task, split, "tsv", str(tmp_path))
     assert s.labels.dtype == np.int32
     assert [NLI[i] for i in s.labels] == gold[name], split
-  dev = data.load_split(task, "dev", "tsv", str(tmp_path))
+  dev = dataset.load_split(task, "dev", "tsv", str(tmp_path))
   off = 64
   assert dev.text_a == [a for a, _ in pairs[off:off + 24]]
   assert dev.text_b == [b for _, b in pairs[off:off + 24]]
   with pytest.raises(ConfigError, match="unknown split 'dev_mm' of task 'mnli'"):
-    data.load_split(task, "dev_mm", "tsv", str(tmp_path))
+    dataset.load_split(task, "dev_mm", "tsv", str(tmp_path))
   os.remove(tmp_path / "MNLI" / "dev_mismatched.tsv")
   with pytest.raises(ConfigError) as e:
-    data.load_split(task, "dev_mismatched", "tsv", str(tmp_path))
+    dataset.load_split(task, "dev_mismatched", "tsv", str(tmp_path))
   assert "dev_mismatched.tsv" in str(e.value) and "dev_matched.tsv" in str(e.value)
 
 
@@ -161,7 +164,7 @@ def test_stsb_float_scores_and_bad_score(tmp_path, pairs):
   scores = write_stsb(tmp_path, pairs)
   task = tasks.get_task("stsb")
   for split in ("train", "dev"):
-    s = data.load_split(task, split, "tsv", str(tmp_path))
+    s = dataset.load_split(task, split, "tsv", str(tmp_path))
     assert s.labels.dtype == np.float32
     np.testing.assert_array_equal(s.labels, scores[split].astype(np.float32))
   path = tmp_path / "STS-B" / "dev.tsv"
@@ -169,7 +172,7 @@ def test_stsb_float_scores_and_bad_score(tmp_path, pairs):
   lines[3] = lines[3].rsplit("\t", 1)[0] + "\tn/a"
   path.write_text("\n".join(lines), encoding="utf-8")
   with pytest.raises(ConfigError) as e:
-    data.load_split(task, "dev", "tsv", str(tmp_path))
+    dataset.load_split(task, "dev", "tsv", str(tmp_path))
   assert str(e.value) == (f"{path}:4: label 'n/a' is not a number (task 'stsb' is a regression: "
                           "each label is a real-valued score)")
 
@@ -177,7 +180,7 @@ def test_stsb_float_scores_and_bad_score(tmp_path, pairs):
 def test_qqp_skips_and_counts_malformed_rows(tmp_path, pairs, caplog):
   rows = write_qqp(tmp_path, pairs)
   with caplog.at_level(logging.WARNING):
-    s = data.load_split(tasks.get_task("qqp"), "train", "tsv", str(tmp_path))
+    s = dataset.load_split(tasks.get_task("qqp"), "train", "tsv", str(tmp_path))
   assert s.text_a == [r[3] for r in rows] and s.labels.tolist() == [r[5] for r in rows]
   path = tmp_path / "QQP" / "train.tsv"
   assert f"{path}: skipped 2 malformed row(s) (too few columns or a bad label; lines 6, 7)" in (
@@ -186,13 +189,13 @@ def test_qqp_skips_and_counts_malformed_rows(tmp_path, pairs, caplog):
   wnli = tmp_path / "WNLI"
   _write(wnli, "train.tsv", WNLI, [[0, "a", "b", 1], [1, "c", 0]])
   with pytest.raises(ConfigError, match=f"{wnli / 'train.tsv'}:3: malformed row"):
-    data.load_split(tasks.get_task("wnli"), "train", "tsv", str(tmp_path))
+    dataset.load_split(tasks.get_task("wnli"), "train", "tsv", str(tmp_path))
 
 
 def test_wnli_layout(tmp_path, pairs):
   rows = [[i, a, b, i % 2] for i, (a, b) in enumerate(pairs[:10])]
   _write(tmp_path / "WNLI", "dev.tsv", WNLI, rows)
-  s = data.load_split(tasks.get_task("wnli"), "dev", "tsv", str(tmp_path))
+  s = dataset.load_split(tasks.get_task("wnli"), "dev", "tsv", str(tmp_path))
   assert s.text_b == [r[2] for r in rows] and s.labels.tolist() == [r[3] for r in rows]
 
 
@@ -212,9 +215,9 @@ def test_inputs_load_and_tokenize_the_extra_dev_set(tmp_path, pairs):
   assert loaded.extra_dev_splits == {} and loaded.model.config.num_labels == 1
   arrays = inputs.tokenize(stsb, loaded, None)
   assert arrays.extra_dev == {} and arrays.train["labels"].dtype == np.float32
-  sub = data.subsample(arrays.train, 10, 0)
+  sub = dataset.subsample(arrays.train, 10, 0)
   assert sub["labels"].dtype == np.float32
-  batches = data.eval_batches(arrays.dev, 12)
+  batches = dataset.eval_batches(arrays.dev, 12)
   assert batches["labels"].dtype == np.float32 and batches["labels"].shape == (3, 12)
 
 
@@ -279,16 +282,16 @@ def test_chunked_tokenization_equals_one_call(pairs, minilm_dir):
   tok = BertTokenizerFast.from_pretrained(minilm_dir)
   a, b = [p[0] for p in pairs[:53]], [p[1] for p in pairs[:53]]
   for text_b, labels in ((b, np.arange(53) % 3), (None, np.linspace(0, 5, 53))):
-    split = data.Split(a, text_b, np.asarray(labels, np.float32 if text_b is None else np.int32))
+    split = dataset.Split(a, text_b, np.asarray(labels, np.float32 if text_b is None else np.int32))
     one = tok(a, text_b, max_length=48, truncation=True, padding="max_length",
               return_token_type_ids=True, return_tensors="np")
-    chunked = data.tokenize(split, tok, 48, chunk=7)  # 8 chunks, the last one of 4
+    chunked = dataset.tokenize(split, tok, 48, chunk=7)  # 8 chunks, the last one of 4
     for k in ("input_ids", "attention_mask", "token_type_ids"):
       assert chunked[k].dtype == np.int32
       np.testing.assert_array_equal(chunked[k], one[k])
     assert chunked["labels"].dtype == split.labels.dtype
     np.testing.assert_array_equal(chunked["labels"], split.labels)
-    whole = data.tokenize(split, tok, 48, chunk=10_000)
+    whole = dataset.tokenize(split, tok, 48, chunk=10_000)
     for k in whole:
       np.testing.assert_array_equal(whole[k], chunked[k])
 
@@ -339,9 +342,9 @@ def test_hub_sources_name_mnli_splits_and_keep_stsb_scores(monkeypatch, require)
     calls.append((path, name, split))
     return datasets.Dataset.from_dict(rows[name])
   monkeypatch.setattr(datasets, "load_dataset", fake_load)
-  mm = data.load_split(tasks.get_task("mnli"), "dev_mismatched", "hf", "")
-  matched = data.load_split(tasks.get_task("mnli"), "dev", "hf", "")
-  sts = data.load_split(tasks.get_task("stsb"), "train", "hf", "")
+  mm = dataset.load_split(tasks.get_task("mnli"), "dev_mismatched", "hf", "")
+  matched = dataset.load_split(tasks.get_task("mnli"), "dev", "hf", "")
+  sts = dataset.load_split(tasks.get_task("stsb"), "train", "hf", "")
   assert calls == [("nyu-mll/glue", "mnli", "validation_mismatched"),
                    ("nyu-mll/glue", "mnli", "validation_matched"), ("nyu-mll/glue", "stsb", "train")]
   assert mm.text_a == ["p1", "p2"] and mm.text_b == ["h1", "h2"] and mm.labels.tolist() == [2, 0]
@@ -352,6 +355,6 @@ def test_hub_sources_name_mnli_splits_and_keep_stsb_scores(monkeypatch, require)
   fake.load = lambda name, split, data_dir: tf_calls.append((name, split)) or name
   fake.as_numpy = lambda ds: iter([{"premise": b"p", "hypothesis": b"h", "label": 1}])
   monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
-  got = data.load_split(tasks.get_task("mnli"), "dev_mismatched", "tfds", "")
+  got = dataset.load_split(tasks.get_task("mnli"), "dev_mismatched", "tfds", "")
   assert tf_calls == [("glue/mnli", "validation_mismatched")]
   assert got.text_a == ["p"] and got.text_b == ["h"] and got.labels.tolist() == [1]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxstab import runs, study
+from jaxstab.study import runs, studies
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def test_the_stages_cover_the_comparison_the_ablations_and_reference_mode_with_2
     assert flags["--config.data.dir"] == "carry/glue"
     workdir = os.path.basename(flags["--workdir"])
     cfg = _study_minilm(arg)
-    for name, sub in study.expand(cfg):
+    for name, sub in studies.expand(cfg):
       assert sub.model.name_or_path == "carry/minilm_fp16"
       assert sub.train.max_seq_length == 128 and sub.train.batch_size == 16
       seeds_of[(workdir, sub.fidelity, name)] |= {(r.init_seed, r.data_seed)

@@ -1,6 +1,6 @@
 """The package's shape: imports run one way between layers with no cycle (scripts/import_graph.py,
-pure ast), every tool follows one command-line convention (jaxstab/cli.py), and two lines no
-longer print on every run (jaxstab/quiet.py)."""
+pure ast), every tool follows one command-line convention (jaxstab/infra/cli.py), and two lines no
+longer print on every run (jaxstab/infra/quiet.py)."""
 import importlib
 import logging
 import os
@@ -13,7 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 import import_graph  # noqa: E402  pylint: disable=wrong-import-position
 
-from jaxstab import quiet  # noqa: E402  pylint: disable=wrong-import-position
+from jaxstab.infra import quiet  # noqa: E402  pylint: disable=wrong-import-position
 
 TOOLS = {"report": "jaxstab.report.__main__", "compare": "jaxstab.compare",
          "loss-surface": "jaxstab.loss_surface", "forgetting": "jaxstab.forgetting"}
@@ -36,16 +36,30 @@ def _fake_package(root, files):
 
 def test_an_upward_import_fails(tmp_path):
   pkg = _fake_package(tmp_path, {
-      "fs.py": "import os\n",
-      "stats.py": "from fakepkg import fs\n",
-      # infra reaching up to the study layer, inside a function as the old cycle-dodgers did
-      "errors.py": "def f():\n  from fakepkg import study\n  return study\n",
-      "study.py": "from fakepkg import stats\n",
+      "infra/__init__.py": "",
+      "infra/fs.py": "import os\n",
+      "results/__init__.py": "",
+      "results/stats.py": "from fakepkg.infra import fs\n",
+      # infra reaching up to the study part, inside a function as the old cycle-dodgers did
+      "infra/errors.py": "def f():\n  from fakepkg.study import run\n  return run\n",
+      "study/__init__.py": "",
+      "study/run.py": "from fakepkg.results import stats\n",
   })
   _, problems = import_graph.check(pkg)
   assert [p.text for p in problems] == [
-      "upward: fakepkg.errors (infra) imports fakepkg.study (study) at line 2 (in a function)"]
+      "upward: fakepkg.infra.errors (infra) imports fakepkg.study (study) at line 2 (in a function)",
+      "upward: fakepkg.infra.errors (infra) imports fakepkg.study.run (study) at line 2 "
+      "(in a function)"]
   assert import_graph.main(["--package", pkg, "--quiet"]) == 1
+
+
+def test_a_module_takes_its_part_from_its_folder():
+  assert import_graph.layer_of("engine.train") == "engine"
+  assert import_graph.layer_of("results") == "results"        # a part's own __init__
+  assert import_graph.layer_of("main") == "entry"
+  assert import_graph.layer_of("__init__") == "infra"
+  assert import_graph.layer_of("helpers") is None              # a top-level module, no entry
+  assert import_graph.layer_of("misc.helpers") is None         # a folder that is no part
 
 
 def test_a_sideways_import_a_cycle_and_an_unassigned_module_fail(tmp_path):
@@ -53,11 +67,14 @@ def test_a_sideways_import_a_cycle_and_an_unassigned_module_fail(tmp_path):
       "analysis/__init__.py": "from fakepkg.report import figures\n",  # analysis -> report code
       "report/__init__.py": "",
       "report/figures.py": "from .. import analysis\n",                # and back: a cycle
-      "helpers.py": "",                                                # in no layer
+      "helpers.py": "",                                                # in no part
+      "misc/__init__.py": "",                                          # a folder in no part
   })
   _, problems = import_graph.check(pkg)
   texts = sorted(p.text for p in problems)
-  assert "fakepkg.helpers is in no layer (add it to LAYERS)" in texts
+  assert ("fakepkg.helpers is in no part (move it into a part's folder, or name it an entry "
+          "point in ENTRY)") in texts
+  assert any(t.startswith("fakepkg.misc is in no part") for t in texts)
   assert any(t.startswith("sideways: fakepkg.analysis (analysis) imports fakepkg.report.figures")
              for t in texts)
   assert any(t.startswith("sideways: fakepkg.report.figures (report) imports fakepkg.analysis")
@@ -66,13 +83,25 @@ def test_a_sideways_import_a_cycle_and_an_unassigned_module_fail(tmp_path):
 
 
 def test_a_clean_fake_package_passes(tmp_path):
-  pkg = _fake_package(tmp_path, {"errors.py": "", "fs.py": "from . import errors\n",
-                                 "outputs.py": "import fakepkg.fs\n",
-                                 "report/__init__.py": "from fakepkg import outputs\n"})
+  pkg = _fake_package(tmp_path, {"infra/__init__.py": "", "infra/errors.py": "",
+                                 "infra/fs.py": "from . import errors\n",
+                                 "results/__init__.py": "",
+                                 "results/outputs.py": "import fakepkg.infra.fs\n",
+                                 "report/__init__.py": "from fakepkg.results import outputs\n"})
   edges, problems = import_graph.check(pkg)
   assert problems == []
-  assert ("fs", "errors") in {(e.source, e.target) for e in edges}
-  assert ("outputs", "fs") in {(e.source, e.target) for e in edges}
+  assert ("infra.fs", "infra.errors") in {(e.source, e.target) for e in edges}
+  assert ("results.outputs", "infra.fs") in {(e.source, e.target) for e in edges}
+
+
+def test_the_tree_is_the_part_table():
+  """Every sub-package of jaxstab is a part of the table, and every part has its folder."""
+  root = os.path.join(REPO, "jaxstab")
+  folders = {d for d in os.listdir(root)
+             if os.path.isfile(os.path.join(root, d, "__init__.py"))}
+  assert folders == set(import_graph.PARTS) - {"entry"}
+  top = {f[:-3] for f in os.listdir(root) if f.endswith(".py")} - {"__init__"}
+  assert top == set(import_graph.ENTRY)
 
 
 # ------------------------------------------------------------------ one command-line convention

@@ -1,4 +1,4 @@
-"""The local workdir lock (jaxstab/lock.py): one holder at a time, even among racing starters.
+"""The local workdir lock (jaxstab/infra/lock.py): one holder at a time, even among racing starters.
 
 The race: 8 processes start together on a workdir whose `.lock` names a dead pid (its owner was
 killed), 20 times over; never more than one may hold the lock. The previous lock (create with
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from jaxstab import lock
-from jaxstab.errors import ConfigError
+from jaxstab.infra import lock
+from jaxstab.infra.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 IN_USE = "is in use by another jaxstab process"
@@ -58,7 +58,7 @@ def _racer(module, workdir, rounds, start, done, go, mutex, holding, most, got, 
     done.wait()
 
 
-def race(workdir, module="jaxstab.lock", n=8, rounds=20, extra_path=None):
+def race(workdir, module="jaxstab.infra.lock", n=8, rounds=20, extra_path=None):
   """Races n processes for the lock of `workdir` `rounds` times, each round on a lock file that
   names a dead pid. Returns, per round, the most holders at once and the number of holders; and
   the refusals and other errors over all rounds."""
@@ -110,7 +110,7 @@ def test_racing_starters_on_a_dead_owners_lock_get_it_one_at_a_time(tmp_path):
 
 OWNER = """
 import sys
-from jaxstab import lock
+from jaxstab.infra import lock
 with lock.workdir_lock(sys.argv[1]):
   print("locked", flush=True)
   sys.stdin.read()

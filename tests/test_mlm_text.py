@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from jaxstab import config_lib
+from jaxstab.config import config_lib
 from jaxstab.analysis import mlm_text
-from jaxstab.errors import ConfigError
+from jaxstab.infra.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,12 @@
-"""jaxstab.optim against a NumPy transcription of the paper's formulas and against optax."""
+"""jaxstab.engine.optim against a NumPy transcription of the paper's formulas and against optax."""
 import jax
 import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from jaxstab import optim
-from jaxstab.errors import ConfigError
+from jaxstab.engine import optim
+from jaxstab.infra.errors import ConfigError
 from tests import guards
 from tests.guards import (ADAM_B1 as B1, ADAM_B2 as B2, ADAM_DECAYED as DECAYED, ADAM_EPS as EPS,
                           ADAM_WD as WD)

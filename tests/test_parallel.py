@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxstab import parallel
+from jaxstab.engine import parallel
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--config=configs/demo.py:seeds=1-3", "--config.train.max_steps=6",

@@ -25,7 +25,9 @@ import pytest
 import torch
 import transformers
 
-from jaxstab import config_lib, data, models, optim, train as train_lib
+from jaxstab.config import config_lib
+from jaxstab.data import dataset
+from jaxstab.engine import models, optim, train as train_lib
 from tests import guards
 from tests.guards import (copy_into_torch, jax_as_torch, torch_batch, torch_group_norms,
                           torch_logits)
@@ -172,7 +174,7 @@ def torch_reference_run(model_dir, init_params, arrays, data_key, *, bias_correc
       opt, num_warmup_steps=int(0.1 * TRAIN_STEPS), num_training_steps=TRAIN_STEPS)
   records, losses = {}, []
   for step in range(TRAIN_STEPS):
-    idx, weight = data.batch_indices(data_key, step, len(arrays["labels"]), TRAIN_BATCH)
+    idx, weight = dataset.batch_indices(data_key, step, len(arrays["labels"]), TRAIN_BATCH)
     assert np.all(np.asarray(weight) == 1.0)  # full batches only: a plain mean loss is right
     tb = torch_batch({k: v[np.asarray(idx)] for k, v in arrays.items()})
     opt.zero_grad(set_to_none=True)
@@ -330,7 +332,7 @@ def test_segment_id_quirk_matches_zero_token_type_ids(mini, torch_bert, glue_dir
   copy_into_torch(torch_bert, jax_as_torch(params), prefix="classifier.")
 
   eval_fn = jax.jit(train_lib.make_eval_logits(model, cfg.model.pass_segment_ids))
-  quirk = np.asarray(eval_fn(params, data.eval_batches(arrays, EVAL_N)))[0]
+  quirk = np.asarray(eval_fn(params, dataset.eval_batches(arrays, EVAL_N)))[0]
   with_segments = guards.jax_one_batch(model, params, arrays)["logits"]
   with torch.no_grad():
     tb = torch_batch(arrays)

@@ -12,8 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxstab import config_lib, data, metrics, models, optim, probe, study, tasks
-from jaxstab import train as train_lib
+from jaxstab.config import config_lib
+from jaxstab.data import dataset, metrics, tasks
+from jaxstab.engine import models, optim, probe
+from jaxstab.study import studies
+from jaxstab.engine import train as train_lib
 from tests import guards
 from tests.helpers import build_step, tiny_setup
 
@@ -176,7 +179,7 @@ def test_probe_dropping_a_layer_fails_the_gradient_and_sum_checks(tiny_bert, mon
 def _plant_shifted_data_order(monkeypatch, seeds):
   """Inside a seed group (train.over_seeds), the k-th seed draws its batches with the data key of
   seed k+1 (the last with the first's); a seed trained alone is unaffected."""
-  real_over, real_indices = train_lib.over_seeds, data.batch_indices
+  real_over, real_indices = train_lib.over_seeds, dataset.batch_indices
   keys = jnp.stack([jax.random.fold_in(train_lib.seed_key(s), train_lib.DATA) for s in seeds])
   in_group = [False]
 
@@ -214,7 +217,7 @@ def test_seed_using_the_next_seeds_data_order_fails_group_vs_alone(glue_dir, mon
 # Run in the resumed process before jaxstab.main: restore_latest skips the newest checkpoint.
 RESUME_ONE_TOO_EARLY = """
 import orbax.checkpoint as ocp
-from jaxstab import checkpoint
+from jaxstab.infra import checkpoint
 _restore = checkpoint.GroupCheckpointer.restore_latest
 def _one_too_early(self, like):
   all_steps = ocp.CheckpointManager.all_steps
@@ -240,7 +243,7 @@ def test_resume_from_one_checkpoint_too_early_fails_the_resume_check(killed_at_s
 def test_majority_baseline_on_train_labels_fails_the_majority_check(glue_dir, tmp_path,
                                                                     monkeypatch):
   """metrics.majority handed RTE's training labels instead of the dev labels it was given."""
-  train_labels = data.load_split(tasks.get_task("rte"), "train", "tsv", glue_dir).labels
+  train_labels = dataset.load_split(tasks.get_task("rte"), "train", "tsv", glue_dir).labels
   real = metrics.majority
   monkeypatch.setattr(metrics, "majority", lambda metric, labels: real(metric, train_labels))
   cfg = config_lib.task_config("rte", "model=tiny-bert")
@@ -251,7 +254,7 @@ def test_majority_baseline_on_train_labels_fails_the_majority_check(glue_dir, tm
   cfg.train.batch_size = 8
   cfg.train.eval_batch_size = 280
   cfg.probe.every = 1
-  study.run(cfg, str(tmp_path))
+  studies.run(cfg, str(tmp_path))
   summary = json.loads((tmp_path / "summary.json").read_text())
   print(f"\nmajority on train: {np.bincount(train_labels).max() / len(train_labels):.4f}")
   assert_caught("majority baseline on the training labels", guards.check_majority, summary)

@@ -1,6 +1,6 @@
 """Reference mode, model and data side: each switch reproduces what the paper's code
 (uds-lsv/bert-stable-fine-tuning, transformers 2.5.1) did, and its default keeps jaxstab's own
-behaviour. jaxstab/reference.py and the docstrings it points to cite the reference's lines."""
+behaviour. jaxstab/config/reference.py and the docstrings it points to cite the reference's lines."""
 import os
 
 import flax.linen as nn
@@ -9,9 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxstab import config_lib, data, models, reference, stabilisers, tasks, vocab
-from jaxstab import train as train_lib
-from jaxstab.errors import ConfigError
+from jaxstab.config import config_lib, reference
+from jaxstab.data import dataset, tasks, vocab
+from jaxstab.engine import models, stabilisers
+from jaxstab.engine import train as train_lib
+from jaxstab.infra.errors import ConfigError
 
 TEXTS = ["the cat sat on the mat", "a dog barked at the cat", "no weapons were found in iraq",
          "the treaty was signed in paris"]
@@ -168,7 +170,7 @@ def bpe_folder(tmp_path_factory, glue_dir):
   not depend on the merges."""
   from tokenizers import ByteLevelBPETokenizer
   from transformers import RobertaTokenizerFast
-  rte = data.load_split(tasks.get_task("rte"), "train", "tsv", glue_dir)
+  rte = dataset.load_split(tasks.get_task("rte"), "train", "tsv", glue_dir)
   bpe = ByteLevelBPETokenizer()
   bpe.train_from_iterator(rte.text_a[:300] + rte.text_b[:300], vocab_size=600, min_frequency=2,
                           special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
@@ -212,17 +214,17 @@ def _bpe_tokenizer(folder, prefix_space):
 
 
 def test_roberta_token_ids_of_real_rte_pairs_match_the_reference(bpe_folder, glue_dir):
-  rte = data.load_split(tasks.get_task("rte"), "train", "tsv", glue_dir)
+  rte = dataset.load_split(tasks.get_task("rte"), "train", "tsv", glue_dir)
   idx = list(range(40))
-  split = data.Split([rte.text_a[i] for i in idx], [rte.text_b[i] for i in idx], rte.labels[idx])
+  split = dataset.Split([rte.text_a[i] for i in idx], [rte.text_b[i] for i in idx], rte.labels[idx])
   max_len = 128
-  arrays = data.tokenize(split, _bpe_tokenizer(bpe_folder, True), max_len)
+  arrays = dataset.tokenize(split, _bpe_tokenizer(bpe_folder, True), max_len)
   expected = np.asarray([_reference_pair_ids(bpe_folder, a, b, max_len)
                          for a, b in zip(split.text_a, split.text_b)])
   assert (expected[:, -1] != 1).any(), "some pairs should be truncated at 128 tokens"
   np.testing.assert_array_equal(arrays["input_ids"], expected)
   # without the switch the first word of each segment is tokenized without its space
-  plain = data.tokenize(split, _bpe_tokenizer(bpe_folder, False), max_len)
+  plain = dataset.tokenize(split, _bpe_tokenizer(bpe_folder, False), max_len)
   assert not np.array_equal(plain["input_ids"], expected)
 
 
@@ -244,10 +246,10 @@ def test_prefix_space_leaves_wordpiece_alone_and_changes_the_cache_key(bpe_folde
   switched = vocab.load(cfg.model, None)
   assert plain(TEXTS[0], TEXTS[1])["input_ids"] == switched(TEXTS[0], TEXTS[1])["input_ids"]
   # a byte-level tokenizer with and without the switch: two cache entries, not one
-  split = data.Split(TEXTS[:2], TEXTS[2:], np.zeros(2, np.int32))
+  split = dataset.Split(TEXTS[:2], TEXTS[2:], np.zeros(2, np.int32))
   cache = tmp_path / "cache"
   for prefix_space in (False, True):
-    data.tokenize_cached(split, _bpe_tokenizer(bpe_folder, prefix_space), 16, str(cache), "rte")
+    dataset.tokenize_cached(split, _bpe_tokenizer(bpe_folder, prefix_space), 16, str(cache), "rte")
   assert len(list(cache.glob("*.npz"))) == 2
 
 
@@ -350,6 +352,6 @@ def test_full_steps_are_the_reference_configs_counts(glue_dir):
   assert reference.reference_full_steps("sst2", 3, 10) == 30
   # the table's epoch lengths are those of the real GLUE files at batch 16
   for name, facts in reference.TASKS.items():
-    n = len(data.load_split(tasks.get_task(name), "train", "tsv", glue_dir))
+    n = len(dataset.load_split(tasks.get_task(name), "train", "tsv", glue_dir))
     assert n == facts.train_examples
-    assert data.num_batches(n, reference.BATCH_SIZE) == facts.steps_per_epoch
+    assert dataset.num_batches(n, reference.BATCH_SIZE) == facts.steps_per_epoch

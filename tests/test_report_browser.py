@@ -6,7 +6,9 @@ import subprocess
 
 import pytest
 
-from jaxstab import config_lib, report, study
+from jaxstab.config import config_lib
+from jaxstab import report
+from jaxstab.study import studies
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -54,7 +56,7 @@ def test_report_page_loads_every_image_without_console_errors(tmp_path, glue_dir
   # the seed analyses: an init x data-order grid, and 4 runs of which 2 go on after step 3
   cfg.settings["rte_grid"] = "setting=devlin,data_seeds=1-2"  # seeds 1-4 x data seeds 1-2
   cfg.settings["rte_stop"] = "setting=devlin,stop_at=0.5,stop_keep=2"
-  result = study.run(cfg, str(tmp_path / "study"))
+  result = studies.run(cfg, str(tmp_path / "study"))
   by_name = {s["name"]: s for s in result["settings"]}
   assert {n: len(s["runs"]) for n, s in by_name.items()} == {
       "rte_devlin": 4, "rte_ours": 4, "rte_grid": 8, "rte_stop": 2}
@@ -79,7 +81,7 @@ def test_report_page_loads_every_image_without_console_errors(tmp_path, glue_dir
   # the expected best-of-n figure of the task (one per task) is on the page and drawn
   assert re.search(r'data-best-of-n="1/1"', dom.stdout), dom.stdout[-2000:]
   assert "expected best-of-n curves of RTE" in html and "Uncertainty over seeds" in html
-  # the failure-forecast figure of the task (jaxstab.forecast) is drawn, its table beside it
+  # the failure-forecast figure of the task (jaxstab.results.forecast) is drawn, its table beside it
   assert re.search(r'data-forecast="1/1"', dom.stdout), dom.stdout[-2000:]
   assert "Failure forecast from the probe" in html
   # the init x data-order heat map and the early-stop curves, one each, drawn

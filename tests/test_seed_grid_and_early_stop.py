@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from jaxstab import config_lib, early_stop, experiment, forecast, runs, stats
-from jaxstab import train as train_lib
-from jaxstab.errors import ConfigError
+from jaxstab.config import config_lib
+from jaxstab.study import early_stop, experiment, runs
+from jaxstab.results import forecast, stats
+from jaxstab.engine import train as train_lib
+from jaxstab.infra.errors import ConfigError
 from tests.helpers import demo_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,8 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxstab import config_lib, optim, probe, stabilisers
-from jaxstab.errors import ConfigError
+from jaxstab.config import config_lib
+from jaxstab.engine import optim, probe, stabilisers
+from jaxstab.infra.errors import ConfigError
 from tests import guards
 from tests.helpers import tiny_setup, tree_max_abs_diff
 
@@ -28,7 +29,7 @@ def test_mixout_zero_is_identity_and_eval_ignores_it(bert, glue_dir):
   anchor = stabilisers.anchor_of(model.params)
   assert stabilisers.mixout(params, anchor, jax.random.PRNGKey(0), 0.0) is params
   # Eval never mixes: the eval function takes params as they are.
-  from jaxstab import train as train_lib
+  from jaxstab.engine import train as train_lib
   batch = {k: v[:4] for k, v in arrays.items()}
   ev = train_lib.make_eval_logits(model)
   one = jax.tree_util.tree_map(lambda v: v[None], {k: batch[k] for k in batch if k != "labels"})
@@ -137,7 +138,7 @@ def test_prior_wd_pulls_toward_pretrained_and_equals_plain_decay_at_zero(bert):
   cfg.optim.lr = 1e-2
   cfg.optim.weight_decay = 0.5
   cfg.optim.warmup_ratio = 0.0
-  from jaxstab import train as train_lib
+  from jaxstab.engine import train as train_lib
 
   def programs(prior_wd):
     c = cfg.copy_and_resolve_references()

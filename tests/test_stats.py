@@ -1,5 +1,5 @@
 """Expected best-of-n (Dodge et al. 2019), percentile-bootstrap intervals and permutation tests
-(jaxstab.stats), against exact enumeration, closed forms and scipy.
+(jaxstab.results.stats), against exact enumeration, closed forms and scipy.
 
 Monte-Carlo bounds: two independent estimates (ours with seed 0, scipy's with its own stream) of
 the same quantity differ by Monte-Carlo error alone, whose standard error is computed here from
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from jaxstab import stats
+from jaxstab.results import stats
 
 R = stats.RESAMPLES
 

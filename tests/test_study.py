@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from jaxstab import config_lib, stats, study
-from jaxstab import train as train_lib
+from jaxstab.config import config_lib
+from jaxstab.results import stats
+from jaxstab.study import studies
+from jaxstab.engine import train as train_lib
 from tests import guards
 from tests.helpers import build_step, demo_config, tiny_setup, tree_max_abs_diff
 
@@ -75,7 +77,7 @@ def test_two_settings_share_seeds_and_are_compared(tmp_path):
   cfg.settings["plain"] = "setting=devlin"
   cfg.settings["corrected"] = "setting=ours"
   cfg.train.max_steps = 6  # `ours` sets 20 epochs; max_steps still bounds both
-  result = study.run(cfg, str(tmp_path))
+  result = studies.run(cfg, str(tmp_path))
   with open(tmp_path / "summary.json", encoding="utf-8") as f:
     saved = json.load(f)
   names = [s["name"] for s in saved["settings"]]
@@ -106,18 +108,18 @@ def test_two_settings_share_seeds_and_are_compared(tmp_path):
 
 
 def test_rerun_skips_finished_seeds_and_refuses_a_changed_config(tmp_path):
-  first = study.run(_demo("1-2"), str(tmp_path))
+  first = studies.run(_demo("1-2"), str(tmp_path))
   stamp = os.path.getmtime(tmp_path / "runs" / "seed_1.json")
-  second = study.run(_demo("1-3"), str(tmp_path))
+  second = studies.run(_demo("1-3"), str(tmp_path))
   assert os.path.getmtime(tmp_path / "runs" / "seed_1.json") == stamp  # not retrained
   assert [r["seed"] for r in second["runs"]] == [1, 2, 3]
   assert second["runs"][:2] == first["runs"]
   with np.load(tmp_path / "probe.npz") as z:
     assert z["grad_norm"].shape[0] == 3 and list(z["seeds"]) == [1, 2, 3]
-  from jaxstab.errors import ConfigError
+  from jaxstab.infra.errors import ConfigError
   with pytest.raises(ConfigError, match="train.max_steps"):
-    study.run(_demo("1-3", train__max_steps=8), str(tmp_path))
-  again = study.run(_demo("1-2", train__max_steps=8, overwrite=True), str(tmp_path))
+    studies.run(_demo("1-3", train__max_steps=8), str(tmp_path))
+  again = studies.run(_demo("1-2", train__max_steps=8, overwrite=True), str(tmp_path))
   assert again["total_steps"] == 8 and [r["seed"] for r in again["runs"]] == [1, 2]
 
 
@@ -152,7 +154,7 @@ def test_a_diverged_setting_is_failed_while_the_other_finishes(tmp_path):
   cfg = _demo("1-2")
   cfg.settings["sane"] = "lr=1e-3"
   cfg.settings["absurd"] = "lr=1e30"
-  result = study.run(cfg, str(tmp_path))
+  result = studies.run(cfg, str(tmp_path))
   by = {s["name"]: s for s in result["settings"]}
   assert all(r["diverged_at"] is not None and r["failed"] for r in by["absurd"]["runs"])
   assert all(r["diverged_at"] is None for r in by["sane"]["runs"])
@@ -160,13 +162,13 @@ def test_a_diverged_setting_is_failed_while_the_other_finishes(tmp_path):
 
 
 def test_a_crashing_setting_does_not_lose_the_others(tmp_path):
-  from jaxstab.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from jaxstab.infra.errors import ConfigError  # pylint: disable=import-outside-toplevel
   cfg = _demo("1-2")
   cfg.settings["good"] = "lr=1e-3"
   cfg.settings["broken"] = f"model={tmp_path / 'no_such_model'}"
   cfg.settings["late"] = "lr=2e-3"
   with pytest.raises(ConfigError, match="1 of 3 settings failed .*broken"):
-    study.run(cfg, str(tmp_path / "s"))
+    studies.run(cfg, str(tmp_path / "s"))
   saved = json.loads((tmp_path / "s" / "summary.json").read_text())
   assert sorted(s["name"] for s in saved["settings"]) == ["good", "late"]
   assert saved["errors"][0]["name"] == "broken"
@@ -176,7 +178,7 @@ def test_a_crashing_setting_does_not_lose_the_others(tmp_path):
 
 def test_hf_source_maps_the_hub_dataset(monkeypatch, require):
   datasets = require("datasets")  # CI installs it (.ci/run): a failure there, a skip elsewhere
-  from jaxstab import data, tasks  # pylint: disable=import-outside-toplevel
+  from jaxstab.data import dataset, tasks  # pylint: disable=import-outside-toplevel
   calls = []
 
   def fake_load(path, name, split, cache_dir=None):
@@ -185,26 +187,26 @@ def test_hf_source_maps_the_hub_dataset(monkeypatch, require):
                                        "label": [1, 0], "idx": [0, 1]})
 
   monkeypatch.setattr(datasets, "load_dataset", fake_load)
-  got = data.load_split(tasks.get_task("rte"), "dev", "hf", "/cache")
+  got = dataset.load_split(tasks.get_task("rte"), "dev", "hf", "/cache")
   assert calls == [("nyu-mll/glue", "rte", "validation", "/cache")]
   assert got.text_a == ["a b", "c"] and got.text_b == ["d", "e f"] and got.labels.tolist() == [1, 0]
 
 
 def test_small_data_subset_and_full_data_step_count(glue_dir, tmp_path):
-  from jaxstab import data  # pylint: disable=import-outside-toplevel
+  from jaxstab.data import dataset  # pylint: disable=import-outside-toplevel
   arrays = {"labels": np.arange(2490), "input_ids": np.arange(2490 * 3).reshape(2490, 3)}
-  sub = data.subsample(arrays, 1000, seed=0)
+  sub = dataset.subsample(arrays, 1000, seed=0)
   assert len(np.unique(sub["labels"])) == 1000  # N distinct examples
   np.testing.assert_array_equal(sub["input_ids"][:, 0] // 3, sub["labels"])  # rows kept whole
-  assert np.array_equal(data.subsample(arrays, 1000, 0)["labels"], sub["labels"])
-  assert not np.array_equal(data.subsample(arrays, 1000, 1)["labels"], sub["labels"])
+  assert np.array_equal(dataset.subsample(arrays, 1000, 0)["labels"], sub["labels"])
+  assert not np.array_equal(dataset.subsample(arrays, 1000, 1)["labels"], sub["labels"])
   cfg = config_lib.task_config("rte", "model=tiny-bert,train_examples=40,steps_of_full_epochs=0.02")
   cfg.data.dir = str(glue_dir)
   cfg.model.tiny.vocab_size = 300
   cfg.train.max_seq_length = 16
   cfg.train.evals_per_epoch = 1
-  result = study.run(cfg, str(tmp_path / "small"))
-  full_steps_per_epoch = data.num_batches(2490, 16)  # RTE's full training set, batch 16
+  result = studies.run(cfg, str(tmp_path / "small"))
+  full_steps_per_epoch = dataset.num_batches(2490, 16)  # RTE's full training set, batch 16
   assert result["total_steps"] == round(0.02 * full_steps_per_epoch)
   with np.load(tmp_path / "small" / "probe.npz") as z:
     assert z["loss"].shape[1] == (result["total_steps"] - 1) // cfg.probe.every + 1
@@ -213,17 +215,17 @@ def test_small_data_subset_and_full_data_step_count(glue_dir, tmp_path):
 def test_tfds_source_maps_rows_and_names_the_missing_package(monkeypatch):
   import sys  # pylint: disable=import-outside-toplevel
   import types  # pylint: disable=import-outside-toplevel
-  from jaxstab import data, tasks  # pylint: disable=import-outside-toplevel
-  from jaxstab.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from jaxstab.data import dataset, tasks  # pylint: disable=import-outside-toplevel
+  from jaxstab.infra.errors import ConfigError  # pylint: disable=import-outside-toplevel
   monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
   with pytest.raises(ConfigError, match=r"pip install 'jaxstab\[tfds\]'"):
-    data.load_split(tasks.get_task("rte"), "train", "tfds", "gs://bucket/tfds")
+    dataset.load_split(tasks.get_task("rte"), "train", "tfds", "gs://bucket/tfds")
   calls = []
   fake = types.ModuleType("tensorflow_datasets")
   fake.load = lambda name, split, data_dir: calls.append((name, split, data_dir)) or "ds"
   fake.as_numpy = lambda ds: iter([{"sentence1": b"a b", "sentence2": b"c", "label": 1, "idx": 0},
                                    {"sentence1": b"d", "sentence2": b"e f", "label": 0, "idx": 1}])
   monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
-  got = data.load_split(tasks.get_task("rte"), "dev", "tfds", "gs://bucket/tfds")
+  got = dataset.load_split(tasks.get_task("rte"), "dev", "tfds", "gs://bucket/tfds")
   assert calls == [("glue/rte", "validation", "gs://bucket/tfds")]
   assert got.text_a == ["a b", "d"] and got.text_b == ["c", "e f"] and got.labels.tolist() == [1, 0]

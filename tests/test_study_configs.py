@@ -2,15 +2,16 @@
 every setting passes validation before anything trains."""
 import pytest
 
-from jaxstab import config_lib, study, validate
-from jaxstab import workdir as workdir_lib
+from jaxstab.config import config_lib
+from jaxstab.study import studies, validate
+from jaxstab.study import workdir as workdir_lib
 from tests.test_config import CONFIG_DIR, load_config
 
 STUDIES = sorted(p.stem for p in CONFIG_DIR.glob("study_*.py"))
 
 
 def _expanded(name, arg=""):
-  return dict(study.expand(load_config(name, arg)))
+  return dict(studies.expand(load_config(name, arg)))
 
 
 @pytest.mark.parametrize("name", STUDIES)

@@ -1,9 +1,9 @@
-"""jaxstab.tasks and jaxstab.metrics."""
+"""jaxstab.data.tasks and jaxstab.data.metrics."""
 import numpy as np
 import pytest
 
-from jaxstab import metrics, tasks
-from jaxstab.errors import ConfigError
+from jaxstab.data import metrics, tasks
+from jaxstab.infra.errors import ConfigError
 
 
 # ---------------------------------------------------------------- tasks

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from jaxstab import config_lib, main, study, validate
-from jaxstab.errors import ConfigError
+from jaxstab.config import config_lib
+from jaxstab import main
+from jaxstab.study import studies, validate
+from jaxstab.infra.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -77,17 +79,17 @@ def test_every_config_error_is_raised_before_the_workdir_is_touched(glue_dir, tm
   cfg = _tiny(glue_dir, arch, **values)
   fresh = tmp_path / "fresh"
   with pytest.raises(ConfigError, match=__import__("re").escape(fragment)):
-    study.run(cfg, str(fresh))
+    studies.run(cfg, str(fresh))
   assert not fresh.exists()
 
 
 def test_a_config_error_leaves_an_existing_workdir_unchanged(glue_dir, tmp_path):
   work = tmp_path / "work"
-  study.run(_tiny(glue_dir), str(work))
+  studies.run(_tiny(glue_dir), str(work))
   before = _tree(work)
   for arch, values, fragment in KNOWN_ERRORS:
     with pytest.raises(ConfigError, match=__import__("re").escape(fragment)):
-      study.run(_tiny(glue_dir, arch, **values), str(work))
+      studies.run(_tiny(glue_dir, arch, **values), str(work))
     assert _tree(work) == before, (arch, values)
 
 
@@ -96,8 +98,8 @@ def test_the_fixed_rerun_is_accepted_after_a_late_error(glue_dir, tmp_path):
   as 'a different config'."""
   work = tmp_path / "work"
   with pytest.raises(ConfigError):
-    study.run(_tiny(glue_dir, **{"stabilisers.reinit_layers": 5}), str(work))
-  summary = study.run(_tiny(glue_dir, **{"stabilisers.reinit_layers": 1}), str(work))
+    studies.run(_tiny(glue_dir, **{"stabilisers.reinit_layers": 5}), str(work))
+  summary = studies.run(_tiny(glue_dir, **{"stabilisers.reinit_layers": 1}), str(work))
   assert summary["seeds"] == [1]
 
 
@@ -106,7 +108,7 @@ def test_a_bad_second_setting_stops_the_study_before_the_first_trains(glue_dir, 
   with cfg.unlocked():
     cfg.settings = {"good": "setting=devlin", "bad": "model=tiny-albert,setting=llrd"}
   with pytest.raises(ConfigError, match="undefined for ALBERT"):
-    study.run(cfg, str(tmp_path / "study"))
+    studies.run(cfg, str(tmp_path / "study"))
   assert not (tmp_path / "study").exists()
 
 
@@ -116,7 +118,7 @@ def test_validation_does_not_change_the_config(glue_dir):
   validate.check_config(cfg)
   validate.check_model(cfg, "bert", 2)
   assert cfg.to_dict() == before
-  (_, resolved), = study.expand(cfg)  # the derived value is set on a copy, in one known place
+  (_, resolved), = studies.expand(cfg)  # the derived value is set on a copy, in one known place
   assert resolved.model.dropout == 0.0 and cfg.model.dropout == 0.1
 
 
@@ -183,7 +185,7 @@ STUDIES = ["study_table1", "study_models", "study_bias_correction", "study_small
 def test_explicit_values_reach_every_setting_of_a_study(name):
   overrides = [("train.epochs", "7"), ("optim.weight_decay", "0.05"), ("model.dropout", "0.2")]
   cfg = main.load_config(str(CONFIGS / f"{name}.py"), overrides)
-  settings = study.expand(cfg)
+  settings = studies.expand(cfg)
   assert len(settings) > 1
   for setting, sub in settings:
     assert sub.train.epochs == 7.0, setting
@@ -195,14 +197,14 @@ def test_explicit_values_reach_every_setting_of_a_study(name):
 def test_argument_string_values_reach_every_setting_and_flags_come_last():
   cfg = main.load_config(str(CONFIGS / "study_table1.py") + ":epochs=5,lr=1e-5",
                          [("optim.lr", "3e-5")])
-  for setting, sub in study.expand(cfg):
+  for setting, sub in studies.expand(cfg):
     assert sub.train.epochs == 5.0, setting
     assert sub.optim.lr == 3e-5, setting  # written after the argument string: it wins
 
 
 def test_presets_still_differ_between_settings_where_the_user_said_nothing():
   cfg = main.load_config(str(CONFIGS / "study_table1.py"), [("optim.weight_decay", "0.05")])
-  epochs = {name.split("_", 1)[1]: sub.train.epochs for name, sub in study.expand(cfg)}
+  epochs = {name.split("_", 1)[1]: sub.train.epochs for name, sub in studies.expand(cfg)}
   assert epochs == {"devlin": 3.0, "mixout": 3.0, "ours": 20.0}
 
 
@@ -211,9 +213,9 @@ def test_plain_config_setting_then_flag(glue_dir, tmp_path):
                          [("train.epochs", "5"), ("data.dir", str(glue_dir)),
                           ("data.train_examples", "32"), ("train.max_seq_length", "16"),
                           ("model.tiny.vocab_size", "300"), ("train.evals_per_epoch", "1")])
-  (_, sub), = study.expand(cfg)
+  (_, sub), = studies.expand(cfg)
   assert sub.train.epochs == 5.0 and sub.optim.bias_correction is True
-  summary = study.run(cfg, str(tmp_path / "work"))
+  summary = studies.run(cfg, str(tmp_path / "work"))
   assert summary["total_steps"] == 5 * 2  # 32 examples = 2 batches of 16, for 5 epochs
   saved = (tmp_path / "work" / "config.json").read_text()
   assert '"epochs": 5.0' in saved and "train.epochs=5" in saved

@@ -2,9 +2,9 @@
 --config.checkpoint.keep_final_params=True): the loss surface through the pretrained, a failed and
 a successful model (loss_surface), and masked-LM forgetting (forgetting).
 
-Both read a finished setting directory (jaxstab.results), rebuild its model, tokenizer and data
-from config.json exactly as training did (jaxstab.inputs), compute, and write
-<setting dir>/analysis/{loss_surface.npz, forgetting.json} (names in jaxstab.outputs). The report
+Both read a finished setting directory (jaxstab.results.records), rebuild its model, tokenizer and data
+from config.json exactly as training did (jaxstab.engine.inputs), compute, and write
+<setting dir>/analysis/{loss_surface.npz, forgetting.json} (names in jaxstab.results.outputs). The report
 only reads those files and draws them when present; it imports nothing from here.
 
 Command lines: python -m jaxstab.loss_surface, python -m jaxstab.forgetting.
@@ -17,10 +17,11 @@ from typing import Optional
 
 import ml_collections
 
-from jaxstab import checkpoint, outputs, results
-from jaxstab import inputs as inputs_lib
-from jaxstab import train as train_lib
-from jaxstab.errors import ConfigError
+from jaxstab.infra import checkpoint
+from jaxstab.results import outputs, records
+from jaxstab.engine import inputs as inputs_lib
+from jaxstab.engine import train as train_lib
+from jaxstab.infra.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -31,7 +32,7 @@ class SettingInputs:
   cfg: object            # ml_collections.ConfigDict, the setting's full config
   summary: dict          # the setting's summary.json (runs with their `failed` flags)
   task: object
-  model: object          # jaxstab.models.Model (pretrained params, random head)
+  model: object          # jaxstab.engine.models.Model (pretrained params, random head)
   tokenizer: object
   train_arrays: dict     # tokenized training set, subsampled exactly as training used it
 
@@ -39,7 +40,7 @@ class SettingInputs:
 def select_settings(workdir: str, setting: Optional[str] = None):
   """[(name, directory, summary)] of the settings of a finished run or study; `setting` narrows
   to one (by name). Raises ConfigError naming what exists."""
-  study = results.load(workdir)
+  study = records.load(workdir)
   found = [(s.name, s.directory, s.summary) for s in study.settings]
   if setting:
     hit = [f for f in found if f[0] == setting]
@@ -52,7 +53,7 @@ def select_settings(workdir: str, setting: Optional[str] = None):
 
 def load_setting(name: str, directory: str, summary: Optional[dict] = None) -> SettingInputs:
   """Rebuilds model, tokenizer and the training arrays of a finished setting from its
-  config.json, through the same public functions training uses (jaxstab.inputs)."""
+  config.json, through the same public functions training uses (jaxstab.engine.inputs)."""
   path = os.path.join(directory, outputs.CONFIG)
   if not os.path.isfile(path):
     raise ConfigError(f"{path} not found: {directory} is not a finished jaxstab setting")

@@ -48,10 +48,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxstab import analysis, cli, fs, models, outputs, probe
+from jaxstab import analysis
+from jaxstab.infra import cli, fs
+from jaxstab.engine import models, probe
+from jaxstab.results import outputs
 from jaxstab.analysis.mlm_text import (MASK_PROB, REPLACE, WIKITEXT, batches_of, blocks,
                                         load_wikitext, mask_tokens, read_text)
-from jaxstab.errors import ConfigError
+from jaxstab.infra.errors import ConfigError
 
 DEFAULT_BLOCK = 128
 DEFAULT_BATCH = 16

@@ -39,9 +39,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxstab import analysis, cli, data, fs, outputs, picks, results
-from jaxstab import train as train_lib
-from jaxstab.errors import ConfigError
+from jaxstab import analysis
+from jaxstab.infra import cli, fs
+from jaxstab.data import dataset
+from jaxstab.results import outputs, picks, records
+from jaxstab.engine import train as train_lib
+from jaxstab.infra.errors import ConfigError
 
 DEFAULT_GRID = 21
 DEFAULT_RANGE = (-0.5, 1.5)
@@ -63,7 +66,7 @@ def fixed_subset(arrays: dict, examples: int, seed: int = 0) -> np.ndarray:
 def subset_batches(arrays: dict, idx: np.ndarray, batch_size: int) -> dict:
   """The subset as [num_batches, batch_size, ...] arrays plus a weight (0 for padding rows)."""
   sub = {k: arrays[k][idx] for k in ("input_ids", "attention_mask", "token_type_ids", "labels")}
-  return data.eval_batches(sub, min(batch_size, len(idx)))
+  return dataset.eval_batches(sub, min(batch_size, len(idx)))
 
 
 def make_loss(model, pass_segment_ids: bool = True):
@@ -144,7 +147,7 @@ class Surface:
 def choose_seeds(inputs: analysis.SettingInputs, failed_seed: Optional[int] = None,
                  success_seed: Optional[int] = None):
   """(failed seed, successful seed, failed label, success label, reason): as the report's
-  gradient-norm figure picks them (jaxstab.picks), among the seeds whose params are kept,
+  gradient-norm figure picks them (jaxstab.results.picks), among the seeds whose params are kept,
   unless given."""
   kept = outputs.kept_seeds(inputs.directory)
   if len(kept) < 2:
@@ -153,7 +156,7 @@ def choose_seeds(inputs: analysis.SettingInputs, failed_seed: Optional[int] = No
                       "--config.checkpoint.keep_final_params=True")
   summary = dict(inputs.summary, runs=[r for r in inputs.summary.get("runs", [])
                                        if r.get("seed") in kept])
-  setting = results.Setting(inputs.name, inputs.directory, summary, None, None, [], [])
+  setting = records.Setting(inputs.name, inputs.directory, summary, None, None, [], [])
   p = picks.pick(setting)
   f = p.failed_seed if failed_seed is None else int(failed_seed)
   s = p.success_seed if success_seed is None else int(success_seed)

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from jaxstab.errors import ConfigError
+from jaxstab.infra.errors import ConfigError
 
 MASK_PROB = 0.15
 REPLACE = (0.8, 0.1)          # of the chosen tokens: to [MASK], to a random token (rest kept)

@@ -3,7 +3,7 @@ page, built from the files the run wrote (nothing is retrained):
 
     python -m jaxstab.report --workdir=/tmp/table1        # -> /tmp/table1/report/index.html
 
-It reads a workdir through jaxstab.results, picks the seeds it shows with jaxstab.picks, and
+It reads a workdir through jaxstab.results.records, picks the seeds it shows with jaxstab.results.picks, and
 draws what the analyses wrote (<setting dir>/analysis/*) without importing them.
 
 Modules: schedule (effective learning rate with bias correction), figures and gradnorms

@@ -5,7 +5,7 @@ import sys
 
 import jax
 
-from jaxstab import cli, fs
+from jaxstab.infra import cli, fs
 from jaxstab.report.builder import build
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib import colors
 from matplotlib.lines import Line2D
 
-from jaxstab import outputs
+from jaxstab.results import outputs
 from jaxstab.report import figures
 
 

@@ -4,7 +4,7 @@ import os
 import re
 from typing import Dict, List
 
-from jaxstab import outputs, picks, results
+from jaxstab.results import outputs, picks, records
 from jaxstab.report import analyses, figures, gradnorms, html, seed_grid
 from jaxstab.report import forecast as forecast_fig
 
@@ -28,8 +28,8 @@ def expected_max_key(task: str) -> str:
 
 def build(workdir: str, out: str = None) -> Report:
   """Reads `workdir` (a finished run or study) and writes the report into `out`
-  (default workdir/report). Raises jaxstab.errors.ConfigError when workdir is not finished."""
-  study = results.load(workdir)
+  (default workdir/report). Raises jaxstab.infra.errors.ConfigError when workdir is not finished."""
+  study = records.load(workdir)
   out = os.path.abspath(out or os.path.join(study.workdir, "report"))
   os.makedirs(out, exist_ok=True)
   settings = study.settings

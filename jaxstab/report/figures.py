@@ -2,7 +2,7 @@
 seeds (Dodge et al. 2019), the effective learning rate with bias correction (Fig. 6), and
 generalization (dev metric vs training loss).
 
-Every function takes loaded settings (jaxstab.results), draws one matplotlib Figure on the
+Every function takes loaded settings (jaxstab.results.records), draws one matplotlib Figure on the
 Agg canvas, saves it as PNG and returns its caption text.
 """
 import math
@@ -13,9 +13,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from jaxstab import picks
+from jaxstab.results import picks
 from jaxstab.report import schedule
-from jaxstab.results import Setting, num
+from jaxstab.results.records import Setting, num
 
 FAILED_COLOR, OK_COLOR = "#d62728", "#1f77b4"
 DPI = 100

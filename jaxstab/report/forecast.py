@@ -1,4 +1,4 @@
-"""The failure forecast of each task (jaxstab.forecast), one panel per setting with a probe: every
+"""The failure forecast of each task (jaxstab.results.forecast), one panel per setting with a probe: every
 seed's score as a function of how much of training it has seen (the score recomputed with each
 recorded step as the cut-off), failed seeds red, successful blue, the fixed threshold dashed and
 the fractions the forecast is judged at dotted. The caption gives precision and recall there.
@@ -8,9 +8,9 @@ from typing import Dict, List, Optional
 import numpy as np
 from matplotlib.lines import Line2D
 
-from jaxstab import forecast, picks
+from jaxstab.results import forecast, picks
 from jaxstab.report.figures import FAILED_COLOR, OK_COLOR, new_figure, save
-from jaxstab.results import Setting
+from jaxstab.results.records import Setting
 
 
 def of_setting(s: Setting) -> Optional[dict]:

@@ -1,7 +1,7 @@
 """Per-layer gradient norms of one setting (the paper's Fig. 4), from its probe.npz.
 
 Four panels: (a) the failed representative's L2 gradient norm per group over the recorded
-steps, (b) the same for the successful representative (seeds chosen by jaxstab.picks),
+steps, (b) the same for the successful representative (seeds chosen by jaxstab.results.picks),
 (c) the failed representative as a groups x steps heat map, (d) failed vs successful seeds
 per group: each seed's norm averaged over the second half of the recorded steps (where failed
 runs have settled: the paper's vanished lower-layer gradients never recover), then the
@@ -16,9 +16,9 @@ from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import BoundaryNorm, ListedColormap, LogNorm
 
-from jaxstab import picks
+from jaxstab.results import picks
 from jaxstab.report.figures import FAILED_COLOR, OK_COLOR, new_figure, save
-from jaxstab.results import Setting
+from jaxstab.results.records import Setting
 
 
 def group_colors(n: int):

@@ -8,8 +8,8 @@ import math
 import os
 from typing import List, Optional
 
-from jaxstab import forecast, outputs, picks, stats
-from jaxstab.results import Setting, Study, num
+from jaxstab.results import forecast, outputs, picks, stats
+from jaxstab.results.records import Setting, Study, num
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px; padding: 0 1em;
@@ -107,7 +107,7 @@ def uncertainty_table(settings: List[Setting], found: dict) -> str:
 
 
 def forecast_table(settings: List[Setting], found: dict) -> str:
-  """Per setting with a forecast (`found`: setting name -> jaxstab.forecast.evaluate's dict, the
+  """Per setting with a forecast (`found`: setting name -> jaxstab.results.forecast.evaluate's dict, the
   summary's stored one or recomputed from probe.npz) and fraction: the cut-off step, alarms /
   failed seeds, precision, recall, AUROC and the leave-one-out precision / recall."""
   rows = [(s, found.get(s.name)) for s in settings if found.get(s.name)]

@@ -2,8 +2,8 @@
 correction, from a setting's own config (the paper's "bias correction acts as warmup", Fig. 6).
 
 Update s (s = 0, 1, ..., updates already applied) uses lr(s) from
-jaxstab.optim.linear_warmup_decay and, with bias correction on, the factor
-sqrt(1 - b2^t) / (1 - b1^t) of jaxstab.optim.bias_correction_factor at t = s + 1, exactly as the
+jaxstab.engine.optim.linear_warmup_decay and, with bias correction on, the factor
+sqrt(1 - b2^t) / (1 - b1^t) of jaxstab.engine.optim.bias_correction_factor at t = s + 1, exactly as the
 optimizer and the probe do. Without bias correction the effective rate is the schedule alone.
 
 A key the setting's config.json lacks takes its default from config_lib.base_config(), the one
@@ -13,7 +13,8 @@ import dataclasses
 
 import numpy as np
 
-from jaxstab import config_lib, optim
+from jaxstab.config import config_lib
+from jaxstab.engine import optim
 
 
 @dataclasses.dataclass

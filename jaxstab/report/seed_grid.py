@@ -6,9 +6,9 @@ from typing import Optional
 
 import numpy as np
 
-from jaxstab import picks
+from jaxstab.results import picks
 from jaxstab.report.figures import FAILED_COLOR, OK_COLOR, new_figure, save
-from jaxstab.results import Setting
+from jaxstab.results.records import Setting
 
 
 def has_grid(s: Setting) -> bool:

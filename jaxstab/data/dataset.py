@@ -1,0 +1,187 @@
+"""Read a GLUE task from TSV files, HF datasets or tensorflow-datasets into tokenized arrays.
+
+All sources end in the same `Split` (texts and labels: class ids, or float scores for a
+regression task) and then the same tokenized numpy arrays, cached in the workdir. Batches are
+cut *on the device* from the whole training set (GLUE tasks fit easily): a seed's data order is
+a pure function of its key and the step, so the train step needs no host input and vmaps over
+seeds unchanged.
+
+Large training sets (QQP, MNLI: ~400k pairs) are tokenized `TOKENIZE_CHUNK` examples at a time
+into arrays allocated once, with a progress line every 20,000 examples, so the tokenizer's
+per-example Python objects exist for one chunk at a time, and the cache file is written from
+those arrays without an in-memory copy of the file.
+"""
+import hashlib
+import itertools
+import os
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from jaxstab.data import demo_task
+from jaxstab.infra.errors import ConfigError
+from jaxstab.data.glue_files import Split, label_dtype, read_hf, read_tfds, read_tsv
+from jaxstab.data.tasks import Task
+
+__all__ = ["Split", "label_dtype"]  # re-exported: callers build and read Splits from here
+
+CUSTOM_SOURCES = ("csv", "jsonl")  # the user's own files: jaxstab/data/custom_data.py reads them
+SOURCES = ("tsv", "hf", "tfds", "synthetic") + CUSTOM_SOURCES
+SPLITS = ("train", "dev")
+# Examples per tokenizer call. A fast tokenizer holds ~20 KB of Python objects per padded pair
+# of length 128 until its call returns (measured: 20,000 pairs +396 MiB, 2,000 pairs +49 MiB;
+# BUILD_NOTES), so the chunk bounds memory; smaller chunks were no slower.
+TOKENIZE_CHUNK = 2_000
+PROGRESS_EVERY = 20_000  # examples between progress lines
+
+
+def load_split(task: Task, split: str, source: str, data_dir: str) -> Split:
+  """One split of `task` from `source`: 'train', 'dev' (the main dev set: MNLI's matched one)
+  or one of task.extra_dev (MNLI's 'dev_mismatched')."""
+  if split not in SPLITS + task.extra_dev:
+    raise ConfigError(f"unknown split {split!r} of task {task.name!r}; choose one of "
+                      f"{SPLITS + task.extra_dev}")
+  if source == "tsv":
+    return read_tsv(task, os.path.join(data_dir, task.glue_dir, f"{task.file_name(split)}.tsv"))
+  if source == "hf":
+    return read_hf(task, split, data_dir)
+  if source == "tfds":
+    return read_tfds(task, split, data_dir)
+  if source == "synthetic":
+    if split not in SPLITS:
+      raise ConfigError(f"data.source=synthetic has no split {split!r}")
+    a, b, y = demo_task.generate(demo_task.SIZES[split], demo_task.SEEDS[split])
+    return Split(a, b, y)
+  if source in CUSTOM_SOURCES:  # their task is built from the files: inputs.load reads them
+    raise ConfigError(f"data.source={source} is read by custom_data.load(cfg), not load_split "
+                      f"(which reads {', '.join(s for s in SOURCES if s not in CUSTOM_SOURCES)})")
+  raise ConfigError(f"unknown data source {source!r} (config key data.source); "
+                    f"choose one of: {', '.join(SOURCES)}")
+
+
+def _fingerprint(split: Split, tokenizer, max_len: int) -> str:
+  h = hashlib.sha1()
+  h.update(f"{type(tokenizer).__name__}|{tokenizer.name_or_path}|{len(tokenizer)}|{max_len}".encode())
+  if getattr(tokenizer, "add_prefix_space", False):  # model.roberta_prefix_space (vocab.py)
+    normalizer = getattr(getattr(tokenizer, "backend_tokenizer", None), "normalizer", None)
+    h.update(b"|add_prefix_space|" + (normalizer.__getstate__() if normalizer else b""))
+  for token, idx in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):  # the ids matter
+    h.update(f"{idx}:{token}\n".encode("utf-8"))
+  for t in itertools.chain(split.text_a, split.text_b or ()):
+    h.update(t.encode("utf-8"))
+    h.update(b"\0")
+  h.update(split.labels.tobytes())
+  return h.hexdigest()[:16]
+
+
+def _encode(tokenizer, text_a, text_b, max_len: int) -> dict:
+  enc = tokenizer(text_a, text_b, max_length=max_len, truncation=True, padding="max_length",
+                  return_token_type_ids=True, return_tensors="np")
+  ids = enc["input_ids"]
+  return {"input_ids": ids, "attention_mask": enc["attention_mask"],
+          "token_type_ids": enc.get("token_type_ids", np.zeros_like(ids))}
+
+
+def tokenize(split: Split, tokenizer, max_len: int, chunk: int = 0, name: str = "") -> dict:
+  """Fixed-length numpy arrays: input_ids, attention_mask, token_type_ids (int32, [n, max_len])
+  and labels (int32 class ids, or float32 for regression).
+
+  The texts are tokenized `chunk` examples at a time, each chunk written into arrays allocated
+  once; the result equals one tokenizer call on all texts (tests/test_glue_tasks.py). A set of
+  more than one chunk logs progress every PROGRESS_EVERY examples (`name`: which set).
+  chunk=0: TOKENIZE_CHUNK."""
+  n, chunk = len(split.labels), chunk or TOKENIZE_CHUNK
+  out = {k: np.zeros((n, max_len), np.int32)
+         for k in ("input_ids", "attention_mask", "token_type_ids")}
+  t0, many = time.time(), n > chunk
+  for start in range(0, n, chunk):
+    stop = min(start + chunk, n)
+    enc = _encode(tokenizer, split.text_a[start:stop],
+                  split.text_b[start:stop] if split.text_b is not None else None, max_len)
+    for k, v in enc.items():
+      out[k][start:stop] = v
+    del enc
+    if many and (stop == n or stop // PROGRESS_EVERY > start // PROGRESS_EVERY):
+      logging.info("tokenizing %s: %d/%d examples (%.0f%%), %.0f s", name or "examples", stop, n,
+                   100 * stop / n, time.time() - t0)
+  floats = np.issubdtype(np.asarray(split.labels).dtype, np.floating)
+  out["labels"] = np.asarray(split.labels).astype(np.float32 if floats else np.int32)
+  return out
+
+
+def _save_local_npz(path: str, arrays: dict) -> None:
+  """np.savez straight into a temporary file beside `path`, then renamed: the arrays are
+  streamed into the zip, never copied whole in memory (fs.save_npz builds the file in memory)."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    np.savez(f, **arrays)
+  os.replace(tmp, path)
+
+
+def tokenize_cached(split: Split, tokenizer, max_len: int, cache_dir: Optional[str],
+                    name: str) -> dict:
+  """`tokenize`, reusing a cached copy keyed by the texts, labels, tokenizer and length (the
+  cache folder is on this machine: inputs.token_cache_dir)."""
+  if not cache_dir:
+    return tokenize(split, tokenizer, max_len, name=name)
+  path = os.path.join(cache_dir, f"{name}-{_fingerprint(split, tokenizer, max_len)}.npz")
+  if os.path.isfile(path):
+    with np.load(path) as z:
+      return {k: z[k] for k in z.files}
+  arrays = tokenize(split, tokenizer, max_len, name=name)
+  os.makedirs(cache_dir, exist_ok=True)
+  _save_local_npz(path, arrays)
+  return arrays
+
+
+def subsample(arrays: dict, n: int, seed: int) -> dict:
+  """n training examples drawn without replacement by `seed` (the same subset for every run
+  seed, so runs differ only in what the paper varies); n <= 0 keeps everything."""
+  total = len(arrays["labels"])
+  if n <= 0 or n >= total:
+    return arrays
+  idx = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+  return {k: v[idx] for k, v in arrays.items()}
+
+
+def num_batches(n: int, batch_size: int) -> int:
+  """Batches per epoch; the last partial batch is kept, as the reference does."""
+  return -(-n // batch_size)
+
+
+def batch_indices(data_key, step, n: int, batch_size: int):
+  """Example indices and weights of training batch `step` (jittable, pure).
+
+  Each epoch is a fresh permutation drawn from fold_in(data_key, epoch). The last batch of an
+  epoch is filled with zero-weight copies of example 0, so shapes stay static and the weighted
+  mean loss equals the mean over the real examples.
+  """
+  per_epoch = num_batches(n, batch_size)
+  epoch, pos = step // per_epoch, step % per_epoch
+  perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
+  pad = per_epoch * batch_size - n
+  order = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)])
+  weight = jnp.concatenate([jnp.ones((n,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
+  start = pos * batch_size
+  return (jax.lax.dynamic_slice_in_dim(order, start, batch_size),
+          jax.lax.dynamic_slice_in_dim(weight, start, batch_size))
+
+
+def gather(arrays: dict, idx) -> dict:
+  return {k: jnp.take(v, idx, axis=0) for k, v in arrays.items()}
+
+
+def eval_batches(arrays: dict, batch_size: int):
+  """Dev arrays padded to a multiple of batch_size and reshaped to [num_batches, B, ...], plus
+  a weight array marking the real examples (padding rows are dropped when scoring)."""
+  n = len(arrays["labels"])
+  nb = num_batches(n, batch_size)
+  pad = nb * batch_size - n
+  out = {k: np.concatenate([v, np.repeat(v[:1], pad, axis=0)]).reshape((nb, batch_size) + v.shape[1:])
+         for k, v in arrays.items()}
+  out["weight"] = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]).reshape(nb, batch_size)
+  return out

@@ -1,0 +1,293 @@
+"""The train state, the jitted train step (with the probe) and evaluation.
+
+Pure functions of explicit state: nothing here reads files, flags or seed lists. One seed's
+state is a pytree; a group of seeds is the same pytree with a leading axis, and the step is
+mapped over it (`over_seeds`), so K seeds share one compiled program.
+"""
+import dataclasses
+import functools
+from typing import Any, Callable, List, Optional, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxstab.data import dataset as data_lib
+from jaxstab.engine import models, optim, parallel, probe, stabilisers
+from jaxstab.config import reference
+from jaxstab.engine.optim import bias_correction_factor
+
+SEED_AXES = ("auto", "vmap", "map")
+
+
+def seed_axis_for(requested: str, backend: str, num_devices: int) -> str:
+  """'auto': vmap on accelerators (K seeds fill the chip); a sequential map on a single CPU
+  device, where a vmapped step is slower per example than K single-seed steps (BUILD_NOTES)."""
+  if requested != "auto":
+    return requested
+  return "map" if backend == "cpu" and num_devices == 1 else "vmap"
+
+
+def over_seeds(fn: Callable, in_axes: Sequence, how: str) -> Callable:
+  """`jax.vmap(fn, in_axes)`, or with how='map' the same signature computed one seed at a time
+  by `lax.map` (each seed runs the unbatched program; still one compiled function per group)."""
+  if how == "vmap":
+    return jax.vmap(fn, in_axes=tuple(in_axes))
+
+  def mapped(*args):
+    seeded = tuple(a for a, ax in zip(args, in_axes) if ax == 0)
+
+    def one(xs):
+      it = iter(xs)
+      return fn(*[next(it) if ax == 0 else a for a, ax in zip(args, in_axes)])
+    return jax.lax.map(one, seeded)
+  return mapped
+
+
+# Streams derived from a run's seed key with fold_in: the seed decides all three, independently.
+HEAD, DATA, DROPOUT, REINIT, MIXOUT = 0, 1, 2, 3, 4
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array          # updates applied so far (int32)
+  params: Any
+  opt_state: Any
+  key: jax.Array           # the run's seed key (raw uint32[2], checkpoint-friendly)
+  data_key: jax.Array      # the key of its data order (fold_in(key, DATA), or a data seed's)
+  probe: dict              # fixed-size record buffers, see probe.init_buffers
+  loss_sum: jax.Array      # running sums of the weighted training loss since the last read
+  loss_count: jax.Array
+  diverged_at: jax.Array   # first step with a non-finite loss or gradient; -1 while healthy
+
+
+def seed_key(seed: int):
+  return jax.random.PRNGKey(seed)
+
+
+def initial_params(model: models.Model, key, reinit_layers: int = 0, reinit_pooler: bool = False):
+  """The parameters a seed starts from: the pretrained backbone, a head drawn from the seed and,
+  when asked, the pooler and top layers re-drawn from the seed too (jittable). The analyses call
+  this to rebuild a run's starting point."""
+  init_range = model.config.initializer_range
+  params = models.init_head(model.params, jax.random.fold_in(key, HEAD), init_range,
+                            head=model.head)
+  if reinit_layers or reinit_pooler:
+    params = stabilisers.reinit_top_layers(params, jax.random.fold_in(key, REINIT), model.arch,
+                                           model.num_layers, reinit_layers, reinit_pooler,
+                                           init_range)
+  return params
+
+
+def data_key_of(seed_key):
+  """The data-order key a seed draws (jittable): a data seed d orders the examples exactly as
+  a plain run of seed d does (jaxstab/study/runs.py)."""
+  return jax.random.fold_in(seed_key, DATA)
+
+
+def create_train_state(model: models.Model, tx: optax.GradientTransformation, key,
+                       total_steps: int, probe_every: int, group_names: Sequence[str],
+                       reinit_layers: int = 0, reinit_pooler: bool = False, data_key=None):
+  """A fresh state for one seed (jittable): initial_params, Adam's zero moments, empty probe.
+  `data_key` orders the training examples; default: the seed's own (data_key_of(key))."""
+  params = initial_params(model, key, reinit_layers, reinit_pooler)
+  data_key = data_key_of(key) if data_key is None else data_key
+  return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params),
+                    key=key, data_key=data_key,
+                    probe=probe.init_buffers(total_steps, probe_every, len(group_names)),
+                    loss_sum=jnp.zeros([], jnp.float32), loss_count=jnp.zeros([], jnp.float32),
+                    diverged_at=jnp.full([], -1, jnp.int32))
+
+
+def weighted_xent(logits, labels, weight):
+  """Mean cross-entropy over the real (weight 1) examples of a padded batch."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+  return jnp.sum(ce * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def weighted_mse(logits, labels, weight):
+  """Mean squared error of a one-output (regression) head over the real examples of a batch."""
+  err = logits[..., 0].astype(jnp.float32) - labels.astype(jnp.float32)
+  return jnp.sum(err * err * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def task_loss(logits, labels, weight):
+  """The training loss of a head: MSE for one output (regression, e.g. STS-B), else
+  cross-entropy over the classes. The choice is static (the logits' shape)."""
+  if logits.shape[-1] == 1:
+    return weighted_mse(logits, labels, weight)
+  return weighted_xent(logits, labels, weight)
+
+
+def make_train_step(model: models.Model, tx, schedule: Callable, *, n_train: int,
+                    batch_size: int, probe_every: int, group_names: Sequence[str],
+                    b1: float, b2: float, pass_segment_ids: bool = True,
+                    mixout: float = 0.0, prior_wd: bool = False, mixout_head: bool = False):
+  """Returns train_step(state, train_arrays, anchor=None) -> state for one seed (vmap it for
+  many). `anchor` (stabilisers.anchor_of(pretrained)) is needed by Mixout and prior_wd.
+  `mixout_head`: Mixout also mixes the head, toward the seed's initial head (re-drawn each step
+  from the seed key and the anchor's head shapes: the same draw as initial_params)."""
+  is_albert = model.arch == "albert"  # per-depth norms of the shared layer need interception
+
+  def loss_fn(params, deltas, batch, weight, dropout_key, mixout_key, anchor, head0):
+    if mixout > 0:
+      params = stabilisers.mixout(params, anchor, mixout_key, mixout, head_anchor=head0)
+
+    def forward():
+      return model.logits(params, batch, train=True, dropout_key=dropout_key,
+                          pass_segment_ids=pass_segment_ids)
+    if deltas is not None:
+      with probe.albert_depth_deltas(deltas):
+        logits = forward()
+    else:
+      logits = forward()
+    return task_loss(logits, batch["labels"], weight)
+
+  def train_step(state: TrainState, train_arrays: dict, anchor=None) -> TrainState:
+    step = state.step
+    idx, weight = data_lib.batch_indices(state.data_key, step, n_train, batch_size)
+    batch = data_lib.gather(train_arrays, idx)
+    dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, DROPOUT), step)
+    deltas = None
+    if is_albert and probe_every > 0:
+      zeros = jax.tree_util.tree_map(jnp.zeros_like, probe.albert_shared(state.params))
+      deltas = [zeros] * model.num_layers
+    head0 = (models.init_head(anchor, jax.random.fold_in(state.key, HEAD),
+                              model.config.initializer_range, head=model.head)["classifier"]
+             if mixout > 0 and mixout_head else None)
+    loss, (grads, depth_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1))(
+        state.params, deltas, batch, weight, dropout_key,
+        jax.random.fold_in(jax.random.fold_in(state.key, MIXOUT), step), anchor, head0)
+    # Decoupled decay reads only the parameters: decay toward theta_p is decay of theta - theta_p.
+    decay_params = (jax.tree_util.tree_map(jnp.subtract, state.params, anchor) if prior_wd
+                    else state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, decay_params)
+    params = optax.apply_updates(state.params, updates)
+    # A seed whose loss or gradient is not finite stops updating from that step on (its slot in
+    # a vmapped group is frozen, the other seeds go on); the step counter still advances.
+    grad_norm = optax.global_norm(grads)
+    healthy = (state.diverged_at < 0) & jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(healthy, a, b), new, old)
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    diverged_at = jnp.where((state.diverged_at < 0) & ~healthy, step, state.diverged_at)
+    common = dict(step=step + 1, params=params, opt_state=opt_state, diverged_at=diverged_at,
+                  loss_sum=state.loss_sum + jnp.where(healthy, loss, 0.0),
+                  loss_count=state.loss_count + healthy.astype(jnp.float32))
+    if probe_every <= 0:  # probe off (benchmarks): no norms, no records
+      return state.replace(**common)
+    values = {
+        "grad_norm": probe.group_norms(grads, model.arch, group_names, depth_grads),
+        "total_grad_norm": grad_norm,
+        "param_norm": optax.global_norm(state.params),
+        "update_norm": optax.global_norm(updates),
+        "loss": loss,
+        "lr": schedule(step),
+        "bias_correction": bias_correction_factor(step + 1, b1, b2),
+    }
+    return state.replace(probe=probe.record(state.probe, step, probe_every, values), **common)
+
+  return train_step
+
+
+def make_eval_logits(model: models.Model, pass_segment_ids: bool = True):
+  """Returns eval_logits(params, dev_batches) -> [num_batches, B, C] (deterministic)."""
+
+  def eval_logits(params, dev_batches):
+    def one(batch):
+      return model.logits(params, batch, train=False, pass_segment_ids=pass_segment_ids)
+    inputs = {k: dev_batches[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    return jax.lax.map(one, inputs)
+
+  return eval_logits
+
+
+def total_steps(train_cfg, n_train: int, full_steps_per_epoch: int, task: str = "") -> int:
+  """Optimizer updates of a setting: train.max_steps, else epochs x batches of the training set
+  (or x batches of the *full* set for the small-data ablation's steps_of_full_epochs; with
+  train.full_steps_count='reference' the reference configs' counts, see reference.py)."""
+  if train_cfg.steps_of_full_epochs > 0:
+    if train_cfg.get("full_steps_count", "batches") == "reference":
+      return reference.reference_full_steps(task, train_cfg.steps_of_full_epochs,
+                                            full_steps_per_epoch)
+    return int(round(train_cfg.steps_of_full_epochs * full_steps_per_epoch))
+  return optim.total_train_steps(train_cfg, data_lib.num_batches(n_train, train_cfg.batch_size))
+
+
+@dataclasses.dataclass
+class Programs:
+  """Everything compiled for one setting: built once by `build_programs`, used by a study, the
+  benchmarks, the analyses and the tests alike, so each of them runs the same program.
+
+  The `*_one` functions are one seed's pure, unjitted functions (tests jit them directly; the
+  analyses call them); `create`, `step` and `eval_logits` are those functions mapped over a
+  group of `seeds_per_group` seeds (`seed_axis`) and jitted. The pretrained weights (bound into
+  `create`) and the anchor (`step`'s third argument) are device arguments: as jit constants they
+  would be compiled into every executable and the persistent cache.
+  """
+  create: Callable         # create(seed_keys[K, 2], data_keys[K, 2] = each seed's own)
+                           # -> TrainState with a leading seed axis
+  step: Callable           # step(state, train_arrays, anchor) -> state (jitted; the state is
+                           # donated; pass `anchor` below)
+  eval_logits: Callable    # eval_logits(params, dev_batches) -> [K, batches, B, C]
+  create_one: Callable     # create_one(seed_key, data_key=None) -> TrainState
+  step_one: Callable       # step_one(state, train_arrays, anchor=None) -> TrainState
+  eval_one: Callable       # eval_one(params, dev_batches) -> [batches, B, C]
+  tx: optax.GradientTransformation
+  schedule: Callable
+  group_names: List[str]
+  total_steps: int
+  seeds_per_group: int
+  seed_axis: str
+  anchor: Optional[Any]
+
+
+def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
+                   layout: Optional[parallel.Layout] = None, seeds_per_group: int = 1,
+                   seed_axis: Optional[str] = None) -> Programs:
+  """The one place that turns a resolved config and a loaded model into the train programs.
+
+  `n_train` (training examples on the device) and `total` (optimizer updates) fix the data
+  order and the schedule; `layout` places seed groups on the devices (default: all local
+  devices); `seed_axis` defaults to cfg.train.seed_axis resolved for this backend.
+  """
+  layout = layout or parallel.Layout.create()
+  st = cfg.stabilisers
+  lr_scales = (stabilisers.layerwise_scales(model.params, model.arch, model.num_layers, st.llrd)
+               if st.llrd != 1.0 else None)
+  tx, schedule = optim.from_config(cfg.optim, total, lr_scales)
+  groups = probe.group_names(model.params, model.arch, model.num_layers)
+  every = max(int(cfg.probe.every), 0)
+  axis = seed_axis or seed_axis_for(cfg.train.seed_axis, jax.default_backend(),
+                                    layout.num_devices)
+  anchor = (jax.device_put(stabilisers.anchor_of(model.params), layout.replicated)
+            if stabilisers.uses_anchor(st) else None)
+
+  def create_from(params, key, data_key=None):
+    return create_train_state(dataclasses.replace(model, params=params), tx, key, total, every,
+                              groups, st.reinit_layers, st.reinit_pooler, data_key)
+
+  step_one = make_train_step(
+      model, tx, schedule, n_train=n_train, batch_size=cfg.train.batch_size, probe_every=every,
+      group_names=groups, b1=cfg.optim.b1, b2=cfg.optim.b2,
+      pass_segment_ids=cfg.model.pass_segment_ids, mixout=st.mixout, prior_wd=st.prior_wd,
+      mixout_head=st.mixout_head)
+  eval_one = make_eval_logits(model, cfg.model.pass_segment_ids)
+  create_fn = jax.jit(over_seeds(create_from, (None, 0, 0), axis),
+                      out_shardings=layout.seed_sharding(seeds_per_group))
+  pretrained = jax.device_put(model.params, layout.replicated)
+
+  def create(seed_keys, data_keys=None):
+    if data_keys is None:
+      data_keys = jax.vmap(data_key_of)(jnp.asarray(seed_keys))
+    return create_fn(pretrained, seed_keys, data_keys)
+
+  step = jax.jit(over_seeds(step_one, (0, None, None), axis), donate_argnums=0)
+  return Programs(
+      create=create,
+      step=step,
+      eval_logits=jax.jit(over_seeds(eval_one, (0, None), axis)),
+      create_one=functools.partial(create_from, model.params), step_one=step_one,
+      eval_one=eval_one, tx=tx, schedule=schedule, group_names=groups, total_steps=total,
+      seeds_per_group=seeds_per_group, seed_axis=axis, anchor=anchor)
+

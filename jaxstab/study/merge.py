@@ -1,0 +1,95 @@
+"""A setting's merged results, rebuilt from its runs/ files at the end: metrics.jsonl,
+TensorBoard events, probe.npz and (last) summary.json with the spread statistics, the early
+stop's record and the init / data-order decomposition.
+
+`plan` is experiment.Plan (its workdir, seeds, runs, task, model, majority, total_steps,
+stopping); this module reads only those fields.
+"""
+import json
+
+import numpy as np
+
+from jaxstab.study import early_stop
+from jaxstab.results import forecast, outputs, stats
+from jaxstab.infra import fs
+from jaxstab.data import metrics
+from jaxstab.engine import parallel, probe
+from jaxstab.study import runs as runs_lib
+from jaxstab.study import workdir as workdir_lib
+
+
+def merge(cfg, plan):
+  """Builds metrics.jsonl, TensorBoard events, probe.npz and summary.json from runs/."""
+  workdir, seeds = plan.workdir, plan.seeds
+  runs, probes = [], []
+  for s in seeds:
+    runs.append(fs.read_json(workdir_lib.run_path(workdir, s, "json")))
+    probes.append(fs.load_npz(workdir_lib.run_path(workdir, s, "npz")))
+  merged = {k: np.stack([p[k] for p in probes]) for k in probes[0] if k != "step"}
+  groups = probe.group_names(plan.model.params, plan.model.arch, plan.model.num_layers)
+  merged.update(step=probes[0]["step"], groups=np.asarray(groups), seeds=np.asarray(seeds))
+  out = summary(cfg, plan, runs)
+  out["forecast"] = _forecast(out, merged, plan.total_steps)
+  if not parallel.is_primary():
+    return out
+  fs.rmtree(fs.join(workdir, "tensorboard"))
+  log = outputs.Log(workdir, seeds)
+  for s in seeds:
+    for line in fs.read_text(workdir_lib.run_path(workdir, s, "jsonl")).splitlines():
+      log.write(json.loads(line))
+  log.close()
+  outputs.write_npz(fs.join(workdir, outputs.PROBE), **merged)
+  outputs.write_json(fs.join(workdir, outputs.SUMMARY), out)
+  return out
+
+
+def _forecast(out: dict, merged: dict, total_steps: int):
+  """The probe's failure forecast scored against how the runs that trained to the end ended
+  (forecast.evaluate); None without probe records."""
+  if "grad_norm" not in merged or not merged["grad_norm"].size:
+    return None
+  failed = {r["seed"]: r["failed"] for r in out["runs"]}
+  rows = [i for i, n in enumerate(merged["seeds"]) if int(n) in failed]
+  kept = {k: (v[rows] if k not in ("step", "groups", "seeds") else v) for k, v in merged.items()}
+  kept["seeds"] = merged["seeds"][rows]
+  return forecast.evaluate(kept, [failed[int(n)] for n in kept["seeds"]], total_steps)
+
+
+def run_record(seed, records, task, final_train_loss):
+  """A run's record from its dev records (metrics.jsonl lines): the final and the best one."""
+  history = [{k: v for k, v in r.items() if k not in ("kind", "seed", "train_loss", "lr")}
+             for r in records]
+  final = dict(history[-1])
+  best = max(history, key=lambda h: (h[task.metric], -h["step"]))
+  return {"seed": seed, "final": final, "best": dict(best), "final_train_loss": final_train_loss}
+
+
+def summary(cfg, plan, runs):
+  """The setting's summary.json: the spread statistics over the runs that trained to the end
+  (`runs`); runs stopped early are listed apart (`stopped_runs`, with `stopped_at`)."""
+  metric, majority = plan.task.metric, plan.majority
+  stopped = [r for r in runs if r.get("stopped_at") is not None]
+  kept = [r for r in runs if r.get("stopped_at") is None]
+  for r in kept:
+    r["failed"] = bool(r.get("diverged_at") is not None
+                       or metrics.is_failed(r["final"][metric], majority[metric]))
+  for r in stopped:  # not judged: it never reached the end
+    r["failed"] = None
+  out = {"task": plan.task.name, "metric": metric, "majority": majority,
+         "setting": cfg.setting, "select": cfg.select, "model": plan.model.name,
+         "total_steps": plan.total_steps, "seeds": [r["seed"] for r in runs],
+         **stats.setting_stats(kept, metric, cfg.select), "runs": kept}
+  if plan.stopping is not None:
+    es = plan.stopping
+    decision = fs.read_json(early_stop.decision_path(plan.workdir))
+    out["early_stop"] = {"at": es.at, "keep": es.keep, "by": es.by, "step": es.step,
+                         "started": len(runs), "continued": len(kept),
+                         "scores": decision["scores"],
+                         **early_stop.steps_trained(len(runs), len(kept), es.step,
+                                                    plan.total_steps)}
+    out["stopped_runs"] = stopped
+  if runs_lib.uses_data_seeds(cfg):
+    values = stats.reported({"runs": kept, "select": cfg.select, "metric": metric})
+    out["decomposition"] = stats.decomposition(values, [r["init_seed"] for r in kept],
+                                               [r["data_seed"] for r in kept])
+  return out

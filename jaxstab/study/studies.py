@@ -1,0 +1,101 @@
+"""A study: one or more settings (each a set of overrides) that share the seeds.
+
+A plain task config is a study of one setting, written straight into the workdir. A study
+config lists its settings in `settings` (name -> argument string, e.g. "task=mrpc,setting=ours");
+each runs in workdir/<name>/ and the study writes the comparison: summary.json (a `settings`
+list plus Levene and permutation p-values), summary.csv and table.md (Table 1's shape, then the
+confidence intervals and the expected best-of-n). Each setting's results
+are written as soon as it finishes, so a later crash loses nothing finished.
+"""
+from absl import logging
+
+from jaxstab.infra import checkpoint, fs
+from jaxstab.config import config_lib
+from jaxstab.study import experiment
+from jaxstab.engine import models, parallel
+from jaxstab.results import outputs, stats
+from jaxstab.study import validate
+from jaxstab.study import workdir as workdir_lib
+from jaxstab.infra.errors import ConfigError
+
+
+def expand(cfg):
+  """[(name, config)] for every setting of the study (one unnamed entry for a plain config),
+  each resolved in one fixed order: the study's values, the setting's presets and values, then
+  the user's explicit values (`explicit`, in the order given), then values that follow from
+  others (config_lib.resolve). Each is a copy: `cfg` is not changed."""
+  if not cfg.get("settings"):
+    sub = cfg.copy_and_resolve_references()
+    config_lib.resolve(sub)
+    return [("", sub)]
+  out = []
+  for name, arg in cfg.settings.items():
+    sub = cfg.copy_and_resolve_references()
+    with sub.unlocked():
+      sub.settings = {}
+    config_lib.apply_arg(sub, arg, explicit=False)
+    config_lib.reapply_explicit(sub)
+    config_lib.resolve(sub)
+    out.append((name, sub))
+  return out
+
+
+def check(settings, workdir: str) -> None:
+  """Every check of every setting, before the first one touches a file: the config itself, what
+  depends on its model (read from the model's config alone), and an earlier run's config."""
+  for name, sub in settings:
+    validate.check_config(sub)
+    shape = models.shape_of(sub.model)
+    if shape is not None:
+      validate.check_model(sub, *shape)
+    workdir_lib.check_same_config(sub, fs.join(workdir, name) if name else workdir)
+
+
+def run(cfg, workdir: str) -> dict:
+  settings = expand(cfg)
+  check(settings, workdir)
+  results, errors = [], []
+  for name, sub in settings:
+    where = fs.join(workdir, name) if name else workdir
+    try:
+      summary = experiment.run_setting(sub, where)
+    except checkpoint.Preempted:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      if len(settings) == 1:
+        raise
+      errors.append({"name": name, "error": f"{type(e).__name__}: {e}" if not
+                     isinstance(e, ConfigError) else str(e)})
+      logging.error("setting %s failed: %s (the other settings go on)", name, errors[-1]["error"])
+      continue
+    recipe = name.replace(f"{sub.task}_", "", 1) if name else sub.setting
+    results.append(dict(summary, name=name or f"{summary['task']}_{summary['setting']}",
+                        recipe=recipe))
+  if not results:
+    raise ConfigError("every setting failed: " + "; ".join(f"{e['name']}: {e['error']}"
+                                                           for e in errors))
+  study = _write(workdir, results, errors)
+  if errors:
+    raise ConfigError(f"{len(errors)} of {len(settings)} settings failed ("
+                      + "; ".join(f"{e['name']}: {e['error']}" for e in errors)
+                      + f"); the others are in {workdir}/summary.json. Fix and rerun: finished "
+                      "settings are not retrained.")
+  return study
+
+
+def _write(workdir, results, errors=()):
+  table = stats.table1_markdown(results)
+  study = {"settings": results, "levene": stats.levene_table(results), "table": table,
+           "errors": list(errors)}
+  if len(results) == 1:  # a plain run: its own summary with the study fields added
+    study = dict(results[0], **study)
+  if not parallel.is_primary():
+    return study
+  fs.makedirs(workdir)
+  fs.write_text(fs.join(workdir, "summary.csv"), stats.summary_csv(results))
+  extra = stats.seed_analyses_markdown(results)
+  fs.write_text(fs.join(workdir, "table.md"), table + "\n\n" + stats.uncertainty_markdown(results)
+                + ("\n\n" + extra if extra else "") + "\n")
+  outputs.write_json(fs.join(workdir, outputs.SUMMARY), study)
+  print("final dev results, std / mean / median / max (x100):\n" + table)
+  return study
