@@ -1,14 +1,15 @@
-"""Make a half-precision copy of the MiniLM-L6 checkpoint small enough to carry to the lent GPU
-machine (a device call carries 64 MiB at most; the fp32 weights are 87 MiB).
+"""Make a half-precision copy of the MiniLM-L6 checkpoint small enough to copy to a GPU machine
+without internet access, where the files copied beside the working tree must stay within 64 MiB
+in all (the fp32 weights are 87 MiB).
 
   python scripts/carry_minilm.py carry/minilm_fp16 [--dtype=float16|bfloat16]   # ~44 MiB
 
 The copy holds the same tensors rounded to 16 bits; jaxstab.engine.models.load casts every parameter
 back to float32 on load, so on the GPU machine use
   --config.model.name_or_path=carry/minilm_fp16
-(`carry/` is git-ignored; pass it in the device call's `carry` list). float16 is the default:
-MiniLM's weights lie within +-8, well inside fp16's range, and its 10 mantissa bits round them
-about 8x more finely than bfloat16's 7 (relative RMS error 2e-4 against 1.7e-3).
+(`carry/` is git-ignored; copy it to the GPU machine with the working tree). float16 is the
+default: MiniLM's weights lie within +-8, well inside fp16's range, and its 10 mantissa bits round
+them about 8x more finely than bfloat16's 7 (relative RMS error 2e-4 against 1.7e-3).
 """
 import os
 import shutil

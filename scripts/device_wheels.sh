@@ -1,8 +1,10 @@
-# Sourced by the scripts that run on the lent GPU machine (gpu_bench.sh, gpu_minilm_study.sh).
+# Sourced by the scripts that run on a GPU machine without internet access (gpu_bench.sh,
+# gpu_minilm_study.sh).
 # Its image has jax, flax and optax but transformers 5.x (no Flax classes) and no ml_collections
 # or tensorboardX, so those travel as wheels in a git-ignored folder (../shared/gpu/README.md).
 
-# download_device_wheels DIR: run here, once; fetches the wheels for the GPU image's Python 3.12.
+# download_device_wheels DIR: run once on a machine with internet access; fetches the wheels for
+# the GPU image's Python 3.12.
 download_device_wheels() {
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
@@ -10,7 +12,7 @@ download_device_wheels() {
     tensorboardX==2.6.5
 }
 
-# install_device_wheels DIR: run there; installs DIR/*.whl into /tmp/site and puts it and the
+# install_device_wheels DIR: run on the GPU machine; installs DIR/*.whl into /tmp/site and puts it and the
 # project on PYTHONPATH. Without wheels the packages already installed are used. Fails (status 3)
 # when the install does.
 install_device_wheels() {

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The whole GPU throughput measurement (jaxstab's train step against PyTorch eager, single seed
-# and vmapped seeds) in one go, on the lent machine (../shared/gpu/README.md).
+# and vmapped seeds) in one go, on a GPU machine without internet access.
 #
-# Prepare on your own machine, in the project root (once; .whl/ is git-ignored):
+# Prepare on a machine with internet access, in the project root (once; .whl/ is git-ignored):
 #   source scripts/device_wheels.sh && download_device_wheels .whl
-# then run it there with the `run` tool:  command "bash scripts/gpu_bench.sh", carry [".whl"],
-# timeout_s ~ BUDGET + 60. Everything lands in $OUT: one JSON per stage (rewritten after every
-# row, so a stage cut short keeps what it measured), run.log, env.txt, summary.md.
+# The files to copy to the GPU machine: the working tree and .whl/. The command to run there, in
+# the project root, with a time limit of about BUDGET + 60 seconds:  bash scripts/gpu_bench.sh
+# Everything lands in $OUT: one JSON per stage (rewritten after every row, so a stage cut short
+# keeps what it measured), run.log, env.txt, summary.md.
 #
 # CPU dry run of the same stages with the tiny shape and a few steps:
 #   bash scripts/gpu_bench.sh --tiny            (OUT defaults to a fresh temp folder)

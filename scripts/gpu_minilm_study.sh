@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The full-size MiniLM proxy study (configs/study_minilm.py: 25 seeds, length 128, the paper's
-# 20-epoch baseline, Devlin at 1e-5 .. 5e-5 on RTE) in one call on the lent GPU machine.
+# 20-epoch baseline, Devlin at 1e-5 .. 5e-5 on RTE) in one run on a GPU machine without internet
+# access.
 #
-# On your own machine, in the project root, once (.whl/ and carry/ are git-ignored):
+# On a machine with internet access, in the project root, once (.whl/ and carry/ are git-ignored):
 #   bash scripts/gpu_minilm_study.sh --prepare
 # which downloads the wheels the GPU image lacks (transformers 4.x with its Flax classes, ...),
 # writes an fp16 copy of MiniLM (scripts/carry_minilm.py; fp32 is restored on load) and copies
 # the RTE/MRPC/CoLA train and dev files from ../shared/glue (which does not travel) to carry/glue.
-# Then, with the `run` tool: command "bash scripts/gpu_minilm_study.sh", carry [".whl", "carry"],
-# timeout_s = BUDGET + 60.
+# The files to copy to the GPU machine: the working tree, .whl/ and carry/. The command to run
+# there, in the project root, with a time limit of BUDGET + 60 seconds:
+#   bash scripts/gpu_minilm_study.sh
 #
 # The studies run in stages, most important first, each a complete study workdir when it ends
 # (H200 wall times measured 2026-11-26, see BUILD_NOTES.md; 5-7 estimated):
@@ -22,11 +24,11 @@
 # Stages 1-7 and 10 run in fidelity=corrected, the mode of the rows committed in docs/results/gpu/
 # (they extend or sit beside them); 8 and 9 in the paper presets' default, fidelity=reference.
 # A fresh machine starts bare, so stages 5-7 write workdirs of their own (minilm_mrpc_ours,
-# minilm_cola_ours) that jaxstab.report.compare puts next to the others without retraining Devlin.
-# Stages 6 and 7 fill one workdir from two calls: unpack both archives into one folder here and
+# minilm_cola_ours) that jaxstab.compare puts next to the others without retraining Devlin.
+# Stages 6 and 7 fill one workdir from two runs: unpack both archives into one folder here and
 # rerun stage 6's command with seeds=1-25 on it; every seed is found finished and merged.
 # Everything still running at BUDGET seconds is killed: finished settings keep their
-# <setting>/summary.json (jaxstab.report.compare reads them), the setting in flight is lost.
+# <setting>/summary.json (jaxstab.compare reads them), the setting in flight is lost.
 # $OUT gets run.log and minilm_gpu.tgz (the workdirs without token caches, rewritten after
 # every stage).
 #
@@ -98,7 +100,7 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,dr
 python3 -c "import jax, flax, transformers; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'transformers', transformers.__version__)" \
   || exit 3
 
-pack() {  # after every stage, so a call cut short still returns the finished settings
+pack() {  # after every stage, so a run cut short still returns the finished settings
   local dirs; dirs=$(cd "$WORK" && ls -d minilm_* 2> /dev/null)
   [[ -n "$dirs" ]] && tar czf "$OUT/minilm_gpu.part" -C "$WORK" --exclude=cache --exclude=.lock $dirs \
     && mv "$OUT/minilm_gpu.part" "$OUT/minilm_gpu.tgz"

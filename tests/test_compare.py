@@ -159,13 +159,14 @@ def test_bad_workdirs_are_refused_by_name(workdirs, tmp_path, capsys):
 
 
 def test_readme_gpu_table_is_what_compare_makes_of_the_committed_summaries():
-  """README's full-size results table must be regenerable from docs/results/gpu/, not typed."""
+  """The full-size results table of docs/results/README.md must be regenerable from
+  docs/results/gpu/, not typed."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   workdirs = [os.path.join(root, "docs", "results", "gpu", f"minilm_{t}")
               for t in ("rte", "mrpc", "cola")]
   settings = compare.gather(workdirs)
   assert all(len(s["runs"]) == 25 for s in settings)
   table = compare.markdown(settings, paper=True).split("\n\n")[0].strip()
-  with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+  with open(os.path.join(root, "docs", "results", "README.md"), encoding="utf-8") as f:
     readme = f.read()
   assert table.count("\n") >= 9 and table in readme
