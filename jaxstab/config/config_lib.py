@@ -18,7 +18,8 @@ import ml_collections
 from jaxstab.infra.errors import ConfigError
 from jaxstab.config.presets import FIDELITY, MODELS, SETTING_BASE, SETTINGS  # pylint: disable=unused-import  # re-exported
 
-_GLUE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_GLUE_DIR = os.path.join(_REPO, "..",
                          "shared", "glue")
 
 ARG_KEYS = {
