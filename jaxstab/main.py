@@ -1,11 +1,14 @@
 """Command line: python -m jaxstab.main --config=configs/rte.py[:args] --workdir=DIR [--config.a.b=v].
 
-A thin absl entry: flags, the config (config_lib.load_file plus the `--config.a.b=v`
-overrides, in the order given), then studies.run. Every mistake in the config reaches the user as
-one line `jaxstab: error: ...` and exit status 2, before any file is written.
+Flags, the config (config_lib.load_file plus the `--config.a.b=v` overrides, in the order given),
+then studies.run. Every mistake in the config reaches the user as one line `jaxstab: error: ...`
+and exit status 2, before any file is written. `--help` speaks to a user (USAGE) and exits 0;
+absl's own flag list is one part of it.
 """
+import logging as pylogging
 import os
 import sys
+import time
 
 from absl import app, flags, logging
 
@@ -23,6 +26,40 @@ flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-pr
 flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", -1, "This process's id, 0 .. num_processes-1.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+USAGE = """\
+usage: {prog} --config=CONFIG[:ARGS] --workdir=DIR [--config.KEY=VALUE ...]
+
+Fine-tunes a pretrained encoder on a GLUE task or your own data over many random seeds in one
+compiled program, counts the failed runs and writes every result to DIR. Rerunning the same
+command resumes; the report and the tables are built from DIR afterwards.
+
+examples:
+  {prog} --config=configs/demo.py --workdir=/tmp/demo
+      the offline demo: a tiny model on a synthetic task, about a minute on a CPU
+  {prog} --config=configs/rte.py:model=roberta-large,setting=ours,seeds=1-25 --workdir=runs/rte
+      one of the paper's settings, 25 seeds (ARGS: model, setting, fidelity, lr, seeds, ...)
+  {prog} --config=configs/mrpc.py --workdir=runs/mrpc --config.optim.lr=1e-5
+      any config key set last, after every preset
+  {prog} --config=configs/study_table1.py --workdir=runs/table1
+      a study: several settings over the same seeds
+
+then: python -m jaxstab.report --workdir=DIR      figures and an HTML page
+      python -m jaxstab.compare DIR [DIR ...]     the paper's Table 1 across workdirs
+
+configs: configs/*.py. Every config key, its default and meaning: docs/configuration.md;
+the short ARGS keys and the presets: docs/running.md.
+
+flags:
+  --config         config file and its argument: path[:key=value,...]
+  --workdir        directory for logs and results (local, or gs://bucket/path)
+  --config.KEY=V   set one config key (type-checked; an unknown key names the allowed ones)
+  --distributed    auto | on | off: join a multi-process run (auto: with a coordinator or on a
+                   TPU VM); with --coordinator_address, --num_processes, --process_id
+  --verbosity=0    absl's full log prefix (time, thread, file:line) on every line
+  --helpfull       every absl flag
+"""
+_HELP = ("--help", "-h", "--h", "-help", "-?")
 
 _TPU_VM_ENV = ("TPU_WORKER_ID", "CLOUD_TPU_TASK_ID", "TPU_ACCELERATOR_TYPE")
 _OVERRIDE = "--config."
@@ -56,8 +93,18 @@ def split_overrides(argv):
   return rest, overrides
 
 
+def prog() -> str:
+  """How the user called us: the console script `jaxstab`, or `python -m jaxstab.main`."""
+  called = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+  return "jaxstab" if called == "jaxstab" else "python -m jaxstab.main"
+
+
 def parse_flags(argv):
-  """absl parses its own flags; the config overrides are taken out first and applied by us."""
+  """absl parses its own flags; the config overrides are taken out first and applied by us.
+  `--help` prints USAGE and exits 0 (absl's own help exits 1 and lists its internals)."""
+  if any(a in _HELP for a in argv[1:]):
+    print(USAGE.format(prog=prog()), end="")
+    sys.exit(0)
   try:
     rest, overrides = split_overrides(argv)
   except ConfigError as e:
@@ -95,6 +142,29 @@ def _compilation_cache(config, workdir):
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
+class ShortFormatter(pylogging.Formatter):
+  """`12:04:31 seeds [1, 2]: step 52/156, ...`: the time and the message, readable at a glance
+  like a progress bar; a warning or error says so in a word. The traceback of an internal error
+  is kept in full."""
+
+  def format(self, record):
+    text = time.strftime("%H:%M:%S ", time.localtime(record.created))
+    if record.levelno >= pylogging.WARNING:
+      text += record.levelname.lower() + ": "
+    text += record.getMessage()
+    if record.exc_info:
+      text += "\n" + self.formatException(record.exc_info)
+    return text
+
+
+def _log_format():
+  """The short format, unless the user asked for absl's own: --verbosity given, or a log file
+  (--log_dir), where the full prefix (date, thread, file:line) is what one greps for."""
+  if FLAGS["verbosity"].present or FLAGS.log_dir:
+    return
+  logging.get_absl_handler().setFormatter(ShortFormatter())
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -103,6 +173,7 @@ def main(argv):
   from jaxstab.engine import parallel  # pylint: disable=import-outside-toplevel
   from jaxstab.study import studies  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.INFO)
+  _log_format()
   try:
     config = load_config(FLAGS.config, _OVERRIDES)
   except ConfigError as e:

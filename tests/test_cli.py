@@ -86,6 +86,7 @@ def demo_run(cli_root):
   workdir = cli_root / "demo"
   proc = run_cli(DEMO_ARGS, workdir)
   assert_ok(proc)
+  (cli_root / "demo.stderr").write_text(proc.stderr)  # its log, for the progress-line test
   return workdir
 
 
@@ -106,6 +107,23 @@ def test_demo_writes_every_output_file(demo_run):
     assert (demo_run / name).is_file(), name
   assert sorted(p.name for p in (demo_run / "tensorboard").iterdir()) == [
       f"seed_{s}" for s in DEMO_SEEDS]
+
+
+def test_demo_progress_lines_read_cleanly(demo_run, demo_expected):
+  """The log a user watches: `HH:MM:SS message` with no absl prefix (`I1206 21:48:46.117400
+  139867690331008 experiment.py:105]`), no ETA at step 0 (the step call has not compiled yet:
+  an estimate then counted the compilation), an ETA in minutes and seconds afterwards, and a
+  last line with the spread in the table's own numbers."""
+  log = (demo_run.parent / "demo.stderr").read_text().splitlines()
+  progress = [l for l in log if re.match(r"^\d\d:\d\d:\d\d seeds \[1, 2\]: step ", l)]
+  assert not [l for l in log if re.match(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ ", l)]
+  assert progress[0].split(": ", 1)[1].startswith(
+      f"step 0/{demo_expected['total']}, ETA after the first steps (compiling), dev accuracy ")
+  for line in progress[1:]:
+    assert re.search(r"step \d+/\d+, [\d.]+ examples/s, ETA (\d+m)?\d+s, dev accuracy ", line), line
+  assert re.search(r"ETA 0s, dev accuracy", progress[-1])
+  assert [l for l in log if re.search(r"2 failed runs|/2 failed runs; accuracy \(final\) std / "
+                                      r"mean / median / max x100: [\d.]+ / [\d.]+ / ", l)]
 
 
 def test_demo_tensorboard_scalars_are_the_metrics_records(demo_run):

@@ -115,6 +115,26 @@ def test_paper_rows_are_the_notes_table(workdirs, capsys):
     assert list(cells) == expected[key], name
 
 
+def test_paper_rows_only_for_the_papers_tasks(workdirs):
+  """--paper on a task the paper has no numbers for (the demo, one's own data) says so in one
+  line instead of printing the paper's rows with empty cells; with one task of the paper among
+  others, the rows stay and the other tasks' cells say '—'."""
+  rte, mrpc = workdirs
+  settings = [dict(s, task="demo", majority={s["metric"]: s["majority"][s["metric"]]})
+              for s in compare.gather([rte])]
+  text = compare.markdown(settings, paper=True)
+  assert "paper, BERT-large" not in text
+  assert ("--paper: the paper's Table 1 has no numbers for DEMO; it reports COLA, MRPC, RTE."
+          in text.splitlines())
+  mixed = compare.gather([mrpc]) + settings
+  text = compare.markdown(mixed, paper=True)
+  rows = [l for l in text.split("\n\n")[0].splitlines() if l.startswith("| paper, BERT-large")]
+  assert len(rows) == len(compare.PAPER_TABLE1)
+  assert all(l.rstrip(" |").endswith("—") for l in rows)      # DEMO is the last column
+  assert "no numbers for DEMO;" in text
+  assert "no numbers" not in compare.markdown(compare.gather([rte, mrpc]), paper=True)
+
+
 def test_a_setting_folder_and_a_running_study(workdirs, tmp_path, capsys):
   rte, mrpc = workdirs
   own = _cells(open(f"{rte}/table.md", encoding="utf-8").read())

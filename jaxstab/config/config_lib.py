@@ -58,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.dir = os.path.normpath(_GLUE_DIR)  # GLUE folder (tsv), cache dir (hf), data_dir (tfds)
   c.data.train_examples = 0            # > 0: train on this many examples (small-data ablation)
   c.data.subsample_seed = 0            # which subset (the same for every run seed)
-  # Your own files (data.source=csv|jsonl; README "Your own data"); '' = not set:
+  # Your own files (data.source=csv|jsonl; docs/own-data.md); '' = not set:
   c.data.path = ""                     # folder holding train.csv|.tsv|.jsonl and dev.<same>
   c.data.train_file = ""               # the training file itself (instead of data.path's)
   c.data.dev_file = ""                 # the dev file itself (instead of data.path's)
@@ -78,15 +78,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.pass_segment_ids = True      # False reproduces the reference code's quirk (all zeros)
   c.model.head = "transformers"        # transformers | reference (RoBERTa: dropout after tanh only, dense U(+-1/sqrt(in)))
   c.model.roberta_prefix_space = False  # True: a space before each text segment, as transformers 2.5.1's RoBERTa tokenizer
-  c.model.tiny = ml_collections.ConfigDict(dict(
+  c.model.tiny = ml_collections.ConfigDict(dict(  # size of the tiny-* random models (demo, tests)
       hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
       max_position_embeddings=256, vocab_size=2000, init_seed=0))
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 2e-5                    # peak learning rate
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.999
-  c.optim.eps = 1e-6
+  c.optim.b1 = 0.9                     # Adam's beta1
+  c.optim.b2 = 0.999                   # Adam's beta2
+  c.optim.eps = 1e-6                   # Adam's epsilon (where it is added: eps_mode)
   c.optim.bias_correction = False      # False = BERTAdam (Devlin); True = the paper's baseline
   c.optim.eps_mode = "hf"              # hf (reference: eps outside the corrected root) | optax
   c.optim.warmup_ratio = 0.1           # linear warmup over int(ratio * total steps), from 0
@@ -95,12 +95,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.moments_dtype = "float32"    # float32 | bfloat16 (Adam moments)
 
   c.train = ml_collections.ConfigDict()
-  c.train.epochs = 3.0
+  c.train.epochs = 3.0                 # training epochs (a fraction is allowed)
   c.train.max_steps = 0                # > 0 overrides epochs
   c.train.steps_of_full_epochs = 0.0   # > 0: train as many steps as E epochs of the full set
-  c.train.batch_size = 16
-  c.train.eval_batch_size = 100
-  c.train.max_seq_length = 128
+  c.train.batch_size = 16              # examples per step and seed
+  c.train.eval_batch_size = 100        # dev examples per evaluation batch
+  c.train.max_seq_length = 128         # tokens per example (pairs truncated longest-first)
   c.train.evals_per_epoch = 3          # dev evaluations per epoch (plus step 0 and the end)
   c.train.eval_every_steps = 0         # > 0: evaluate every N steps and at each epoch end (the
                                        # reference's rule) instead; -1: the reference's own N

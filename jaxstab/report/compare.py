@@ -104,12 +104,19 @@ def markdown(settings, paper=False) -> str:
   for s in settings:
     majority.setdefault(s["task"], 100 * s["majority"][s["metric"]])
   table = stats.table1_markdown(settings)
-  if paper:
+  in_paper = sorted({t for row in PAPER_TABLE1.values() for t in row})
+  without = [t for t in tasks if t not in in_paper]
+  if paper and len(without) < len(tasks):
     table += "".join(
         f"\n| paper, BERT-large: {recipe} | "
-        + " | ".join(" / ".join(f"{x:.1f}" for x in row[t]) if t in row else "" for t in tasks)
+        + " | ".join(" / ".join(f"{x:.1f}" for x in row[t]) if t in row else "—" for t in tasks)
         + " |" for recipe, row in PAPER_TABLE1.items())
-  lines = [table, "",
+  lines = [table, ""]
+  if paper and without:  # say why, rather than print rows of empty cells
+    lines += [f"--paper: the paper's Table 1 has no numbers for "
+              f"{', '.join(t.upper() for t in without)}; "
+              f"it reports {', '.join(t.upper() for t in in_paper)}.", ""]
+  lines += [
            "Dev metric ×100, std / mean / median / max, " + _reported(settings)
            + "; a failed run ends training at or below the majority classifier: "
            + ", ".join(f"{t.upper()} {majority[t]:.1f}" for t in tasks) + ".", ""]

@@ -21,7 +21,7 @@ from jaxstab.infra import checkpoint, fs
 from jaxstab.data import dataset, metrics
 from jaxstab.engine import models, parallel
 from jaxstab.results import outputs
-from jaxstab.study import early_stop, evaluation, merge, runs as runs_lib
+from jaxstab.study import early_stop, evaluation, merge, progress as progress_lib, runs as runs_lib
 from jaxstab.data import tasks
 from jaxstab.engine import inputs as inputs_lib
 from jaxstab.infra import lock as lock_lib
@@ -81,9 +81,11 @@ def run_setting(cfg, workdir: str) -> dict:
       else:
         _train_early_stop(cfg, plan, engine, stop)
     summary = merge.merge(cfg, plan)
-  logging.info("%s: %d/%d failed runs; reported %s (select=%s) %s", workdir,
+  spread = summary["reported_spread"]
+  logging.info("%s: %d/%d failed runs; %s (%s) std / mean / median / max x100: %s", workdir,
                summary["failed_runs"], len(plan.seeds), plan.task.metric, cfg.select,
-               summary["reported_spread"])
+               " / ".join(f"{100 * spread[k]:.1f}" if spread.get(k) is not None else "—"
+                          for k in ("std", "mean", "median", "max")))
   return summary
 
 
@@ -186,11 +188,12 @@ def _keys(plan: Plan, numbers):
   return seed_keys, data_keys
 
 
-def _train_until(state, engine: Engine, progress: _Group, point: int, ckpt, stop):
+def _train_until(state, engine: Engine, progress: _Group, point: int, ckpt, stop, clock):
   """Train steps up to `point`; checkpoints when due; a SIGTERM saves and stops."""
   while progress.step < point:
     state = engine.programs.step(state, engine.train_on_device, engine.programs.anchor)
     progress.step += 1
+    clock.stepped(progress.step)
     checkpoint.fault("kill_at_step", progress.step)
     checkpoint.fault("sigterm_at_step", progress.step)
     if stop[0]:
@@ -238,20 +241,21 @@ def _train_group(cfg, plan: Plan, engine: Engine, group, stop, initial=None, unt
       group, engine.programs.seeds_per_group), cfg.checkpoint.every_steps, cfg.checkpoint.keep)
   state, progress = _start_group(plan, engine, group, ckpt, initial)
   done = {r["step"] for r in progress.records[group[0]]}
-  t0, first_step, eval_s = time.time(), progress.step, 0.0
+  t0, eval_s, clock = time.time(), 0.0, progress_lib.Clock()
+  end = until or plan.total_steps
   for point in plan.eval_steps:
     if point in done or (until is not None and point > until):
       continue
-    state = _train_until(state, engine, progress, point, ckpt, stop)
+    state = _train_until(state, engine, progress, point, ckpt, stop, clock)
     state, seconds = _evaluate(state, plan, engine, progress)
     eval_s += seconds
+    clock.evaluated(seconds)
     if ckpt.due(progress.step):
       ckpt.save(progress.step, state, progress.host_state())
-    elapsed = time.time() - t0
-    rate = (progress.step - first_step) * cfg.train.batch_size * len(group) / max(elapsed, 1e-9)
-    eta = ((until or plan.total_steps) - progress.step) / max(progress.step - first_step, 1) * elapsed
-    logging.info("seeds %s: step %d/%d, %.1f examples/s, ETA %.0fs, dev %s %s", group,
-                 progress.step, plan.total_steps, rate, eta, plan.task.metric,
+    left = sum(1 for p in plan.eval_steps if progress.step < p <= end)
+    logging.info("seeds %s: step %d/%d, %s, dev %s %s", group, progress.step, plan.total_steps,
+                 clock.line(progress.step, end, left, cfg.train.batch_size * len(group)),
+                 plan.task.metric,
                  " ".join(f"{progress.records[s][-1][plan.task.metric]:.3f}" for s in group))
   wall = time.time() - t0
   logging.info("seeds %s: %.0f s, of which evaluation %.0f s (%.0f%%)", group, wall, eval_s,
