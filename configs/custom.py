@@ -1,4 +1,4 @@
-"""Your own classification data, from CSV or JSON-lines files (README "Your own data").
+"""Your own classification data, from CSV or JSON-lines files (docs/own-data.md).
 
 Argument: the data's short keys below, then any key configs/rte.py takes (model=, setting=,
 fidelity=, lr=, epochs=, seeds=, task= ...), e.g.

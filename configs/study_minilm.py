@@ -5,7 +5,7 @@ gives the paper's bias-correction ablation (both Devlin variants at every learni
 
 Narrow it with the usual grid arguments; `ours_epochs=E` shortens the `ours` recipe (its
 settings are then named `<task>_ours_<E>ep`, so a shortened run never passes for the paper's
-20 epochs). The reduced CPU run in README's Results:
+20 epochs). The reduced CPU run of docs/results/README.md:
   --config=configs/study_minilm.py:tasks=rte,seeds=1-5,lrs=2e-5,ours_epochs=3
   --config.train.max_seq_length=64
 `model=FOLDER` loads MiniLM from another folder instead of the installed package, e.g. the fp16

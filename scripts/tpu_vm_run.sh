@@ -6,8 +6,8 @@
 # Each worker gets the same command; on a TPU VM `jax.distributed.initialize()` finds its peers
 # by itself (main.py joins automatically when it sees the TPU VM environment), the seed axis is
 # laid out over every chip of the slice, and only process 0 writes results. The workdir must be
-# visible to every worker: a bucket (--workdir=gs://BUCKET/study, as above; README "A workdir in a
-# bucket": a preempted slice's replacement resumes from it) or a shared disk. Each worker
+# visible to every worker: a bucket (--workdir=gs://BUCKET/study, as above; docs/studies.md "A workdir in
+# a bucket": a preempted slice's replacement resumes from it) or a shared disk. Each worker
 # installs jaxstab with the extras tpu,gcs (gcsfs for gs://); JAXSTAB_EXTRAS=... changes them.
 set -euo pipefail
 name=${1:?TPU name}; zone=${2:?zone}; shift 2

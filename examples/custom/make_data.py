@@ -4,7 +4,7 @@ negative, made from the phrases below (written for jaxstab, no outside text), 40
     python examples/custom/make_data.py [--out=examples/custom]
 
 The files are committed; tests/test_custom_data.py checks that this script still writes them
-byte for byte, and trains on them (README, "Your own data").
+byte for byte, and trains on them (README and docs/own-data.md).
 """
 import argparse
 import csv

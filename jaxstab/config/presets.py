@@ -55,8 +55,8 @@ SETTINGS = {
                  "optim.weight_decay": 1e-3},
 }
 
-# Every known difference between jaxstab and the reference code, switched together (README's
-# "Reference mode" table and BUILD_NOTES cite the reference file and line of each). Each key stays
+# Every known difference between jaxstab and the reference code, switched together (the table of
+# docs/reference-mode.md and BUILD_NOTES cite the reference file and line of each). Each key stays
 # settable alone; a setting's preset picks its fidelity, `fidelity=` picks another.
 FIDELITY = {
     "reference": {"model.pass_segment_ids": False, "model.head": "reference",

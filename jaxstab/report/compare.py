@@ -98,7 +98,7 @@ def markdown(settings, paper=False) -> str:
   """The table, the majority line, the pairwise tests (Levene, permutation), the intervals and
   expected best-of-n table (stats.uncertainty_markdown) and where each column came from; with
   `paper`, the paper's BERT-large rows for the same tasks below one's own (Table 1 alone, the
-  first block, is what table.md and README's results table hold)."""
+  first block, is what table.md and the results table of docs/results/README.md hold)."""
   tasks = list(dict.fromkeys(s["task"] for s in settings))
   majority = {}
   for s in settings:

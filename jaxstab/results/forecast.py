@@ -16,7 +16,7 @@ relative to the classifier's, since the start: higher = more likely to fail. A s
 to fail when its score exceeds THRESHOLD = ln 10: the ratio has fallen tenfold. The threshold is
 fixed a priori (not fit to any seeds): the paper's failed runs have lower-layer gradients two to
 three orders of magnitude below the successful runs', and one decade is well inside that gap and
-above the seed-to-seed noise of the ratio (single-batch norms; see README). A run whose written
+above the seed-to-seed noise of the ratio (single-batch norms; see docs/analyses.md). A run whose written
 records hold a non-finite loss or norm has diverged: score +inf. A seed with no usable record yet
 scores NaN (never predicted to fail).
 
