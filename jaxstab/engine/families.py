@@ -20,7 +20,7 @@ attention nor Mixout of its two-layer head.
 
 Code asks the record (`family_of(model.arch).shared_layer`, `.segment_ids`, ...), never compares
 family names, so adding a family means one record here plus whatever model code it needs (a
-probe interception, a head interceptor); the tests in tests/test_families.py check each record
+probe interception, a head interceptor); tests/test_family_records.py checks each record
 against the Flax model built from its tiny config.
 """
 import dataclasses
