@@ -50,7 +50,7 @@ import optax
 
 from jaxstab import analysis
 from jaxstab.infra import cli, fs
-from jaxstab.engine import models, probe
+from jaxstab.engine import families, models, probe
 from jaxstab.results import outputs
 from jaxstab.analysis.mlm_text import (MASK_PROB, REPLACE, WIKITEXT, batches_of, blocks,
                                         load_wikitext, mask_tokens, read_text)
@@ -79,7 +79,7 @@ class MaskedLM:
 
 def backbone_of(params, arch: str) -> dict:
   """The encoder of a classifier's params without the pooler (the MLM model has none)."""
-  return {k: v for k, v in params[arch].items() if k != "pooler"}
+  return {k: v for k, v in params[families.family_of(arch).backbone].items() if k != "pooler"}
 
 
 def _transformers():
@@ -90,8 +90,7 @@ def _transformers():
 
 
 def _mlm_class(arch):
-  tr = _transformers()
-  return {"bert": tr.FlaxBertForMaskedLM, "roberta": tr.FlaxRobertaForMaskedLM}[arch]
+  return getattr(_transformers(), families.family_of(arch).mlm)
 
 
 def _same_tree(a, b) -> Optional[str]:
@@ -131,13 +130,14 @@ def newly_initialised(flax_model, params, seed: int = PROBE_SEED) -> List[str]:
 def load_mlm(inputs: analysis.SettingInputs) -> MaskedLM:
   """The pretrained masked-LM model matching the setting's classifier (see module docstring)."""
   model, cfg = inputs.model, inputs.cfg
-  arch = model.arch
-  if arch == "albert":
-    raise ConfigError("forgetting per layer is undefined for ALBERT: its layers share one set of "
-                      "weights, so the top k layers cannot be restored separately")
-  if arch not in ("bert", "roberta"):  # ELECTRA's discriminator has no masked-LM head
+  arch, fam = model.arch, model.family
+  if fam.shared_layer:
+    raise ConfigError(f"forgetting per layer is undefined for {fam.title}: its layers share one "
+                      "set of weights, so the top k layers cannot be restored separately")
+  if not fam.mlm:  # e.g. ELECTRA's discriminator has no masked-LM head
+    with_mlm = " and ".join(f.title for f in families.FAMILIES.values() if f.mlm)
     raise ConfigError(f"the forgetting analysis measures masked-LM perplexity, which jaxstab "
-                      f"computes for BERT and RoBERTa / XLM-RoBERTa models; "
+                      f"computes for {with_mlm} models; "
                       f"{cfg.model.name_or_path} is a {arch} model")
   dtype = models.DTYPES[cfg.model.dtype]
   name = cfg.model.name_or_path
@@ -166,7 +166,7 @@ def load_mlm(inputs: analysis.SettingInputs) -> MaskedLM:
                         "checkpoint")
     source = f"{type(flax_model).__name__}.from_pretrained({name!r})"
   params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), dict(params))
-  key = arch
+  key = fam.backbone
   if key not in params:
     raise ConfigError(f"the masked-LM model of {name!r} has no {key!r} backbone "
                       f"(keys: {sorted(params)})")
@@ -240,7 +240,7 @@ def prepare(inputs: analysis.SettingInputs, text: str, text_name: str,
             max_tokens: int = 0, mask_seed: int = 0) -> Prepared:
   mlm = load_mlm(inputs)
   config = inputs.model.config
-  offset = int(config.pad_token_id or 0) + 1 if inputs.model.arch == "roberta" else 0
+  offset = inputs.model.family.position_offset(config)
   limit = int(config.max_position_embeddings) - offset
   if block_size > limit:
     raise ConfigError(f"--block_size={block_size} exceeds the {limit} positions of the model")

@@ -1,44 +1,130 @@
-"""The encoder families jaxstab handles, and what differs between them, in one table.
+"""The encoder families jaxstab handles: one `Family` record each, in the table `FAMILIES`.
 
 A family (`Model.arch`) is how jaxstab treats a model: its probe groups, its head, which
 stabilisers are defined for it. A transformers `model_type` maps to one family; XLM-RoBERTa and
 CamemBERT are RoBERTas (the same parameter tree, the same head, positions numbered from the
 padding id), loaded with their own Flax class where transformers has one.
 
-| family     | backbone key | head (drawn per seed)            | pooler | segment ids |
-|------------|--------------|----------------------------------|--------|-------------|
-| bert       | bert         | classifier                       | yes    | yes         |
-| roberta    | roberta      | classifier/dense, /out_proj      | no     | yes         |
-| albert     | albert       | classifier                       | yes    | yes         |
-| electra    | electra      | classifier/dense, /out_proj      | no     | yes         |
-| distilbert | distilbert   | pre_classifier, classifier       | no     | none        |
+| family     | head (drawn per seed)       | pooler | segment ids | shared layer | positions  |
+|------------|-----------------------------|--------|-------------|--------------|------------|
+| bert       | classifier                  | yes    | yes         | no           | from 0     |
+| roberta    | classifier/dense, /out_proj | no     | yes         | no           | pad id + 1 |
+| albert     | classifier                  | yes    | yes         | yes          | from 0     |
+| electra    | classifier/dense, /out_proj | no     | yes         | no           | from 0     |
+| distilbert | pre_classifier, classifier  | no     | none        | no           | from 0     |
+
+The backbone key of each is its name. Only RoBERTa's transformers head differs from the paper's
+reference head; only BERT and RoBERTa get the forgetting analysis (ELECTRA's discriminator has no
+masked-LM head; ALBERT's top layers cannot be restored apart); DistilBERT runs neither the fused
+attention nor Mixout of its two-layer head.
+
+Code asks the record (`family_of(model.arch).shared_layer`, `.segment_ids`, ...), never compares
+family names, so adding a family means one record here plus whatever model code it needs (a
+probe interception, a head interceptor); tests/test_family_records.py checks each record
+against the Flax model built from its tiny config.
 """
+import dataclasses
+from typing import Dict, Mapping, Optional, Tuple
+
 from jaxstab.infra.errors import ConfigError
 
-ARCHS = ("bert", "roberta", "albert", "electra", "distilbert")
+# model.tiny.* -> the config argument of that size, BERT's names (most families use them).
+BERT_SIZES = {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers",
+              "num_heads": "num_attention_heads", "intermediate_size": "intermediate_size"}
+BERT_DROPOUT = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """What jaxstab must know about one encoder family; each field replaces a test of its name."""
+  name: str                # Model.arch; also the backbone's key in the parameter tree
+  title: str               # how error messages name the family
+  # transformers model_type -> (config class, Flax sequence-classifier class), looked up on
+  # `transformers` only when a model is built (importing it takes seconds). The first entry is
+  # the family's own; its built-in tiny model is tiny-<model_type> for each entry.
+  classes: Mapping[str, Tuple[str, str]]
+  also: Tuple[str, ...] = ()  # model types with no Flax class, loaded with the family's own
+  note: str = ""              # said of the family where jaxstab lists what it supports
+  # Top-level keys of the head: the layers with no pretrained value, drawn per seed.
+  head_keys: Tuple[str, ...] = ("classifier",)
+  pooler: bool = True         # a pretrained pooler (probe group `pooler`)
+  segment_ids: bool = True    # the Flax classifier takes token_type_ids
+  # One layer applied at every depth (ALBERT): per-depth probe norms need interception, and
+  # layer-wise decay and re-initialisation of the top layers are undefined.
+  shared_layer: bool = False
+  positions_after_pad: bool = False  # positions numbered from pad_token_id + 1 (RoBERTa)
+  reference_head: bool = False       # the paper's code ran another head than transformers'
+  fused_attention: bool = True       # its self-attention is BERT's, so model.attention=xla|cudnn
+  dropout_keys: Tuple[str, ...] = BERT_DROPOUT  # config values model.dropout sets
+  sizes: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(BERT_SIZES))
+  narrow_embeddings: bool = False    # the tiny model's embeddings are half the hidden size
+  mlm: Optional[str] = None          # Flax masked-LM class of the forgetting analysis
+
+  @property
+  def backbone(self) -> str:
+    return self.name
+
+  @property
+  def mixout_head(self) -> bool:
+    """stabilisers.mixout_head needs a head that is `classifier` alone: the train step keeps
+    only that subtree's initial value as the head's Mixout target."""
+    return self.head_keys == ("classifier",)
+
+  def position_offset(self, config) -> int:
+    """Positions the model loses before the first token (RoBERTa: padding_idx + 1)."""
+    return int(config.pad_token_id or 0) + 1 if self.positions_after_pad else 0
+
+  def describe(self) -> str:
+    extra = ([f"also {', '.join(list(self.classes)[1:] + list(self.also))}"]
+             if len(self.classes) > 1 or self.also else []) + ([self.note] if self.note else [])
+    return self.name + (f" ({'; '.join(extra)})" if extra else "")
+
+
+FAMILIES: Dict[str, Family] = {f.name: f for f in (
+    Family("bert", "BERT", {"bert": ("BertConfig", "FlaxBertForSequenceClassification")},
+           mlm="FlaxBertForMaskedLM"),
+    Family("roberta", "RoBERTa / XLM-RoBERTa",
+           {"roberta": ("RobertaConfig", "FlaxRobertaForSequenceClassification"),
+            "xlm-roberta": ("XLMRobertaConfig", "FlaxXLMRobertaForSequenceClassification")},
+           also=("camembert",), pooler=False,
+           positions_after_pad=True, reference_head=True, mlm="FlaxRobertaForMaskedLM"),
+    # ALBERT has an MLM head, but forgetting restores layers one by one: refused (shared_layer).
+    Family("albert", "ALBERT", {"albert": ("AlbertConfig", "FlaxAlbertForSequenceClassification")},
+           shared_layer=True, dropout_keys=BERT_DROPOUT + ("classifier_dropout_prob",),
+           narrow_embeddings=True),
+    # The head falls back to hidden_dropout_prob only when classifier_dropout is None. Small
+    # ELECTRAs project narrower embeddings up (embeddings_project); the tiny one has it too.
+    Family("electra", "ELECTRA",
+           {"electra": ("ElectraConfig", "FlaxElectraForSequenceClassification")},
+           note="discriminator", pooler=False,
+           dropout_keys=BERT_DROPOUT + ("classifier_dropout",), narrow_embeddings=True),
+    # `pre_classifier` (dense + ReLU on the first token) does the pooler's job but is not in the
+    # pretrained checkpoint, so it is head. `classifier` comes first: init_head draws it from the
+    # seed's head key itself. Its config names sizes and dropouts its own way.
+    Family("distilbert", "DistilBERT",
+           {"distilbert": ("DistilBertConfig", "FlaxDistilBertForSequenceClassification")},
+           head_keys=("classifier", "pre_classifier"), pooler=False, segment_ids=False,
+           fused_attention=False,
+           dropout_keys=("dropout", "attention_dropout", "seq_classif_dropout"),
+           sizes={"hidden_size": "dim", "num_layers": "n_layers", "num_heads": "n_heads",
+                  "intermediate_size": "hidden_dim"}),
+)}
+
+ARCHS = tuple(FAMILIES)
 
 # transformers model_type -> family.
-MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta",
-               "camembert": "roberta", "albert": "albert", "electra": "electra",
-               "distilbert": "distilbert"}
+MODEL_TYPES = {t: f.name for f in FAMILIES.values() for t in list(f.classes) + list(f.also)}
 
 # Built-in tiny random models: name -> model_type (sized by the tokenizer and model.tiny.*).
-TINY = {"tiny-bert": "bert", "tiny-roberta": "roberta", "tiny-xlm-roberta": "xlm-roberta",
-        "tiny-albert": "albert", "tiny-electra": "electra", "tiny-distilbert": "distilbert"}
+TINY = {f"tiny-{t}": t for f in FAMILIES.values() for t in f.classes}
 
-# The top-level keys of the classification head: the layers with no pretrained value, which
-# models.init_head draws per seed and the probe counts as `classifier`. DistilBERT's
-# `pre_classifier` (dense + ReLU on the first token) is its pooler's counterpart but is not part
-# of the pretrained checkpoint, so it belongs to the head, like RoBERTa's classifier/dense.
-HEAD_KEYS = ("classifier", "pre_classifier")
-
-# Families whose Flax classifier takes no token_type_ids argument.
-NO_SEGMENT_IDS = ("distilbert",)
+# Every family's head keys, `classifier` first (init_head draws key i from fold_in(key, i), i > 0).
+HEAD_KEYS = tuple(sorted(dict.fromkeys(k for f in FAMILIES.values() for k in f.head_keys),
+                         key=lambda k: k != "classifier"))
 
 
 def supported() -> str:
-  return ("bert, roberta (also xlm-roberta, camembert), albert, electra (discriminator), "
-          "distilbert")
+  return ", ".join(f.describe() for f in FAMILIES.values())
 
 
 def arch_of_type(model_type: str, name: str = "") -> str:
@@ -53,48 +139,36 @@ def arch_of(config, name: str = "") -> str:
   return arch_of_type(getattr(config, "model_type", ""), name)
 
 
+def family_of(config_or_type, name: str = "") -> Family:
+  """The record of a family name (Model.arch), a transformers model_type or a config."""
+  key = (config_or_type if isinstance(config_or_type, str)
+         else getattr(config_or_type, "model_type", ""))
+  return FAMILIES[key] if key in FAMILIES else FAMILIES[arch_of_type(key, name)]
+
+
 def classes(model_type: str):
   """(config class, Flax sequence-classifier class) of a supported model_type."""
   import transformers as tr  # pylint: disable=import-outside-toplevel  # heavy; only when needed
-  table = {"bert": (tr.BertConfig, tr.FlaxBertForSequenceClassification),
-           "roberta": (tr.RobertaConfig, tr.FlaxRobertaForSequenceClassification),
-           "xlm-roberta": (tr.XLMRobertaConfig, tr.FlaxXLMRobertaForSequenceClassification),
-           "albert": (tr.AlbertConfig, tr.FlaxAlbertForSequenceClassification),
-           "electra": (tr.ElectraConfig, tr.FlaxElectraForSequenceClassification),
-           "distilbert": (tr.DistilBertConfig, tr.FlaxDistilBertForSequenceClassification)}
-  if model_type in table:
-    return table[model_type]
-  return table[arch_of_type(model_type)]  # camembert: transformers has no Flax class; a RoBERTa
+  fam = family_of(model_type)
+  config_cls, model_cls = fam.classes.get(model_type) or next(iter(fam.classes.values()))
+  return getattr(tr, config_cls), getattr(tr, model_cls)
 
 
 def dropout_overrides(arch: str, p: float) -> dict:
   """Config values that set every dropout of a family's classifier to p (model.dropout)."""
-  if arch == "distilbert":
-    return dict(dropout=p, attention_dropout=p, seq_classif_dropout=p)
-  kw = dict(hidden_dropout_prob=p, attention_probs_dropout_prob=p)
-  if arch == "albert":
-    kw["classifier_dropout_prob"] = p
-  if arch == "electra":
-    kw["classifier_dropout"] = p  # its head falls back to hidden_dropout_prob only when None
-  return kw
+  return {k: p for k in family_of(arch).dropout_keys}
 
 
 def tiny_config_kwargs(model_type: str, tiny, vocab_size: int, num_labels: int, tokenizer) -> dict:
   """Config arguments of a tiny random model of `model_type` sized by model.tiny (`tiny`)."""
-  arch = arch_of_type(model_type)
-  specials = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
-                  eos_token_id=tokenizer.sep_token_id)
-  if arch == "distilbert":  # its config uses its own names (dim, n_layers, ...); no segment ids
-    return dict(vocab_size=vocab_size, dim=tiny.hidden_size, n_layers=tiny.num_layers,
-                n_heads=tiny.num_heads, hidden_dim=tiny.intermediate_size,
-                max_position_embeddings=tiny.max_position_embeddings, num_labels=num_labels,
-                **specials)
-  kw = dict(vocab_size=vocab_size, hidden_size=tiny.hidden_size,
-            num_hidden_layers=tiny.num_layers, num_attention_heads=tiny.num_heads,
-            intermediate_size=tiny.intermediate_size,
-            max_position_embeddings=tiny.max_position_embeddings, num_labels=num_labels,
-            type_vocab_size=2, **specials)
-  if arch in ("albert", "electra"):
+  fam = family_of(model_type)
+  kw = {fam.sizes[k]: getattr(tiny, k) for k in BERT_SIZES}
+  kw.update(vocab_size=vocab_size, max_position_embeddings=tiny.max_position_embeddings,
+            num_labels=num_labels, pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+  if fam.segment_ids:
+    kw["type_vocab_size"] = 2
+  if fam.narrow_embeddings:
     # Narrower embeddings than the hidden size: ALBERT's factorisation, and ELECTRA's
     # `embeddings_project` (small ELECTRAs have it; base and large do not), so both are tested.
     kw["embedding_size"] = max(tiny.hidden_size // 2, 8)

@@ -43,15 +43,20 @@ class Model:
   attention: str = "reference"  # 'reference' | 'xla' | 'cudnn' (jaxstab.engine.attention)
   head: str = "transformers"   # one of HEADS (model.head)
 
+  @property
+  def family(self) -> families.Family:
+    """The family's record: what this model has (segment ids, a pooler, ...), by `arch`."""
+    return families.family_of(self.arch)
+
   def logits(self, params, batch, *, train: bool = False, dropout_key=None,
              pass_segment_ids: bool = True):
     """Forward pass; `batch` holds input_ids, attention_mask, token_type_ids. Logits in fp32.
     DistilBERT has no segment embeddings: it is never given token_type_ids."""
     kw = {}
-    if self.arch not in families.NO_SEGMENT_IDS:
+    if self.family.segment_ids:
       kw["token_type_ids"] = (batch["token_type_ids"] if pass_segment_ids
                               else jnp.zeros_like(batch["input_ids"]))
-    reference_head = self.head == "reference" and self.arch == "roberta"
+    reference_head = self.head == "reference" and self.family.reference_head
     with attention_lib.fused(self.attention), \
         (reference_roberta_head() if reference_head else contextlib.nullcontext()):
       out = self.flax_model(batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -159,7 +164,7 @@ def load(model_cfg, num_labels: int, tokenizer=None) -> Model:
         raise ConfigError(f"cannot load weights of {name!r}: {e}") from e
       flax_model = model_cls.from_pretrained(name, config=config, dtype=dtype, from_pt=True)
   arch = _arch_of(config)
-  if arch != "roberta":  # the reference head differs from transformers' for RoBERTa only
+  if not families.family_of(arch).reference_head:  # its reference head is transformers' one
     head = "transformers"
   params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), flax_model.params)
   return Model(flax_model, params, arch, int(config.num_hidden_layers), config, name, attention,
@@ -200,7 +205,7 @@ def check_fit(model: Model, tokenizer, max_seq_length: int) -> None:
     raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but model {model.name!r} only "
                       f"{vocab} embeddings: tokenizer and model do not match (model.tokenizer)")
   # RoBERTa numbers positions from padding_idx + 1, so it loses padding_idx + 1 positions.
-  offset = int(model.config.pad_token_id or 0) + 1 if model.arch == "roberta" else 0
+  offset = model.family.position_offset(model.config)
   limit = int(model.config.max_position_embeddings) - offset
   if max_seq_length > limit:
     raise ConfigError(f"train.max_seq_length={max_seq_length} exceeds the {limit} positions of "
@@ -225,13 +230,15 @@ def init_head(params, key, init_range: float, head: str = "transformers"):
   configs), so `dense` keeps PyTorch's nn.Linear default: weight and bias
   uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn from the run's seed (set_seed at
   run_finetuning.py line 903 comes before the model is built). The keys per leaf are the same in
-  both modes, so `out_proj` is the same draw either way. Only a RoBERTa tree (one with a
-  `roberta` backbone: RoBERTa, XLM-R) is drawn this way; ELECTRA's classifier/dense is N(0, init_range).
+  both modes, so `out_proj` is the same draw either way. Only a tree holding the backbone of a
+  family with `reference_head` (a `roberta` backbone: RoBERTa, XLM-R) is drawn this way;
+  ELECTRA's classifier/dense is N(0, init_range).
 
   `classifier` is drawn from `key` itself and DistilBERT's `pre_classifier` from
   fold_in(key, 1), so the families with a one-part head draw it from `key` alone.
   """
-  reference = head == "reference" and "roberta" in params
+  reference = head == "reference" and any(f.reference_head and f.backbone in params
+                                           for f in families.FAMILIES.values())
   out = dict(params)
   for i, root in enumerate(families.HEAD_KEYS):
     if root in params:

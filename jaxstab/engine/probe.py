@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxstab.infra import treepath
-from jaxstab.engine.families import HEAD_KEYS
+from jaxstab.engine.families import HEAD_KEYS, family_of
 
 ALBERT_LAYER_GROUP = "FlaxAlbertLayerCollections"  # one application of the shared layer group
 SCALARS = ("total_grad_norm", "param_norm", "update_norm", "loss", "lr", "bias_correction")
@@ -47,7 +47,7 @@ def group_of(path, arch: str) -> str:
 def group_names(params, arch: str, num_layers: int) -> List[str]:
   present = {group_of(p, arch) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
   names = ["embeddings"] + [f"layer_{i}" for i in range(num_layers)] + ["pooler", "classifier"]
-  if arch == "albert":
+  if family_of(arch).shared_layer:  # one layer's parameters, a norm per depth it is applied at
     present |= {f"layer_{i}" for i in range(num_layers)}
   return [n for n in names if n in present]
 

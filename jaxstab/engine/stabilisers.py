@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxstab.infra.errors import ConfigError
-from jaxstab.engine.families import HEAD_KEYS
+from jaxstab.engine.families import HEAD_KEYS, family_of
 from jaxstab.engine.probe import group_of
 from jaxstab.infra.treepath import names as path_names
 
@@ -80,9 +80,10 @@ def reinit_top_layers(params, key, arch: str, num_layers: int, k: int, pooler: b
   biases, LayerNorm scale 1 and bias 0. Lower layers and embeddings are returned unchanged."""
   if k < 0 or k > num_layers:
     raise ConfigError(f"stabilisers.reinit_layers={k} must be in [0, {num_layers}]")
-  if arch == "albert" and k > 0:
-    raise ConfigError("stabilisers.reinit_layers > 0 is undefined for ALBERT: its layers share "
-                      "one set of weights; use reinit_layers=0 (pooler only)")
+  fam = family_of(arch)
+  if fam.shared_layer and k > 0:
+    raise ConfigError(f"stabilisers.reinit_layers > 0 is undefined for {fam.title}: its layers "
+                      "share one set of weights; use reinit_layers=0 (pooler only)")
   targets = {f"layer_{i}" for i in range(num_layers - k, num_layers)} | ({"pooler"} if pooler else set())
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   keys = jax.random.split(key, len(flat))
@@ -102,8 +103,9 @@ def reinit_top_layers(params, key, arch: str, num_layers: int, k: int, pooler: b
 
 def layerwise_scales(params, arch: str, num_layers: int, gamma: float):
   """Per-parameter lr multipliers: head and pooler 1, layer_i gamma^(L-i), embeddings gamma^L."""
-  if arch == "albert" and gamma != 1.0:
-    raise ConfigError("stabilisers.llrd is undefined for ALBERT (all depths share one layer)")
+  fam = family_of(arch)
+  if fam.shared_layer and gamma != 1.0:
+    raise ConfigError(f"stabilisers.llrd is undefined for {fam.title} (all depths share one layer)")
 
   def scale(path, _):
     grp = group_of(path, arch)

@@ -128,7 +128,7 @@ def make_train_step(model: models.Model, tx, schedule: Callable, *, n_train: int
   many). `anchor` (stabilisers.anchor_of(pretrained)) is needed by Mixout and prior_wd.
   `mixout_head`: Mixout also mixes the head, toward the seed's initial head (re-drawn each step
   from the seed key and the anchor's head shapes: the same draw as initial_params)."""
-  is_albert = model.arch == "albert"  # per-depth norms of the shared layer need interception
+  shared_layer = model.family.shared_layer  # per-depth norms of a shared layer need interception
 
   def loss_fn(params, deltas, batch, weight, dropout_key, mixout_key, anchor, head0):
     if mixout > 0:
@@ -150,7 +150,7 @@ def make_train_step(model: models.Model, tx, schedule: Callable, *, n_train: int
     batch = data_lib.gather(train_arrays, idx)
     dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, DROPOUT), step)
     deltas = None
-    if is_albert and probe_every > 0:
+    if shared_layer and probe_every > 0:
       zeros = jax.tree_util.tree_map(jnp.zeros_like, probe.albert_shared(state.params))
       deltas = [zeros] * model.num_layers
     head0 = (models.init_head(anchor, jax.random.fold_in(state.key, HEAD),

@@ -9,7 +9,7 @@ config".
 """
 import jax
 
-from jaxstab.engine import attention, models, optim, stabilisers
+from jaxstab.engine import attention, families, models, optim, stabilisers
 from jaxstab.config import config_lib
 from jaxstab.data import custom_data, dataset, tasks
 from jaxstab.study import early_stop, runs as runs_lib
@@ -69,25 +69,27 @@ def check_model(cfg, arch: str, num_layers: int) -> None:
   """The checks that need the model's architecture and depth (from models.shape_of or a loaded
   model). Re-initialisation and layer-wise decay work for every family whose layers are
   separate (BERT, RoBERTa/XLM-R, ELECTRA, DistilBERT); ALBERT shares one layer."""
-  st = cfg.stabilisers
-  if arch not in models.ARCHS:
-    raise ConfigError(f"model {cfg.model.name_or_path!r} is a {arch!r} model; jaxstab handles "
-                      f"{', '.join(models.ARCHS)} (model.name_or_path)")
-  if arch == "distilbert" and cfg.model.attention != "reference":
-    raise ConfigError(f"model.attention={cfg.model.attention!r} is not available for DistilBERT "
-                      f"({cfg.model.name_or_path}): its attention module is not BERT's; use "
+  st, name = cfg.stabilisers, cfg.model.name_or_path
+  if arch not in families.FAMILIES:
+    raise ConfigError(f"model {name!r} is a {arch!r} model; jaxstab handles "
+                      f"{', '.join(families.FAMILIES)} (model.name_or_path)")
+  fam = families.FAMILIES[arch]
+  if not fam.fused_attention and cfg.model.attention != "reference":
+    raise ConfigError(f"model.attention={cfg.model.attention!r} is not available for {fam.title} "
+                      f"({name}): its attention module is not BERT's; use "
                       "model.attention='reference'")
-  if arch == "distilbert" and st.mixout > 0 and st.get("mixout_head", False):
-    raise ConfigError(f"stabilisers.mixout_head=True is not supported for DistilBERT "
-                      f"({cfg.model.name_or_path}): its head is two layers (pre_classifier, "
-                      "classifier) and only the classifier's initial value is kept as Mixout's "
-                      "target; use stabilisers.mixout_head=False (or fidelity=corrected)")
-  if arch == "albert" and st.llrd != 1.0:
-    raise ConfigError(f"stabilisers.llrd={st.llrd} is undefined for ALBERT ({cfg.model.name_or_path}"
-                      "): all its depths share one layer; use stabilisers.llrd=1.0")
-  if arch == "albert" and st.reinit_layers > 0:
-    raise ConfigError("stabilisers.reinit_layers > 0 is undefined for ALBERT: its layers share "
-                      "one set of weights; use reinit_layers=0 (pooler only)")
+  if not fam.mixout_head and st.mixout > 0 and st.get("mixout_head", False):
+    raise ConfigError(f"stabilisers.mixout_head=True is not supported for {fam.title} "
+                      f"({name}): its head is {len(fam.head_keys)} layers "
+                      f"({', '.join(fam.head_keys)}) and only the classifier's initial "
+                      "value is kept as Mixout's target; use stabilisers.mixout_head=False (or "
+                      "fidelity=corrected)")
+  if fam.shared_layer and st.llrd != 1.0:
+    raise ConfigError(f"stabilisers.llrd={st.llrd} is undefined for {fam.title} ({name}): all its "
+                      "depths share one layer; use stabilisers.llrd=1.0")
+  if fam.shared_layer and st.reinit_layers > 0:
+    raise ConfigError(f"stabilisers.reinit_layers > 0 is undefined for {fam.title}: its layers "
+                      "share one set of weights; use reinit_layers=0 (pooler only)")
   if st.reinit_layers > num_layers:
     raise ConfigError(f"stabilisers.reinit_layers={st.reinit_layers} must be in [0, {num_layers}] "
                       f"({cfg.model.name_or_path} has {num_layers} layers)")
