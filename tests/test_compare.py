@@ -164,7 +164,7 @@ def test_readme_gpu_table_is_what_compare_makes_of_the_committed_summaries():
   workdirs = [os.path.join(root, "docs", "results", "gpu", f"minilm_{t}")
               for t in ("rte", "mrpc", "cola")]
   settings = compare.gather(workdirs)
-  assert all(len(s["runs"]) == 25 for s in settings)
+  assert all(len(s.runs) == 25 for s in settings)
   table = compare.markdown(settings, paper=True).split("\n\n")[0].strip()
   with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
     readme = f.read()
