@@ -193,11 +193,12 @@ def test_a_bucket_workdir_reads_as_the_local_one(bucket, tmp_path):  # noqa: F81
   # compare reads it the same way: the same tables, only the sources line names the bucket
   text = compare.markdown(compare.gather([remote]))
   assert text == compare.markdown(compare.gather([local])).replace(local, remote)
-  # the report builds from the bucket into a local folder
+  # the report reads the bucket in place and writes into a local folder (--out)
+  from jaxstab.report import __main__ as report_cli  # pylint: disable=import-outside-toplevel
   from jaxstab.report.builder import build  # pylint: disable=import-outside-toplevel
-  report = build(remote, str(tmp_path / "rep"))
-  assert report.captions["spread"] and os.path.isfile(report.index)
-  assert remote in open(report.index, encoding="utf-8").read()
+  assert report_cli.main([f"--workdir={remote}/{sub}", f"--out={tmp_path / 'rep'}"]) == 0
+  page = (tmp_path / "rep" / "index.html").read_text(encoding="utf-8")
+  assert f"{remote}/{sub}" in page and len(list((tmp_path / "rep").glob("*.png"))) >= 5
   with pytest.raises(ConfigError, match="pass a local folder"):
     build(remote)
   fs.write_text(f"{remote}/summary.json", '{"runs": [')
