@@ -22,15 +22,15 @@ from jaxstab.results import records  # noqa: E402  pylint: disable=wrong-import-
 
 def replay(workdir: str, at: float, keep: int):
   setting = records.load(workdir).settings[0]  # a plain run, or a study's first setting
-  summary, probe = setting.summary, setting.probe
-  metric, select, total = summary["metric"], summary["select"], summary["total_steps"]
+  probe, metric, select = setting.probe, setting.metric, setting.select
+  total = setting.summary.total_steps
   step = min(max(1, int(round(at * total))), total - 1)
-  records = {}
+  dev = {}  # seed -> its dev evaluations (metrics.jsonl)
   for r in setting.records:
     if r.get("kind") == "dev":
-      records.setdefault(int(r["seed"]), []).append(r)
-  runs = {int(r["seed"]): r for r in summary["runs"]}
-  evaluated = {r["step"] for rs in records.values() for r in rs}
+      dev.setdefault(int(r["seed"]), []).append(r)
+  runs = {int(r.seed): r for r in setting.runs}
+  evaluated = {r["step"] for rs in dev.values() for r in rs}
   if step not in evaluated:
     raise SystemExit(f"step {step} (at={at} of {total}) is not an evaluation step of {workdir}; "
                      f"choose `at` from {sorted(evaluated)} / {total}")
@@ -38,10 +38,10 @@ def replay(workdir: str, at: float, keep: int):
   probe_scores = early_stop.score_probe({k: probe[k] for k in ("grad_norm", "step", "loss")},
                                         [str(g) for g in probe["groups"]], step)
   scores = {
-      "dev": {n: early_stop.score_dev(records[n], metric, step) for n in runs},
+      "dev": {n: early_stop.score_dev(dev[n], metric, step) for n in runs},
       "probe": {n: float(probe_scores[seeds.index(n)]) for n in runs},
   }
-  value = lambda n: runs[n][select][metric]
+  value = lambda n: runs[n].value(select, metric)
   rows = []
   for by, sc in scores.items():
     continued, _ = early_stop.choose(sc, keep)
@@ -54,7 +54,7 @@ def replay(workdir: str, at: float, keep: int):
   print("|---|---|---|---|---|---|")
   for name, cost, continued in rows:
     vals = [value(n) for n in continued]
-    failed = sum(bool(runs[n]["failed"]) for n in continued)
+    failed = sum(bool(runs[n].failed) for n in continued)
     print(f"| {name} | {100 * cost:.0f}% | {100 * max(vals):.1f} | {100 * np.mean(vals):.1f} | "
           f"{failed}/{len(continued)} | {', '.join(map(str, continued))} |")
 

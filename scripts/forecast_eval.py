@@ -35,7 +35,7 @@ def main(argv=None) -> int:
   for s in settings:
     f = compare.setting_forecast(s, stored=args.stored) or (
         None if args.stored else compare.setting_forecast(s, stored=True))
-    (named if f else missing).append((s["name"], s["task"], f))
+    (named if f else missing).append((s.name, s.task, f))
   table = forecast.markdown(named)
   print(table or "No setting has a probe.npz or a stored forecast.")
   for name, _, _ in missing:

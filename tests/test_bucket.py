@@ -122,7 +122,7 @@ def test_study_in_a_bucket_writes_there_resumes_and_refuses_a_changed_config(buc
   # The cross-workdir table reads the bucket too, also while the study summary is absent.
   assert compare.markdown(compare.gather([workdir])).startswith(summary["table"])
   (store / "summary.json").unlink()
-  assert [s["name"] for s in compare.gather([workdir])] == ["demo_devlin", "demo_ours"]
+  assert [s.name for s in compare.gather([workdir])] == ["demo_devlin", "demo_ours"]
 
   changed = cfg.copy_and_resolve_references()
   changed.optim.lr = 5e-4

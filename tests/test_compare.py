@@ -1,5 +1,6 @@
 """One table from several workdirs: a two-recipe RTE study and a plain MRPC run, tiny BERT on real
 GLUE text, merged by `python -m jaxstab.compare` without retraining."""
+import dataclasses
 import json
 import math
 import os
@@ -120,7 +121,7 @@ def test_paper_rows_only_for_the_papers_tasks(workdirs):
   line instead of printing the paper's rows with empty cells; with one task of the paper among
   others, the rows stay and the other tasks' cells say '—'."""
   rte, mrpc = workdirs
-  settings = [dict(s, task="demo", majority={s["metric"]: s["majority"][s["metric"]]})
+  settings = [dataclasses.replace(s, summary=dataclasses.replace(s.summary, task="demo"))
               for s in compare.gather([rte])]
   text = compare.markdown(settings, paper=True)
   assert "paper, BERT-large" not in text
@@ -185,7 +186,7 @@ def test_readme_gpu_table_is_what_compare_makes_of_the_committed_summaries():
   workdirs = [os.path.join(root, "docs", "results", "gpu", f"minilm_{t}")
               for t in ("rte", "mrpc", "cola")]
   settings = compare.gather(workdirs)
-  assert all(len(s["runs"]) == 25 for s in settings)
+  assert all(len(s.runs) == 25 for s in settings)
   table = compare.markdown(settings, paper=True).split("\n\n")[0].strip()
   with open(os.path.join(root, "docs", "results", "README.md"), encoding="utf-8") as f:
     readme = f.read()

@@ -77,7 +77,7 @@ def test_report_of_a_real_run(real_run):
 
 def test_the_bias_correction_curve_is_what_training_used(real_run):
   setting = records.load(real_run).settings[0]
-  c = schedule.curve(setting.config["optim"], setting.summary["total_steps"])
+  c = schedule.curve(setting.config["optim"], setting.summary.total_steps)
   p = setting.probe
   assert p["step"].tolist() == [0, 2, 4]
   for i in range(len(p["seeds"])):  # the probe recorded lr(step) and the factor at t = step + 1

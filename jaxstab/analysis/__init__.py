@@ -11,13 +11,11 @@ Command lines: python -m jaxstab.loss_surface, python -m jaxstab.forgetting.
 """
 import argparse
 import dataclasses
-import json
-import os
 from typing import Optional
 
 import ml_collections
 
-from jaxstab.infra import checkpoint
+from jaxstab.infra import checkpoint, fs
 from jaxstab.results import outputs, records
 from jaxstab.engine import inputs as inputs_lib
 from jaxstab.engine import train as train_lib
@@ -30,7 +28,7 @@ class SettingInputs:
   name: str
   directory: str
   cfg: object            # ml_collections.ConfigDict, the setting's full config
-  summary: dict          # the setting's summary.json (runs with their `failed` flags)
+  summary: records.SettingSummary  # runs with their `failed` flags
   task: object
   model: object          # jaxstab.engine.models.Model (pretrained params, random head)
   tokenizer: object
@@ -38,8 +36,8 @@ class SettingInputs:
 
 
 def select_settings(workdir: str, setting: Optional[str] = None):
-  """[(name, directory, summary)] of the settings of a finished run or study; `setting` narrows
-  to one (by name). Raises ConfigError naming what exists."""
+  """[(name, directory, SettingSummary)] of the settings of a finished run or study; `setting`
+  narrows to one (by name). Raises ConfigError naming what exists."""
   study = records.load(workdir)
   found = [(s.name, s.directory, s.summary) for s in study.settings]
   if setting:
@@ -51,17 +49,16 @@ def select_settings(workdir: str, setting: Optional[str] = None):
   return found
 
 
-def load_setting(name: str, directory: str, summary: Optional[dict] = None) -> SettingInputs:
+def load_setting(name: str, directory: str,
+                 summary: Optional[records.SettingSummary] = None) -> SettingInputs:
   """Rebuilds model, tokenizer and the training arrays of a finished setting from its
   config.json, through the same public functions training uses (jaxstab.engine.inputs)."""
-  path = os.path.join(directory, outputs.CONFIG)
-  if not os.path.isfile(path):
+  path = fs.join(directory, outputs.CONFIG)
+  if not fs.isfile(path):
     raise ConfigError(f"{path} not found: {directory} is not a finished jaxstab setting")
-  with open(path, encoding="utf-8") as f:
-    cfg = ml_collections.ConfigDict(json.load(f))
+  cfg = ml_collections.ConfigDict(records.read_config(directory))
   if summary is None:
-    with open(os.path.join(directory, outputs.SUMMARY), encoding="utf-8") as f:
-      summary = json.load(f)
+    summary = records.read_setting(directory)
   loaded = inputs_lib.load(cfg)
   arrays = inputs_lib.tokenize(cfg, loaded, inputs_lib.token_cache_dir(directory))
   return SettingInputs(name, directory, cfg, summary, loaded.task, loaded.model,
@@ -83,10 +80,9 @@ def final_params(inputs: SettingInputs, seed: int):
   return checkpoint.load_params(inputs.directory, seed, inputs.model.params)
 
 
-def run_failed(summary: dict) -> dict:
+def run_failed(summary: records.SettingSummary) -> dict:
   """seed -> the summary's `failed` flag, for every run of a setting."""
-  return {int(r["seed"]): bool(r.get("failed")) for r in summary.get("runs", [])
-          if r.get("seed") is not None}
+  return {int(r.seed): bool(r.failed) for r in summary.runs if r.seed is not None}
 
 
 def add_workdir_flags(parser: argparse.ArgumentParser) -> None:

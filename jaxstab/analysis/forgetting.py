@@ -287,7 +287,7 @@ def compute(inputs: analysis.SettingInputs, prepared: Prepared,
 
 
 def save(result: dict, path: str) -> str:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fs.makedirs(os.path.dirname(path))
   outputs.write_json(path, result)
   return path
 

@@ -154,8 +154,8 @@ def choose_seeds(inputs: analysis.SettingInputs, failed_seed: Optional[int] = No
     raise ConfigError(f"{inputs.directory} keeps the final params of {len(kept)} seed(s) "
                       f"({kept}); the loss surface needs two. Train with "
                       "--config.checkpoint.keep_final_params=True")
-  summary = dict(inputs.summary, runs=[r for r in inputs.summary.get("runs", [])
-                                       if r.get("seed") in kept])
+  summary = dataclasses.replace(inputs.summary,
+                                runs=tuple(r for r in inputs.summary.runs if r.seed in kept))
   setting = records.Setting(inputs.name, inputs.directory, summary, None, None, [], [])
   p = picks.pick(setting)
   f = p.failed_seed if failed_seed is None else int(failed_seed)
@@ -205,7 +205,7 @@ def initial_params(inputs: analysis.SettingInputs, seed: int):
 
 def save(surface: Surface, path: str) -> str:
   """Writes the surface as npz atomically (temp file + rename); outputs.read_npz reads it."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fs.makedirs(os.path.dirname(path))
   outputs.write_npz(path, alpha=surface.alpha, beta=surface.beta, loss=surface.loss,
                     seeds=np.asarray([surface.failed_seed, surface.success_seed]),
                     failed_seed=np.asarray(surface.failed_seed),

@@ -6,6 +6,7 @@ import sys
 import jax
 
 from jaxstab.infra import cli, fs
+from jaxstab.infra.errors import ConfigError
 from jaxstab.report.builder import build
 
 
@@ -13,10 +14,15 @@ def main(argv=None) -> int:
   parser = cli.parser("jaxstab.report",
                       "Build the figures and index.html of a finished jaxstab run or study.")
   parser.add_argument("--workdir", required=True, help="the --workdir of a finished run or study")
-  parser.add_argument("--out", default=None, help="output folder (default: WORKDIR/report)")
+  parser.add_argument("--out", default=None, help="output folder (default: WORKDIR/report; "
+                      "a local folder for a workdir in a bucket)")
 
   def body(args):
-    fs.require_local(args.workdir, parser.prog)
+    if fs.is_remote(args.workdir) and (args.out is None or fs.is_remote(args.out)):
+      # The workdir is read in place (results.records); the figures need a local folder.
+      raise ConfigError(f"{parser.prog} reads {args.workdir} in place but writes the report to "
+                        f"a local folder: pass --out=DIR, or copy the workdir first, e.g. "
+                        f"`gsutil -m cp -r {args.workdir} .`, and pass the local folder")
     if not os.environ.get("JAX_PLATFORMS"):
       # Only a few schedule values are computed: never take (or wait for) an accelerator.
       jax.config.update("jax_platforms", "cpu")

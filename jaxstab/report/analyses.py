@@ -8,7 +8,6 @@
 
 Each function reads one file, saves one PNG and returns its caption.
 """
-import json
 import math
 import os
 
@@ -16,6 +15,7 @@ import numpy as np
 from matplotlib import colors
 from matplotlib.lines import Line2D
 
+from jaxstab.infra import fs
 from jaxstab.results import outputs
 from jaxstab.report import figures
 
@@ -74,8 +74,7 @@ def _value_at(alpha, beta, loss, a, b) -> float:
 def forgetting(path_json: str, path_png: str, title: str) -> str:
   """Perplexity vs k, one thin line per seed (failed red, successful blue), the mean of each group
   bold, the pretrained model dashed."""
-  with open(path_json, encoding="utf-8") as f:
-    r = json.load(f)
+  r = fs.read_json(path_json)
   k = np.asarray(r["k"])
   fig = figures.new_figure(8.0, 5.2)
   ax = fig.subplots()

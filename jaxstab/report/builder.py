@@ -4,6 +4,8 @@ import os
 import re
 from typing import Dict, List
 
+from jaxstab.infra import fs
+from jaxstab.infra.errors import ConfigError
 from jaxstab.results import outputs, picks, records
 from jaxstab.report import analyses, figures, gradnorms, html, seed_grid
 from jaxstab.report import forecast as forecast_fig
@@ -27,9 +29,12 @@ def expected_max_key(task: str) -> str:
 
 
 def build(workdir: str, out: str = None) -> Report:
-  """Reads `workdir` (a finished run or study) and writes the report into `out`
-  (default workdir/report). Raises jaxstab.infra.errors.ConfigError when workdir is not finished."""
+  """Reads `workdir` (a finished run or study, local or in a bucket) and writes the report into
+  `out` (default workdir/report; a local folder, since matplotlib writes the figures there).
+  Raises jaxstab.infra.errors.ConfigError when workdir is not finished."""
   study = records.load(workdir)
+  if out is None and fs.is_remote(study.workdir):
+    raise ConfigError(f"{study.workdir} is in a bucket: pass a local folder for the report")
   out = os.path.abspath(out or os.path.join(study.workdir, "report"))
   os.makedirs(out, exist_ok=True)
   settings = study.settings
@@ -115,8 +120,7 @@ def build(workdir: str, out: str = None) -> Report:
       fig("train_loss", "training-loss curves of every seed"),
   ]
   index = os.path.join(out, "index.html")
-  with open(index, "w", encoding="utf-8") as f:
-    f.write(html.page(study, out, sections, notes))
+  fs.write_text(index, html.page(study, out, sections, notes))
   return Report(index, pngs, captions, chosen)
 
 
@@ -127,7 +131,7 @@ def _analysis_figures(settings, out, kind, pngs, captions, notes):
   found = []
   for s in settings:
     data = outputs.analysis_path(s.directory, filename)
-    if not os.path.isfile(data):
+    if not fs.isfile(data):
       continue
     key = f"{kind}_{safe_name(s.name)}"
     path = os.path.join(out, f"{key}.png")

@@ -13,10 +13,12 @@ forecast or a probe.npz, how well its early gradient norms forecast the failed s
 Command line: python -m jaxstab.compare WORKDIR [WORKDIR ...] [--out=FILE.md] [--paper]
 (console script: jaxstab-compare)
 """
+import dataclasses
 import sys
+from typing import List
 
 from jaxstab.infra import cli, fs
-from jaxstab.results import forecast, outputs, stats
+from jaxstab.results import forecast, outputs, records, stats
 from jaxstab.infra.errors import ConfigError
 
 
@@ -32,7 +34,42 @@ PAPER_TABLE1 = {
 }
 
 
-def gather(workdirs) -> list:
+# What a setting needs to be a row of the table (compare checks it before reading further, so a
+# file that is not a summary is refused by name).
+NEED = ("task", "setting", "metric", "majority", "runs", "failed_runs", "final_spread")
+
+
+@dataclasses.dataclass(frozen=True)
+class Gathered:
+  """One setting of the table: its summary (with `name` and `recipe` as the table names them)
+  and where it came from."""
+  summary: records.SettingSummary
+  workdir: str                  # the WORKDIR argument it was found under
+  directory: str                # the folder with its probe.npz
+  unfinished: bool = False      # from a study still running or stopped
+
+  @property
+  def name(self) -> str:
+    return self.summary.name
+
+  @property
+  def recipe(self) -> str:
+    return self.summary.recipe
+
+  @property
+  def task(self) -> str:
+    return self.summary.task
+
+  @property
+  def runs(self):
+    return self.summary.runs
+
+  def as_json(self) -> dict:
+    """The summary entry as jaxstab.results.stats computes on it."""
+    return self.summary.to_json()
+
+
+def gather(workdirs) -> List[Gathered]:
   """Every setting of every workdir, tagged with its workdir and its recipe.
 
   A workdir may be a finished run or study (its summary.json), one setting folder of a study, or
@@ -43,55 +80,41 @@ def gather(workdirs) -> list:
   out, seen = [], {}
   for wd in workdirs:
     for s in _settings_of(wd):
-      key = (s["task"], s["recipe"])
+      key = (s.task, s.recipe)
       if key in seen:
-        raise ConfigError(f"task {s['task']!r}, recipe {s['recipe']!r} is in both {seen[key]} "
+        raise ConfigError(f"task {s.task!r}, recipe {s.recipe!r} is in both {seen[key]} "
                           f"and {wd}; pass only one of them")
       seen[key] = wd
-      out.append(dict(s, workdir=wd))
+      out.append(s)
   return out
 
 
-def _settings_of(wd) -> list:
+def _settings_of(wd) -> List[Gathered]:
   path = fs.join(wd, outputs.SUMMARY)
   if fs.isfile(path):
-    summary = _read(path)
-    if "settings" in summary:
-      # a plain run's summary lists its one setting too, but its files are in wd itself
-      where = lambda n: fs.join(wd, n) if fs.isdir(fs.join(wd, n)) else wd
-      return [dict(s, recipe=s.get("recipe") or s["setting"], directory=where(s["name"]))
-              for s in summary["settings"]]
-    return [dict(_one_setting(summary, wd.rstrip("/").rsplit("/", 1)[-1], unfinished=False),
-                 directory=wd)]
+    study = records.read_study(wd, NEED)
+    if study.bare:  # one setting folder of a study, named by its folder
+      return [_one_setting(study.settings[0], wd.rstrip("/").rsplit("/", 1)[-1], wd, wd,
+                           unfinished=False)]
+    # a plain run's summary lists its one setting too, but its files are in wd itself
+    where = lambda n: fs.join(wd, n) if fs.isdir(fs.join(wd, n)) else wd
+    return [Gathered(dataclasses.replace(s, recipe=s.recipe or s.setting), wd, where(s.name))
+            for s in study.settings]
   names = ([n for n in fs.listdir(wd) if fs.isfile(fs.join(wd, n, outputs.SUMMARY))]
            if fs.isdir(wd) else [])
   if not names:
     raise ConfigError(f"{path} not found, nor any <setting>/summary.json under it: {wd} holds "
                       "no finished run, study or study setting")
-  return [dict(_one_setting(_read(fs.join(wd, n, outputs.SUMMARY)), n, unfinished=True),
-               directory=fs.join(wd, n)) for n in names]
+  return [_one_setting(records.read_setting(fs.join(wd, n), NEED), n, wd, fs.join(wd, n),
+                       unfinished=True) for n in names]
 
 
-def _read(path) -> dict:
-  try:
-    summary = fs.read_json(path)
-  except ValueError as e:
-    raise ConfigError(f"{path} is not a jaxstab summary (not JSON: {e})") from e
-  if not isinstance(summary, dict):
-    raise ConfigError(f"{path} is not a jaxstab summary (not a JSON object)")
-  need = ("settings",) if "settings" in summary else (
-      "task", "setting", "metric", "majority", "runs", "failed_runs", "final_spread")
-  missing = [k for k in need if k not in summary]
-  if missing:
-    raise ConfigError(f"{path} is not a jaxstab summary (no {', '.join(missing)})")
-  return summary
-
-
-def _one_setting(summary, name, unfinished) -> dict:
+def _one_setting(summary, name, wd, directory, unfinished) -> Gathered:
   """A study's setting folder: named by its folder, its recipe the name less the task prefix."""
-  prefix = f"{summary['task']}_"
+  prefix = f"{summary.task}_"
   recipe = name[len(prefix):] if name.startswith(prefix) else name
-  return dict(summary, name=name, recipe=recipe, unfinished_study=unfinished)
+  return Gathered(dataclasses.replace(summary, name=name, recipe=recipe), wd, directory,
+                  unfinished)
 
 
 def markdown(settings, paper=False) -> str:
@@ -99,11 +122,12 @@ def markdown(settings, paper=False) -> str:
   expected best-of-n table (stats.uncertainty_markdown) and where each column came from; with
   `paper`, the paper's BERT-large rows for the same tasks below one's own (Table 1 alone, the
   first block, is what table.md and the results table of docs/results/README.md hold)."""
-  tasks = list(dict.fromkeys(s["task"] for s in settings))
+  tasks = list(dict.fromkeys(s.task for s in settings))
   majority = {}
   for s in settings:
-    majority.setdefault(s["task"], 100 * s["majority"][s["metric"]])
-  table = stats.table1_markdown(settings)
+    majority.setdefault(s.task, 100 * s.summary.majority[s.summary.metric])
+  rows = [s.as_json() for s in settings]
+  table = stats.table1_markdown(rows)
   in_paper = sorted({t for row in PAPER_TABLE1.values() for t in row})
   without = [t for t in tasks if t not in in_paper]
   if paper and len(without) < len(tasks):
@@ -120,9 +144,9 @@ def markdown(settings, paper=False) -> str:
            "Dev metric ×100, std / mean / median / max, " + _reported(settings)
            + "; a failed run ends training at or below the majority classifier: "
            + ", ".join(f"{t.upper()} {majority[t]:.1f}" for t in tasks) + ".", ""]
-  pairs = stats.levene_table(settings)
+  pairs = stats.levene_table(rows)
   if pairs:
-    by_name = {s["name"]: s["recipe"] for s in settings}
+    by_name = {s.name: s.recipe for s in settings}
     lines += ["| task | recipes | Levene's p | permutation p, mean | permutation p, std |",
               "|---|---|---|---|---|"]
     for p in pairs:
@@ -134,47 +158,48 @@ def markdown(settings, paper=False) -> str:
               "equal spread; permutation tests of the difference in mean and in std "
               f"({stats.RESAMPLES:,} random splits of the pooled seeds, seed {stats.SEED}; "
               f"smallest possible p {2 / (stats.RESAMPLES + 1):.2g}).", ""]
-  lines += [stats.uncertainty_markdown(settings), ""]
-  seed_analyses = stats.seed_analyses_markdown(settings)
+  lines += [stats.uncertainty_markdown(rows), ""]
+  seed_analyses = stats.seed_analyses_markdown(rows)
   if seed_analyses:
     lines += [seed_analyses, ""]
-  predicted = forecast.markdown([(s["recipe"], s["task"], setting_forecast(s)) for s in settings])
+  predicted = forecast.markdown([(s.recipe, s.task, setting_forecast(s)) for s in settings])
   if predicted:
     lines += [predicted, ""]
   unfinished = {}
   for s in settings:
-    if s.get("unfinished_study"):
-      unfinished.setdefault(s["workdir"], []).append(s["name"])
+    if s.unfinished:
+      unfinished.setdefault(s.workdir, []).append(s.name)
   for wd, names in unfinished.items():
     lines += [f"{wd} is a study still running or stopped: only its finished settings "
               f"({', '.join(names)}) are in the table.", ""]
   lines.append("Sources: " + "; ".join(
-      f"{t.upper()} {', '.join(dict.fromkeys(s['workdir'] for s in settings if s['task'] == t))}"
+      f"{t.upper()} {', '.join(dict.fromkeys(s.workdir for s in settings if s.task == t))}"
       f" ({_seeds(settings, t)})" for t in tasks) + ".")
   return "\n".join(lines) + "\n"
 
 
-def setting_forecast(setting, stored=True):
-  """A gathered setting's failure forecast (jaxstab.results.forecast.evaluate's dict): summary["forecast"]
-  when stored (and `stored`), else computed from the probe.npz in its folder (None without one)."""
-  if stored and isinstance(setting.get("forecast"), dict):
-    return setting["forecast"]
-  setting = {k: v for k, v in setting.items() if k != "forecast"}
-  path = fs.join(setting["directory"], outputs.PROBE) if setting.get("directory") else None
-  if not path or not fs.isfile(path):
+def setting_forecast(setting: Gathered, stored=True):
+  """A gathered setting's failure forecast (jaxstab.results.forecast.evaluate's dict): the
+  summary's `forecast` when stored (and `stored`), else computed from the probe.npz in its
+  folder (None without one)."""
+  if stored and isinstance(setting.summary.forecast, dict):
+    return setting.summary.forecast
+  path = fs.join(setting.directory, outputs.PROBE)
+  if not fs.isfile(path):
     return None
-  return forecast.of_setting(setting, fs.load_npz(path))
+  return forecast.of_setting(dataclasses.replace(setting.summary, forecast=None),
+                             records.read_probe(path))
 
 
 def _reported(settings) -> str:
-  best = list(dict.fromkeys(s["recipe"] for s in settings if s.get("select") == "best"))
+  best = list(dict.fromkeys(s.recipe for s in settings if s.summary.select == "best"))
   if not best:
     return "at the end of training"
   return f"at the best dev checkpoint for {', '.join(best)}, at the end of training otherwise"
 
 
 def _seeds(settings, task) -> str:
-  counts = sorted({len(s["runs"]) for s in settings if s["task"] == task})
+  counts = sorted({len(s.runs) for s in settings if s.task == task})
   return "/".join(map(str, counts)) + " seeds"
 
 

@@ -78,7 +78,7 @@ def spread(settings: List[Setting], path: str) -> str:
           continue
         failed = picks.is_failed(s, r)
         x = i + rng.uniform(-0.15, 0.15)
-        marker = "^" if r.get("diverged_at") is not None else ("x" if failed else "o")
+        marker = "^" if r.diverged_at is not None else ("x" if failed else "o")
         ax.plot(x, v, marker, color=FAILED_COLOR if failed else OK_COLOR, ms=7,
                 mfc="none" if marker == "o" else FAILED_COLOR, alpha=0.85)
     majority = group[0].majority
@@ -164,7 +164,7 @@ def bias_correction(settings: List[Setting], path: str) -> str:
   colors = setting_colors(settings)
   shown, skipped, betas = [], [], set()
   for s in settings:
-    total = s.summary.get("total_steps") or max((r.get("step", 0) for r in s.records), default=0)
+    total = s.summary.total_steps or max((r.get("step", 0) for r in s.records), default=0)
     if not s.config or not total:
       skipped.append(s.name)
       continue
@@ -222,7 +222,7 @@ def generalization(settings: List[Setting], path: str) -> str:
   for ax, (task, group) in zip(axes, tasks.items()):
     for s in group:
       for r in s.runs:
-        x, y = num(r.get("final_train_loss")), s.final(r)
+        x, y = num(r.final_train_loss), s.final(r)
         if not (math.isfinite(x) and math.isfinite(y)):
           not_drawn += 1
           continue
@@ -261,7 +261,7 @@ def train_loss(settings: List[Setting], path: str) -> str:
   axes = fig.subplots(rows, cols, squeeze=False).ravel()
   sources = set()
   for ax, s in zip(axes, settings):
-    failed = {int(r["seed"]) for r in s.runs if picks.is_failed(s, r)}
+    failed = {int(r.seed) for r in s.runs if picks.is_failed(s, r)}
     for seed, (steps, losses, source) in _loss_curves(s).items():
       sources.add(source)
       color = FAILED_COLOR if seed in failed else OK_COLOR

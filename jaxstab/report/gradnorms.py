@@ -56,9 +56,9 @@ def geo_mean(x: np.ndarray, axis=0) -> np.ndarray:
 def _lines(ax, steps, norms, groups, colors, title, run):
   for g, name in enumerate(groups):
     ax.plot(steps, positive(norms[:, g]), ".-", color=colors[g], lw=1.2, ms=3, label=name)
-  if run is not None and run.get("diverged_at") is not None:
-    ax.axvline(run["diverged_at"], color=FAILED_COLOR, ls="--", lw=1)
-    ax.text(run["diverged_at"], 1, " diverged", transform=ax.get_xaxis_transform(),
+  if run is not None and run.diverged_at is not None:
+    ax.axvline(run.diverged_at, color=FAILED_COLOR, ls="--", lw=1)
+    ax.text(run.diverged_at, 1, " diverged", transform=ax.get_xaxis_transform(),
             color=FAILED_COLOR, fontsize=8, va="top")
   if np.isfinite(positive(norms)).any():
     ax.set_yscale("log")
@@ -127,7 +127,7 @@ def figure(setting: Setting, path: str) -> Tuple[Optional[str], picks.Pick]:
   steps, groups, seeds = probe["step"], probe["groups"], probe["seeds"]
   norms = np.asarray(probe["grad_norm"], np.float64)  # [S, T, G]
   index = {s: i for i, s in enumerate(seeds)}
-  runs = {int(r["seed"]): r for r in setting.runs}
+  runs = {int(r.seed): r for r in setting.runs if r.seed is not None}
   colors = group_colors(len(groups))
 
   fig = new_figure(13, 9)

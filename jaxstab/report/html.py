@@ -8,6 +8,7 @@ import math
 import os
 from typing import List, Optional
 
+from jaxstab.infra import fs
 from jaxstab.results import forecast, outputs, picks, stats
 from jaxstab.results.records import Setting, Study, num
 
@@ -32,8 +33,7 @@ def esc(x) -> str:
 
 
 def img(path: str, alt: str) -> str:
-  with open(path, "rb") as f:
-    data = base64.b64encode(f.read()).decode("ascii")
+  data = base64.b64encode(fs.read_bytes(path)).decode("ascii")
   return f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
 
 
@@ -48,7 +48,7 @@ def pct(x) -> str:
 
 
 def final_spread(s: Setting) -> dict:
-  sp = s.summary.get("final_spread")
+  sp = s.summary.final_spread
   if sp and sp.get("n"):
     return sp
   return stats.spread([v for v in (s.final(r) for r in s.runs) if math.isfinite(v)])
@@ -68,7 +68,7 @@ def failed_count(s: Setting) -> int:
 def uncertainty(s: Setting) -> dict:
   """stats.uncertainty of the setting, with failed flags judged as the report judges them (old
   summaries without the flag fall back to the majority rule, see picks.is_failed)."""
-  return stats.uncertainty(s.summary, values=[s.reported(r) for r in s.runs],
+  return stats.uncertainty(s.summary.to_json(), values=[s.reported(r) for r in s.runs],
                            failed=[picks.is_failed(s, r) for r in s.runs])
 
 
@@ -167,7 +167,7 @@ def details_table(settings: List[Setting]) -> str:
           "final mean ×100", "final min ×100", "best-ckpt mean ×100"]
   out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
   for s in settings:
-    sp, best = final_spread(s), s.summary.get("best_spread") or {}
+    sp, best = final_spread(s), s.summary.best_spread or {}
     cells = [s.name, s.task, s.model, s.recipe, s.metric, len(s.runs), failed_count(s),
              pct(s.majority), pct(sp.get("mean")), pct(sp.get("min")), pct(best.get("mean"))]
     out.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
@@ -179,9 +179,9 @@ def _levene_rows(study: Study) -> list:
   from the runs (so a workdir written by an older version, which tested the final metric or had
   no permutation tests, gets the reported metric's, and all three)."""
   try:
-    return stats.levene_table([dict(s.summary, name=s.name) for s in study.settings])
+    return stats.levene_table([dict(s.summary.to_json(), name=s.name) for s in study.settings])
   except (KeyError, TypeError):
-    return study.summary.get("levene") or []
+    return list(study.summary.levene or [])
 
 
 def levene_table(study: Study) -> str:
@@ -203,18 +203,20 @@ def levene_table(study: Study) -> str:
 
 
 def _link(out_dir: str, path: str, label: str) -> str:
-  if not os.path.isfile(path):
+  """A link to a workdir file: relative to the report on a local disk, the URL in a bucket."""
+  if not fs.isfile(path):
     return f"<span class='note'>{esc(label)} (missing)</span>"
-  return f'<a href="{esc(os.path.relpath(path, out_dir))}">{esc(label)}</a>'
+  href = path if fs.is_remote(path) else os.path.relpath(path, out_dir)
+  return f'<a href="{esc(href)}">{esc(label)}</a>'
 
 
 def settings_section(study: Study, out_dir: str) -> str:
   parts = []
-  top = [_link(out_dir, os.path.join(study.workdir, f), f)
+  top = [_link(out_dir, fs.join(study.workdir, f), f)
          for f in (outputs.SUMMARY, "summary.csv", "table.md")]
   parts.append(f"<p>Study files: {' · '.join(top)}</p>")
   for s in study.settings:
-    links = [_link(out_dir, os.path.join(s.directory, f), f)
+    links = [_link(out_dir, fs.join(s.directory, f), f)
              for f in (outputs.CONFIG, outputs.METRICS, outputs.PROBE, outputs.SUMMARY)]
     config = json.dumps(s.config, indent=2) if s.config else "(config.json missing)"
     parts.append(f"<h3>{esc(s.title())}</h3><p>Raw files: {' · '.join(links)}</p>"
@@ -248,7 +250,7 @@ def analysis_section(study: Study, out_dir: str, found, pngs: dict, captions: di
 def page(study: Study, out_dir: str, sections: List[str], notes: List[str]) -> str:
   models = ", ".join(dict.fromkeys(s.model for s in study.settings))
   tasks = ", ".join(dict.fromkeys(s.task.upper() for s in study.settings))
-  seeds = sorted({int(r["seed"]) for s in study.settings for r in s.runs if "seed" in r})
+  seeds = sorted({int(r.seed) for s in study.settings for r in s.runs if r.seed is not None})
   when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
   kind = "single run" if study.plain else f"study of {len(study.settings)} settings"
   note_html = "".join(f"<li class='note'>{esc(n)}</li>" for n in notes)

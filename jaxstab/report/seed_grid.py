@@ -8,24 +8,24 @@ import numpy as np
 
 from jaxstab.results import picks
 from jaxstab.report.figures import FAILED_COLOR, OK_COLOR, new_figure, save
-from jaxstab.results.records import Setting
+from jaxstab.results.records import EarlyStop, Setting
 
 
 def has_grid(s: Setting) -> bool:
-  return isinstance(s.summary.get("decomposition"), dict)
+  return isinstance(s.summary.decomposition, dict)
 
 
 def grid(s: Setting, path: str) -> Optional[str]:
   """The heat map of `s` into `path`; its caption, or None without a decomposition."""
-  d = s.summary.get("decomposition")
+  d = s.summary.decomposition
   if not isinstance(d, dict):
     return None
   inits, datas = d["init_seeds"], d["data_seeds"]
   values = np.full((len(inits), len(datas)), np.nan)
   failed = np.zeros_like(values, bool)
   for r in s.runs:
-    if r.get("init_seed") in inits and r.get("data_seed") in datas:
-      i, j = inits.index(r["init_seed"]), datas.index(r["data_seed"])
+    if r.init_seed in inits and r.data_seed in datas:
+      i, j = inits.index(r.init_seed), datas.index(r.data_seed)
       values[i, j], failed[i, j] = s.reported(r), picks.is_failed(s, r)
   fig = new_figure(1.2 + 0.55 * len(datas) + 1.4, 1.0 + 0.45 * len(inits))
   ax = fig.subplots()
@@ -52,20 +52,20 @@ def grid(s: Setting, path: str) -> Optional[str]:
 
 
 def has_early_stop(s: Setting) -> bool:
-  return isinstance(s.summary.get("early_stop"), dict)
+  return isinstance(s.summary.early_stop, EarlyStop)
 
 
 def early_stop(s: Setting, path: str) -> Optional[str]:
   """Every started run's dev metric over training, the stop step dashed; continued runs in
   colour (red if they failed), stopped runs grey. None for a setting without an early stop."""
-  es = s.summary.get("early_stop")
-  if not isinstance(es, dict):
+  es = s.summary.early_stop
+  if not isinstance(es, EarlyStop):
     return None
   curves = {}
   for rec in s.records:
     if rec.get("kind") == "dev" and s.metric in rec:
       curves.setdefault(int(rec["seed"]), []).append((rec["step"], rec[s.metric]))
-  continued = {int(r["seed"]): r for r in s.runs}
+  continued = {int(r.seed): r for r in s.runs if r.seed is not None}
   fig = new_figure(6.0, 3.6)
   ax = fig.subplots()
   for seed, points in sorted(curves.items()):
@@ -75,14 +75,14 @@ def early_stop(s: Setting, path: str) -> Optional[str]:
       ax.plot(steps, 100 * np.asarray(vals), color=color, lw=1.2, alpha=0.9)
     else:
       ax.plot(steps, 100 * np.asarray(vals), color="0.6", lw=0.8, alpha=0.7)
-  ax.axvline(es["step"], color="k", ls="--", lw=0.8)
+  ax.axvline(es.step, color="k", ls="--", lw=0.8)
   ax.axhline(100 * s.majority, color="0.3", ls=":", lw=0.8)
   ax.set_xlabel("step")
   ax.set_ylabel(f"dev {s.metric} ×100")
   ax.set_title(s.title(), fontsize=9)
   save(fig, path)
-  return (f"{s.title()}: {es['started']} runs started, ranked at step {es['step']} "
-          f"({es['at']:g} of training) by {es['by']}; {es['continued']} continued (coloured: "
+  return (f"{s.title()}: {es.started} runs started, ranked at step {es.step} "
+          f"({es.at:g} of training) by {es.by}; {es.continued} continued (coloured: "
           f"blue succeeded, red failed), the rest stopped (grey). Compute: "
-          f"{100 * es['fraction_of_compute']:.0f}% of training every run to the end; dotted: "
+          f"{100 * es.fraction_of_compute:.0f}% of training every run to the end; dotted: "
           f"the majority classifier.")

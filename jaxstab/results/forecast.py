@@ -25,9 +25,11 @@ final `failed` flags: precision and recall of the fixed threshold, the threshold
 for comparison, leave-one-out: each seed judged by a threshold chosen on the other seeds only.
 """
 import math
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
+
+from jaxstab.results.schema import SettingSummary
 
 LOW_GROUPS = ("embeddings", "layer_0", "layer_1")
 TOP_GROUP = "classifier"
@@ -143,9 +145,14 @@ def _json_float(x) -> Optional[float]:
   return float(x) if np.isfinite(x) else None
 
 
-def total_steps_of(summary: dict, probe: dict) -> int:
+def _summary(summary: Union[SettingSummary, Mapping]) -> SettingSummary:
+  """The typed summary; a JSON dict (as a test or a script may hold one) is converted."""
+  return summary if isinstance(summary, SettingSummary) else SettingSummary.from_json(summary)
+
+
+def total_steps_of(summary: Union[SettingSummary, Mapping], probe: dict) -> int:
   """The setting's number of optimizer steps: the summary's, else one past the last record."""
-  total = summary.get("total_steps")
+  total = _summary(summary).total_steps
   if isinstance(total, (int, float)) and total > 0:
     return int(total)
   steps = np.asarray(probe["step"])
@@ -192,17 +199,19 @@ def evaluate(probe: dict, failed: Sequence[bool], total_steps: int,
           "total_steps": int(total_steps), "fractions": rows}
 
 
-def of_setting(summary: dict, probe: Optional[dict], failed: Optional[Sequence[bool]] = None):
-  """A setting's forecast: the one stored in its summary (key "forecast"), else computed from its
-  probe (None without one). failed: per run of summary["runs"] (default: their `failed` flags),
+def of_setting(summary: Union[SettingSummary, Mapping], probe: Optional[dict],
+               failed: Optional[Sequence[bool]] = None):
+  """A setting's forecast: the one stored in its summary (`forecast`), else computed from its
+  probe (None without one). failed: per run of summary.runs (default: their `failed` flags),
   matched to the probe's seeds by seed number."""
-  if isinstance(summary.get("forecast"), dict):
-    return summary["forecast"]
+  summary = _summary(summary)
+  if isinstance(summary.forecast, Mapping):
+    return summary.forecast
   if probe is None or "grad_norm" not in probe or not np.asarray(probe["step"]).size:
     return None
-  runs = summary.get("runs") or []
-  flags = failed if failed is not None else [bool(r.get("failed")) for r in runs]
-  by_seed = {int(r["seed"]): bool(f) for r, f in zip(runs, flags) if "seed" in r}
+  runs = summary.runs
+  flags = failed if failed is not None else [bool(r.failed) for r in runs]
+  by_seed = {int(r.seed): bool(f) for r, f in zip(runs, flags) if r.seed is not None}
   seeds = [int(s) for s in probe["seeds"]]
   if not seeds or any(s not in by_seed for s in seeds):
     return None

@@ -26,17 +26,17 @@ FORGETTING = "forgetting.json"
 
 def analysis_path(setting_dir: str, name: str) -> str:
   """<setting dir>/analysis/<name>: where an analysis writes and the report reads."""
-  return os.path.join(setting_dir, ANALYSIS_DIR, name)
+  return fs.join(setting_dir, ANALYSIS_DIR, name)
 
 
 def kept_seeds(setting_dir: str) -> List[int]:
   """Seeds whose final parameters are kept in <setting dir>/params/seed_N (sorted)."""
-  root = os.path.join(setting_dir, PARAMS)
-  if not os.path.isdir(root):
+  root = fs.join(setting_dir, PARAMS)
+  if not fs.isdir(root):
     return []
   out = []
-  for name in os.listdir(root):
-    if name.startswith("seed_") and name[5:].isdigit() and os.path.isdir(os.path.join(root, name)):
+  for name in fs.listdir(root):
+    if name.startswith("seed_") and name[5:].isdigit() and fs.isdir(fs.join(root, name)):
       out.append(int(name[5:]))
   return sorted(out)
 

@@ -10,7 +10,7 @@ import json
 import numpy as np
 
 from jaxstab.study import early_stop
-from jaxstab.results import forecast, outputs, stats
+from jaxstab.results import forecast, outputs, records, stats
 from jaxstab.infra import fs
 from jaxstab.data import metrics
 from jaxstab.engine import parallel, probe
@@ -23,7 +23,7 @@ def merge(cfg, plan):
   workdir, seeds = plan.workdir, plan.seeds
   runs, probes = [], []
   for s in seeds:
-    runs.append(fs.read_json(workdir_lib.run_path(workdir, s, "json")))
+    runs.append(records.read_run(workdir_lib.run_path(workdir, s, "json")).to_json())
     probes.append(fs.load_npz(workdir_lib.run_path(workdir, s, "npz")))
   merged = {k: np.stack([p[k] for p in probes]) for k in probes[0] if k != "step"}
   groups = probe.group_names(plan.model.params, plan.model.arch, plan.model.num_layers)
@@ -39,7 +39,7 @@ def merge(cfg, plan):
       log.write(json.loads(line))
   log.close()
   outputs.write_npz(fs.join(workdir, outputs.PROBE), **merged)
-  outputs.write_json(fs.join(workdir, outputs.SUMMARY), out)
+  records.write_setting(workdir, records.SettingSummary.from_json(out))
   return out
 
 

@@ -13,7 +13,7 @@ from jaxstab.infra import checkpoint, fs
 from jaxstab.config import config_lib
 from jaxstab.study import experiment
 from jaxstab.engine import models, parallel
-from jaxstab.results import outputs, stats
+from jaxstab.results import records, stats
 from jaxstab.study import validate
 from jaxstab.study import workdir as workdir_lib
 from jaxstab.infra.errors import ConfigError
@@ -96,6 +96,6 @@ def _write(workdir, results, errors=()):
   extra = stats.seed_analyses_markdown(results)
   fs.write_text(fs.join(workdir, "table.md"), table + "\n\n" + stats.uncertainty_markdown(results)
                 + ("\n\n" + extra if extra else "") + "\n")
-  outputs.write_json(fs.join(workdir, outputs.SUMMARY), study)
+  records.write_study(workdir, records.StudySummary.from_json(study))
   print("final dev results, std / mean / median / max (x100):\n" + table)
   return study
