@@ -15,8 +15,7 @@ import json
 import os
 from typing import Optional
 
-import ml_collections
-
+from jaxstab.config import stored
 from jaxstab.infra import checkpoint
 from jaxstab.results import outputs, records
 from jaxstab.engine import inputs as inputs_lib
@@ -57,8 +56,8 @@ def load_setting(name: str, directory: str, summary: Optional[dict] = None) -> S
   path = os.path.join(directory, outputs.CONFIG)
   if not os.path.isfile(path):
     raise ConfigError(f"{path} not found: {directory} is not a finished jaxstab setting")
-  with open(path, encoding="utf-8") as f:
-    cfg = ml_collections.ConfigDict(json.load(f))
+  with open(path, encoding="utf-8") as f:  # a key an older workdir lacks: what it ran with
+    cfg = stored.from_json(json.load(f))
   if summary is None:
     with open(os.path.join(directory, outputs.SUMMARY), encoding="utf-8") as f:
       summary = json.load(f)
@@ -71,11 +70,9 @@ def load_setting(name: str, directory: str, summary: Optional[dict] = None) -> S
 def initial_params(model, cfg, seed: int):
   """The parameters seed `seed` started training from (train.initial_params with the setting's
   re-initialisation switches)."""
-  st = cfg.get("stabilisers")
-  reinit = st is not None and (st.get("reinit_layers", 0) or st.get("reinit_pooler", False))
-  return train_lib.initial_params(model, train_lib.seed_key(seed),
-                                  st.reinit_layers if reinit else 0,
-                                  bool(st.reinit_pooler) if reinit else False)
+  st = cfg.stabilisers
+  return train_lib.initial_params(model, train_lib.seed_key(seed), st.reinit_layers,
+                                  bool(st.reinit_pooler))
 
 
 def final_params(inputs: SettingInputs, seed: int):

@@ -207,7 +207,7 @@ def total_steps(train_cfg, n_train: int, full_steps_per_epoch: int, task: str = 
   (or x batches of the *full* set for the small-data ablation's steps_of_full_epochs; with
   train.full_steps_count='reference' the reference configs' counts, see reference.py)."""
   if train_cfg.steps_of_full_epochs > 0:
-    if train_cfg.get("full_steps_count", "batches") == "reference":
+    if train_cfg.full_steps_count == "reference":
       return reference.reference_full_steps(task, train_cfg.steps_of_full_epochs,
                                             full_steps_per_epoch)
     return int(round(train_cfg.steps_of_full_epochs * full_steps_per_epoch))

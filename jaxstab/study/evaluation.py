@@ -6,7 +6,7 @@ def eval_steps(cfg, task: str, steps_per_epoch: int, total: int):
   """When dev is evaluated: train.eval_every_steps = 0 -> eval_points (evals_per_epoch evenly);
   N > 0 -> every N steps and each epoch end, the reference's rule; -1 -> the same with the
   reference's own N for the task (reference.reference_eval_steps)."""
-  every = cfg.train.get("eval_every_steps", 0)
+  every = cfg.train.eval_every_steps
   if every == 0:
     return eval_points(steps_per_epoch, total, cfg.train.evals_per_epoch)
   return reference.reference_eval_steps(task, steps_per_epoch, total,

@@ -77,7 +77,7 @@ def check_model(cfg, arch: str, num_layers: int) -> None:
     raise ConfigError(f"model.attention={cfg.model.attention!r} is not available for DistilBERT "
                       f"({cfg.model.name_or_path}): its attention module is not BERT's; use "
                       "model.attention='reference'")
-  if arch == "distilbert" and st.mixout > 0 and st.get("mixout_head", False):
+  if arch == "distilbert" and st.mixout > 0 and st.mixout_head:
     raise ConfigError(f"stabilisers.mixout_head=True is not supported for DistilBERT "
                       f"({cfg.model.name_or_path}): its head is two layers (pre_classifier, "
                       "classifier) and only the classifier's initial value is kept as Mixout's "
