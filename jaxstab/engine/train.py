@@ -292,7 +292,7 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
   axis = seed_axis or seed_axis_for(cfg.train.seed_axis, jax.default_backend(),
                                     layout.num_devices)
   anchor = (jax.device_put(stabilisers.anchor_of(model.params), layout.replicated)
-            if stabilisers.uses_anchor(st) else None)
+            if stabilisers.uses_anchor(spec.mixout, spec.prior_wd) else None)
 
   def create_from(params, key, data_key=None):
     return create_train_state(dataclasses.replace(model, params=params), tx, key, total, every,

@@ -60,7 +60,7 @@ def check_config(cfg) -> None:
                       f"{len(seeds)} runs of this setting; use at most {len(seeds)} (or 0 = auto)")
   early_stop.check(cfg, len(seeds))
   attention.check(cfg.model.attention, cfg.model.dtype)
-  stabilisers.check(cfg.stabilisers)
+  stabilisers.check(cfg.stabilisers.mixout, cfg.stabilisers.llrd)
   if cfg.stabilisers.reinit_layers < 0:
     raise ConfigError(f"stabilisers.reinit_layers={cfg.stabilisers.reinit_layers} must be >= 0")
 
