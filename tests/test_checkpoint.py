@@ -117,7 +117,7 @@ def test_truncated_checkpoint_falls_back_to_the_previous(tmp_path):
 
 
 def test_workdir_lock_refuses_a_live_owner_and_takes_over_a_stale_one(tmp_path):
-  owner_code = ("import sys; from jaxstab import lock; l = lock.workdir_lock(sys.argv[1]); "
+  owner_code = ("import sys; from jaxstab.infra import lock; l = lock.workdir_lock(sys.argv[1]); "
                 "l.__enter__(); print('locked', flush=True); sys.stdin.read()")
   owner = subprocess.Popen([sys.executable, "-c", owner_code, str(tmp_path)], cwd=ROOT,
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
