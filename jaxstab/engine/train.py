@@ -124,8 +124,8 @@ def task_loss(logits, labels, weight):
 class StepSpec:
   """Everything one seed's train step is compiled from besides the model, the optimizer and its
   schedule: plain values, resolved once from the config by `step_spec`, so the step (and a test
-  or benchmark that builds one) never reads a ConfigDict, and two steps built from equal specs
-  are the same program."""
+  or benchmark that builds one) never reads a ConfigDict, and with the same model, optimizer and
+  schedule two equal specs make the same program."""
   n_train: int                  # training examples on the device: fixes each seed's data order
   batch_size: int
   probe_every: int              # record the probe at step 0 and every N steps; 0 = off
@@ -144,6 +144,7 @@ def make_train_step(model: models.Model, tx, schedule: Callable, spec: StepSpec)
   With spec.mixout_head, Mixout's head target is re-drawn each step from the seed key and the
   anchor's head shapes: the same draw as initial_params."""
   is_albert = model.arch == "albert"  # per-depth norms of the shared layer need interception
+  # The spec's values as the closures below read them (static: compiled into the step).
   n_train, batch_size, probe_every = spec.n_train, spec.batch_size, spec.probe_every
   group_names, b1, b2 = list(spec.group_names), spec.b1, spec.b2
   pass_segment_ids, mixout, mixout_head = spec.pass_segment_ids, spec.mixout, spec.mixout_head
