@@ -126,7 +126,7 @@ def load_config(spec: str, overrides):
 def _compilation_cache(config, workdir):
   """Persistent XLA cache, shared by the studies next to this workdir: a rerun compiles nothing."""
   import jax  # pylint: disable=import-outside-toplevel  # after absl has parsed the flags
-  where = config.get("compile_cache", "")
+  where = config.compile_cache
   if where == "off":
     return
   if not where and fs.is_remote(workdir):  # a bucket workdir: keep the cache on this machine

@@ -59,7 +59,7 @@ EOF
 timeout 120 python3 - <<'EOF' || { echo "preflight failed: see above (missing wheel? add it to .whl)"; exit 4; }
 import jax
 from transformers import FlaxBertForSequenceClassification  # jaxstab needs transformers 4.x
-from jaxstab import train  # noqa: F401  (the project imports from the working tree)
+from jaxstab.engine import train  # noqa: F401  (the project imports from the working tree)
 print("jax devices:", jax.devices(), "backend:", jax.default_backend())
 EOF
 python3 -c "from transformers import BertForSequenceClassification; import torch; print('torch cuda:', torch.cuda.is_available())" \

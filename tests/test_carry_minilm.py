@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
@@ -24,8 +23,8 @@ def _script():
 
 
 def _load(folder):
-  cfg = ml_collections.ConfigDict(dict(name_or_path=folder, dtype="float32", dropout=-1.0,
-                                       attention="reference"))
+  cfg = config_lib.base_config().model
+  cfg.update(dict(name_or_path=folder, dtype="float32", dropout=-1.0, attention="reference"))
   return models.load(cfg, num_labels=2)
 
 

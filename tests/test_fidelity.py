@@ -138,7 +138,8 @@ def test_reference_mode_evaluates_when_the_reference_did(glue_dir, tmp_path):
   assert reference.reference_eval_steps("mrpc", 7, 14) == [0, 2, 4, 7, 8, 10, 12, 14]
   assert evaluation.eval_points(7, 14, 3) == [0, 2, 5, 7, 9, 12, 14]
   cfg.train.eval_every_steps = 0  # corrected mode's rule on the same plan
-  assert evaluation.eval_steps(cfg, "mrpc", 7, 14) == evaluation.eval_points(7, 14, 3)
+  assert evaluation.eval_steps("mrpc", 7, 14, cfg.train.eval_every_steps,
+                               cfg.train.evals_per_epoch) == evaluation.eval_points(7, 14, 3)
 
 
 def _history(workdir):

@@ -1,10 +1,10 @@
 """jaxstab.engine.optim against a NumPy transcription of the paper's formulas and against optax."""
 import jax
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
+from jaxstab.config import config_lib
 from jaxstab.engine import optim
 from jaxstab.infra.errors import ConfigError
 from tests import guards
@@ -114,10 +114,12 @@ def test_bias_correction_factor(b1, b2):
 
 
 def _cfg(**kw):
-  base = dict(lr=0.1, b1=0.9, b2=0.999, eps=1.0, eps_mode="hf", bias_correction=True,
-              weight_decay=0.0, warmup_ratio=0.0, clip_norm=1.0)
-  base.update(kw)
-  return ml_collections.ConfigDict(base)
+  """The optim group of base_config (every key, its defaults in one place) with these values."""
+  cfg = config_lib.base_config().optim
+  cfg.update(dict(lr=0.1, b1=0.9, b2=0.999, eps=1.0, eps_mode="hf", bias_correction=True,
+                  weight_decay=0.0, warmup_ratio=0.0, clip_norm=1.0))
+  cfg.update(kw)
+  return cfg
 
 
 

@@ -198,7 +198,7 @@ def _plant_shifted_data_order(monkeypatch, seeds):
       data_key = keys[(k + 1) % len(seeds)]
     return real_indices(data_key, step, n, batch_size)
   monkeypatch.setattr(train_lib, "over_seeds", over_seeds)
-  monkeypatch.setattr(data, "batch_indices", batch_indices)
+  monkeypatch.setattr(dataset, "batch_indices", batch_indices)
 
 
 def test_seed_using_the_next_seeds_data_order_fails_group_vs_alone(glue_dir, monkeypatch):

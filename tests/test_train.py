@@ -95,3 +95,29 @@ def test_seed_axis_choice():
   assert train_lib.seed_axis_for("auto", "cpu", 8) == "vmap"  # the seed axis is split over them
   assert train_lib.seed_axis_for("auto", "gpu", 1) == "vmap"
   assert train_lib.seed_axis_for("vmap", "cpu", 1) == "vmap"
+
+
+def test_step_spec_is_resolved_from_the_config_once(glue_dir):
+  """step_spec reads every value of the step from the config (and the probe's groups from the
+  model); a step made from that spec by hand is the program build_programs compiles."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  cfg, model, arrays = tiny_setup(glue_dir, "bert", probe__every=2, stabilisers__mixout=0.1,
+                                  stabilisers__prior_wd=True, optim__b1=0.8)
+  spec = train_lib.step_spec(cfg, model, n_train=len(arrays["labels"]))
+  assert spec == train_lib.StepSpec(
+      n_train=len(arrays["labels"]), batch_size=8, probe_every=2,
+      group_names=tuple(probe.group_names(model.params, model.arch, model.num_layers)),
+      b1=0.8, b2=cfg.optim.b2, pass_segment_ids=True, mixout=0.1, mixout_head=False,
+      prior_wd=True)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    spec.batch_size = 16
+  cfg.probe.every = -3
+  assert train_lib.step_spec(cfg, model, n_train=4).probe_every == 0  # negative: off
+  cfg.probe.every = 2
+  programs = train_lib.build_programs(cfg, model, n_train=len(arrays["labels"]), total=6)
+  assert programs.spec == spec and programs.group_names == list(spec.group_names)
+  by_hand = train_lib.make_train_step(model, programs.tx, programs.schedule, spec)
+  state = programs.create_one(train_lib.seed_key(3))
+  a = jax.jit(programs.step_one)(state, arrays, programs.anchor)
+  b = jax.jit(by_hand)(state, arrays, programs.anchor)
+  assert tree_max_abs_diff(a, b) == 0.0

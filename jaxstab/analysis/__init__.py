@@ -13,8 +13,7 @@ import argparse
 import dataclasses
 from typing import Optional
 
-import ml_collections
-
+from jaxstab.config import stored
 from jaxstab.infra import checkpoint, fs
 from jaxstab.results import outputs, records
 from jaxstab.engine import inputs as inputs_lib
@@ -56,7 +55,8 @@ def load_setting(name: str, directory: str,
   path = fs.join(directory, outputs.CONFIG)
   if not fs.isfile(path):
     raise ConfigError(f"{path} not found: {directory} is not a finished jaxstab setting")
-  cfg = ml_collections.ConfigDict(records.read_config(directory))
+  # laid over the base config: a key an older workdir lacks takes the value it ran with
+  cfg = stored.from_json(records.read_config(directory))
   if summary is None:
     summary = records.read_setting(directory)
   loaded = inputs_lib.load(cfg)
@@ -68,11 +68,9 @@ def load_setting(name: str, directory: str,
 def initial_params(model, cfg, seed: int):
   """The parameters seed `seed` started training from (train.initial_params with the setting's
   re-initialisation switches)."""
-  st = cfg.get("stabilisers")
-  reinit = st is not None and (st.get("reinit_layers", 0) or st.get("reinit_pooler", False))
-  return train_lib.initial_params(model, train_lib.seed_key(seed),
-                                  st.reinit_layers if reinit else 0,
-                                  bool(st.reinit_pooler) if reinit else False)
+  st = cfg.stabilisers
+  return train_lib.initial_params(model, train_lib.seed_key(seed), st.reinit_layers,
+                                  bool(st.reinit_pooler))
 
 
 def final_params(inputs: SettingInputs, seed: int):

@@ -1,3 +1,3 @@
 """The configuration: every key with its default and comment (config_lib.base_config), the
 presets of the paper and of later work, the reference code's facts, and what a key absent from
-an older workdir's config.json meant. Uses only infra."""
+an older workdir's config.json meant (stored.from_json, stored.ABSENT_MEANS). Uses only infra."""

@@ -52,7 +52,7 @@ def load(model_cfg, corpus_fn):
   from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
   try:
     tok = AutoTokenizer.from_pretrained(source, use_fast=True)
-    prefix_space = model_cfg.get("roberta_prefix_space", False) and is_byte_level(tok)
+    prefix_space = model_cfg.roberta_prefix_space and is_byte_level(tok)
     if prefix_space:
       tok = AutoTokenizer.from_pretrained(source, use_fast=True, add_prefix_space=True)
   except (OSError, ValueError) as e:

@@ -102,7 +102,7 @@ def _arch_of(config, name: str = "") -> str:
 
 
 def _config_overrides(model_cfg, arch):
-  p = model_cfg.get("dropout", -1.0)
+  p = model_cfg.dropout
   if p is not None and p >= 0:
     return families.dropout_overrides(arch, float(p))
   return {}
@@ -129,9 +129,9 @@ def load(model_cfg, num_labels: int, tokenizer=None) -> Model:
   if model_cfg.dtype not in DTYPES:
     raise ConfigError(f"model.dtype={model_cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
   dtype = DTYPES[model_cfg.dtype]
-  attention = model_cfg.get("attention", "reference")
+  attention = model_cfg.attention
   attention_lib.check(attention, model_cfg.dtype)
-  head = model_cfg.get("head", "transformers")
+  head = model_cfg.head
   if head not in HEADS:
     raise ConfigError(f"model.head={head!r}; choose one of {', '.join(HEADS)}")
   if name in TINY:

@@ -148,7 +148,7 @@ def from_config(optim_cfg, total_steps: int, lr_scales=None):
   parts.append(adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
                      weight_decay=optim_cfg.weight_decay, bias_correction=optim_cfg.bias_correction,
                      eps_mode=optim_cfg.eps_mode,
-                     mu_dtype=jnp.bfloat16 if optim_cfg.get("moments_dtype") == "bfloat16" else None))
+                     mu_dtype=jnp.bfloat16 if optim_cfg.moments_dtype == "bfloat16" else None))
   if lr_scales is not None:
     parts.append(scale_by_tree(lr_scales))
   return optax.chain(*parts), schedule

@@ -128,13 +128,16 @@ def scale_by_tree(scales) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
-def check(stab_cfg) -> None:
-  if not 0.0 <= stab_cfg.mixout < 1.0:
-    raise ConfigError(f"stabilisers.mixout={stab_cfg.mixout} must be in [0, 1)")
-  if not 0.0 < stab_cfg.llrd <= 1.0:
-    raise ConfigError(f"stabilisers.llrd={stab_cfg.llrd} must be in (0, 1]")
+def check(mixout: float, llrd: float) -> None:
+  """The ranges of stabilisers.mixout and stabilisers.llrd (values, not the config: the engine
+  is handed what it needs)."""
+  if not 0.0 <= mixout < 1.0:
+    raise ConfigError(f"stabilisers.mixout={mixout} must be in [0, 1)")
+  if not 0.0 < llrd <= 1.0:
+    raise ConfigError(f"stabilisers.llrd={llrd} must be in (0, 1]")
 
 
-def uses_anchor(stab_cfg) -> bool:
-  return stab_cfg.mixout > 0 or stab_cfg.prior_wd
+def uses_anchor(mixout: float, prior_wd: bool) -> bool:
+  """Whether the step needs the pretrained weights (Mixout's target, prior_wd's centre)."""
+  return mixout > 0 or prior_wd
 

@@ -6,7 +6,7 @@ mapped over it (`over_seeds`), so K seeds share one compiled program.
 """
 import dataclasses
 import functools
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import flax
 import jax
@@ -120,15 +120,35 @@ def task_loss(logits, labels, weight):
   return weighted_xent(logits, labels, weight)
 
 
-def make_train_step(model: models.Model, tx, schedule: Callable, *, n_train: int,
-                    batch_size: int, probe_every: int, group_names: Sequence[str],
-                    b1: float, b2: float, pass_segment_ids: bool = True,
-                    mixout: float = 0.0, prior_wd: bool = False, mixout_head: bool = False):
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  """Everything one seed's train step is compiled from besides the model, the optimizer and its
+  schedule: plain values, resolved once from the config by `step_spec`, so the step (and a test
+  or benchmark that builds one) never reads a ConfigDict, and with the same model, optimizer and
+  schedule two equal specs make the same program."""
+  n_train: int                  # training examples on the device: fixes each seed's data order
+  batch_size: int
+  probe_every: int              # record the probe at step 0 and every N steps; 0 = off
+  group_names: Tuple[str, ...]  # the probe's parameter groups (probe.group_names)
+  b1: float                     # Adam's betas, for the probe's bias-correction record
+  b2: float
+  pass_segment_ids: bool = True  # False: all-zero segment ids (the reference code's quirk)
+  mixout: float = 0.0           # Mixout probability toward the pretrained weights; 0 = off
+  mixout_head: bool = False     # Mixout also mixes the head, toward the seed's initial head
+  prior_wd: bool = False        # weight decay toward the pretrained weights
+
+
+def make_train_step(model: models.Model, tx, schedule: Callable, spec: StepSpec):
   """Returns train_step(state, train_arrays, anchor=None) -> state for one seed (vmap it for
   many). `anchor` (stabilisers.anchor_of(pretrained)) is needed by Mixout and prior_wd.
-  `mixout_head`: Mixout also mixes the head, toward the seed's initial head (re-drawn each step
-  from the seed key and the anchor's head shapes: the same draw as initial_params)."""
+  With spec.mixout_head, Mixout's head target is re-drawn each step from the seed key and the
+  anchor's head shapes: the same draw as initial_params."""
   shared_layer = model.family.shared_layer  # per-depth norms of a shared layer need interception
+  # The spec's values as the closures below read them (static: compiled into the step).
+  n_train, batch_size, probe_every = spec.n_train, spec.batch_size, spec.probe_every
+  group_names, b1, b2 = list(spec.group_names), spec.b1, spec.b2
+  pass_segment_ids, mixout, mixout_head = spec.pass_segment_ids, spec.mixout, spec.mixout_head
+  prior_wd = spec.prior_wd
 
   def loss_fn(params, deltas, batch, weight, dropout_key, mixout_key, anchor, head0):
     if mixout > 0:
@@ -207,7 +227,7 @@ def total_steps(train_cfg, n_train: int, full_steps_per_epoch: int, task: str = 
   (or x batches of the *full* set for the small-data ablation's steps_of_full_epochs; with
   train.full_steps_count='reference' the reference configs' counts, see reference.py)."""
   if train_cfg.steps_of_full_epochs > 0:
-    if train_cfg.get("full_steps_count", "batches") == "reference":
+    if train_cfg.full_steps_count == "reference":
       return reference.reference_full_steps(task, train_cfg.steps_of_full_epochs,
                                             full_steps_per_epoch)
     return int(round(train_cfg.steps_of_full_epochs * full_steps_per_epoch))
@@ -235,11 +255,23 @@ class Programs:
   eval_one: Callable       # eval_one(params, dev_batches) -> [batches, B, C]
   tx: optax.GradientTransformation
   schedule: Callable
+  spec: StepSpec           # what the step was compiled from (step_spec)
   group_names: List[str]
   total_steps: int
   seeds_per_group: int
   seed_axis: str
   anchor: Optional[Any]
+
+
+def step_spec(cfg, model: models.Model, *, n_train: int) -> StepSpec:
+  """The one place a config becomes a StepSpec: the probe's groups from the model, the rest from
+  cfg (probe.every < 0 counts as off)."""
+  st = cfg.stabilisers
+  return StepSpec(
+      n_train=n_train, batch_size=cfg.train.batch_size, probe_every=max(int(cfg.probe.every), 0),
+      group_names=tuple(probe.group_names(model.params, model.arch, model.num_layers)),
+      b1=cfg.optim.b1, b2=cfg.optim.b2, pass_segment_ids=cfg.model.pass_segment_ids,
+      mixout=st.mixout, mixout_head=st.mixout_head, prior_wd=st.prior_wd)
 
 
 def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
@@ -256,23 +288,19 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
   lr_scales = (stabilisers.layerwise_scales(model.params, model.arch, model.num_layers, st.llrd)
                if st.llrd != 1.0 else None)
   tx, schedule = optim.from_config(cfg.optim, total, lr_scales)
-  groups = probe.group_names(model.params, model.arch, model.num_layers)
-  every = max(int(cfg.probe.every), 0)
+  spec = step_spec(cfg, model, n_train=n_train)
+  groups, every = list(spec.group_names), spec.probe_every
   axis = seed_axis or seed_axis_for(cfg.train.seed_axis, jax.default_backend(),
                                     layout.num_devices)
   anchor = (jax.device_put(stabilisers.anchor_of(model.params), layout.replicated)
-            if stabilisers.uses_anchor(st) else None)
+            if stabilisers.uses_anchor(spec.mixout, spec.prior_wd) else None)
 
   def create_from(params, key, data_key=None):
     return create_train_state(dataclasses.replace(model, params=params), tx, key, total, every,
                               groups, st.reinit_layers, st.reinit_pooler, data_key)
 
-  step_one = make_train_step(
-      model, tx, schedule, n_train=n_train, batch_size=cfg.train.batch_size, probe_every=every,
-      group_names=groups, b1=cfg.optim.b1, b2=cfg.optim.b2,
-      pass_segment_ids=cfg.model.pass_segment_ids, mixout=st.mixout, prior_wd=st.prior_wd,
-      mixout_head=st.mixout_head)
-  eval_one = make_eval_logits(model, cfg.model.pass_segment_ids)
+  step_one = make_train_step(model, tx, schedule, spec)
+  eval_one = make_eval_logits(model, spec.pass_segment_ids)
   create_fn = jax.jit(over_seeds(create_from, (None, 0, 0), axis),
                       out_shardings=layout.seed_sharding(seeds_per_group))
   pretrained = jax.device_put(model.params, layout.replicated)
@@ -288,6 +316,7 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
       step=step,
       eval_logits=jax.jit(over_seeds(eval_one, (0, None), axis)),
       create_one=functools.partial(create_from, model.params), step_one=step_one,
-      eval_one=eval_one, tx=tx, schedule=schedule, group_names=groups, total_steps=total,
+      eval_one=eval_one, tx=tx, schedule=schedule, spec=spec, group_names=groups,
+      total_steps=total,
       seeds_per_group=seeds_per_group, seed_axis=axis, anchor=anchor)
 

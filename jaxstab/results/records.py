@@ -13,7 +13,6 @@ import json
 import os
 from typing import List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
 
 from jaxstab.infra import fs
 from jaxstab.infra.errors import ConfigError

@@ -37,8 +37,7 @@ class Spec:
 
 
 def enabled(cfg) -> bool:
-  es = cfg.train.get("early_stop")
-  return es is not None and float(es.at) > 0
+  return float(cfg.train.early_stop.at) > 0
 
 
 def check(cfg, n_runs: int) -> None:

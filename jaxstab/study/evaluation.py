@@ -2,13 +2,12 @@
 from jaxstab.config import reference
 
 
-def eval_steps(cfg, task: str, steps_per_epoch: int, total: int):
-  """When dev is evaluated: train.eval_every_steps = 0 -> eval_points (evals_per_epoch evenly);
-  N > 0 -> every N steps and each epoch end, the reference's rule; -1 -> the same with the
-  reference's own N for the task (reference.reference_eval_steps)."""
-  every = cfg.train.get("eval_every_steps", 0)
+def eval_steps(task: str, steps_per_epoch: int, total: int, every: int, per_epoch: int):
+  """When dev is evaluated: every (train.eval_every_steps) = 0 -> eval_points (per_epoch =
+  train.evals_per_epoch, evenly); N > 0 -> every N steps and each epoch end, the reference's
+  rule; -1 -> the same with the reference's own N for the task (reference_eval_steps)."""
   if every == 0:
-    return eval_points(steps_per_epoch, total, cfg.train.evals_per_epoch)
+    return eval_points(steps_per_epoch, total, per_epoch)
   return reference.reference_eval_steps(task, steps_per_epoch, total,
                                         every=None if every < 0 else every)
 

@@ -2,8 +2,8 @@
 TensorBoard events, probe.npz and (last) summary.json with the spread statistics, the early
 stop's record and the init / data-order decomposition.
 
-`plan` is experiment.Plan (its workdir, seeds, runs, task, model, majority, total_steps,
-stopping); this module reads only those fields.
+`plan` is plan.Plan (its workdir, seeds, runs, task, model, majority, total_steps, stopping,
+setting, select, data_seeds); this module reads only those fields, never the config.
 """
 import json
 
@@ -14,11 +14,10 @@ from jaxstab.results import forecast, outputs, records, stats
 from jaxstab.infra import fs
 from jaxstab.data import metrics
 from jaxstab.engine import parallel, probe
-from jaxstab.study import runs as runs_lib
 from jaxstab.study import workdir as workdir_lib
 
 
-def merge(cfg, plan):
+def merge(plan):
   """Builds metrics.jsonl, TensorBoard events, probe.npz and summary.json from runs/."""
   workdir, seeds = plan.workdir, plan.seeds
   runs, probes = [], []
@@ -28,7 +27,7 @@ def merge(cfg, plan):
   merged = {k: np.stack([p[k] for p in probes]) for k in probes[0] if k != "step"}
   groups = probe.group_names(plan.model.params, plan.model.arch, plan.model.num_layers)
   merged.update(step=probes[0]["step"], groups=np.asarray(groups), seeds=np.asarray(seeds))
-  out = summary(cfg, plan, runs)
+  out = summary(plan, runs)
   out["forecast"] = _forecast(out, merged, plan.total_steps)
   if not parallel.is_primary():
     return out
@@ -64,7 +63,7 @@ def run_record(seed, records, task, final_train_loss):
   return {"seed": seed, "final": final, "best": dict(best), "final_train_loss": final_train_loss}
 
 
-def summary(cfg, plan, runs):
+def summary(plan, runs):
   """The setting's summary.json: the spread statistics over the runs that trained to the end
   (`runs`); runs stopped early are listed apart (`stopped_runs`, with `stopped_at`)."""
   metric, majority = plan.task.metric, plan.majority
@@ -76,9 +75,9 @@ def summary(cfg, plan, runs):
   for r in stopped:  # not judged: it never reached the end
     r["failed"] = None
   out = {"task": plan.task.name, "metric": metric, "majority": majority,
-         "setting": cfg.setting, "select": cfg.select, "model": plan.model.name,
+         "setting": plan.setting, "select": plan.select, "model": plan.model.name,
          "total_steps": plan.total_steps, "seeds": [r["seed"] for r in runs],
-         **stats.setting_stats(kept, metric, cfg.select), "runs": kept}
+         **stats.setting_stats(kept, metric, plan.select), "runs": kept}
   if plan.stopping is not None:
     es = plan.stopping
     decision = fs.read_json(early_stop.decision_path(plan.workdir))
@@ -88,8 +87,8 @@ def summary(cfg, plan, runs):
                          **early_stop.steps_trained(len(runs), len(kept), es.step,
                                                     plan.total_steps)}
     out["stopped_runs"] = stopped
-  if runs_lib.uses_data_seeds(cfg):
-    values = stats.reported({"runs": kept, "select": cfg.select, "metric": metric})
+  if plan.data_seeds:
+    values = stats.reported({"runs": kept, "select": plan.select, "metric": metric})
     out["decomposition"] = stats.decomposition(values, [r["init_seed"] for r in kept],
                                                [r["data_seed"] for r in kept])
   return out

@@ -36,7 +36,7 @@ class Run:
 
 
 def uses_data_seeds(cfg) -> bool:
-  return bool(str(cfg.get("data_seeds", "")).strip())
+  return bool(str(cfg.data_seeds).strip())
 
 
 def parse(cfg) -> List[Run]:

@@ -24,7 +24,7 @@ def expand(cfg):
   each resolved in one fixed order: the study's values, the setting's presets and values, then
   the user's explicit values (`explicit`, in the order given), then values that follow from
   others (config_lib.resolve). Each is a copy: `cfg` is not changed."""
-  if not cfg.get("settings"):
+  if not cfg.settings:
     sub = cfg.copy_and_resolve_references()
     config_lib.resolve(sub)
     return [("", sub)]

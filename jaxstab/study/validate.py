@@ -60,7 +60,7 @@ def check_config(cfg) -> None:
                       f"{len(seeds)} runs of this setting; use at most {len(seeds)} (or 0 = auto)")
   early_stop.check(cfg, len(seeds))
   attention.check(cfg.model.attention, cfg.model.dtype)
-  stabilisers.check(cfg.stabilisers)
+  stabilisers.check(cfg.stabilisers.mixout, cfg.stabilisers.llrd)
   if cfg.stabilisers.reinit_layers < 0:
     raise ConfigError(f"stabilisers.reinit_layers={cfg.stabilisers.reinit_layers} must be >= 0")
 
@@ -78,7 +78,7 @@ def check_model(cfg, arch: str, num_layers: int) -> None:
     raise ConfigError(f"model.attention={cfg.model.attention!r} is not available for {fam.title} "
                       f"({name}): its attention module is not BERT's; use "
                       "model.attention='reference'")
-  if not fam.mixout_head and st.mixout > 0 and st.get("mixout_head", False):
+  if not fam.mixout_head and st.mixout > 0 and st.mixout_head:
     raise ConfigError(f"stabilisers.mixout_head=True is not supported for {fam.title} "
                       f"({name}): its head is {len(fam.head_keys)} layers "
                       f"({', '.join(fam.head_keys)}) and only the classifier's initial "

@@ -6,7 +6,7 @@ overwrite=True.
 """
 import json
 
-from jaxstab.config import config_lib
+from jaxstab.config import stored
 from jaxstab.infra import fs
 from jaxstab.results import outputs
 from jaxstab.engine import parallel
@@ -20,27 +20,34 @@ RESUMABLE = ("seed", "seeds", "train.seeds_per_step", "train.seed_axis", "overwr
              "explicit")
 
 
-def config_diff(old: dict, new: dict, prefix="", defaults=None):
-  """Dotted keys whose values differ between two config dicts (RESUMABLE keys ignored).
+def config_diff(old: dict, new: dict):
+  """Dotted keys whose values differ between a stored config dict and a new one (RESUMABLE keys
+  ignored).
 
-  With `defaults` (base_config as a dict), a key the old config lacks counts as unchanged when
-  the new value is its default: a workdir made before a key existed resumes after an upgrade.
+  `old` is read as config.stored.from_json reads it: a key it lacks has the value the run it
+  describes ran with (ABSENT_MEANS, else today's default), so a workdir made before a key
+  existed resumes after an upgrade when the new value is that one, and is refused otherwise.
   """
+  return _diff(old, _as_json(stored.from_json(old)), new, "")
+
+
+def _diff(raw: dict, old: dict, new: dict, prefix: str):
   out = []
-  defaults = defaults or {}
   for k in sorted(set(old) | set(new)):
     key = prefix + k
     if key in RESUMABLE:
       continue
-    a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+    a, b = old.get(k, _ABSENT), new.get(k, _ABSENT)
+    given = isinstance(raw, dict) and k in raw
     if isinstance(a, dict) and isinstance(b, dict):
-      sub = defaults.get(k)
-      out += config_diff(a, b, key + ".", sub if isinstance(sub, dict) else None)
-    elif a == "<absent>" and k in defaults and b == defaults[k]:
-      continue
+      out += _diff(raw[k] if given else {}, a, b, key + ".")
     elif a != b:
-      out.append(f"{key}: {a!r} -> {b!r}")
+      out.append(f"{key}: {a!r} -> {b!r}" if given else
+                 f"{key}: {_ABSENT!r} -> {b!r} (a config.json without the key ran with {a!r})")
   return out
+
+
+_ABSENT = "<absent>"
 
 
 def _as_json(cfg) -> dict:
@@ -50,10 +57,9 @@ def _as_json(cfg) -> dict:
 def check_same_config(cfg, workdir: str) -> None:
   """Refuses a workdir holding results of another config (reads only; writes nothing)."""
   path = fs.join(workdir, outputs.CONFIG)
-  if cfg.get("overwrite", False) or not fs.isfile(path):
+  if cfg.overwrite or not fs.isfile(path):
     return
-  defaults = _as_json(config_lib.base_config())
-  diff = config_diff(fs.read_json(path), _as_json(cfg), defaults=defaults)
+  diff = config_diff(fs.read_json(path), _as_json(cfg))
   if diff:
     raise ConfigError(f"{workdir} holds results of a different config ({'; '.join(diff)}). "
                       "Use a new --workdir, or pass --config.overwrite=True to discard them.")
@@ -66,7 +72,7 @@ def prepare(cfg, workdir: str) -> None:
   if not parallel.is_primary():
     return
   path = fs.join(workdir, outputs.CONFIG)
-  if not fs.isfile(path) or cfg.get("overwrite", False):
+  if not fs.isfile(path) or cfg.overwrite:
     fs.rmtree(fs.join(workdir, RUNS))
   fs.makedirs(fs.join(workdir, RUNS))
   for name in (outputs.SUMMARY, outputs.PROBE):

@@ -1,0 +1,189 @@
+"""One seed group of a setting: start (or resume), train to a step evaluating dev on the way,
+write each real seed's files.
+
+K seeds (the programs' seeds_per_group) advance together through one compiled step; a group
+shorter than K is padded with repeats of its last run, whose results are dropped. A group's
+checkpoint holds its device state and its host-side progress (`Progress`), so a rerun resumes
+mid-group. Reads only the setting's records (plan.Plan, plan.Engine), never the config.
+"""
+import dataclasses
+import json
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from jaxstab.data import metrics
+from jaxstab.engine import parallel
+from jaxstab.engine import train as train_lib
+from jaxstab.infra import checkpoint, fs
+from jaxstab.results import outputs
+from jaxstab.study import merge, progress as progress_lib, workdir as workdir_lib
+from jaxstab.study.plan import Engine, Plan
+
+
+@dataclasses.dataclass
+class Progress:
+  """One seed group's host-side progress (what a checkpoint stores besides the device state)."""
+  seeds: List[int]
+  records: Dict[int, list]
+  last_loss: list
+  step: int = 0
+
+  def host_state(self):
+    return {"records": {str(s): self.records[s] for s in self.seeds},
+            "last_loss": self.last_loss}
+
+
+@dataclasses.dataclass
+class Trained:
+  """A group trained up to a step and not yet written: its device state, its progress, and its
+  checkpointer (still open: the caller writes and closes it)."""
+  state: Any
+  progress: Progress
+  ckpt: checkpoint.GroupCheckpointer
+
+
+def group_name(group, k: int) -> str:
+  return f"seeds_{'-'.join(map(str, group))}_of_{k}"
+
+
+def padded(group, k: int):
+  """A group padded to K slots with repeats of its last run (whose results are dropped)."""
+  return list(group) + [group[-1]] * (k - len(group))
+
+
+def keys(plan: Plan, numbers):
+  """The seed keys (head, dropout, Mixout) and data-order keys of runs `numbers`."""
+  runs = [plan.runs[n] for n in numbers]
+  seed_keys = np.stack([np.asarray(train_lib.seed_key(r.init_seed)) for r in runs])
+  data_keys = np.stack([np.asarray(train_lib.data_key_of(train_lib.seed_key(
+      r.init_seed if r.data_seed is None else r.data_seed))) for r in runs])
+  return seed_keys, data_keys
+
+
+def train_and_write(plan: Plan, engine: Engine, group, stop,
+                    initial: Optional[Callable] = None) -> None:
+  """Trains one group to the end (train_to), writes each real seed's files into runs/, removes
+  the group's checkpoints."""
+  done = train_to(plan, engine, group, stop, plan.total_steps, initial)
+  write(plan, done.state, done.progress)
+  done.ckpt.close(remove=parallel.is_primary())
+  parallel.barrier("seed group written")
+
+
+def train_to(plan: Plan, engine: Engine, group, stop, until: int,
+             initial: Optional[Callable] = None) -> Trained:
+  """Trains one group of seeds together up to step `until`, evaluating dev at the points of
+  plan.eval_steps not past it, and returns it unwritten. It starts from the group's newest
+  checkpoint, else `initial()` -> (state, progress) (the early stop's regrouped survivors),
+  else a fresh state."""
+  ckpt = checkpoint.GroupCheckpointer(plan.workdir, group_name(
+      group, engine.programs.seeds_per_group), plan.saving.every_steps, plan.saving.keep)
+  state, progress = _start(plan, engine, group, ckpt, initial)
+  done = {r["step"] for r in progress.records[group[0]]}
+  t0, eval_s, clock = time.time(), 0.0, progress_lib.Clock()
+  for point in plan.eval_steps:
+    if point in done or point > until:
+      continue
+    state = _train_until(state, engine, progress, point, ckpt, stop, clock)
+    state, seconds = _evaluate(state, plan, engine, progress)
+    eval_s += seconds
+    clock.evaluated(seconds)
+    if ckpt.due(progress.step):
+      ckpt.save(progress.step, state, progress.host_state())
+    left = sum(1 for p in plan.eval_steps if progress.step < p <= until)
+    logging.info("seeds %s: step %d/%d, %s, dev %s %s", group, progress.step, plan.total_steps,
+                 clock.line(progress.step, until, left,
+                            engine.programs.spec.batch_size * len(group)),
+                 plan.task.metric,
+                 " ".join(f"{progress.records[s][-1][plan.task.metric]:.3f}" for s in group))
+  wall = time.time() - t0
+  logging.info("seeds %s: %.0f s, of which evaluation %.0f s (%.0f%%)", group, wall, eval_s,
+               100 * eval_s / max(wall, 1e-9))
+  return Trained(state, progress, ckpt)
+
+
+def _start(plan: Plan, engine: Engine, group, ckpt, initial: Optional[Callable] = None):
+  """The group's newest checkpoint, else `initial()` (state, progress), else a fresh state."""
+  state = engine.programs.create(*keys(plan, padded(group, engine.programs.seeds_per_group)))
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    progress = Progress(list(group), {}, [])
+    progress.step, state, host = restored
+    progress.records = {s: host["records"][str(s)] for s in group}
+    progress.last_loss = host["last_loss"]
+    logging.info("seeds %s: resumed from the checkpoint at step %d", group, progress.step)
+    return state, progress
+  if initial is not None:
+    return initial()
+  return state, Progress(list(group), {s: [] for s in group}, [None] * len(group))
+
+
+def _train_until(state, engine: Engine, progress: Progress, point: int, ckpt, stop, clock):
+  """Train steps up to `point`; checkpoints when due; a SIGTERM saves and stops."""
+  while progress.step < point:
+    state = engine.programs.step(state, engine.train_on_device, engine.programs.anchor)
+    progress.step += 1
+    clock.stepped(progress.step)
+    checkpoint.fault("kill_at_step", progress.step)
+    checkpoint.fault("sigterm_at_step", progress.step)
+    if stop[0]:
+      ckpt.save(progress.step, state, progress.host_state(), wait=True)
+      raise checkpoint.Preempted(f"stopped by SIGTERM at step {progress.step}; checkpoint in "
+                                 f"{ckpt.directory}; rerun the same command to resume")
+    if ckpt.due(progress.step) and progress.step != point:
+      ckpt.save(progress.step, state, progress.host_state())
+  return state
+
+
+def _evaluate(state, plan: Plan, engine: Engine, progress: Progress):
+  """Reads the mean training loss since the last evaluation, evaluates dev, appends records.
+  Returns (state with the loss sums reset, seconds spent in evaluation)."""
+  if progress.step > 0:  # mean training loss since the previous evaluation, read once here
+    loss = parallel.to_host(state.loss_sum / jnp.maximum(state.loss_count, 1.0))
+    state = state.replace(loss_sum=jnp.zeros_like(state.loss_sum),
+                          loss_count=jnp.zeros_like(state.loss_count))
+    progress.last_loss = [float(x) for x in loss[:len(progress.seeds)]]
+  t0 = time.time()  # the train steps before it have finished: the loss was read above
+  k, n = engine.programs.seeds_per_group, len(progress.seeds)
+  found = [{} for _ in progress.seeds]
+  sets = [("", engine.dev_on_device, engine.dev_labels)] + [
+      (f"{name}_", batches, labels) for name, (batches, labels) in engine.extra_dev.items()]
+  for prefix, batches, labels in sets:
+    logits = parallel.to_host(engine.programs.eval_logits(state.params, batches))
+    logits = logits.astype(np.float32).reshape(k, -1, logits.shape[-1])[:n, :len(labels)]
+    for i in range(n):
+      found[i].update({prefix + key: v for key, v in
+                       metrics.score(plan.task.metric, logits[i], labels).items()})
+  seconds = time.time() - t0
+  checkpoint.fault("kill_in_eval", progress.step)
+  lr = float(engine.programs.schedule(max(progress.step - 1, 0)))
+  for i, s in enumerate(progress.seeds):
+    progress.records[s].append(dict(kind="dev", seed=s, step=progress.step,
+                                    train_loss=progress.last_loss[i], lr=lr, **found[i]))
+  return state, seconds
+
+
+def write(plan: Plan, state, progress: Progress, partial: bool = False) -> None:
+  """Each real seed's probe, metrics and (last: it marks the seed finished) its record;
+  `partial`: the probe and metrics only (a run paused by an early stop)."""
+  probes = {key: parallel.to_host(v) for key, v in state.probe.items()}
+  diverged = parallel.to_host(state.diverged_at)
+  for i, s in enumerate(progress.seeds if parallel.is_primary() else []):
+    path = lambda kind, s=s: workdir_lib.run_path(plan.workdir, s, kind)
+    outputs.write_npz(path("npz"), **{key: v[i] for key, v in probes.items()})
+    fs.write_lines(path("jsonl"), (json.dumps(r) + "\n" for r in progress.records[s]))
+    if partial:
+      continue
+    record = merge.run_record(s, progress.records[s], plan.task, progress.last_loss[i])
+    record.update(plan.runs[s].record())
+    record["diverged_at"] = int(diverged[i]) if diverged[i] >= 0 else None
+    outputs.write_json(path("json"), record)
+  if plan.saving.keep_final_params and not partial:
+    for i, s in enumerate(progress.seeds):
+      checkpoint.save_params(plan.workdir, s,
+                             jax.tree_util.tree_map(lambda x, i=i: x[i], state.params))
