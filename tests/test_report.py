@@ -77,7 +77,7 @@ def test_report_of_a_real_run(real_run):
 
 def test_the_bias_correction_curve_is_what_training_used(real_run):
   setting = records.load(real_run).settings[0]
-  c = schedule.curve(setting.config["optim"], setting.summary.total_steps)
+  c = schedule.curve(setting.resolved.optim, setting.summary.total_steps)
   p = setting.probe
   assert p["step"].tolist() == [0, 2, 4]
   for i in range(len(p["seeds"])):  # the probe recorded lr(step) and the factor at t = step + 1
@@ -344,8 +344,7 @@ def test_picking_the_failed_and_successful_seeds():
 
 def test_bias_correction_curve_equals_the_formula():
   b1, b2, lr, total = 0.9, 0.98, 3e-5, 100
-  c = schedule.curve({"b1": b1, "b2": b2, "lr": lr, "warmup_ratio": 0.1,
-                      "bias_correction": True}, total)
+  c = schedule.curve(_optim(b1=b1, b2=b2, lr=lr, warmup_ratio=0.1, bias_correction=True), total)
   assert c.warmup_steps == 10 and len(c.step) == total
   for s in (0, 1, 5, 10, 50, 99):
     t = s + 1
@@ -354,14 +353,20 @@ def test_bias_correction_curve_equals_the_formula():
     assert c.factor[s] == pytest.approx(factor, rel=1e-5)
     assert c.schedule[s] == pytest.approx(sched, rel=1e-5, abs=1e-15)
     assert c.effective[s] == pytest.approx(sched * factor, rel=1e-5, abs=1e-15)
-  off = schedule.curve({"b1": b1, "b2": b2, "lr": lr, "warmup_ratio": 0.1,
-                        "bias_correction": False}, total)
+  off = schedule.curve(_optim(b1=b1, b2=b2, lr=lr, warmup_ratio=0.1, bias_correction=False),
+                       total)
   np.testing.assert_array_equal(off.effective, off.schedule)
+
+
+def _optim(**stored_values):
+  """The `optim` group of a setting whose config.json holds just these optim values."""
+  return records.Setting("s", "/nowhere", {"task": "rte", "metric": "accuracy", "runs": []},
+                         {"optim": stored_values}, None, [], []).resolved.optim
 
 
 def test_a_key_missing_from_the_config_takes_base_configs_default():
   base = config_lib.base_config().optim
-  c = schedule.curve({}, 100)
+  c = schedule.curve(_optim(), 100)
   assert (c.bias_correction, c.warmup_steps) == (base.bias_correction, int(base.warmup_ratio * 100))
   assert (c.b1, c.b2, c.lr) == (base.b1, base.b2, base.lr)
 

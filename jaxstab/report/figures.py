@@ -168,7 +168,7 @@ def bias_correction(settings: List[Setting], path: str) -> str:
     if not s.config or not total:
       skipped.append(s.name)
       continue
-    c = schedule.curve(s.config.get("optim", {}), total)
+    c = schedule.curve(s.resolved.optim, total)
     shown.append(s.name)
     if (c.b1, c.b2) not in betas:
       betas.add((c.b1, c.b2))

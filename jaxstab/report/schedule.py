@@ -6,14 +6,13 @@ jaxstab.engine.optim.linear_warmup_decay and, with bias correction on, the facto
 sqrt(1 - b2^t) / (1 - b1^t) of jaxstab.engine.optim.bias_correction_factor at t = s + 1, exactly as the
 optimizer and the probe do. Without bias correction the effective rate is the schedule alone.
 
-A key the setting's config.json lacks takes its default from config_lib.base_config(), the one
-place defaults are written.
+It takes the setting's `optim` group as resolved by jaxstab.config.stored (records.Setting.resolved),
+so a key the setting's config.json lacks has the value that run ran with.
 """
 import dataclasses
 
 import numpy as np
 
-from jaxstab.config import config_lib
 from jaxstab.engine import optim
 
 
@@ -30,13 +29,12 @@ class Curve:
   lr: float
 
 
-def curve(optim_cfg: dict, total_steps: int) -> Curve:
-  """The curves over all `total_steps` updates for one setting's `optim` config dict."""
+def curve(optim_cfg, total_steps: int) -> Curve:
+  """The curves over all `total_steps` updates for one setting's resolved `optim` group."""
   total_steps = max(int(total_steps), 1)
-  cfg = dict(config_lib.base_config().optim.to_dict(), **optim_cfg)
-  b1, b2, lr = float(cfg["b1"]), float(cfg["b2"]), float(cfg["lr"])
-  warmup = optim.warmup_steps(cfg["warmup_ratio"], total_steps)  # as optim.from_config
-  corrected = bool(cfg["bias_correction"])
+  b1, b2, lr = float(optim_cfg.b1), float(optim_cfg.b2), float(optim_cfg.lr)
+  warmup = optim.warmup_steps(optim_cfg.warmup_ratio, total_steps)  # as optim.from_config
+  corrected = bool(optim_cfg.bias_correction)
   step = np.arange(total_steps)
   factor = np.asarray(optim.bias_correction_factor(step + 1, b1, b2), np.float64)
   sched = np.asarray(optim.linear_warmup_decay(lr, warmup, total_steps)(step), np.float64)

@@ -13,7 +13,7 @@ import json
 import os
 from typing import List, Mapping, Optional, Sequence, Tuple
 
-
+from jaxstab.config import stored
 from jaxstab.infra import fs
 from jaxstab.infra.errors import ConfigError
 from jaxstab.results import outputs
@@ -144,7 +144,7 @@ class Setting:
   name: str
   directory: str
   summary: SettingSummary
-  config: Optional[dict]
+  config: Optional[dict]       # config.json as stored (shown as written; `resolved` to read it)
   probe: Optional[dict]       # arrays of probe.npz, unrecorded steps (step < 0) dropped
   records: List[dict]         # metrics.jsonl lines
   missing: List[str]          # files that were not there
@@ -162,10 +162,16 @@ class Setting:
     return self.summary.metric or "?"
 
   @property
+  def resolved(self):
+    """The stored config laid over the base config (jaxstab.config.stored): a key an older
+    workdir lacks reads as what that run ran with. None without a config.json."""
+    return stored.from_json(self.config) if self.config else None
+
+  @property
   def model(self) -> str:
     model = self.summary.model
     if model is None and self.config:
-      model = self.config.get("model", {}).get("name_or_path")
+      model = self.resolved.model.name_or_path
     return short_model_name(model) if model else "?"
 
   @property
