@@ -162,3 +162,14 @@ def test_the_tpu_probe_and_the_flax_deprecation_warning_are_caught(caplog, monke
     assert _passes("transformers.modeling_flax_utils", logging.WARNING, "Some weights of ...")
   notes = [r.getMessage() for r in caplog.records if r.name == "jaxstab"]
   assert len(notes) == 1 and "pins transformers<5 on purpose" in notes[0]
+
+
+def test_the_public_aliases_are_the_modules_themselves():
+  """`from jaxstab import config_lib` (configs/*.py of users) and `from jaxstab.optim import
+  adamw` keep working after the move into parts, as the very modules, not copies."""
+  from jaxstab import config_lib as old_config_lib  # pylint: disable=import-outside-toplevel
+  from jaxstab.config import config_lib  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import optim  # pylint: disable=import-outside-toplevel
+  from jaxstab.optim import adamw  # pylint: disable=import-outside-toplevel
+  assert old_config_lib is config_lib and sys.modules["jaxstab.config_lib"] is config_lib
+  assert adamw is optim.adamw and sys.modules["jaxstab.optim"] is optim
