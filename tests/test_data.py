@@ -239,7 +239,7 @@ def test_tokenize_cached(tmp_path, monkeypatch, glue_dir, tokenizer):
   def no_tokenize(*args, **kwargs):
     raise AssertionError("tokenize called despite a cached copy")
 
-  monkeypatch.setattr(data, "tokenize", no_tokenize)
+  monkeypatch.setattr(dataset, "tokenize", no_tokenize)
   second = dataset.tokenize_cached(split, tokenizer, 32, str(cache), "rte-dev")
   assert set(second) == set(first)
   for k in first:
