@@ -4,8 +4,7 @@ import numpy as np
 
 from jaxstab.config import config_lib
 from jaxstab.data import dataset, tasks, vocab
-from jaxstab.engine import models
-from jaxstab.engine import train as train_lib
+from jaxstab.engine import models, train as train_lib
 
 
 def tiny_setup(glue_dir, arch="bert", task="rte", n=64, length=32, **overrides):

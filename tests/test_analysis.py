@@ -12,18 +12,14 @@ import pytest
 import transformers as tr
 
 from jaxstab import analysis
-from jaxstab.infra import checkpoint
+from jaxstab.analysis import forgetting as fg, loss_surface as ls, mlm_text
 from jaxstab.data import dataset
-from jaxstab.results import outputs
-from jaxstab.engine import probe
-from jaxstab.study import studies
-from jaxstab.engine import inputs as inputs_lib
-from jaxstab.engine import train as train_lib
-from jaxstab.analysis import forgetting as fg
-from jaxstab.analysis import loss_surface as ls
-from jaxstab.analysis import mlm_text
+from jaxstab.engine import inputs as inputs_lib, probe, train as train_lib
+from jaxstab.infra import checkpoint
 from jaxstab.infra.errors import ConfigError
 from jaxstab.report import build
+from jaxstab.results import outputs
+from jaxstab.study import studies
 from tests.helpers import demo_config, tree_max_abs_diff
 
 SEEDS = [1, 2, 3]

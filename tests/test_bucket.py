@@ -13,9 +13,9 @@ from etils.epath import backend as epath_backend
 from fsspec.implementations.local import LocalFileSystem
 
 from jaxstab.infra import checkpoint, fs, lock
+from jaxstab.infra.errors import ConfigError
 from jaxstab.report import compare
 from jaxstab.study import studies
-from jaxstab.infra.errors import ConfigError
 from tests.helpers import demo_config
 
 

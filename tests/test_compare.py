@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from jaxstab.report import compare
 from jaxstab.config import config_lib
+from jaxstab.report import compare
 from jaxstab.results import stats
 from jaxstab.study import studies
 

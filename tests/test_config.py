@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from jaxstab.config import config_lib
-from jaxstab.study import evaluation, validate
 from jaxstab.infra.errors import ConfigError
+from jaxstab.study import evaluation, validate
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIG_NAMES = ("default", "rte", "mrpc", "cola", "demo")

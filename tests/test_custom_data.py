@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxstab.report import compare
 from jaxstab.config import config_lib
 from jaxstab.data import custom_data, dataset, metrics, tasks
 from jaxstab.engine import inputs
-from jaxstab.study import studies
-from jaxstab.study import validate
 from jaxstab.infra.errors import ConfigError
+from jaxstab.report import compare
+from jaxstab.study import studies, validate
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "custom"

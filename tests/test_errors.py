@@ -7,8 +7,8 @@ import pytest
 
 from jaxstab.config import config_lib
 from jaxstab.data import dataset, tasks
-from jaxstab.study import studies
 from jaxstab.infra.errors import ConfigError
+from jaxstab.study import studies
 
 
 def _tiny(glue_dir, arg=""):

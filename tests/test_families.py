@@ -21,8 +21,8 @@ import pytest
 
 from jaxstab.config import config_lib
 from jaxstab.engine import models, probe, stabilisers
-from jaxstab.study import validate
 from jaxstab.infra.errors import ConfigError
+from jaxstab.study import validate
 from tests import guards
 from tests.family_torch import (FAMILIES, GROUPS, LAYERS, scaled, torch_one_batch,
                                  torch_twin)

@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxstab import main
 from jaxstab.config import config_lib, reference
 from jaxstab.data import dataset
-from jaxstab.study import evaluation, studies
-from jaxstab import main
 from jaxstab.engine import train as train_lib
+from jaxstab.study import evaluation, studies
 from tests.helpers import tiny_setup
 from tests.test_config import CONFIG_DIR
 

@@ -9,10 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from jaxstab.report import compare
+from jaxstab.report import build, compare, forecast as report_forecast
 from jaxstab.results import forecast, records
-from jaxstab.report import build
-from jaxstab.report import forecast as report_forecast
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(REPO, "docs", "results", "cpu_reference", "rte_devlin_lr2e-5")

@@ -16,10 +16,9 @@ import pytest
 
 from jaxstab.config import config_lib
 from jaxstab.data import dataset, metrics, tasks
-from jaxstab.study import experiment
-from jaxstab.engine import inputs
-from jaxstab.engine import train as train_lib
+from jaxstab.engine import inputs, train as train_lib
 from jaxstab.infra.errors import ConfigError
+from jaxstab.study import experiment
 
 MNLI_TRAIN = ("index promptID pairID genre sentence1_binary_parse sentence2_binary_parse "
               "sentence1_parse sentence2_parse sentence1 sentence2 label1 gold_label").split()

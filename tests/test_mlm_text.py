@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from jaxstab.config import config_lib
 from jaxstab.analysis import mlm_text
+from jaxstab.config import config_lib
 from jaxstab.infra.errors import ConfigError
 
 

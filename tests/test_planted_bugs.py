@@ -14,9 +14,8 @@ import pytest
 
 from jaxstab.config import config_lib
 from jaxstab.data import dataset, metrics, tasks
-from jaxstab.engine import models, optim, probe
+from jaxstab.engine import models, optim, probe, train as train_lib
 from jaxstab.study import studies
-from jaxstab.engine import train as train_lib
 from tests import guards
 from tests.helpers import build_step, tiny_setup
 

@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxstab.engine import probe
-from jaxstab.engine import train as train_lib
+from jaxstab.engine import probe, train as train_lib
 from tests import guards
 from tests.helpers import build_step, tiny_setup
 

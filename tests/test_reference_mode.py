@@ -11,8 +11,7 @@ import pytest
 
 from jaxstab.config import config_lib, reference
 from jaxstab.data import dataset, tasks, vocab
-from jaxstab.engine import models, stabilisers
-from jaxstab.engine import train as train_lib
+from jaxstab.engine import models, stabilisers, train as train_lib
 from jaxstab.infra.errors import ConfigError
 
 TEXTS = ["the cat sat on the mat", "a dog barked at the cat", "no weapons were found in iraq",

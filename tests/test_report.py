@@ -13,10 +13,9 @@ import pytest
 from scipy import stats as sps
 
 from jaxstab.config import config_lib
+from jaxstab.report import __main__ as report_cli, build, schedule
 from jaxstab.results import picks, records, stats
 from jaxstab.study import studies
-from jaxstab.report import __main__ as report_cli
-from jaxstab.report import build, schedule
 from tests.helpers import demo_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

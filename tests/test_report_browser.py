@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from jaxstab.config import config_lib
 from jaxstab import report
+from jaxstab.config import config_lib
 from jaxstab.study import studies
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -9,10 +9,10 @@ import pytest
 from scipy import stats as sps
 
 from jaxstab.config import config_lib
-from jaxstab.study import early_stop, experiment, runs
-from jaxstab.results import forecast, stats
 from jaxstab.engine import train as train_lib
 from jaxstab.infra.errors import ConfigError
+from jaxstab.results import forecast, stats
+from jaxstab.study import early_stop, experiment, runs
 from tests.helpers import demo_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,9 +10,9 @@ import pytest
 from scipy import stats as sps
 
 from jaxstab.config import config_lib
+from jaxstab.engine import train as train_lib
 from jaxstab.results import stats
 from jaxstab.study import studies
-from jaxstab.engine import train as train_lib
 from tests import guards
 from tests.helpers import build_step, demo_config, tiny_setup, tree_max_abs_diff
 

@@ -3,8 +3,7 @@ every setting passes validation before anything trains."""
 import pytest
 
 from jaxstab.config import config_lib
-from jaxstab.study import studies, validate
-from jaxstab.study import workdir as workdir_lib
+from jaxstab.study import studies, validate, workdir as workdir_lib
 from tests.test_config import CONFIG_DIR, load_config
 
 STUDIES = sorted(p.stem for p in CONFIG_DIR.glob("study_*.py"))

@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxstab.engine import models, probe
-from jaxstab.engine import train as train_lib
+from jaxstab.engine import models, probe, train as train_lib
 from tests import guards
 from tests.helpers import build_step, tiny_setup, tree_max_abs_diff
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from jaxstab.config import config_lib
 from jaxstab import main
-from jaxstab.study import studies, validate
+from jaxstab.config import config_lib
 from jaxstab.infra.errors import ConfigError
+from jaxstab.study import studies, validate
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

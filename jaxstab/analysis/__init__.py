@@ -14,11 +14,10 @@ import dataclasses
 from typing import Optional
 
 from jaxstab.config import stored
+from jaxstab.engine import inputs as inputs_lib, train as train_lib
 from jaxstab.infra import checkpoint, fs
-from jaxstab.results import outputs, records
-from jaxstab.engine import inputs as inputs_lib
-from jaxstab.engine import train as train_lib
 from jaxstab.infra.errors import ConfigError
+from jaxstab.results import outputs, records
 
 
 @dataclasses.dataclass

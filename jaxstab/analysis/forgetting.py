@@ -49,8 +49,8 @@ import numpy as np
 import optax
 
 from jaxstab import analysis
-from jaxstab.infra import cli, fs
 from jaxstab.engine import families, models, probe
+from jaxstab.infra import cli, fs
 from jaxstab.results import outputs
 from jaxstab.analysis.mlm_text import (MASK_PROB, REPLACE, WIKITEXT, batches_of, blocks,
                                         load_wikitext, mask_tokens, read_text)

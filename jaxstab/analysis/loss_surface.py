@@ -40,11 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxstab import analysis
-from jaxstab.infra import cli, fs
 from jaxstab.data import dataset
-from jaxstab.results import outputs, picks, records
 from jaxstab.engine import train as train_lib
+from jaxstab.infra import cli, fs
 from jaxstab.infra.errors import ConfigError
+from jaxstab.results import outputs, picks, records
 
 DEFAULT_GRID = 21
 DEFAULT_RANGE = (-0.5, 1.5)

@@ -28,8 +28,8 @@ import numpy as np
 from absl import logging
 
 from jaxstab.data import custom_files, dataset, metrics, tasks
+from jaxstab.data.custom_files import read_csv, read_jsonl, Rows
 from jaxstab.infra import fs
-from jaxstab.data.custom_files import Rows, read_csv, read_jsonl
 from jaxstab.infra.errors import ConfigError
 
 SOURCES = dataset.CUSTOM_SOURCES

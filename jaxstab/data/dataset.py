@@ -23,9 +23,9 @@ import numpy as np
 from absl import logging
 
 from jaxstab.data import demo_task
-from jaxstab.infra.errors import ConfigError
-from jaxstab.data.glue_files import Split, label_dtype, read_hf, read_tfds, read_tsv
+from jaxstab.data.glue_files import label_dtype, read_hf, read_tfds, read_tsv, Split
 from jaxstab.data.tasks import Task
+from jaxstab.infra.errors import ConfigError
 
 __all__ = ["Split", "label_dtype"]  # re-exported: callers build and read Splits from here
 

@@ -13,8 +13,8 @@ from typing import List, Optional
 import numpy as np
 from absl import logging
 
-from jaxstab.infra.errors import ConfigError
 from jaxstab.data.tasks import Task
+from jaxstab.infra.errors import ConfigError
 
 MAX_SKIPPED_SHOWN = 5  # line numbers of skipped rows named in the log line
 

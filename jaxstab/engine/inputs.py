@@ -10,8 +10,8 @@ import os
 from typing import Dict, Optional
 
 from jaxstab.data import custom_data, dataset, tasks, vocab
-from jaxstab.infra import fs
 from jaxstab.engine import models
+from jaxstab.infra import fs
 
 
 @dataclasses.dataclass

@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxstab.engine import attention as attention_lib
-from jaxstab.engine import families
+from jaxstab.engine import attention as attention_lib, families
 from jaxstab.infra import treepath
 from jaxstab.infra.errors import ConfigError
 

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxstab.engine.stabilisers import scale_by_tree
 from jaxstab.infra import treepath
 from jaxstab.infra.errors import ConfigError
-from jaxstab.engine.stabilisers import scale_by_tree
 
 EPS_MODES = ("hf", "optax")
 ScalarOrSchedule = Union[float, Callable[[Any], Any]]

@@ -21,8 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxstab.engine.families import family_of, HEAD_KEYS
 from jaxstab.infra import treepath
-from jaxstab.engine.families import HEAD_KEYS, family_of
 
 ALBERT_LAYER_GROUP = "FlaxAlbertLayerCollections"  # one application of the shared layer group
 SCALARS = ("total_grad_norm", "param_norm", "update_norm", "loss", "lr", "bias_correction")

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxstab.infra.errors import ConfigError
-from jaxstab.engine.families import HEAD_KEYS, family_of
+from jaxstab.engine.families import family_of, HEAD_KEYS
 from jaxstab.engine.probe import group_of
+from jaxstab.infra.errors import ConfigError
 from jaxstab.infra.treepath import names as path_names
 
 

@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxstab.config import reference
 from jaxstab.data import dataset as data_lib
 from jaxstab.engine import models, optim, parallel, probe, stabilisers
-from jaxstab.config import reference
 from jaxstab.engine.optim import bias_correction_factor
 
 SEED_AXES = ("auto", "vmap", "map")

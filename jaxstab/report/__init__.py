@@ -10,6 +10,6 @@ Modules: schedule (effective learning rate with bias correction), figures and gr
 (matplotlib, Agg), analyses (the loss surface and forgetting figures, from their files), html
 (the page), builder (all of it).
 """
-from jaxstab.report.builder import Report, build
+from jaxstab.report.builder import build, Report
 
 __all__ = ["Report", "build"]

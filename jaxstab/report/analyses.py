@@ -16,8 +16,8 @@ from matplotlib import colors
 from matplotlib.lines import Line2D
 
 from jaxstab.infra import fs
-from jaxstab.results import outputs
 from jaxstab.report import figures
+from jaxstab.results import outputs
 
 
 def loss_surface(path_npz: str, path_png: str, title: str) -> str:

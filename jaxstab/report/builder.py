@@ -6,9 +6,8 @@ from typing import Dict, List
 
 from jaxstab.infra import fs
 from jaxstab.infra.errors import ConfigError
+from jaxstab.report import analyses, figures, forecast as forecast_fig, gradnorms, html, seed_grid
 from jaxstab.results import outputs, picks, records
-from jaxstab.report import analyses, figures, gradnorms, html, seed_grid
-from jaxstab.report import forecast as forecast_fig
 
 
 @dataclasses.dataclass

@@ -18,8 +18,8 @@ import sys
 from typing import List
 
 from jaxstab.infra import cli, fs
-from jaxstab.results import forecast, outputs, records, stats
 from jaxstab.infra.errors import ConfigError
+from jaxstab.results import forecast, outputs, records, stats
 
 
 # The paper's Table 1 (BERT-large, 25 seeds, dev metric ×100: std / mean / median / max),

@@ -13,9 +13,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from jaxstab.results import picks
 from jaxstab.report import schedule
-from jaxstab.results.records import Setting, num
+from jaxstab.results import picks
+from jaxstab.results.records import num, Setting
 
 FAILED_COLOR, OK_COLOR = "#d62728", "#1f77b4"
 DPI = 100

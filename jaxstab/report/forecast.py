@@ -8,8 +8,8 @@ from typing import Dict, List, Optional
 import numpy as np
 from matplotlib.lines import Line2D
 
+from jaxstab.report.figures import FAILED_COLOR, new_figure, OK_COLOR, save
 from jaxstab.results import forecast, picks
-from jaxstab.report.figures import FAILED_COLOR, OK_COLOR, new_figure, save
 from jaxstab.results.records import Setting
 
 

@@ -16,8 +16,8 @@ from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import BoundaryNorm, ListedColormap, LogNorm
 
+from jaxstab.report.figures import FAILED_COLOR, new_figure, OK_COLOR, save
 from jaxstab.results import picks
-from jaxstab.report.figures import FAILED_COLOR, OK_COLOR, new_figure, save
 from jaxstab.results.records import Setting
 
 

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 from jaxstab.infra import fs
 from jaxstab.results import forecast, outputs, picks, stats
-from jaxstab.results.records import Setting, Study, num
+from jaxstab.results.records import num, Setting, Study
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px; padding: 0 1em;

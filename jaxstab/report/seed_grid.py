@@ -6,8 +6,8 @@ from typing import Optional
 
 import numpy as np
 
+from jaxstab.report.figures import FAILED_COLOR, new_figure, OK_COLOR, save
 from jaxstab.results import picks
-from jaxstab.report.figures import FAILED_COLOR, OK_COLOR, new_figure, save
 from jaxstab.results.records import EarlyStop, Setting
 
 

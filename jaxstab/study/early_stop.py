@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxstab.results import forecast, outputs
 from jaxstab.infra import fs
 from jaxstab.infra.errors import ConfigError
+from jaxstab.results import forecast, outputs
 
 CRITERIA = ("dev", "probe")
 DECISION = "early_stop.json"   # the ranking and who went on, in the setting's workdir

@@ -17,8 +17,7 @@ import numpy as np
 from absl import logging
 
 from jaxstab.data import metrics
-from jaxstab.engine import parallel
-from jaxstab.engine import train as train_lib
+from jaxstab.engine import parallel, train as train_lib
 from jaxstab.infra import checkpoint, fs
 from jaxstab.results import outputs
 from jaxstab.study import merge, progress as progress_lib, workdir as workdir_lib

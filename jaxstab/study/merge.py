@@ -9,12 +9,11 @@ import json
 
 import numpy as np
 
-from jaxstab.study import early_stop
-from jaxstab.results import forecast, outputs, records, stats
-from jaxstab.infra import fs
 from jaxstab.data import metrics
 from jaxstab.engine import parallel, probe
-from jaxstab.study import workdir as workdir_lib
+from jaxstab.infra import fs
+from jaxstab.results import forecast, outputs, records, stats
+from jaxstab.study import early_stop, workdir as workdir_lib
 
 
 def merge(plan):

@@ -11,9 +11,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from jaxstab.data import tasks
-from jaxstab.engine import inputs as inputs_lib
-from jaxstab.engine import models
-from jaxstab.engine import train as train_lib
+from jaxstab.engine import inputs as inputs_lib, models, train as train_lib
 from jaxstab.study import early_stop, runs as runs_lib
 
 

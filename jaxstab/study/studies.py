@@ -9,14 +9,12 @@ are written as soon as it finishes, so a later crash loses nothing finished.
 """
 from absl import logging
 
-from jaxstab.infra import checkpoint, fs
 from jaxstab.config import config_lib
-from jaxstab.study import experiment
 from jaxstab.engine import models, parallel
-from jaxstab.results import records, stats
-from jaxstab.study import validate
-from jaxstab.study import workdir as workdir_lib
+from jaxstab.infra import checkpoint, fs
 from jaxstab.infra.errors import ConfigError
+from jaxstab.results import records, stats
+from jaxstab.study import experiment, validate, workdir as workdir_lib
 
 
 def expand(cfg):

@@ -9,12 +9,11 @@ config".
 """
 import jax
 
-from jaxstab.engine import attention, families, models, optim, stabilisers
 from jaxstab.config import config_lib
 from jaxstab.data import custom_data, dataset, tasks
-from jaxstab.study import early_stop, runs as runs_lib
-from jaxstab.engine import train
+from jaxstab.engine import attention, families, models, optim, stabilisers, train
 from jaxstab.infra.errors import ConfigError
+from jaxstab.study import early_stop, runs as runs_lib
 
 ENUMS = {"data.source": dataset.SOURCES, "model.dtype": tuple(models.DTYPES),
          "optim.eps_mode": optim.EPS_MODES, "select": ("final", "best"),

@@ -7,10 +7,10 @@ overwrite=True.
 import json
 
 from jaxstab.config import stored
-from jaxstab.infra import fs
-from jaxstab.results import outputs
 from jaxstab.engine import parallel
+from jaxstab.infra import fs
 from jaxstab.infra.errors import ConfigError
+from jaxstab.results import outputs
 
 RUNS = "runs"
 
