@@ -50,20 +50,6 @@ def pytest_runtest_makereport(item, call):  # pylint: disable=unused-argument
       report.longrepr = f"{reason}: a required package is missing in CI"
 
 
-# The modules that take longest (BUILD_NOTES, "Test suite time"), collected first so that the
-# workers of `pytest -n` start on them and finish together instead of one waiting on a straggler.
-SLOW_FIRST = ("test_report_browser", "test_seed_grid_and_early_stop", "test_checkpoint",
-              "test_parallel", "test_compare", "test_lock", "test_study", "test_validation",
-              "test_cli", "test_families", "test_planted_bugs", "test_custom_data", "test_parity",
-              "test_bucket")
-
-
-def pytest_collection_modifyitems(items):
-  """Slow modules first, each module's tests in their written order (a stable sort)."""
-  rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-  items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))
-
-
 @pytest.fixture(scope="session")
 def require():
   """require(name) -> the imported module; a missing one skips the test, or fails it in CI."""
