@@ -13,7 +13,7 @@ import time
 from absl import app, flags, logging
 
 from jaxstab.config import config_lib
-from jaxstab.infra import fs, quiet
+from jaxstab.infra import cli, fs, quiet
 from jaxstab.infra.errors import ConfigError
 
 FLAGS = flags.FLAGS
@@ -93,17 +93,11 @@ def split_overrides(argv):
   return rest, overrides
 
 
-def prog() -> str:
-  """How the user called us: the console script `jaxstab`, or `python -m jaxstab.main`."""
-  called = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-  return "jaxstab" if called == "jaxstab" else "python -m jaxstab.main"
-
-
 def parse_flags(argv):
   """absl parses its own flags; the config overrides are taken out first and applied by us.
   `--help` prints USAGE and exits 0 (absl's own help exits 1 and lists its internals)."""
   if any(a in _HELP for a in argv[1:]):
-    print(USAGE.format(prog=prog()), end="")
+    print(USAGE.format(prog=cli.prog("jaxstab.main")), end="")
     sys.exit(0)
   try:
     rest, overrides = split_overrides(argv)

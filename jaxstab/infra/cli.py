@@ -20,9 +20,10 @@ from jaxstab.infra.errors import ConfigError
 
 
 def prog(module: str) -> str:
-  """The tool's name as the user called it: its console script, or `python -m <module>`."""
+  """The tool's name as the user called it: its console script (`jaxstab`, `jaxstab-<tool>`),
+  or `python -m <module>`."""
   called = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-  return called if called.startswith("jaxstab-") else f"python -m {module}"
+  return called if called == "jaxstab" or called.startswith("jaxstab-") else f"python -m {module}"
 
 
 def parser(module: str, description: str) -> argparse.ArgumentParser:
