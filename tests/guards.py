@@ -527,18 +527,19 @@ CHECKPOINT_ARGS = ["--config=configs/demo.py:seeds=1-2", "--config.train.max_ste
 RESUME_LINE = re.compile(r"resumed from the checkpoint at step (\d+)")
 
 
-def checkpoint_cli(workdir, fault: str = "", extra=(), plant: str = ""):
-  """`python -m jaxstab.main CHECKPOINT_ARGS extra --workdir=workdir`, with JAXSTAB_FAULT=fault;
-  `plant`: Python code run in that process before jaxstab.main (planted-bug tests)."""
+def checkpoint_cli(workdir, fault: str = "", extra=()):
+  """`python -m jaxstab.main CHECKPOINT_ARGS extra --workdir=workdir`, with JAXSTAB_FAULT=fault
+  in a process of its own (to be killed); without a fault (an uninterrupted run, a resume) in
+  this process (tests/cli_runs.py), where a planted-bug test's monkeypatch reaches it."""
   from jaxstab.infra import checkpoint  # pylint: disable=import-outside-toplevel
+  if not fault:
+    from tests import cli_runs  # pylint: disable=import-outside-toplevel
+    return cli_runs.run_cli_in_process([*CHECKPOINT_ARGS, *extra], workdir)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
-  env.pop(checkpoint.FAULT_ENV, None)
-  if fault:
-    env[checkpoint.FAULT_ENV] = fault
-  head = ["-c", plant + "\nfrom jaxstab import main\nmain.run()"] if plant else ["-m",
-                                                                               "jaxstab.main"]
-  return subprocess.run([sys.executable, *head, *CHECKPOINT_ARGS, *extra, f"--workdir={workdir}"],
+  env[checkpoint.FAULT_ENV] = fault
+  return subprocess.run([sys.executable, "-m", "jaxstab.main", *CHECKPOINT_ARGS, *extra,
+                         f"--workdir={workdir}"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -1,4 +1,6 @@
-"""End to end: `python -m jaxstab.main ...` in a subprocess, on CPU, kept small.
+"""End to end: the command line, on CPU, kept small: `python -m jaxstab.main` itself in a
+subprocess for the demo (and where the environment differs), in-process for the rest
+(tests/cli_runs.py).
 
 Successful runs: the offline demo (2 seeds, 2 epochs) and 12 steps of a tiny BERT on each of
 RTE, MRPC and CoLA (real GLUE files), plus one repeat of the RTE run for determinism. Failing
@@ -7,43 +9,18 @@ a summary.json behind.
 """
 import json
 import math
-import os
 import re
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests import guards
+from tests.cli_runs import assert_ok, error_line, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-ERROR_PREFIX = "jaxstab: error:"
-
-
-def run_cli(args, workdir, env=None, timeout=300):
-  full_env = dict(os.environ)
-  full_env.pop("XLA_FLAGS", None)  # one CPU device unless a test asks for more
-  full_env.update({"JAX_PLATFORMS": "cpu", "TOKENIZERS_PARALLELISM": "false"})
-  full_env.update(env or {})
-  cmd = [sys.executable, "-m", "jaxstab.main", f"--workdir={workdir}", *args]
-  return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True,
-                        timeout=timeout, check=False)
-
-
-def assert_ok(proc):
-  assert proc.returncode == 0, f"exit {proc.returncode}\nstderr tail:\n{proc.stderr[-4000:]}"
-
-
-def error_line(proc) -> str:
-  """The CLI's one-line error; fails the test if the run succeeded or printed none."""
-  assert proc.returncode != 0, "the run should have failed"
-  lines = [l for l in proc.stderr.splitlines() if l.startswith(ERROR_PREFIX)]
-  assert lines, f"no line starting with {ERROR_PREFIX!r} in stderr:\n{proc.stderr[-4000:]}"
-  return lines[0]
 
 
 def read_jsonl(path):
@@ -84,7 +61,7 @@ TINY_GROUPS = ["embeddings", "layer_0", "layer_1", "pooler", "classifier"]
 @pytest.fixture(scope="module")
 def demo_run(cli_root):
   workdir = cli_root / "demo"
-  proc = run_cli(DEMO_ARGS, workdir)
+  proc = run_cli(DEMO_ARGS, workdir, subprocess_=True)  # the one run of `python -m jaxstab.main`
   assert_ok(proc)
   (cli_root / "demo.stderr").write_text(proc.stderr)  # its log, for the progress-line test
   return workdir

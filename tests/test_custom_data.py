@@ -10,8 +10,6 @@ import csv
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from jaxstab.engine import inputs
 from jaxstab.infra.errors import ConfigError
 from jaxstab.report import compare
 from jaxstab.study import studies, validate
+from tests.cli_runs import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "custom"
@@ -475,15 +474,11 @@ def test_custom_config_file_arguments():
 def test_cli_on_the_readme_example(cli_root):
   """README's worked example, cut to 2 steps of 2 seeds (cli_root: the CLI tests' shared
   compilation cache)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false")
-  env.pop("XLA_FLAGS", None)
   workdir = cli_root / "custom_example"
-  proc = subprocess.run(
-      [sys.executable, "-m", "jaxstab.main",
-       "--config=configs/custom.py:path=examples/custom,text_a=review,label=sentiment,"
-       "model=tiny-bert,seeds=1-2,lr=1e-3", f"--workdir={workdir}",
-       "--config.train.max_steps=2", "--config.train.max_seq_length=32"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+  proc = run_cli(
+      ["--config=configs/custom.py:path=examples/custom,text_a=review,label=sentiment,"
+       "model=tiny-bert,seeds=1-2,lr=1e-3",
+       "--config.train.max_steps=2", "--config.train.max_seq_length=32"], workdir)
   assert proc.returncode == 0, proc.stderr[-4000:]
   summary = json.loads((workdir / "summary.json").read_text(encoding="utf-8"))
   assert summary["task"] == "custom" and summary["majority"] == {"accuracy": 0.5}

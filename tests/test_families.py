@@ -338,7 +338,8 @@ def test_an_unsupported_family_is_refused(tmp_path, model_type):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_demo_runs_two_seeds_on_each_family(cli_root, family):
-  from tests.test_cli import assert_ok, load_npz, run_cli  # pylint: disable=import-outside-toplevel
+  from tests.cli_runs import assert_ok, run_cli  # pylint: disable=import-outside-toplevel
+  from tests.test_cli import load_npz  # pylint: disable=import-outside-toplevel
   workdir = cli_root / f"family_{family}"
   proc = run_cli(["--config=configs/demo.py", f"--config.model.name_or_path=tiny-{family}",
                   "--config.train.epochs=1", "--config.seeds=1-2"], workdir)
@@ -353,7 +354,7 @@ def test_demo_runs_two_seeds_on_each_family(cli_root, family):
 
 
 def test_unsupported_family_on_the_command_line(cli_root, tmp_path):
-  from tests.test_cli import error_line, run_cli  # pylint: disable=import-outside-toplevel
+  from tests.cli_runs import error_line, run_cli  # pylint: disable=import-outside-toplevel
   (tmp_path / "config.json").write_text(json.dumps({"model_type": "bart"}))
   workdir = cli_root / "family_bart"
   proc = run_cli(["--config=configs/demo.py", f"--config.model.name_or_path={tmp_path}"],

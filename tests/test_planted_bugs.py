@@ -213,27 +213,28 @@ def test_seed_using_the_next_seeds_data_order_fails_group_vs_alone(glue_dir, mon
 
 # ============================================================ resume and the failed-run baseline
 
-# Run in the resumed process before jaxstab.main: restore_latest skips the newest checkpoint.
-RESUME_ONE_TOO_EARLY = """
-import orbax.checkpoint as ocp
-from jaxstab.infra import checkpoint
-_restore = checkpoint.GroupCheckpointer.restore_latest
-def _one_too_early(self, like):
+def _plant_resume_one_too_early(monkeypatch):
+  """restore_latest skips the newest checkpoint (orbax lists every step but the newest)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from jaxstab.infra import checkpoint  # pylint: disable=import-outside-toplevel
+  restore = checkpoint.GroupCheckpointer.restore_latest
   all_steps = ocp.CheckpointManager.all_steps
-  ocp.CheckpointManager.all_steps = lambda mgr, *a, **k: sorted(all_steps(mgr, *a, **k))[:-1]
-  try:
-    return _restore(self, like)
-  finally:
-    ocp.CheckpointManager.all_steps = all_steps
-checkpoint.GroupCheckpointer.restore_latest = _one_too_early
-"""
+
+  def one_too_early(self, like):
+    with monkeypatch.context() as m:
+      m.setattr(ocp.CheckpointManager, "all_steps",
+                lambda mgr, *a, **k: sorted(all_steps(mgr, *a, **k))[:-1])
+      return restore(self, like)
+  monkeypatch.setattr(checkpoint.GroupCheckpointer, "restore_latest", one_too_early)
 
 
-def test_resume_from_one_checkpoint_too_early_fails_the_resume_check(killed_at_step_7):
+def test_resume_from_one_checkpoint_too_early_fails_the_resume_check(killed_at_step_7,
+                                                                    monkeypatch):
   workdir = killed_at_step_7("planted_resume_too_early")
   committed = guards.committed_checkpoints(workdir)
   assert len(committed) >= 2, committed  # an older checkpoint to fall back to
-  resumed = guards.checkpoint_cli(workdir, plant=RESUME_ONE_TOO_EARLY)
+  _plant_resume_one_too_early(monkeypatch)
+  resumed = guards.checkpoint_cli(workdir)  # in this process, with the plant
   print(f"\ncomplete checkpoints {committed}; resumed from {guards.resume_steps(resumed.stderr)}")
   assert_caught("resume from one checkpoint too early", guards.check_resumed_at,
                 resumed.stderr, committed[-1])

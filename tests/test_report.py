@@ -98,13 +98,12 @@ def test_the_command_line_builds_the_report(real_run, tmp_path):
 
 
 # ------------------------------------------------------------------ errors
-def test_a_missing_workdir_exits_2_naming_it(tmp_path):
+def test_a_missing_workdir_exits_2_naming_it(tmp_path, capsys):
   missing = tmp_path / "no_such_run"
-  done = subprocess.run([sys.executable, "-m", "jaxstab.report", f"--workdir={missing}"],
-                        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-  assert done.returncode == 2
-  assert done.stderr.startswith("jaxstab: error: ") and str(missing) in done.stderr
-  assert "Traceback" not in done.stderr
+  assert report_cli.main([f"--workdir={missing}"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("jaxstab: error: ") and str(missing) in err
+  assert "Traceback" not in err
 
 
 def test_an_unfinished_study_exits_2_naming_summary_json(tmp_path, capsys):

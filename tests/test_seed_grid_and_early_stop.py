@@ -1,8 +1,6 @@
 """Init seed vs data-order seed (data_seeds) and start-many-stop-early (train.early_stop)."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,9 +11,8 @@ from jaxstab.engine import train as train_lib
 from jaxstab.infra.errors import ConfigError
 from jaxstab.results import forecast, stats
 from jaxstab.study import early_stop, experiment, runs
+from tests.cli_runs import assert_ok, run_cli
 from tests.helpers import demo_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _summary(workdir):
@@ -245,25 +242,21 @@ def test_early_stop_resumes_after_a_kill_in_the_second_phase(plain_run, tmp_path
   """SIGKILL at step 9 (after the ranking at 6); the rerun reads early_stop.json, rebuilds the
   survivors' group from the saved first phase and ends exactly where an unkilled run ends."""
   workdir = str(tmp_path / "es")
-  args = [sys.executable, "-m", "jaxstab.main", "--config=configs/demo.py",
-          f"--workdir={workdir}", "--config.model.tiny.vocab_size=200",
+  args = ["--config=configs/demo.py", "--config.model.tiny.vocab_size=200",
           "--config.train.max_seq_length=24", "--config.seeds=1-4", "--config.optim.lr=1e-3",
           f"--config.train.max_steps={ES['max_steps']}", "--config.train.seed_axis=map",
           "--config.train.seeds_per_step=2", "--config.probe.every=1",
           "--config.train.evals_per_epoch=1", "--config.model.dropout=0.0",
           "--config.train.early_stop.at=0.5", "--config.train.early_stop.keep=2",
           "--config.checkpoint.every_steps=0"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAXSTAB_FAULT="kill_at_step:9")
-  first = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+  first = run_cli(args, workdir, env={"JAXSTAB_FAULT": "kill_at_step:9"})  # a real SIGKILL
   assert first.returncode != 0
   assert os.path.exists(os.path.join(workdir, "early_stop.json"))
   assert not os.path.exists(os.path.join(workdir, "summary.json"))
-  env.pop("JAXSTAB_FAULT")
-  second = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+  second = run_cli(args, workdir)  # in-process: the resume
   assert second.returncode == 0, second.stderr[-3000:]
   clean = str(tmp_path / "clean")
-  subprocess.run([a if not a.startswith("--workdir") else f"--workdir={clean}" for a in args],
-                 cwd=ROOT, env=env, check=True, capture_output=True)
+  assert_ok(run_cli(args, clean))
   a, b = _summary(workdir), _summary(clean)
   assert [r["final"] for r in a["runs"]] == [r["final"] for r in b["runs"]]
   np.testing.assert_array_equal(_probe(workdir)["grad_norm"], _probe(clean)["grad_norm"])

@@ -1,9 +1,6 @@
 """Every config error before the first write; config files and overrides loaded by jaxstab itself;
 the user's explicit values win over every preset, in plain configs and in every study setting."""
 import hashlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +9,7 @@ from jaxstab import main
 from jaxstab.config import config_lib
 from jaxstab.infra.errors import ConfigError
 from jaxstab.study import studies, validate
+from tests.cli_runs import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -164,10 +162,7 @@ def test_overrides_are_split_typed_and_checked():
 
 def test_cli_reports_an_error_inside_get_config_in_one_line(tmp_path):
   path = _write_config(tmp_path, "def get_config(arg=''):\n  raise RuntimeError('broken file')\n")
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-m", "jaxstab.main", f"--config={path}",
-                         f"--workdir={tmp_path / 'work'}"], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=120, check=False)
+  proc = run_cli([f"--config={path}"], tmp_path / "work")
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1] == (
       f"jaxstab: error: {path}:5: RuntimeError: broken file")
