@@ -118,7 +118,14 @@ def test_decomposition_components_are_unbiased():
 def test_decomposition_needs_a_full_grid():
   assert stats.decomposition([0.1, 0.2], [1, 1], [1, 2]) is None           # 1 x 2
   assert stats.decomposition([0.1, 0.2, 0.3], [1, 1, 2], [1, 2, 1]) is None  # a hole
-  assert stats.decomposition([0.1, 0.2, 0.3, float("nan")], [1, 1, 2, 2], [1, 2, 1, 2]) is None
+  # a NaN is refused (the non-finite policy; it used to give None): decomposition_of, which
+  # merge.py calls, drops it and says why there is no decomposition
+  with pytest.raises(ValueError, match="stats.decomposition"):
+    stats.decomposition([0.1, 0.2, 0.3, float("nan")], [1, 1, 2, 2], [1, 2, 1, 2])
+  d = stats.decomposition_of([0.1, 0.2, 0.3, float("nan")], [1, 1, 2, 2], [1, 2, 1, 2])
+  assert d["grid"] == [2, 2] and d["init"] is None and d["p"]["data"] is None
+  assert d["undefined"]["init"] == d["p"]["undefined"]["data"] == (
+      "1 of the 4 grid runs have no finite value, and the decomposition needs every cell")
 
 
 def test_grid_study_on_real_rte(glue_dir, tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from jaxstab.results import stats
+from jaxstab.results import finite, stats, tables
 
 R = stats.RESAMPLES
 
@@ -58,11 +58,16 @@ def test_expected_max_at_n1_is_the_mean_and_grows_to_the_max():
   assert draws.std() == pytest.approx(std[4], rel=4 * 0.005)
 
 
-def test_expected_max_drops_non_finite_values_and_handles_no_values():
-  mean, std = stats.expected_max([0.5, math.nan, 0.7, math.inf])
+def test_expected_max_of_the_finite_values_and_of_no_values():
+  """A non-finite value is refused (the non-finite policy; this test used to check that
+  expected_max dropped them itself): the caller drops them with finite.only."""
+  with pytest.raises(ValueError, match="stats.expected_max"):
+    stats.expected_max([0.5, math.nan, 0.7, math.inf])
+  mean, std = stats.expected_max(finite.only([0.5, math.nan, 0.7, math.inf]).values)
   np.testing.assert_allclose(mean, [0.6, 0.5 * 0.25 + 0.7 * 0.75], atol=1e-15)
   assert std[0] == pytest.approx(0.1)
-  assert stats.expected_max([])[0].size == 0 and stats.expected_max([math.nan])[1].size == 0
+  assert stats.expected_max([])[0].size == 0
+  assert stats.expected_max(finite.only([math.nan]).values)[1].size == 0
   one, one_std = stats.expected_max([0.4], n_max=3)
   assert one.tolist() == [0.4] * 3 and one_std.tolist() == [0.0] * 3
 
@@ -130,7 +135,7 @@ def test_bootstrap_failed_count_is_the_binomial_quantiles(failed, expected):
 
 def test_bootstrap_ci_arguments():
   v = np.random.default_rng(8).normal(size=10)
-  assert stats.bootstrap_ci([], "mean") is None
+  assert stats.bootstrap_ci([], "mean") == finite.Undefined("no value")
   assert stats.bootstrap_ci(v, "mean") == stats.bootstrap_ci(v, "mean", seed=0)
   assert stats.bootstrap_ci(v, "mean") != stats.bootstrap_ci(v, "mean", seed=1)
   wide, narrow = stats.bootstrap_ci(v, "mean", level=0.99), stats.bootstrap_ci(v, "mean", level=0.5)
@@ -214,7 +219,7 @@ def test_permutation_test_of_identical_and_of_separated_samples():
   assert stats.permutation_test(v, far, "mean") == pytest.approx(2 / (R + 1), rel=1e-12)
   assert stats.permutation_test((v - 0.6) * 0.01, (v - 0.6) * 100, "std") == pytest.approx(
       2 / (R + 1), rel=1e-12)
-  assert stats.permutation_test([], v) is None
+  assert stats.permutation_test([], v) == finite.Undefined("a has no value")
   assert stats.permutation_test(v, far, "mean", seed=3) == stats.permutation_test(v, far, "mean")
 
 
@@ -236,7 +241,9 @@ def test_setting_stats_adds_expected_max_and_intervals_of_the_reported_metric():
   assert out["expected_max"] == mean.tolist() and out["expected_max_std"] == std.tolist()
   assert len(out["expected_max"]) == 25 and out["expected_max"][0] == pytest.approx(bests.mean())
   ci = out["ci"]
-  assert set(ci) == {"std", "mean", "median", "failed_runs", "level"} and ci["level"] == 0.95
+  # "n": how many values were finite (added by the non-finite policy)
+  assert set(ci) == {"std", "mean", "median", "failed_runs", "level", "n"} and ci["level"] == 0.95
+  assert ci["n"] == 25
   for k in ("std", "mean", "median"):
     assert ci[k] == stats.bootstrap_ci(bests, k)
   assert ci["failed_runs"] == stats.bootstrap_ci([r["failed"] for r in runs], "sum")
@@ -250,7 +257,7 @@ def test_a_summary_written_before_the_intervals_gets_them_from_its_runs():
          "recipe": "ours", "runs": runs, **stats.setting_stats(runs, "accuracy", "best")}
   old = {k: v for k, v in new.items() if k not in ("expected_max", "expected_max_std", "ci")}
   assert stats.uncertainty(old) == stats.uncertainty(new)
-  assert stats.uncertainty_markdown([old]) == stats.uncertainty_markdown([new])
+  assert tables.uncertainty_markdown([old]) == tables.uncertainty_markdown([new])
 
 
 def test_uncertainty_tables_and_pairwise_tests():
@@ -260,7 +267,7 @@ def test_uncertainty_tables_and_pairwise_tests():
   settings = [{"task": "rte", "metric": "accuracy", "select": "final", "name": n, "recipe": r,
                "runs": runs, **stats.setting_stats(runs, "accuracy")}
               for n, r, runs in (("rte_devlin", "devlin", ra), ("rte_ours", "ours", rb))]
-  text = stats.uncertainty_markdown(settings)
+  text = tables.uncertainty_markdown(settings)
   x = lambda v: f"{100 * v:.1f}"
   ci = settings[0]["ci"]
   failed = settings[0]["failed_runs"]

@@ -11,7 +11,7 @@ from scipy import stats as sps
 
 from jaxstab.config import config_lib
 from jaxstab.engine import train as train_lib
-from jaxstab.results import stats
+from jaxstab.results import stats, tables
 from jaxstab.study import studies
 from tests import guards
 from tests.helpers import build_step, demo_config, tiny_setup, tree_max_abs_diff
@@ -64,7 +64,7 @@ def test_reported_metric_follows_select():
 
   def cell(v):
     return " / ".join(f"{100 * x:.1f}" for x in (np.std(v), np.mean(v), np.median(v), np.max(v)))
-  table = stats.table1_markdown(settings)
+  table = tables.table1_markdown(settings)
   assert f"| ours | {cell(bests)} (1/4 failed) |" in table
   assert f"| devlin | {cell(plain_finals)} (1/4 failed) |" in table
   # a summary written before `select` existed reports the end of training

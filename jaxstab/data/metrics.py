@@ -115,5 +115,7 @@ def majority(metric: str, labels) -> dict:
 
 def is_failed(main_value: float, majority_value: float) -> bool:
   """The paper's failed run: final dev metric no better than the majority classifier (for
-  regression: a correlation <= 0, see `majority`)."""
-  return bool(main_value <= majority_value + 1e-12)
+  regression: a correlation <= 0, see `majority`). A value that is not a number (NaN, inf: a
+  diverged run) is no better either, so it has failed; without this, NaN <= x being false made a
+  diverged run's NaN metric count as a success."""
+  return bool(not np.isfinite(main_value) or main_value <= majority_value + 1e-12)

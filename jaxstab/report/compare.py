@@ -19,7 +19,7 @@ from typing import List
 
 from jaxstab.infra import cli, fs
 from jaxstab.infra.errors import ConfigError
-from jaxstab.results import forecast, outputs, records, stats
+from jaxstab.results import finite, forecast, outputs, records, stats, tables
 
 
 # The paper's Table 1 (BERT-large, 25 seeds, dev metric ×100: std / mean / median / max),
@@ -119,7 +119,7 @@ def _one_setting(summary, name, wd, directory, unfinished) -> Gathered:
 
 def markdown(settings, paper=False) -> str:
   """The table, the majority line, the pairwise tests (Levene, permutation), the intervals and
-  expected best-of-n table (stats.uncertainty_markdown) and where each column came from; with
+  expected best-of-n table (tables.uncertainty_markdown) and where each column came from; with
   `paper`, the paper's BERT-large rows for the same tasks below one's own (Table 1 alone, the
   first block, is what table.md and the results table of docs/results/README.md hold)."""
   tasks = list(dict.fromkeys(s.task for s in settings))
@@ -127,7 +127,7 @@ def markdown(settings, paper=False) -> str:
   for s in settings:
     majority.setdefault(s.task, 100 * s.summary.majority[s.summary.metric])
   rows = [s.as_json() for s in settings]
-  table = stats.table1_markdown(rows)
+  table = tables.table1_markdown(rows)
   in_paper = sorted({t for row in PAPER_TABLE1.values() for t in row})
   without = [t for t in tasks if t not in in_paper]
   if paper and len(without) < len(tasks):
@@ -146,20 +146,23 @@ def markdown(settings, paper=False) -> str:
            + ", ".join(f"{t.upper()} {majority[t]:.1f}" for t in tasks) + ".", ""]
   pairs = stats.levene_table(rows)
   if pairs:
-    by_name = {s.name: s.recipe for s in settings}
+    label = {}
+    for s, row in zip(settings, rows):  # "devlin (4 of 5 finite)" when a run's metric is not
+      note = finite.only(stats.reported(row)).note()
+      label[s.name] = s.recipe + (f" ({note})" if note else "")
     lines += ["| task | recipes | Levene's p | permutation p, mean | permutation p, std |",
               "|---|---|---|---|---|"]
     for p in pairs:
-      values = ["—" if p.get(k) is None else f"{p[k]:.2g}"
+      values = [finite.shown(p, k, lambda x: f"{x:.2g}")
                 for k in ("p", "perm_mean_p", "perm_std_p")]
-      lines.append(f"| {p['task'].upper()} | {by_name[p['a']]} vs {by_name[p['b']]} | "
+      lines.append(f"| {p['task'].upper()} | {label[p['a']]} vs {label[p['b']]} | "
                    + " | ".join(values) + " |")
     lines += ["", "Two-sided p-values on the reported metric: Levene's test (median-centred) for "
               "equal spread; permutation tests of the difference in mean and in std "
               f"({stats.RESAMPLES:,} random splits of the pooled seeds, seed {stats.SEED}; "
               f"smallest possible p {2 / (stats.RESAMPLES + 1):.2g}).", ""]
-  lines += [stats.uncertainty_markdown(rows), ""]
-  seed_analyses = stats.seed_analyses_markdown(rows)
+  lines += [tables.uncertainty_markdown(rows), ""]
+  seed_analyses = tables.seed_analyses_markdown(rows)
   if seed_analyses:
     lines += [seed_analyses, ""]
   predicted = forecast.markdown([(s.recipe, s.task, setting_forecast(s)) for s in settings])

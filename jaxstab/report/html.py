@@ -9,7 +9,7 @@ import os
 from typing import List, Optional
 
 from jaxstab.infra import fs
-from jaxstab.results import forecast, outputs, picks, stats
+from jaxstab.results import finite, forecast, outputs, picks, stats, tables
 from jaxstab.results.records import num, Setting, Study
 
 CSS = """
@@ -48,17 +48,23 @@ def pct(x) -> str:
 
 
 def final_spread(s: Setting) -> dict:
-  sp = s.summary.final_spread
-  if sp and sp.get("n"):
-    return sp
-  return stats.spread([v for v in (s.final(r) for r in s.runs) if math.isfinite(v)])
+  """Spread of the runs' final metric over the finite values, from the runs (a summary written
+  before the non-finite policy stored NaN in a spread with a diverged run)."""
+  return stats.spread_of([s.final(r) for r in s.runs])
 
 
 def reported_spread(s: Setting) -> dict:
   """Spread of what each run reports (best dev checkpoint for select=best recipes)."""
-  if s.select == "final":
-    return final_spread(s)
-  return stats.spread([v for v in (s.reported(r) for r in s.runs) if math.isfinite(v)])
+  return stats.spread_of([s.reported(r) for r in s.runs])
+
+
+def finite_note(s: Setting) -> str:
+  """"4 of 5 finite" when a run's reported metric is not a number, else ""."""
+  return finite.only([s.reported(r) for r in s.runs]).note()
+
+
+def shown(mapping, key: str, fmt=pct) -> str:
+  return finite.shown(mapping, key, fmt)
 
 
 def failed_count(s: Setting) -> int:
@@ -96,13 +102,14 @@ def uncertainty_table(settings: List[Setting], found: dict) -> str:
   for s in settings:
     u, sp = found[s.name], reported_spread(s)
     ci = u["ci"]
-    cells = [s.name, s.task.upper(), len(s.runs)]
-    cells += [_with_ci(pct(sp.get(k)), ci.get(k)) for k in ("std", "mean", "median")]
+    f = finite.only([s.reported(r) for r in s.runs])
+    cells = [s.name, s.task.upper(), tables.seeds_cell(f)]
+    cells += [_with_ci(shown(sp, k), ci.get(k)) for k in ("std", "mean", "median")]
     cells.append(_with_ci(str(failed_count(s)), ci.get("failed_runs"), _count))
-    em, em_std = u["expected_max"], u["expected_max_std"]
-    cells += [f"{pct(em[n - 1])} ± {pct(em_std[n - 1])}" if 0 < n <= len(em) else "—"
-              for n in (1, 5, len(em))]
+    cells += tables.best_of_n(u, f, pct)
     out.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+  if any(finite_note(s) for s in settings):
+    out.append(f"<tr><td colspan='{len(head)}'>{esc(tables.DROPPED_NOTE)}</td></tr>")
   return "\n".join(out + ["</table>"])
 
 
@@ -156,8 +163,11 @@ def table1(settings: List[Setting]) -> str:
         cells.append("<td></td>")
         continue
       sp, s = reported_spread(hit[0]), hit[0]
-      body = " / ".join(pct(sp.get(k)) for k in ("std", "mean", "median", "max"))
-      cells.append(f"<td>{body}<br><small>{failed_count(s)}/{len(s.runs)} failed</small></td>")
+      body = (" / ".join(shown(sp, k) for k in ("std", "mean", "median", "max")) if sp["n"]
+              else shown(sp, "mean"))
+      note = f"; {finite_note(s)}" if finite_note(s) else ""
+      cells.append(f"<td>{esc(body)}<br><small>{failed_count(s)}/{len(s.runs)} failed{note}"
+                   "</small></td>")
     out.append(f"<tr><td>{esc(row)}</td>{''.join(cells)}</tr>")
   return "\n".join(out + ["</table>"])
 
@@ -167,9 +177,9 @@ def details_table(settings: List[Setting]) -> str:
           "final mean ×100", "final min ×100", "best-ckpt mean ×100"]
   out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
   for s in settings:
-    sp, best = final_spread(s), s.summary.best_spread or {}
+    sp, best = final_spread(s), stats.spread_of([r.value("best", s.metric) for r in s.runs])
     cells = [s.name, s.task, s.model, s.recipe, s.metric, len(s.runs), failed_count(s),
-             pct(s.majority), pct(sp.get("mean")), pct(sp.get("min")), pct(best.get("mean"))]
+             pct(s.majority), shown(sp, "mean"), shown(sp, "min"), shown(best, "mean")]
     out.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
   return "\n".join(out + ["</table>"])
 
@@ -193,11 +203,14 @@ def levene_table(study: Study) -> str:
          f"in std ({stats.RESAMPLES:,} random splits, seed {stats.SEED})</caption>"
          "<tr><th>task</th><th>a</th><th>b</th><th>p</th><th>permutation p, mean</th>"
          "<th>permutation p, std</th></tr>"]
+  notes = {s.name: finite_note(s) for s in study.settings}
+  named = lambda n: esc(n) + (f" ({esc(notes[n])})" if notes.get(n) else "")
+  p3 = lambda p: f"{num(p):.3g}" if math.isfinite(num(p)) else "—"
   for r in rows:
-    ps = [num(r.get(k)) for k in ("p", "perm_mean_p", "perm_std_p")]
-    out.append(f"<tr><td>{esc(r.get('task'))}</td><td>{esc(r.get('a'))}</td>"
-               f"<td>{esc(r.get('b'))}</td>"
-               + "".join(f"<td>{f'{p:.3g}' if math.isfinite(p) else '—'}</td>" for p in ps)
+    out.append(f"<tr><td>{esc(r.get('task'))}</td><td>{named(r.get('a'))}</td>"
+               f"<td>{named(r.get('b'))}</td>"
+               + "".join(f"<td>{esc(shown(r, k, p3))}</td>"
+                         for k in ("p", "perm_mean_p", "perm_std_p"))
                + "</tr>")
   return "\n".join(out + ["</table>"])
 

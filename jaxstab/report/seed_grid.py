@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 
 from jaxstab.report.figures import FAILED_COLOR, new_figure, OK_COLOR, save
-from jaxstab.results import picks
+from jaxstab.results import finite, picks
 from jaxstab.results.records import EarlyStop, Setting
 
 
@@ -42,8 +42,8 @@ def grid(s: Setting, path: str) -> Optional[str]:
   ax.set_ylabel("init seed")
   ax.set_title(s.title(), fontsize=9)
   save(fig, path)
-  pct = lambda k: "—" if d.get(k) is None else f"{100 * d[k]:.0f}%"
-  p = lambda k: "—" if d["p"].get(k) is None else f"{d['p'][k]:.3f}"
+  pct = lambda k: finite.shown(d, k, lambda x: f"{100 * x:.0f}%")
+  p = lambda k: finite.shown(d["p"], k, lambda x: f"{x:.3f}")
   return (f"{s.title()}: reported dev {s.metric} of each init seed (rows) × data-order seed "
           f"(columns); × = failed run ({int(failed.sum())} of {failed.size}). Variance shares: "
           f"init {pct('init')}, data order {pct('data')}, residual {pct('residual')} (two-way "

@@ -31,8 +31,7 @@ def is_failed(setting: Setting, run: RunRecord) -> bool:
   if run.failed is not None:
     return bool(run.failed)
   value = setting.final(run)
-  return bool(run.diverged_at is not None or not math.isfinite(value)
-              or metrics.is_failed(value, setting.majority))
+  return bool(run.diverged_at is not None or metrics.is_failed(value, setting.majority))
 
 
 def _score(setting: Setting, run: RunRecord) -> float:

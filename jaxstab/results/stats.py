@@ -1,32 +1,64 @@
 """Spread statistics over seeds and comparisons between settings, as the paper's Table 1, with
 their uncertainty: the expected best of n seeds (Dodge et al. 2019, "Show Your Work"),
-percentile-bootstrap intervals and permutation tests (numpy only, vectorised over resamples)."""
-import csv
-import io
+percentile-bootstrap intervals and permutation tests (numpy only, vectorised over resamples).
+
+Non-finite values and undefined statistics follow one policy (jaxstab.results.finite): the
+statistics here refuse NaN / inf (ValueError); the functions that take a setting's runs
+(`setting_stats`, `spread_of`, `intervals`, `uncertainty_of`, `levene_table`,
+`decomposition_of`, the tables) drop them with finite.only and say how many remain; a statistic
+the data do not define is finite.Undefined, stored as null with its reason."""
 import itertools
 
 import numpy as np
 
+from jaxstab.results import finite
+from jaxstab.results.finite import Undefined
+
+SPREAD = ("std", "mean", "median", "min", "max")
+# Differences (permutation tests) and deviations (Levene) within TIE x the largest |value| are
+# equal: metrics such as accuracy take few values, and float rounding must not split a tie.
+TIE = 1e-9
+
 
 def spread(values) -> dict:
-  """n, std (population, as numpy's default), mean, median, min, max of a list of numbers."""
-  v = np.asarray(values, np.float64)
+  """n, std (population, as numpy's default), mean, median, min, max of finite numbers (a NaN
+  or inf is refused: `spread_of` drops them); with no value the five are undefined."""
+  v = finite.check(values, "stats.spread")
   if not v.size:
-    return {"n": 0, "std": None, "mean": None, "median": None, "min": None, "max": None}
+    return _no_spread(Undefined("no value"))
   return {"n": int(v.size), "std": float(v.std()), "mean": float(v.mean()),
           "median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())}
 
 
+def _no_spread(why: Undefined) -> dict:
+  out = {"n": 0}
+  for k in SPREAD:
+    finite.put(out, k, why)
+  return out
+
+
+def _spread(f: finite.Finite) -> dict:
+  return spread(f.values) if f.n else _no_spread(Undefined(f.none_left()))
+
+
+def spread_of(values) -> dict:
+  """`spread` of a setting's runs: over the finite `values` only, so `n` is how many of the N
+  runs that is; none finite: the five are undefined, saying so."""
+  return _spread(finite.only(values))
+
+
 def setting_stats(runs, metric: str, select: str = "final") -> dict:
-  """Failed count, the spread of the final and the best-dev main metric over runs, and the
-  spread of the one the recipe reports (`select`); for the reported metric also its expected
-  best of n seeds and that best's std (`expected_max`, `expected_max_std`: index n-1 -> value,
-  n = 1..N) and bootstrap intervals (`ci`, see `intervals`)."""
+  """Failed count (every run: one whose metric is not finite has failed), the spread of the
+  final and the best-dev main metric over runs, and the spread of the one the recipe reports
+  (`select`); for the reported metric also its expected best of n seeds and that best's std
+  (`expected_max`, `expected_max_std`: index n-1 -> value, n = 1..n finite) and bootstrap
+  intervals (`ci`, see `intervals`). The metric statistics are over the finite values (each
+  spread's `n`, ci's `n`)."""
   reported_values = [r[select][metric] for r in runs]
   return {"failed_runs": int(sum(bool(r["failed"]) for r in runs)),
-          "final_spread": spread([r["final"][metric] for r in runs]),
-          "best_spread": spread([r["best"][metric] for r in runs]),
-          "reported_spread": spread(reported_values),
+          "final_spread": spread_of([r["final"][metric] for r in runs]),
+          "best_spread": spread_of([r["best"][metric] for r in runs]),
+          "reported_spread": spread_of(reported_values),
           **uncertainty_of(reported_values, [bool(r["failed"]) for r in runs])}
 
 
@@ -38,9 +70,9 @@ def expected_max(values, n_max=None):
   v_(i) with probability w_i(n) = (i/N)^n - ((i-1)/N)^n, so
       E[max_n] = sum_i w_i(n) v_(i),   std[max_n] = sqrt(sum_i w_i(n) (v_(i) - E[max_n])^2).
   Exact (no sampling); tied values simply share their probability mass. n = 1 gives the mean and
-  the population std; as n grows both tend to the sample max and 0. Non-finite values are
-  dropped; no finite value gives two empty arrays."""
-  v = np.sort(_finite(values))
+  the population std; as n grows both tend to the sample max and 0. A non-finite value is
+  refused (a caller drops them with finite.only); no value gives two empty arrays."""
+  v = np.sort(finite.check(values, "stats.expected_max"))
   size = v.size
   n_max = size if n_max is None else int(n_max)
   if not size or n_max < 1:
@@ -74,11 +106,6 @@ def _statistic(statistic):
   return STATISTICS[statistic]
 
 
-def _finite(values) -> np.ndarray:
-  v = np.asarray(values, np.float64).ravel()
-  return v[np.isfinite(v)]
-
-
 def _rows(resamples: int, width: int) -> int:
   """Resamples drawn at a time, so that one block holds about 4 M numbers."""
   return max(1, min(resamples, 4_000_000 // max(width, 1)))
@@ -90,11 +117,11 @@ def bootstrap_ci(values, statistic, level=LEVEL, resamples=RESAMPLES, seed=SEED)
   replacement (numpy's default_rng(seed)), the statistic of each, and its (1-level)/2 and
   (1+level)/2 quantiles (np.percentile, linear interpolation, as scipy.stats.bootstrap's
   method='percentile'). The same seed and N draw the same resamples, so intervals of several
-  statistics of the same runs come from the same resampled runs. None when there is no value.
-  The values are used as given (a NaN gives NaN bounds)."""
-  v = np.asarray(values, np.float64).ravel()
+  statistics of the same runs come from the same resampled runs. Undefined when there is no
+  value; a non-finite value is refused (a NaN would give NaN bounds beside finite ones)."""
+  v = finite.check(values, "stats.bootstrap_ci")
   if not v.size:
-    return None
+    return Undefined("no value")
   f = _statistic(statistic)
   rng = np.random.default_rng(seed)
   theta, step = [], _rows(resamples, v.size)
@@ -105,22 +132,26 @@ def bootstrap_ci(values, statistic, level=LEVEL, resamples=RESAMPLES, seed=SEED)
   return [float(lo), float(hi)]
 
 
-def permutation_test(a, b, statistic="mean", resamples=RESAMPLES, seed=SEED):
+def permutation_test(a, b, statistic="mean", resamples=RESAMPLES, seed=SEED, names=("a", "b")):
   """Two-sided p-value of a permutation test of the difference statistic(a) - statistic(b)
   ("mean", "std" (ddof 0), "median", or f(x, axis)): the pooled values are split at random into
   groups of len(a) and len(b) `resamples` times (default_rng(seed)), and, as
   scipy.stats.permutation_test(alternative='two-sided') does, p = min(1, 2 min(p_less,
   p_greater)) with p_less = (1 + #{d* <= d}) / (resamples + 1) (the observed split counts as one,
-  so p >= 2 / (resamples + 1)) and p_greater likewise. Differences within 1e-9 x the largest
-  |value| of the observed one count as ties (metrics such as accuracy take few values). None when
-  a side is empty."""
-  a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-  if not a.size or not b.size:
-    return None
+  so p >= 2 / (resamples + 1)) and p_greater likewise. Differences within TIE x the largest
+  |value| of the observed one count as ties (metrics such as accuracy take few values).
+  Undefined when a side is empty (`names` name the sides in the reason). A non-finite value is
+  refused: every comparison with a NaN is false, which would count no split as extreme as the
+  observed one and give the smallest p there is."""
+  a = finite.check(a, "stats.permutation_test", names[0])
+  b = finite.check(b, "stats.permutation_test", names[1])
+  for name, v in zip(names, (a, b)):
+    if not v.size:
+      return Undefined(f"{name} has no value")
   f = _statistic(statistic)
   pooled = np.concatenate([a, b])
   observed = float(f(a, axis=-1) - f(b, axis=-1))
-  gamma = 1e-9 * float(np.max(np.abs(pooled)))
+  gamma = TIE * float(np.max(np.abs(pooled)))
   rng = np.random.default_rng(seed)
   less = greater = 0
   step = _rows(resamples, pooled.size)
@@ -136,19 +167,26 @@ def permutation_test(a, b, statistic="mean", resamples=RESAMPLES, seed=SEED):
 
 def intervals(values, failed, level=LEVEL, resamples=RESAMPLES, seed=SEED) -> dict:
   """`ci` of a setting: percentile-bootstrap intervals {"std", "mean", "median": [low, high] of
-  the finite `values`; "failed_runs": [low, high] of the failed-run count, the `failed` flags
-  resampled; "level"}. A statistic without data gets None."""
-  v = _finite(values)
-  out = {k: bootstrap_ci(v, k, level, resamples, seed) for k in ("std", "mean", "median")}
-  out["failed_runs"] = bootstrap_ci(np.asarray(failed, bool), "sum", level, resamples, seed)
+  the finite `values`; "failed_runs": [low, high] of the failed-run count, the `failed` flags of
+  every run resampled; "level"; "n": how many values were finite}. A statistic without data is
+  null, its reason in "undefined" (finite.put)."""
+  f = finite.only(values)
+  out = {}
+  for k in ("std", "mean", "median"):
+    finite.put(out, k, bootstrap_ci(f.values, k, level, resamples, seed) if f.n
+               else Undefined(f.none_left()))
+  flags = np.asarray(failed, bool)
+  finite.put(out, "failed_runs", bootstrap_ci(flags, "sum", level, resamples, seed) if flags.size
+             else Undefined("no runs"))
   out["level"] = level
+  out["n"] = f.n
   return out
 
 
 def uncertainty_of(values, failed) -> dict:
-  """{"expected_max", "expected_max_std", "ci"} of a setting's reported metric `values` and its
-  runs' `failed` flags (the fields `setting_stats` adds)."""
-  mean, std = expected_max(values)
+  """{"expected_max", "expected_max_std", "ci"} of a setting's reported metric `values` (over
+  the finite ones) and its runs' `failed` flags (the fields `setting_stats` adds)."""
+  mean, std = expected_max(finite.only(values).values)
   return {"expected_max": mean.tolist(), "expected_max_std": std.tolist(),
           "ci": intervals(values, failed)}
 
@@ -174,161 +212,54 @@ def reported(setting) -> list:
   return [r[select][setting["metric"]] for r in setting["runs"]]
 
 
-def levene(a, b):
-  """p-value of Levene's test (median-centred, i.e. Brown-Forsythe) for equal spread; None
-  when undefined (fewer than 2 runs a side, or no spread at all)."""
+def levene(a, b, names=("a", "b")):
+  """p-value of Levene's test (median-centred, i.e. Brown-Forsythe) for equal spread: a one-way
+  ANOVA of the absolute deviations from each side's median. Undefined (`names` name the sides
+  in the reason) with fewer than 2 values a side, or when each side's deviations are all equal
+  (within TIE x the largest |value|): the F ratio then divides by zero within-side variation,
+  0/0 when the sides do not differ either (e.g. neither has any spread), x/0 otherwise, where
+  scipy returns NaN, or a p near 0 that rounding decides (2 runs a side always lie at one
+  distance from their median). A non-finite value is refused."""
+  a = finite.check(a, "stats.levene", names[0])
+  b = finite.check(b, "stats.levene", names[1])
+  for name, v in zip(names, (a, b)):
+    if v.size < 2:
+      return Undefined(f"{name} has {v.size} value{'' if v.size == 1 else 's'}; Levene's test "
+                       "needs 2 a side")
+  dev = [np.abs(v - np.median(v)) for v in (a, b)]
+  tie = TIE * float(max(np.max(np.abs(a)), np.max(np.abs(b))))
+  if all(np.ptp(d) <= tie for d in dev):
+    if max(np.max(d) for d in dev) <= tie:
+      return Undefined("neither side has any spread (0/0)")
+    if abs(dev[0].mean() - dev[1].mean()) <= tie:
+      return Undefined("each side's values lie at one distance from its median, the same on "
+                       "both sides (0/0)")
+    return Undefined("each side's values lie at one distance from its median (always so with 2 "
+                     "a side): no variation within a side to test against (x/0)")
   # Deferred: scipy.stats takes about a second to import and only Levene's test needs it.
   from scipy import stats  # pylint: disable=import-outside-toplevel
-  if len(a) < 2 or len(b) < 2:
-    return None
-  with np.errstate(invalid="ignore", divide="ignore"):
-    p = float(stats.levene(a, b, center="median").pvalue)
-  return p if np.isfinite(p) else None
+  p = float(stats.levene(a, b, center="median").pvalue)
+  return p if np.isfinite(p) else Undefined("scipy's Levene test gave no number")
 
 
 def levene_table(settings) -> list:
-  """Every two settings of the same task, compared on the reported main metric: Levene's p
-  (`p`) and the permutation tests' two-sided p of the difference in means (`perm_mean_p`) and in
-  std (`perm_std_p`; see `permutation_test`; non-finite values left out)."""
+  """Every two settings of the same task, compared on the reported main metric over each one's
+  finite values (`n_a`, `n_b` of them): Levene's p (`p`) and the permutation tests' two-sided p
+  of the difference in means (`perm_mean_p`) and in std (`perm_std_p`; see `permutation_test`);
+  an undefined p is null, its reason in `undefined`."""
   out = []
   for x, y in itertools.combinations(settings, 2):
     if x["task"] != y["task"]:
       continue
-    a, b = reported(x), reported(y)
-    out.append({"task": x["task"], "a": x["name"], "b": y["name"], "p": levene(a, b),
-                "perm_mean_p": permutation_test(_finite(a), _finite(b), "mean"),
-                "perm_std_p": permutation_test(_finite(a), _finite(b), "std")})
+    a, b = finite.only(reported(x)).values, finite.only(reported(y)).values
+    names = (x["name"], y["name"])
+    row = {"task": x["task"], "a": x["name"], "b": y["name"]}
+    finite.put(row, "p", levene(a, b, names))
+    for k in ("mean", "std"):
+      finite.put(row, f"perm_{k}_p", permutation_test(a, b, k, names=names))
+    row.update(n_a=int(a.size), n_b=int(b.size))
+    out.append(row)
   return out
-
-
-def _cell(spread_, failed=None, n=None, started=None):
-  if not spread_["n"]:
-    return "—"
-  body = " / ".join(f"{100 * spread_[k]:.1f}" for k in ("std", "mean", "median", "max"))
-  stopped = f"; {started} started, {n} continued" if started else ""
-  return body + (f" ({failed}/{n} failed{stopped})" if failed is not None else "")
-
-
-def started_runs(setting):
-  """Runs started by a setting that stopped some early (train.early_stop), else None."""
-  es = setting.get("early_stop")
-  return es.get("started") if isinstance(es, dict) else None
-
-
-def table1_markdown(settings) -> str:
-  """Rows = recipes, columns = tasks; cells std / mean / median / max (x100) of the reported
-  metric (see `reported`) and the failed runs (always judged at the end of training)."""
-  tasks = list(dict.fromkeys(s["task"] for s in settings))
-  recipes = list(dict.fromkeys(s.get("recipe", s["name"]) for s in settings))
-  lines = ["| setting | " + " | ".join(t.upper() for t in tasks) + " |",
-           "|---" * (len(tasks) + 1) + "|"]
-  for rec in recipes:
-    cells = []
-    for t in tasks:
-      hit = [s for s in settings if s["task"] == t and s.get("recipe", s["name"]) == rec]
-      cells.append(_cell(spread(reported(hit[0])), hit[0]["failed_runs"], len(hit[0]["runs"]),
-                         started_runs(hit[0])) if hit else "")
-    lines.append(f"| {rec} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
-
-
-def _x100(x) -> str:
-  return "—" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"
-
-
-def _count(x) -> str:
-  """A bootstrap bound of a count: an integer unless the percentile fell between two."""
-  return "—" if x is None else (f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}")
-
-
-def _with_ci(value, ci, fmt=_x100) -> str:
-  return fmt(value) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
-
-
-def uncertainty_markdown(settings) -> str:
-  """Two tables below Table 1, one row per setting (recipe and task): the bootstrap intervals of
-  the reported metric's std / mean / median and of the failed-run count, and the expected best
-  of n = 1, 5 and N seeds ± its std (`uncertainty`); a line under each says what it is."""
-  level = LEVEL
-  rows_ci, rows_max = [], []
-  for s in settings:
-    u = uncertainty(s)
-    ci, level = u["ci"], u["ci"].get("level", LEVEL)
-    sp = spread([v for v in reported(s) if np.isfinite(v)])
-    label = f"| {s.get('recipe', s['name'])} | {s['task'].upper()} | {len(s['runs'])} | "
-    rows_ci.append(label + " | ".join(
-        [_with_ci(sp[k], ci.get(k)) for k in ("std", "mean", "median")]
-        + [_with_ci(s["failed_runs"], ci.get("failed_runs"), _count)]) + " |")
-    em, em_std = u["expected_max"], u["expected_max_std"]
-    cells = [f"{_x100(em[n - 1])} ± {_x100(em_std[n - 1])}" if n <= len(em) else "—"
-             for n in (1, 5, len(em) or 1)]
-    rows_max.append(label + " | ".join(cells) + " |")
-  if not settings:
-    return ""
-  pct = f"{100 * level:g}%"
-  return "\n".join(
-      [f"| setting | task | seeds | std [{pct} CI] | mean [{pct} CI] | median [{pct} CI] "
-       f"| failed runs [{pct} CI] |", "|---" * 7 + "|", *rows_ci, "",
-       f"Reported dev metric ×100 over the seeds, {pct} percentile-bootstrap intervals "
-       f"({RESAMPLES:,} resamples of the seeds, seed {SEED}); the failed-run count's interval "
-       "resamples the failed flags.", "",
-       "| setting | task | seeds | best of n = 1 | best of n = 5 | best of n = N |",
-       "|---" * 6 + "|", *rows_max, "",
-       "Expected best reported dev metric ×100 of n seeds drawn from the N runs (Dodge et al. "
-       "2019), ± the std of that best; N = the seeds column."])
-
-
-def _p(x) -> str:
-  return "—" if x is None else f"{x:.3f}"
-
-
-def seed_analyses_markdown(settings) -> str:
-  """Tables for the settings that have them: the init / data-order decomposition (data_seeds)
-  and the early stop (train.early_stop); '' when no setting has either."""
-  dec, stop = [], []
-  for s in settings:
-    label = f"| {s.get('recipe', s['name'])} | {s['task'].upper()} | "
-    d = s.get("decomposition")
-    if isinstance(d, dict):
-      share = lambda k, d=d: "—" if d.get(k) is None else f"{100 * d[k]:.0f}%"
-      dec.append(label + f"{d['grid'][0]} × {d['grid'][1]} | " + " | ".join(
-          [share("init"), share("data"), share("residual"), _p(d["p"].get("init")),
-           _p(d["p"].get("data"))]) + " |")
-    es = s.get("early_stop")
-    if isinstance(es, dict):
-      found = max((v for v in reported(s) if np.isfinite(v)), default=None)
-      stop.append(label + f"{es['started']} | {es['continued']} | {es['step']} ({es['at']:g}) | "
-                  f"{es['by']} | {100 * es['fraction_of_compute']:.0f}% | {_x100(found)} |")
-  out = []
-  if dec:
-    out += ["| setting | task | init × data seeds | init | data order | residual | p init "
-            "| p data |", "|---" * 8 + "|", *dec, "",
-            "Shares of the reported metric's variance over the grid (two-way ANOVA without "
-            "replication, random-effects components by the method of moments; the residual "
-            "holds the init × data interaction); p: F test of no added variance."]
-  if stop:
-    out += ([""] if out else []) + [
-        "| setting | task | started | continued | stop step (fraction) | ranked by | compute "
-        "| best reported |", "|---" * 8 + "|", *stop, "",
-        "Runs stopped early leave every statistic above; compute = seed-steps trained as a "
-        "share of training every started run to the end."]
-  return "\n".join(out)
-
-
-def summary_csv(settings) -> str:
-  """One row per setting and result kind (final / best); `reported` marks the kind the
-  setting reports (its `select`)."""
-  buf = io.StringIO()
-  w = csv.writer(buf)
-  w.writerow(["setting", "task", "metric", "result", "reported", "n", "failed", "majority", "std",
-              "mean", "median", "min", "max"])
-  for s in settings:
-    for kind in ("final", "best"):
-      sp = s[f"{kind}_spread"]
-      w.writerow([s["name"], s["task"], s["metric"], kind, kind == (s.get("select") or "final"),
-                  sp["n"], s["failed_runs"], s["majority"][s["metric"]]]
-                 + [sp[k] for k in ("std", "mean", "median", "min", "max")])
-  return buf.getvalue()
 
 
 # ---------------------------------------------------------------- init vs data order
@@ -342,15 +273,19 @@ def decomposition(values, init_seeds, data_seeds):
   too, but they overstate a factor that does nothing by about (levels - 1) / (I D - 1) of the
   residual, which the components correct. `p` holds the F tests of "this factor adds no
   variance". The residual holds the init x data interaction, inseparable without replicates.
-  None when the grid is incomplete, smaller than 2 x 2, or not finite."""
-  inits, datas = sorted(set(init_seeds)), sorted(set(data_seeds))
-  n_i, n_d = len(inits), len(datas)
-  if n_i < 2 or n_d < 2 or len(values) != n_i * n_d:
+  None when the grid is incomplete or smaller than 2 x 2; a non-finite value is refused
+  (`decomposition_of` drops them and says why there is no decomposition). A share is undefined
+  when nothing varies over the grid (0/0), an F test when the residual does not (x/0)."""
+  values = finite.check(values, "stats.decomposition")
+  grid = _grid(init_seeds, data_seeds, values.size)
+  if grid is None:
     return None
+  inits, datas = grid
+  n_i, n_d = len(inits), len(datas)
   y = np.full((n_i, n_d), np.nan)
   for v, a, b in zip(values, init_seeds, data_seeds):
     y[inits.index(a), datas.index(b)] = v
-  if not np.all(np.isfinite(y)):
+  if not np.all(np.isfinite(y)):  # a cell given twice, another never
     return None
   grand, rows, cols = y.mean(), y.mean(axis=1), y.mean(axis=0)
   ss = {"init": n_d * float(np.sum((rows - grand) ** 2)),
@@ -365,9 +300,49 @@ def decomposition(values, init_seeds, data_seeds):
   from scipy import stats as sps  # pylint: disable=import-outside-toplevel  # ~1 s import
   p = {}
   for k in ("init", "data"):
-    p[k] = (float(sps.f.sf(ms[k] / ms["residual"], df[k], df["residual"]))
-            if ms["residual"] > 0 else None)
-  share = lambda d, tot: {k: (d[k] / tot if tot > 0 else None) for k in d}
-  return {**share(comp, total_comp), "components": comp, "ss_shares": share(ss, total_ss),
-          "p": p, "grid": [n_i, n_d], "init_seeds": inits, "data_seeds": datas,
+    finite.put(p, k, float(sps.f.sf(ms[k] / ms["residual"], df[k], df["residual"]))
+               if ms["residual"] > 0 else Undefined("no residual variance (F = x/0)"))
+  out = _shares(comp, total_comp)
+  out.update(components=comp, ss_shares=_shares(ss, total_ss), p=p, **_about(inits, datas))
+  return out
+
+
+def _grid(init_seeds, data_seeds, n):
+  """The sorted init and data seeds of a full grid of n runs, at least 2 x 2; else None."""
+  inits, datas = sorted(set(init_seeds)), sorted(set(data_seeds))
+  if len(inits) < 2 or len(datas) < 2 or n != len(inits) * len(datas):
+    return None
+  return inits, datas
+
+
+def _about(inits, datas) -> dict:
+  return {"grid": [len(inits), len(datas)], "init_seeds": inits, "data_seeds": datas,
           "method": "two-way ANOVA without replication, random effects, method of moments"}
+
+
+def _shares(parts: dict, total: float) -> dict:
+  out = {}
+  for k, v in parts.items():
+    finite.put(out, k, v / total if total > 0 else Undefined("nothing varies over the grid (0/0)"))
+  return out
+
+
+def decomposition_of(values, init_seeds, data_seeds):
+  """`decomposition` of a grid's runs. A run whose value is not finite leaves a hole the
+  two-way ANOVA without replication cannot fill, so the shares and F tests are then undefined,
+  with the count (the grid and its seeds are still given); None without a full grid."""
+  f = finite.only(values)
+  if not f.dropped:
+    return decomposition(values, init_seeds, data_seeds)
+  grid = _grid(init_seeds, data_seeds, f.total)
+  if grid is None:
+    return None
+  why = Undefined(f"{f.dropped} of the {f.total} grid runs have no finite value, and the "
+                  "decomposition needs every cell")
+  out, p = {}, {}
+  for k in ("init", "data", "residual"):
+    finite.put(out, k, why)
+  for k in ("init", "data"):
+    finite.put(p, k, why)
+  out.update(p=p, **_about(*grid))
+  return out

@@ -88,6 +88,6 @@ def summary(plan, runs):
     out["stopped_runs"] = stopped
   if plan.data_seeds:
     values = stats.reported({"runs": kept, "select": plan.select, "metric": metric})
-    out["decomposition"] = stats.decomposition(values, [r["init_seed"] for r in kept],
-                                               [r["data_seed"] for r in kept])
+    out["decomposition"] = stats.decomposition_of(values, [r["init_seed"] for r in kept],
+                                                  [r["data_seed"] for r in kept])
   return out

@@ -13,7 +13,7 @@ from jaxstab.config import config_lib
 from jaxstab.engine import models, parallel
 from jaxstab.infra import checkpoint, fs
 from jaxstab.infra.errors import ConfigError
-from jaxstab.results import records, stats
+from jaxstab.results import records, stats, tables
 from jaxstab.study import experiment, validate, workdir as workdir_lib
 
 
@@ -82,7 +82,7 @@ def run(cfg, workdir: str) -> dict:
 
 
 def _write(workdir, results, errors=()):
-  table = stats.table1_markdown(results)
+  table = tables.table1_markdown(results)
   study = {"settings": results, "levene": stats.levene_table(results), "table": table,
            "errors": list(errors)}
   if len(results) == 1:  # a plain run: its own summary with the study fields added
@@ -90,9 +90,9 @@ def _write(workdir, results, errors=()):
   if not parallel.is_primary():
     return study
   fs.makedirs(workdir)
-  fs.write_text(fs.join(workdir, "summary.csv"), stats.summary_csv(results))
-  extra = stats.seed_analyses_markdown(results)
-  fs.write_text(fs.join(workdir, "table.md"), table + "\n\n" + stats.uncertainty_markdown(results)
+  fs.write_text(fs.join(workdir, "summary.csv"), tables.summary_csv(results))
+  extra = tables.seed_analyses_markdown(results)
+  fs.write_text(fs.join(workdir, "table.md"), table + "\n\n" + tables.uncertainty_markdown(results)
                 + ("\n\n" + extra if extra else "") + "\n")
   records.write_study(workdir, records.StudySummary.from_json(study))
   print("final dev results, std / mean / median / max (x100):\n" + table)

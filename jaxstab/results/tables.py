@@ -1,0 +1,181 @@
+"""The study's tables as text, from its setting entries (summary.json's JSON form): Table 1
+(`table1_markdown`), the intervals and expected best-of-n tables below it
+(`uncertainty_markdown`), the seed analyses (`seed_analyses_markdown`) and summary.csv
+(`summary_csv`). table.md, `compare` and the study's log print them.
+
+Every metric statistic is over a setting's finite values (jaxstab.results.finite): a cell says
+"n of N finite" when a run's metric was not a number, and an undefined statistic prints as
+"undefined: <reason>", never as `nan`.
+"""
+import csv
+import io
+
+import numpy as np
+
+from jaxstab.results import finite, stats
+
+
+def _x100(x) -> str:
+  return "—" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"
+
+
+def _count(x) -> str:
+  """A bootstrap bound of a count: an integer unless the percentile fell between two."""
+  return "—" if x is None else (f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}")
+
+
+def _p(x) -> str:
+  return "—" if x is None else f"{x:.3f}"
+
+
+def _share(x) -> str:
+  return f"{100 * x:.0f}%"
+
+
+def _body(sp: dict) -> str:
+  """std / mean / median / max x100 of a spread; one "undefined: <reason>" when it has no value."""
+  if not sp["n"]:
+    return finite.shown(sp, "mean", _x100)
+  return " / ".join(finite.shown(sp, k, _x100) for k in ("std", "mean", "median", "max"))
+
+
+def _cell(sp, failed, n, started=None, note="") -> str:
+  if not n and not sp["n"]:
+    return "—"
+  stopped = f"; {started} started, {n} continued" if started else ""
+  return _body(sp) + f" ({failed}/{n} failed{stopped}{'; ' + note if note else ''})"
+
+
+def started_runs(setting):
+  """Runs started by a setting that stopped some early (train.early_stop), else None."""
+  es = setting.get("early_stop")
+  return es.get("started") if isinstance(es, dict) else None
+
+
+def table1_markdown(settings) -> str:
+  """Rows = recipes, columns = tasks; cells std / mean / median / max (x100) of the reported
+  metric (see stats.reported) over the finite values ("n of N finite" when not all are), and the
+  failed runs (always judged at the end of training; a non-finite metric is a failed run)."""
+  tasks = list(dict.fromkeys(s["task"] for s in settings))
+  recipes = list(dict.fromkeys(s.get("recipe", s["name"]) for s in settings))
+  lines = ["| setting | " + " | ".join(t.upper() for t in tasks) + " |",
+           "|---" * (len(tasks) + 1) + "|"]
+  for rec in recipes:
+    cells = []
+    for t in tasks:
+      hit = [s for s in settings if s["task"] == t and s.get("recipe", s["name"]) == rec]
+      if not hit:
+        cells.append("")
+        continue
+      values = stats.reported(hit[0])
+      f = finite.only(values)
+      cells.append(_cell(stats.spread_of(values), hit[0]["failed_runs"], f.total,
+                         started_runs(hit[0]), f.note()))
+    lines.append(f"| {rec} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _with_ci(text: str, ci, fmt) -> str:
+  return text + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if isinstance(ci, (list, tuple)) else "")
+
+
+def best_of_n(u: dict, f: finite.Finite, fmt=_x100) -> list:
+  """The expected best of n = 1, 5 and N (the finite runs) seeds ± its std, as three cells;
+  "—" for n above N, "undefined: <reason>" without a finite run."""
+  em, em_std = u["expected_max"], u["expected_max_std"]
+  if not em:
+    return [str(finite.Undefined(f.none_left()))] * 3 if f.total else ["—"] * 3
+  return [f"{fmt(em[n - 1])} ± {fmt(em_std[n - 1])}" if n <= len(em) else "—"
+          for n in (1, 5, len(em))]
+
+
+def seeds_cell(f: finite.Finite) -> str:
+  """The seeds column: N, or "n of N" when only n runs have a finite metric."""
+  return f"{f.n} of {f.total}" if f.dropped else str(f.total)
+
+
+DROPPED_NOTE = ("Where seeds reads n of N, only n runs have a finite metric: the others "
+                "diverged, count as failed, and are left out of every metric statistic.")
+
+
+def uncertainty_markdown(settings) -> str:
+  """Two tables below Table 1, one row per setting (recipe and task): the bootstrap intervals of
+  the reported metric's std / mean / median and of the failed-run count, and the expected best
+  of n = 1, 5 and N seeds ± its std (stats.uncertainty); a line under each says what it is."""
+  level = stats.LEVEL
+  rows_ci, rows_max, dropped = [], [], False
+  for s in settings:
+    u = stats.uncertainty(s)
+    ci, level = u["ci"], u["ci"].get("level", stats.LEVEL)
+    f = finite.only(stats.reported(s))
+    dropped |= bool(f.dropped)
+    sp = stats.spread_of(stats.reported(s))
+    label = f"| {s.get('recipe', s['name'])} | {s['task'].upper()} | {seeds_cell(f)} | "
+    rows_ci.append(label + " | ".join(
+        [_with_ci(finite.shown(sp, k, _x100), ci.get(k), _x100) for k in ("std", "mean", "median")]
+        + [_with_ci(str(s["failed_runs"]), ci.get("failed_runs"), _count)]) + " |")
+    rows_max.append(label + " | ".join(best_of_n(u, f)) + " |")
+  if not settings:
+    return ""
+  pct = f"{100 * level:g}%"
+  return "\n".join(
+      [f"| setting | task | seeds | std [{pct} CI] | mean [{pct} CI] | median [{pct} CI] "
+       f"| failed runs [{pct} CI] |", "|---" * 7 + "|", *rows_ci, "",
+       f"Reported dev metric ×100 over the seeds, {pct} percentile-bootstrap intervals "
+       f"({stats.RESAMPLES:,} resamples of the seeds, seed {stats.SEED}); the failed-run count's "
+       "interval resamples the failed flags." + (" " + DROPPED_NOTE if dropped else ""), "",
+       "| setting | task | seeds | best of n = 1 | best of n = 5 | best of n = N |",
+       "|---" * 6 + "|", *rows_max, "",
+       "Expected best reported dev metric ×100 of n seeds drawn from the N runs (Dodge et al. "
+       "2019), ± the std of that best; N = the seeds column" + (" (its n)" if dropped else "")
+       + "."])
+
+
+def seed_analyses_markdown(settings) -> str:
+  """Tables for the settings that have them: the init / data-order decomposition (data_seeds)
+  and the early stop (train.early_stop); '' when no setting has either."""
+  dec, stop = [], []
+  for s in settings:
+    label = f"| {s.get('recipe', s['name'])} | {s['task'].upper()} | "
+    d = s.get("decomposition")
+    if isinstance(d, dict):
+      dec.append(label + f"{d['grid'][0]} × {d['grid'][1]} | " + " | ".join(
+          [finite.shown(d, k, _share) for k in ("init", "data", "residual")]
+          + [finite.shown(d["p"], k, _p) for k in ("init", "data")]) + " |")
+    es = s.get("early_stop")
+    if isinstance(es, dict):
+      f = finite.only(stats.reported(s))
+      found = float(f.values.max()) if f.n else None
+      stop.append(label + f"{es['started']} | {es['continued']} | {es['step']} ({es['at']:g}) | "
+                  f"{es['by']} | {100 * es['fraction_of_compute']:.0f}% | {_x100(found)} |")
+  out = []
+  if dec:
+    out += ["| setting | task | init × data seeds | init | data order | residual | p init "
+            "| p data |", "|---" * 8 + "|", *dec, "",
+            "Shares of the reported metric's variance over the grid (two-way ANOVA without "
+            "replication, random-effects components by the method of moments; the residual "
+            "holds the init × data interaction); p: F test of no added variance."]
+  if stop:
+    out += ([""] if out else []) + [
+        "| setting | task | started | continued | stop step (fraction) | ranked by | compute "
+        "| best reported |", "|---" * 8 + "|", *stop, "",
+        "Runs stopped early leave every statistic above; compute = seed-steps trained as a "
+        "share of training every started run to the end."]
+  return "\n".join(out)
+
+
+def summary_csv(settings) -> str:
+  """One row per setting and result kind (final / best); `reported` marks the kind the
+  setting reports (its `select`); `n` counts the runs with a finite metric, which the
+  statistics are over, `runs` all runs (an undefined statistic is an empty cell)."""
+  buf = io.StringIO()
+  w = csv.writer(buf)
+  w.writerow(["setting", "task", "metric", "result", "reported", "n", "failed", "majority", "std",
+              "mean", "median", "min", "max", "runs"])
+  for s in settings:
+    for kind in ("final", "best"):
+      sp = s[f"{kind}_spread"]
+      w.writerow([s["name"], s["task"], s["metric"], kind, kind == (s.get("select") or "final"),
+                  sp["n"], s["failed_runs"], s["majority"][s["metric"]]]
+                 + [sp[k] for k in ("std", "mean", "median", "min", "max")] + [len(s["runs"])])
+  return buf.getvalue()
