@@ -47,7 +47,8 @@ class _Vocab:  # what models.load needs of a tokenizer to size a random model
     return self.size
 
 
-def build(shape, arch, dtype, seq, attention="reference", dropout=-1.0):
+def build(shape, arch, dtype, seq, attention="reference", dropout=-1.0, matmul_precision=None):
+  """A random model of `shape` and its config (base_config's values unless given here)."""
   import ml_collections  # pylint: disable=import-outside-toplevel
   from jaxstab.config import config_lib  # pylint: disable=import-outside-toplevel
   from jaxstab.engine import models  # pylint: disable=import-outside-toplevel
@@ -56,6 +57,8 @@ def build(shape, arch, dtype, seq, attention="reference", dropout=-1.0):
   cfg.model.name_or_path = f"tiny-{arch}"
   cfg.model.dtype = dtype
   cfg.model.attention, cfg.model.dropout = attention, dropout
+  if matmul_precision:
+    cfg.model.matmul_precision = matmul_precision
   cfg.model.tiny = ml_collections.ConfigDict(dict(
       hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=inter,
       max_position_embeddings=max(512, seq + 2), vocab_size=vocab, init_seed=0))
@@ -246,6 +249,10 @@ def main():
                       "(overrides --seeds/--dtypes/--probe)")
   p.add_argument("--attention", default="reference", choices=("reference", "xla", "cudnn"),
                  help="model.attention: fused only where attention dropout is off (--dropout=0)")
+  p.add_argument("--matmul_precision", default="highest",
+                 choices=("highest", "high", "default"),
+                 help="model.matmul_precision of jaxstab's step (float32 matmuls: highest = "
+                      "full fp32; default = TF32 on a GPU, as every run before the key)")
   p.add_argument("--dropout", type=float, default=-1.0,
                  help="model.dropout for jaxstab's step (-1: the model's own, 0.1)")
   p.add_argument("--seed_axis", default="auto", choices=("auto", "vmap", "map"),
@@ -302,6 +309,7 @@ def main():
               batch=a.batch, seq=a.seq, steps=a.steps, warmup=a.warmup,
               probe_every=a.probe_every, peak_tflops=a.peak_tflops, label=a.label,
               attention=a.attention, dropout=a.dropout, seed_axis=seed_axis,
+              matmul_precision=a.matmul_precision,
               compile_cache=a.compile_cache, argv=sys.argv, host=platform.node(),
               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               loadavg=os.getloadavg(), cpus=os.cpu_count(),
@@ -350,7 +358,7 @@ def main():
         first = next(iter(models_by_dtype.values()), None)
         models_by_dtype[dtype] = (recast(first, dtype) if first else
                                   build(a.shape, a.arch, dtype, a.seq, a.attention,
-                                        a.dropout))
+                                        a.dropout, a.matmul_precision))
       cfg, model = models_by_dtype[dtype]
       sec, info = time_config(cfg, model, k, a.batch, a.seq,
                               a.probe_every if pr == "on" else 0, a.steps, a.warmup, events,

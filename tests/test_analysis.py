@@ -154,7 +154,7 @@ def test_chunked_vmapped_grid_equals_one_unchunked_call(inputs, surface):
                            analysis.final_params(inputs, s_seed))
   idx = ls.fixed_subset(inputs.train_arrays, EXAMPLES)
   points = ls.grid_points(surface["alpha"], surface["beta"])
-  fn = ls.make_surface_fn(inputs.model)
+  fn = ls.make_surface_fn(inputs.model, inputs.cfg.model.matmul_precision)
   # one chunk of all 25 points, one batch of all examples: no lax.map splitting anywhere
   whole = ls.evaluate_points(fn, theta_p, d_f, d_s, points,
                              ls.subset_batches(inputs.train_arrays, idx, EXAMPLES), len(points))

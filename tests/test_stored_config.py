@@ -5,7 +5,10 @@ import json
 import pathlib
 import re
 
+import pytest
+
 from jaxstab.config import config_lib, stored
+from jaxstab.infra.errors import ConfigError
 from jaxstab.study import workdir as workdir_lib
 
 
@@ -95,6 +98,25 @@ def test_resume_check_compares_an_absent_key_with_what_it_ran_with(monkeypatch):
                   "ran with 'default')"]
   today.model.fake_precision = "default"  # the value the old workdir ran with: resumable
   assert workdir_lib.config_diff(before, _saved(today)) == []
+
+
+def test_a_workdir_from_before_matmul_precision_resumes_at_default(tmp_path):
+  """Before model.matmul_precision existed nothing set the precision, so those runs ran at JAX's
+  default: a config.json without the key reads as 'default', the resume check accepts a config
+  at 'default' (`precision=default`) and refuses today's 'highest', naming the key."""
+  cfg = config_lib.task_config("rte", "model=tiny-bert")
+  assert cfg.model.matmul_precision == "highest"
+  old = _without(_saved(cfg), "model.matmul_precision")
+  assert stored.from_json(old).model.matmul_precision == "default"
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  with pytest.raises(ConfigError, match=re.escape(
+      "model.matmul_precision: '<absent>' -> 'highest' (a config.json without the key ran with "
+      "'default')")):
+    workdir_lib.check_same_config(cfg, str(tmp_path))
+  config_lib.apply_arg(cfg, "precision=default")  # the short argument
+  assert cfg.model.matmul_precision == "default"
+  workdir_lib.check_same_config(cfg, str(tmp_path))  # resumes as it ran
+  assert workdir_lib.config_diff(old, _saved(cfg)) == []
 
 
 def test_every_absent_means_entry_is_a_base_key_with_another_value_and_a_reason():

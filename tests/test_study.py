@@ -11,7 +11,7 @@ from scipy import stats as sps
 
 from jaxstab.config import config_lib
 from jaxstab.engine import train as train_lib
-from jaxstab.results import stats, tables
+from jaxstab.results import records, stats, tables
 from jaxstab.study import studies
 from tests import guards
 from tests.helpers import build_step, demo_config, tiny_setup, tree_max_abs_diff
@@ -75,9 +75,14 @@ def test_reported_metric_follows_select():
 def test_two_settings_share_seeds_and_are_compared(tmp_path):
   cfg = _demo()
   cfg.settings["plain"] = "setting=devlin"
-  cfg.settings["corrected"] = "setting=ours"
+  cfg.settings["corrected"] = "setting=ours,precision=default"
   cfg.train.max_steps = 6  # `ours` sets 20 epochs; max_steps still bounds both
   result = studies.run(cfg, str(tmp_path))
+  # the matmul precision is recorded in each setting's config.json and every summary
+  for name, prec in (("plain", "highest"), ("corrected", "default")):
+    assert json.loads((tmp_path / name / "config.json").read_text())["model"][
+        "matmul_precision"] == prec
+    assert records.read_setting(str(tmp_path / name)).matmul_precision == prec
   with open(tmp_path / "summary.json", encoding="utf-8") as f:
     saved = json.load(f)
   names = [s["name"] for s in saved["settings"]]

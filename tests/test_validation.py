@@ -49,6 +49,8 @@ KNOWN_ERRORS = [
     ("bert", {"seeds": "1-2", "train.seeds_per_step": 3}, "train.seeds_per_step=3"),
     ("bert", {"train.seed_axis": "scan"}, "train.seed_axis='scan'"),
     ("bert", {"model.dtype": "float16"}, "model.dtype='float16'"),
+    ("bert", {"model.matmul_precision": "fp32"},
+     "model.matmul_precision='fp32' is not allowed; choose one of: highest, high, default"),
     ("bert", {"model.attention": "flash"}, "model.attention='flash'"),
     ("bert", {"optim.eps_mode": "torch"}, "optim.eps_mode='torch'"),
     ("bert", {"optim.moments_dtype": "int8"}, "optim.moments_dtype='int8'"),

@@ -49,7 +49,7 @@ import numpy as np
 import optax
 
 from jaxstab import analysis
-from jaxstab.engine import families, models, probe
+from jaxstab.engine import families, models, precision, probe
 from jaxstab.infra import cli, fs
 from jaxstab.results import outputs
 from jaxstab.analysis.mlm_text import (MASK_PROB, REPLACE, WIKITEXT, batches_of, blocks,
@@ -199,9 +199,10 @@ def restore_top_k(finetuned, pretrained, k: int, num_layers: int, arch: str,
   return out[arch]
 
 
-def make_nll(flax_model):
+def make_nll(flax_model, matmul_precision: str):
   """nll(params, batches) -> (sum of masked-token cross-entropies, number of masked tokens) per
-  batch, one jitted program (lax.map over batches, deterministic forward)."""
+  batch, one jitted program (lax.map over batches, deterministic forward), traced at the
+  setting's model.matmul_precision: the models it compares trained at that precision."""
 
   def nll(params, batches):
     def one(b):
@@ -212,7 +213,7 @@ def make_nll(flax_model):
       w = b["weight"]
       return jnp.sum(jnp.where(w > 0, ce, 0.0) * w), jnp.sum(w)
     return jax.lax.map(one, batches)
-  return jax.jit(nll)
+  return jax.jit(precision.at_precision(nll, matmul_precision))
 
 
 def perplexity(nll_fn, params, batches) -> float:
@@ -253,7 +254,8 @@ def prepare(inputs: analysis.SettingInputs, text: str, text_name: str,
                                                    "keep": round(1 - sum(REPLACE), 6)},
           "mask_seed": mask_seed, "max_tokens": max_tokens}
   batches = jax.device_put(batches_of(masked, batch_size))
-  return Prepared(mlm, make_nll(mlm.flax_model), batches, info)
+  nll = make_nll(mlm.flax_model, inputs.cfg.model.matmul_precision)
+  return Prepared(mlm, nll, batches, info)
 
 
 def compute(inputs: analysis.SettingInputs, prepared: Prepared,

@@ -41,7 +41,7 @@ import numpy as np
 
 from jaxstab import analysis
 from jaxstab.data import dataset
-from jaxstab.engine import train as train_lib
+from jaxstab.engine import precision, train as train_lib
 from jaxstab.infra import cli, fs
 from jaxstab.infra.errors import ConfigError
 from jaxstab.results import outputs, picks, records
@@ -84,10 +84,10 @@ def make_loss(model, pass_segment_ids: bool = True):
   return loss
 
 
-def make_surface_fn(model, pass_segment_ids: bool = True):
+def make_surface_fn(model, matmul_precision: str, pass_segment_ids: bool = True):
   """surface(theta_p, d_f, d_s, coords, batches) -> loss [C, K] for coords [C, K, 2] (C chunks of
   K (alpha, beta) pairs): one jitted program, vmapped over a chunk's points, lax.map over
-  chunks."""
+  chunks, traced at the setting's model.matmul_precision (the precision its runs trained at)."""
   loss = make_loss(model, pass_segment_ids)
 
   def point(theta_p, d_f, d_s, ab, batches):
@@ -97,7 +97,7 @@ def make_surface_fn(model, pass_segment_ids: bool = True):
   def surface(theta_p, d_f, d_s, coords, batches):
     per_chunk = jax.vmap(point, in_axes=(None, None, None, 0, None))
     return jax.lax.map(lambda c: per_chunk(theta_p, d_f, d_s, c, batches), coords)
-  return jax.jit(surface)
+  return jax.jit(precision.at_precision(surface, matmul_precision))
 
 
 def directions(theta_p, theta_f, theta_s):
@@ -190,7 +190,8 @@ def compute(inputs: analysis.SettingInputs, grid: int = DEFAULT_GRID,
   d_f, d_s = directions(theta_p, theta_f, theta_s)
   idx = fixed_subset(inputs.train_arrays, examples, subset_seed)
   batches = jax.device_put(subset_batches(inputs.train_arrays, idx, batch_size))
-  fn = make_surface_fn(model, bool(inputs.cfg.model.pass_segment_ids))
+  fn = make_surface_fn(model, inputs.cfg.model.matmul_precision,
+                       bool(inputs.cfg.model.pass_segment_ids))
   alpha, beta = grid_axis(grid, lo, hi), grid_axis(grid, lo, hi)
   t0 = time.time()
   loss = evaluate_points(fn, theta_p, d_f, d_s, grid_points(alpha, beta), batches, chunk)

@@ -28,7 +28,8 @@ ARG_KEYS = {
     "setting": "recipe preset: " + ", ".join(SETTINGS),
     "fidelity": "reference | corrected (what the reference code ran, or jaxstab's corrections)",
     "lr": "optim.lr", "epochs": "train.epochs", "seed": "seed", "seeds": "seeds",
-    "dtype": "model.dtype", "data": "data.source", "task": "task",
+    "dtype": "model.dtype", "precision": "model.matmul_precision", "data": "data.source",
+    "task": "task",
     "train_examples": "data.train_examples", "steps_of_full_epochs": "train.steps_of_full_epochs",
     "moments": "optim.moments_dtype", "attention": "model.attention",
     "data_seeds": "data_seeds", "stop_at": "train.early_stop.at",
@@ -73,6 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.name_or_path = "bert-large-uncased"  # hub id, local folder, or a tiny-* (models.TINY)
   c.model.tokenizer = ""               # '' = the model's own; 'wordpiece' = trained on the task
   c.model.dtype = "float32"            # computation dtype: float32 | bfloat16 (params stay fp32)
+  c.model.matmul_precision = "highest"  # highest | high | default (JAX's names): float32 matmuls
+                                       # in full fp32, or TF32 on a GPU / fewer bf16 passes on a
+                                       # TPU (docs/running.md, "Matmul precision")
   c.model.dropout = -1.0               # < 0 keeps the model's own dropout probabilities
   c.model.attention = "reference"      # reference | xla | cudnn: fused where attention dropout is off
   c.model.pass_segment_ids = True      # False reproduces the reference code's quirk (all zeros)

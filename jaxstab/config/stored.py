@@ -30,9 +30,13 @@ class Absent(NamedTuple):
 
 # dotted key -> Absent(value, why): only keys whose absent value differs from today's default
 # (a key absent from an older config.json whose meaning *is* today's default needs no entry).
-# A new key whose default changes what runs (e.g. a matmul precision other than XLA's `default`)
-# gets its entry here in the same change that adds it to base_config.
-ABSENT_MEANS: Dict[str, Absent] = {}
+# A new key whose default changes what runs gets its entry here in the same change that adds it
+# to base_config.
+ABSENT_MEANS: Dict[str, Absent] = {
+    "model.matmul_precision": Absent(
+        "default", "before the key existed nothing set JAX's matmul precision, so float32 "
+        "matmuls ran at JAX's default: TF32 on recent NVIDIA GPUs, one bfloat16 pass on TPU"),
+}
 
 
 def absent_value(dotted: str):

@@ -15,7 +15,7 @@ import optax
 
 from jaxstab.config import reference
 from jaxstab.data import dataset as data_lib
-from jaxstab.engine import models, optim, parallel, probe, stabilisers
+from jaxstab.engine import models, optim, parallel, precision, probe, stabilisers
 from jaxstab.engine.optim import bias_correction_factor
 
 SEED_AXES = ("auto", "vmap", "map")
@@ -244,6 +244,9 @@ class Programs:
   group of `seeds_per_group` seeds (`seed_axis`) and jitted. The pretrained weights (bound into
   `create`) and the anchor (`step`'s third argument) are device arguments: as jit constants they
   would be compiled into every executable and the persistent cache.
+
+  Every one of these functions, the `*_one` ones too, traces its body at `matmul_precision`
+  (precision.at_precision), so whoever jits, vmaps or exports them compiles that precision.
   """
   create: Callable         # create(seed_keys[K, 2], data_keys[K, 2] = each seed's own)
                            # -> TrainState with a leading seed axis
@@ -261,6 +264,7 @@ class Programs:
   seeds_per_group: int
   seed_axis: str
   anchor: Optional[Any]
+  matmul_precision: str    # model.matmul_precision, traced into every function above
 
 
 def step_spec(cfg, model: models.Model, *, n_train: int) -> StepSpec:
@@ -281,7 +285,9 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
 
   `n_train` (training examples on the device) and `total` (optimizer updates) fix the data
   order and the schedule; `layout` places seed groups on the devices (default: all local
-  devices); `seed_axis` defaults to cfg.train.seed_axis resolved for this backend.
+  devices); `seed_axis` defaults to cfg.train.seed_axis resolved for this backend. Every
+  function is traced at cfg.model.matmul_precision (engine/precision.py): applied here, it
+  reaches the study, the benchmarks and the tests alike.
   """
   layout = layout or parallel.Layout.create()
   st = cfg.stabilisers
@@ -295,12 +301,15 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
   anchor = (jax.device_put(stabilisers.anchor_of(model.params), layout.replicated)
             if stabilisers.uses_anchor(spec.mixout, spec.prior_wd) else None)
 
+  matmul = cfg.model.matmul_precision
+
   def create_from(params, key, data_key=None):
     return create_train_state(dataclasses.replace(model, params=params), tx, key, total, every,
                               groups, st.reinit_layers, st.reinit_pooler, data_key)
 
-  step_one = make_train_step(model, tx, schedule, spec)
-  eval_one = make_eval_logits(model, spec.pass_segment_ids)
+  create_from = precision.at_precision(create_from, matmul)
+  step_one = precision.at_precision(make_train_step(model, tx, schedule, spec), matmul)
+  eval_one = precision.at_precision(make_eval_logits(model, spec.pass_segment_ids), matmul)
   create_fn = jax.jit(over_seeds(create_from, (None, 0, 0), axis),
                       out_shardings=layout.seed_sharding(seeds_per_group))
   pretrained = jax.device_put(model.params, layout.replicated)
@@ -318,5 +327,5 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
       create_one=functools.partial(create_from, model.params), step_one=step_one,
       eval_one=eval_one, tx=tx, schedule=schedule, spec=spec, group_names=groups,
       total_steps=total,
-      seeds_per_group=seeds_per_group, seed_axis=axis, anchor=anchor)
+      seeds_per_group=seeds_per_group, seed_axis=axis, anchor=anchor, matmul_precision=matmul)
 

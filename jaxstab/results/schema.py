@@ -162,6 +162,8 @@ class SettingSummary(_Json):
   setting: Optional[str] = None          # the recipe's preset name (config `setting`)
   select: Optional[str] = None           # "final", or "best": the best dev checkpoint
   model: Optional[str] = None
+  matmul_precision: Optional[str] = None  # model.matmul_precision; None: a summary written
+                                          # before the key, whose runs ran at "default"
   total_steps: Optional[int] = None
   seeds: Tuple[int, ...] = ()            # every run started, stopped ones too
   failed_runs: Optional[int] = None

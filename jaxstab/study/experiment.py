@@ -86,7 +86,8 @@ def _prepare(cfg, workdir, loaded: inputs_lib.Inputs) -> Plan:
               majority=metrics.majority(loaded.task.metric, arrays.dev["labels"]),
               saving=Saving(every_steps=cfg.checkpoint.every_steps, keep=cfg.checkpoint.keep,
                             keep_final_params=cfg.checkpoint.keep_final_params),
-              setting=cfg.setting, select=cfg.select, data_seeds=runs_lib.uses_data_seeds(cfg))
+              setting=cfg.setting, select=cfg.select, data_seeds=runs_lib.uses_data_seeds(cfg),
+              matmul_precision=cfg.model.matmul_precision)
 
 
 def _build(cfg, plan: Plan) -> Engine:

@@ -3,7 +3,8 @@ TensorBoard events, probe.npz and (last) summary.json with the spread statistics
 stop's record and the init / data-order decomposition.
 
 `plan` is plan.Plan (its workdir, seeds, runs, task, model, majority, total_steps, stopping,
-setting, select, data_seeds); this module reads only those fields, never the config.
+setting, select, data_seeds, matmul_precision); this module reads only those fields, never the
+config.
 """
 import json
 
@@ -75,6 +76,7 @@ def summary(plan, runs):
     r["failed"] = None
   out = {"task": plan.task.name, "metric": metric, "majority": majority,
          "setting": plan.setting, "select": plan.select, "model": plan.model.name,
+         "matmul_precision": plan.matmul_precision,
          "total_steps": plan.total_steps, "seeds": [r["seed"] for r in runs],
          **stats.setting_stats(kept, metric, plan.select), "runs": kept}
   if plan.stopping is not None:

@@ -40,6 +40,7 @@ class Plan:
   setting: str                # the recipe preset's name (for the record)
   select: str                 # which dev result the setting reports: final | best
   data_seeds: bool            # runs are the grid seeds x data_seeds (the decomposition)
+  matmul_precision: str       # model.matmul_precision the programs trace (for the record)
   stopping: Optional[early_stop.Spec] = None  # train.early_stop, when on
 
 

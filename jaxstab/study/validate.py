@@ -11,11 +11,12 @@ import jax
 
 from jaxstab.config import config_lib
 from jaxstab.data import custom_data, dataset, tasks
-from jaxstab.engine import attention, families, models, optim, stabilisers, train
+from jaxstab.engine import attention, families, models, optim, precision, stabilisers, train
 from jaxstab.infra.errors import ConfigError
 from jaxstab.study import early_stop, runs as runs_lib
 
 ENUMS = {"data.source": dataset.SOURCES, "model.dtype": tuple(models.DTYPES),
+         "model.matmul_precision": precision.MATMUL_PRECISIONS,
          "optim.eps_mode": optim.EPS_MODES, "select": ("final", "best"),
          "optim.moments_dtype": ("float32", "bfloat16"),
          "train.seed_axis": train.SEED_AXES, "fidelity": tuple(config_lib.FIDELITY),
