@@ -23,6 +23,10 @@
 #      early stopping at full size, ~3 min (like stage 2's 5e-5 setting)
 # Stages 1-7 and 10 run in fidelity=corrected, the mode of the rows committed in docs/results/gpu/
 # (they extend or sit beside them); 8 and 9 in the paper presets' default, fidelity=reference.
+# The committed rows ran before model.matmul_precision existed, at XLA's `default` (TF32 on the
+# GPU), so stages 1-7 and 10 pass --config.model.matmul_precision=default: they extend those
+# workdirs (a resume at another precision is refused) and stay comparable with them; 8 and 9
+# are new workdirs and run at the base config's `highest`, as the paper's GPUs computed.
 # A fresh machine starts bare, so stages 5-7 write workdirs of their own (minilm_mrpc_ours,
 # minilm_cola_ours) that jaxstab.compare puts next to the others without retraining Devlin.
 # Stages 6 and 7 fill one workdir from two runs: unpack both archives into one folder here and
@@ -75,8 +79,10 @@ stage_arg() {  # the study_minilm argument and workdir of each stage
 stage_command() {  # stage_command ARG WORKDIR EXTRA...: the jaxstab.main call of one stage
   local arg=$1 wd=$2; shift 2
   [[ -n "$SEEDS_GIVEN" ]] && arg="${arg%seeds=*}seeds=$SEEDS_GIVEN"
+  local precision=""
+  [[ $arg == *fidelity=corrected* ]] && precision=" --config.model.matmul_precision=default"
   echo "python3 -m jaxstab.main --config=configs/study_minilm.py:$arg,model=carry/minilm_fp16" \
-    "--config.data.dir=carry/glue --config.checkpoint.every_steps=0 --workdir=$WORK/$wd $*"
+    "--config.data.dir=carry/glue --config.checkpoint.every_steps=0$precision --workdir=$WORK/$wd $*"
 }
 for s in $STAGES; do stage_arg "$s" > /dev/null || exit 2; done
 if [[ -n "${PRINT_ONLY:-}" ]]; then
