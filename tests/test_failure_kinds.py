@@ -64,6 +64,20 @@ def test_a_config_mistake_is_one_line_and_exit_2(tmp_path, capfd):
   assert not work.exists()
 
 
+def test_a_batch_larger_than_the_training_set_is_a_config_mistake(tmp_path, capfd, glue_dir):
+  """As a new user tried it: RTE's 2,490 training examples in batches of 100000 used to end in
+  an out-of-memory error after the workdir was made."""
+  work = tmp_path / "work"
+  work.mkdir()
+  code, err = _run_main(capfd, "--config=configs/rte.py:model=tiny-bert", f"--workdir={work}",
+                        f"--config.data.dir={glue_dir}", "--config.train.batch_size=100000")
+  assert code == 2 and "Traceback" not in err
+  assert err.strip().splitlines()[-1] == (
+      f"{ERROR} train.batch_size=100000 is larger than the 2490 training examples of rte; use "
+      "at most 2490")
+  assert list(work.iterdir()) == []
+
+
 def test_an_internal_error_keeps_its_traceback_and_exits_1(tmp_path, capfd, monkeypatch):
   _plant(monkeypatch, inputs_lib, "load")  # the setting's first step: nothing is compiled
   code, err = _run_main(capfd, f"--config={_config(tmp_path)}", f"--workdir={tmp_path / 'work'}")

@@ -16,7 +16,7 @@ happens). Either way the finished settings' summaries and the study's summary ar
 from absl import logging
 
 from jaxstab.config import config_lib
-from jaxstab.engine import models, parallel
+from jaxstab.engine import inputs as inputs_lib, models, parallel
 from jaxstab.infra import checkpoint, fs
 from jaxstab.infra.errors import ConfigError
 from jaxstab.results import records, stats
@@ -46,12 +46,18 @@ def expand(cfg):
 
 def check(settings, workdir: str) -> None:
   """Every check of every setting, before the first one touches a file: the config itself, what
-  depends on its model (read from the model's config alone), and an earlier run's config."""
+  depends on its model (read from the model's config alone), on the size of its training set
+  (read from the data alone, once per data source), and an earlier run's config."""
+  sizes = {}  # training examples, by the task and data keys that decide them
   for name, sub in settings:
     validate.check_config(sub)
     shape = models.shape_of(sub.model)
     if shape is not None:
       validate.check_model(sub, *shape)
+    data = repr((sub.task, sorted(sub.data.to_dict().items())))
+    if data not in sizes:
+      sizes[data] = inputs_lib.train_size(sub)
+    validate.check_data(sub, sizes[data], name)
     workdir_lib.check_same_config(sub, fs.join(workdir, name) if name else workdir)
 
 
