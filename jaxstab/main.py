@@ -1,9 +1,10 @@
 """Command line: python -m jaxstab.main --config=configs/rte.py[:args] --workdir=DIR [--config.a.b=v].
 
 Flags, the config (config_lib.load_file plus the `--config.a.b=v` overrides, in the order given),
-then studies.run. Every mistake in the config reaches the user as one line `jaxstab: error: ...`
-and exit status 2, before any file is written. `--help` speaks to a user (USAGE) and exits 0;
-absl's own flag list is one part of it.
+then studies.run. Every mistake in the config (a ConfigError) reaches the user as one line
+`jaxstab: error: ...` and exit status 2, before any file is written; any other exception is
+jaxstab's own fault and keeps its traceback, with exit status 1 (jaxstab.infra.cli). `--help`
+speaks to a user (USAGE) and exits 0; absl's own flag list is one part of it.
 """
 import logging as pylogging
 import os
@@ -67,8 +68,7 @@ _OVERRIDES = []  # (dotted key, value) of every --config.a.b flag, in the order 
 
 
 def _fail(message: str):
-  print(f"jaxstab: error: {message}", file=sys.stderr)
-  sys.exit(2)
+  sys.exit(cli.user_error(message))
 
 
 def split_overrides(argv):
@@ -160,18 +160,29 @@ def _log_format():
 
 
 def main(argv):
+  """absl's main: the study, with its two kinds of failure told apart (jaxstab.infra.cli): a
+  ConfigError is one line and exit 2, any other exception its traceback and exit 1."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from jaxstab.infra import checkpoint  # pylint: disable=import-outside-toplevel  # after the flags
+  try:
+    _main()
+  except ConfigError as e:
+    _fail(str(e))
+  except checkpoint.Preempted as e:
+    print(f"jaxstab: {e}", file=sys.stderr)
+    sys.exit(143)  # 128 + SIGTERM: not finished, resumable
+  except Exception:  # pylint: disable=broad-except  # not the user's: keep the traceback
+    sys.exit(cli.internal_error())
+
+
+def _main():
   # jax initialises its backends on first use: the study modules come after the flags.
-  from jaxstab.infra import checkpoint  # pylint: disable=import-outside-toplevel
   from jaxstab.engine import parallel  # pylint: disable=import-outside-toplevel
   from jaxstab.study import studies  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.INFO)
   _log_format()
-  try:
-    config = load_config(FLAGS.config, _OVERRIDES)
-  except ConfigError as e:
-    _fail(str(e))
+  config = load_config(FLAGS.config, _OVERRIDES)
   on_tpu_vm = any(k in os.environ for k in _TPU_VM_ENV)
   if FLAGS.distributed == "on" or (FLAGS.distributed == "auto" and
                                    (FLAGS.coordinator_address or on_tpu_vm)):
@@ -181,18 +192,14 @@ def main(argv):
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= 30 or "orbax" not in r.pathname)  # 30: python WARNING
   _compilation_cache(config, FLAGS.workdir)
-  try:
-    studies.run(config, FLAGS.workdir)
-  except ConfigError as e:
-    _fail(str(e))
-  except checkpoint.Preempted as e:
-    print(f"jaxstab: {e}", file=sys.stderr)
-    sys.exit(143)  # 128 + SIGTERM: not finished, resumable
+  studies.run(config, FLAGS.workdir)
 
 
-def run():
+def run(argv=None):
+  """The command line (console script `jaxstab`); `argv` (with the program name first) instead
+  of sys.argv runs it in-process, as the tests do."""
   quiet.install()  # no TPU-probe line, transformers' Flax deprecation said once (quiet.py)
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, argv=argv, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

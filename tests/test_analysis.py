@@ -1,6 +1,7 @@
 """Loss surface and forgetting analyses (jaxstab.analysis) on a real tiny study trained in-process,
 checked against direct, independent computations (no vmap, no jit, no lax.map)."""
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -58,12 +59,16 @@ def independent(run_dir):
   return dict(cfg=cfg, task=task, model=model, tok=tok, arrays=arrays, failed=failed)
 
 
-def _start_params(model, seed):
-  """The params train.create_train_state gives `seed` (what training started from)."""
+def _start_params(model, seed, reinit_layers=0, reinit_pooler=False):
+  """The params train.create_train_state gives `seed` (what training started from), compiled
+  with the pretrained weights as an argument, as a study's create program runs it."""
   groups = probe.group_names(model.params, model.arch, model.num_layers)
-  state = train_lib.create_train_state(model, optax.identity(), train_lib.seed_key(seed), 8, 4,
-                                       groups)
-  return state.params
+
+  def create(pretrained, key):
+    return train_lib.create_train_state(dataclasses.replace(model, params=pretrained),
+                                        optax.identity(), key, 8, 4, groups, reinit_layers,
+                                        reinit_pooler).params
+  return jax.jit(create)(model.params, train_lib.seed_key(seed))
 
 
 _JITTED = {}
@@ -106,9 +111,7 @@ def test_initial_params_follow_reinit_stabilisers(inputs):
   cfg = ml_collections.ConfigDict(inputs.cfg.to_dict())
   cfg.stabilisers.reinit_layers, cfg.stabilisers.reinit_pooler = 1, True
   model = inputs.model
-  groups = probe.group_names(model.params, model.arch, model.num_layers)
-  want = train_lib.create_train_state(model, optax.identity(), train_lib.seed_key(2), 8, 4, groups,
-                                      reinit_layers=1, reinit_pooler=True).params
+  want = _start_params(model, 2, reinit_layers=1, reinit_pooler=True)
   got = analysis.initial_params(model, cfg, 2)
   assert tree_max_abs_diff(got, want) == 0.0
   assert tree_max_abs_diff(got, analysis.initial_params(model, inputs.cfg, 2)) > 0

@@ -1,7 +1,9 @@
 """Init seed vs data-order seed (data_seeds) and start-many-stop-early (train.early_stop)."""
 import json
 import os
+import types
 
+import jax
 import numpy as np
 import pytest
 from scipy import stats as sps
@@ -128,10 +130,10 @@ def test_decomposition_needs_a_full_grid():
       "1 of the 4 grid runs have no finite value, and the decomposition needs every cell")
 
 
-def test_grid_study_on_real_rte(glue_dir, tmp_path):
-  """seeds x data_seeds on real RTE with a tiny BERT: the diagonal run (init d, data d) is the
-  plain run of seed d exactly; a run with another data seed differs; the summary carries the
-  decomposition and each run its seeds."""
+@pytest.fixture(scope="module")
+def rte_grid(glue_dir, tmp_path_factory):
+  """Seeds 1-2 on real RTE with a tiny BERT, plain and as a grid with data seeds 1-2 (whose final
+  params are kept, for the analyses): (plain workdir, grid workdir)."""
   def cfg_of(**over):
     cfg = config_lib.task_config("rte", "model=tiny-bert,fidelity=corrected")
     cfg.data.dir = str(glue_dir)
@@ -147,22 +149,65 @@ def test_grid_study_on_real_rte(glue_dir, tmp_path):
     for k, v in over.items():
       config_lib.set_path(cfg, k, v)
     return cfg
-  experiment.run_setting(cfg_of(seeds="1-2"), str(tmp_path / "plain"))
-  experiment.run_setting(cfg_of(seeds="1-2", data_seeds="1-2"), str(tmp_path / "grid"))
-  plain, grid = _probe(str(tmp_path / "plain")), _probe(str(tmp_path / "grid"))
+  root = tmp_path_factory.mktemp("rte_grid")
+  experiment.run_setting(cfg_of(seeds="1-2"), str(root / "plain"))
+  experiment.run_setting(cfg_of(seeds="1-2", data_seeds="1-2",
+                                **{"checkpoint.keep_final_params": True}), str(root / "grid"))
+  return str(root / "plain"), str(root / "grid")
+
+
+def test_grid_study_on_real_rte(rte_grid):
+  """seeds x data_seeds on real RTE with a tiny BERT: the diagonal run (init d, data d) is the
+  plain run of seed d exactly; a run with another data seed differs; the summary carries the
+  decomposition and each run its seeds."""
+  plain_dir, grid_dir = rte_grid
+  plain, grid = _probe(plain_dir), _probe(grid_dir)
   assert list(grid["seeds"]) == [1001, 1002, 2001, 2002]
   for d in (1, 2):  # map over seeds runs each seed's own program: equal bit for bit
     np.testing.assert_array_equal(grid["grad_norm"][_row(grid, 1000 * d + d)],
                                   plain["grad_norm"][_row(plain, d)])
   # same init seed, another data order: other batches from step 0 on
   assert not np.array_equal(grid["loss"][_row(grid, 1001)], grid["loss"][_row(grid, 1002)])
-  s = _summary(str(tmp_path / "grid"))
+  s = _summary(grid_dir)
   assert [(r["seed"], r["init_seed"], r["data_seed"]) for r in s["runs"]] == [
       (1001, 1, 1), (1002, 1, 2), (2001, 2, 1), (2002, 2, 2)]
   values = [r["final"]["accuracy"] for r in s["runs"]]
   assert s["decomposition"] == json.loads(json.dumps(stats.decomposition(values, [1, 1, 2, 2],
                                                                          [1, 2, 1, 2])))
-  assert "decomposition" not in _summary(str(tmp_path / "plain"))
+  assert "decomposition" not in _summary(plain_dir)
+
+
+def test_the_analyses_start_a_grid_run_from_its_init_seed(rte_grid):
+  """The 2 x 2 grid (init seeds 1-2 x data seeds 1-2) above: the start the analyses rebuild for
+  each run (theta_p of the loss surface) is bit for bit the state the study's compiled create
+  program made for that run, from the init seed its record carries. The run number is no seed:
+  run 1002 started from init seed 1's head, not from a head drawn from 1002."""
+  from jaxstab import analysis  # pylint: disable=import-outside-toplevel
+  from jaxstab.analysis import loss_surface  # pylint: disable=import-outside-toplevel
+  from jaxstab.results import outputs  # pylint: disable=import-outside-toplevel
+  from jaxstab.study import groups  # pylint: disable=import-outside-toplevel
+  from tests.helpers import tree_max_abs_diff  # pylint: disable=import-outside-toplevel
+  (name, directory, summary), = analysis.select_settings(rte_grid[1])
+  inputs = analysis.load_setting(name, directory, summary)
+  numbers = outputs.kept_seeds(directory)
+  assert numbers == [1001, 1002, 2001, 2002]
+  # The study's own start: the keys groups.keys draws for the runs as their records name them,
+  # through the compiled create program of the setting's config (seed_axis=map, as trained).
+  recorded = {r.seed: runs.Run(r.seed, r.init_seed, r.data_seed) for r in summary.runs}
+  seed_keys, data_keys = groups.keys(types.SimpleNamespace(runs=recorded), numbers)
+  programs = train_lib.build_programs(inputs.cfg, inputs.model, n_train=48, total=8,
+                                      seeds_per_group=len(numbers))
+  state = programs.create(seed_keys, data_keys)
+  started = {n: jax.tree_util.tree_map(lambda x, i=i: np.asarray(x[i]), state.params)
+             for i, n in enumerate(numbers)}
+  for n in numbers:
+    assert analysis.init_seed(inputs.cfg, n) == n // 1000
+    assert tree_max_abs_diff(loss_surface.initial_params(inputs, n), started[n]) == 0.0, n
+  # the same init seed starts from the same head whatever the data seed; another init, another
+  assert tree_max_abs_diff(started[1001], started[1002]) == 0.0
+  assert tree_max_abs_diff(started[1001], started[2001]) > 0.0
+  with pytest.raises(ConfigError, match="not a run of this setting"):
+    analysis.init_seed(inputs.cfg, 3)
 
 
 # ------------------------------------------------------------------------------ early stop

@@ -166,19 +166,43 @@ def test_a_diverged_setting_is_failed_while_the_other_finishes(tmp_path):
   assert all(np.isfinite(r["final"]["accuracy"]) for r in by["absurd"]["runs"])
 
 
-def test_a_crashing_setting_does_not_lose_the_others(tmp_path):
+def test_a_crashing_setting_does_not_lose_the_others(tmp_path, monkeypatch):
+  """A user's mistake (a model folder that is not there) and an internal error (planted in the
+  engine's train.build_programs) in the first two settings (settings run in name order): the
+  third still trains and its
+  summary and the study's are written. Because one failure was internal, the study ends with a
+  RuntimeError caused by it (the command line prints its traceback, exit 1), not as a config
+  mistake; had every failure been the user's, it would be a ConfigError."""
   from jaxstab.infra.errors import ConfigError  # pylint: disable=import-outside-toplevel
-  cfg = _demo("1-2")
-  cfg.settings["good"] = "lr=1e-3"
+  from jaxstab.results import records  # pylint: disable=import-outside-toplevel
+  real = train_lib.build_programs
+
+  def build_programs(cfg, *args, **kwargs):
+    if cfg.optim.lr == 2e-3:
+      raise RuntimeError("planted internal error")
+    return real(cfg, *args, **kwargs)
+  monkeypatch.setattr(train_lib, "build_programs", build_programs)
+  cfg = _demo("1")
   cfg.settings["broken"] = f"model={tmp_path / 'no_such_model'}"
-  cfg.settings["late"] = "lr=2e-3"
-  with pytest.raises(ConfigError, match="1 of 3 settings failed .*broken"):
+  cfg.settings["crash"] = "lr=2e-3"
+  cfg.settings["good"] = "lr=1e-3"
+  with pytest.raises(RuntimeError, match="2 of 3 settings failed .*broken.*crash") as err:
     studies.run(cfg, str(tmp_path / "s"))
+  assert not isinstance(err.value, ConfigError)
+  assert isinstance(err.value.__cause__, RuntimeError)
+  assert str(err.value.__cause__) == "planted internal error"
   saved = json.loads((tmp_path / "s" / "summary.json").read_text())
-  assert sorted(s["name"] for s in saved["settings"]) == ["good", "late"]
-  assert saved["errors"][0]["name"] == "broken"
-  for name in ("good", "late"):
-    assert (tmp_path / "s" / name / "summary.json").exists()
+  assert [s["name"] for s in saved["settings"]] == ["good"]
+  assert [e["name"] for e in saved["errors"]] == ["broken", "crash"]
+  assert saved["errors"][1]["error"] == "RuntimeError: planted internal error"
+  good = records.read_setting(str(tmp_path / "s" / "good"))
+  assert [r.seed for r in good.runs] == [1] and good.runs[0].final
+  # every failure the user's: one ConfigError (nothing trains, nothing is compiled)
+  cfg = _demo("1")
+  cfg.settings["broken"] = f"model={tmp_path / 'no_such_model'}"
+  cfg.settings["also"] = f"model={tmp_path / 'nor_this_one'}"
+  with pytest.raises(ConfigError, match="every setting failed: also: .*broken: "):
+    studies.run(cfg, str(tmp_path / "t"))
 
 
 def test_hf_source_maps_the_hub_dataset(monkeypatch, require):

@@ -69,6 +69,9 @@ KNOWN_ERRORS = [
     ("bert", {"stabilisers.reinit_layers": 3}, "stabilisers.reinit_layers=3 must be in [0, 2]"),
     ("albert", {"stabilisers.llrd": 0.9}, "undefined for ALBERT"),
     ("albert", {"stabilisers.reinit_layers": 1}, "undefined for ALBERT"),
+    # found only by running out of memory after the workdir was made:
+    ("bert", {"train.batch_size": 100000},
+     "train.batch_size=100000 is larger than the 2490 training examples of rte; use at most 2490"),
 ]
 
 
@@ -110,6 +113,22 @@ def test_a_bad_second_setting_stops_the_study_before_the_first_trains(glue_dir, 
   with pytest.raises(ConfigError, match="undefined for ALBERT"):
     studies.run(cfg, str(tmp_path / "study"))
   assert not (tmp_path / "study").exists()
+
+
+def test_a_batch_larger_than_a_settings_training_subset_names_the_setting(glue_dir, tmp_path):
+  """The size checked is the one trained on (data.train_examples), for every setting of a study
+  before its first setting trains; the message names the setting."""
+  cfg = _tiny(glue_dir, **{"train.batch_size": 64})
+  with cfg.unlocked():
+    cfg.settings = {"full": "setting=devlin", "small": "setting=devlin,train_examples=48"}
+  with pytest.raises(ConfigError) as err:
+    studies.run(cfg, str(tmp_path / "study"))
+  assert str(err.value) == ("setting 'small': train.batch_size=64 is larger than the 48 training "
+                            "examples of rte (data.train_examples=48); use at most 48")
+  assert not (tmp_path / "study").exists()
+  with pytest.raises(ConfigError, match=r"^train\.batch_size=49 is larger than the 48 "):
+    validate.check_data(_tiny(glue_dir, **{"train.batch_size": 49}), 48)
+  validate.check_data(_tiny(glue_dir, **{"train.batch_size": 48}), 48)  # one full batch is fine
 
 
 def test_validation_does_not_change_the_config(glue_dir):

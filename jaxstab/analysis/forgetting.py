@@ -342,11 +342,21 @@ def main(argv=None) -> int:
 
   def body(args):
     fs.require_local(args.workdir, parser.prog)
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else None
-    run(args.workdir, args.setting, args.text, seeds, block_size=args.block_size,
-        batch_size=args.batch_size, max_tokens=args.max_tokens, mask_seed=args.mask_seed)
-  # ValueError too: a bad --seeds list, a k outside 0..L
-  return cli.run(parser, body, argv, errors=(ValueError,))
+    run(args.workdir, args.setting, args.text, parse_seeds(args.seeds),
+        block_size=args.block_size, batch_size=args.batch_size, max_tokens=args.max_tokens,
+        mask_seed=args.mask_seed)
+  return cli.run(parser, body, argv)
+
+
+def parse_seeds(text: Optional[str]) -> Optional[List[int]]:
+  """--seeds "1,2,1002" as run numbers; None when not given. A bad list is the user's mistake."""
+  if not text:
+    return None
+  try:
+    return [int(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    raise ConfigError(f"--seeds={text!r}: expected comma-separated run numbers, e.g. "
+                      "--seeds=1,2,1002") from None
 
 
 if __name__ == "__main__":  # the same as python -m jaxstab.forgetting

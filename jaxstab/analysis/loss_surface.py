@@ -17,12 +17,14 @@ the chunks one after another, so memory is bounded by `chunk` parameter copies p
 Which theta_p. The backbone is the pretrained model, rebuilt from the setting's config.json exactly
 as training built it (a tiny-* model's random "pretrained" weights are a function of
 model.tiny.init_seed). A classification head has no pretrained value; the paper's theta_p holds the
-*initial* head. We use the failed seed's initial parameters, exactly what train.create_train_state
-gave that seed (its head from fold_in(seed_key(seed), HEAD), and its re-drawn pooler / top layers
-when the setting re-initialises them). Then the segment alpha in [0, 1], beta = 0 is precisely the
-failed run's start-to-end line, f(0, 0) is the loss that run started from, and the successful run
-started from a point that differs from theta_p only in its own head draw (small: N(0, 0.02)).
-A zero head would be a point no run started from.
+*initial* head. We use the failed run's initial parameters, exactly what train.create_train_state
+gave that run (its head from fold_in(seed_key(init seed), HEAD), and its re-drawn pooler / top
+layers when the setting re-initialises them). The init seed is the run's own number for a plain
+run; a data_seeds grid run 3002 started from init seed 3 (analysis.init_seed, by the study's
+numbering), so its number must not be used as a seed. Then the segment alpha in [0, 1],
+beta = 0 is precisely the failed run's start-to-end line, f(0, 0) is the loss that run started
+from, and the successful run started from a point that differs from theta_p only in its own head
+draw (small: N(0, 0.02)). A zero head would be a point no run started from.
 
 Command line (the report only reads the file this writes, and draws it: jaxstab.report.analyses):
 
@@ -135,8 +137,9 @@ class Surface:
   alpha: np.ndarray          # [A]
   beta: np.ndarray           # [B]
   loss: np.ndarray           # [A, B], loss[i, j] = f(alpha[i], beta[j])
-  failed_seed: int
+  failed_seed: int          # run numbers (1000 x init + data for a grid run)
   success_seed: int
+  head_seed: int             # the init seed theta_p's head was drawn from (the failed run's)
   failed_label: str
   success_label: str
   reason: str
@@ -195,13 +198,14 @@ def compute(inputs: analysis.SettingInputs, grid: int = DEFAULT_GRID,
   alpha, beta = grid_axis(grid, lo, hi), grid_axis(grid, lo, hi)
   t0 = time.time()
   loss = evaluate_points(fn, theta_p, d_f, d_s, grid_points(alpha, beta), batches, chunk)
-  return Surface(alpha, beta, loss.reshape(len(alpha), len(beta)), f, s, f_label, s_label,
-                 reason, idx, time.time() - t0)
+  return Surface(alpha, beta, loss.reshape(len(alpha), len(beta)), f, s,
+                 analysis.init_seed(inputs.cfg, f), f_label, s_label, reason, idx,
+                 time.time() - t0)
 
 
-def initial_params(inputs: analysis.SettingInputs, seed: int):
-  """theta_p: the initial parameters of `seed` (see the module docstring for why)."""
-  return analysis.initial_params(inputs.model, inputs.cfg, seed)
+def initial_params(inputs: analysis.SettingInputs, run: int):
+  """theta_p: the initial parameters of run `run` (see the module docstring for why)."""
+  return analysis.initial_params(inputs.model, inputs.cfg, run)
 
 
 def save(surface: Surface, path: str) -> str:
@@ -211,7 +215,7 @@ def save(surface: Surface, path: str) -> str:
                     seeds=np.asarray([surface.failed_seed, surface.success_seed]),
                     failed_seed=np.asarray(surface.failed_seed),
                     success_seed=np.asarray(surface.success_seed),
-                    theta_p_head_seed=np.asarray(surface.failed_seed),
+                    theta_p_head_seed=np.asarray(surface.head_seed),
                     failed_label=np.asarray(surface.failed_label),
                     success_label=np.asarray(surface.success_label),
                     reason=np.asarray(surface.reason), examples=surface.examples)

@@ -102,7 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.epochs = 3.0                 # training epochs (a fraction is allowed)
   c.train.max_steps = 0                # > 0 overrides epochs
   c.train.steps_of_full_epochs = 0.0   # > 0: train as many steps as E epochs of the full set
-  c.train.batch_size = 16              # examples per step and seed
+  c.train.batch_size = 16              # examples per step and seed; at most the training set's size
   c.train.eval_batch_size = 100        # dev examples per evaluation batch
   c.train.max_seq_length = 128         # tokens per example (pairs truncated longest-first)
   c.train.evals_per_epoch = 3          # dev evaluations per epoch (plus step 0 and the end)

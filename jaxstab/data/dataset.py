@@ -142,10 +142,16 @@ def subsample(arrays: dict, n: int, seed: int) -> dict:
   """n training examples drawn without replacement by `seed` (the same subset for every run
   seed, so runs differ only in what the paper varies); n <= 0 keeps everything."""
   total = len(arrays["labels"])
-  if n <= 0 or n >= total:
+  if subsample_size(total, n) == total:
     return arrays
   idx = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
   return {k: v[idx] for k, v in arrays.items()}
+
+
+def subsample_size(total: int, n: int) -> int:
+  """How many of `total` training examples `subsample(arrays, n, seed)` keeps: n, or all of
+  them when n <= 0 or n >= total (validation compares it with the batch size)."""
+  return total if n <= 0 or n >= total else n
 
 
 def num_batches(n: int, batch_size: int) -> int:

@@ -45,7 +45,7 @@ def load(cfg) -> Inputs:
     task, train_split, dev_split = custom_data.load(cfg)
   else:
     task = tasks.get_task(cfg.task)
-    train_split = dataset.load_split(task, "train", cfg.data.source, cfg.data.dir)
+    train_split = _glue_train(cfg, task)
     dev_split = dataset.load_split(task, "dev", cfg.data.source, cfg.data.dir)
     if cfg.data.source != "synthetic":  # the demo's generator makes one dev set
       extra = {name: dataset.load_split(task, name, cfg.data.source, cfg.data.dir)
@@ -54,6 +54,23 @@ def load(cfg) -> Inputs:
   model = models.load(cfg.model, task.num_labels, tokenizer)
   models.check_fit(model, tokenizer, cfg.train.max_seq_length)
   return Inputs(task, model, tokenizer, train_split, dev_split, extra)
+
+
+def _glue_train(cfg, task: tasks.Task) -> dataset.Split:
+  return dataset.load_split(task, "train", cfg.data.source, cfg.data.dir)
+
+
+def train_size(cfg, loaded: Optional[Inputs] = None) -> int:
+  """How many examples a setting trains on: its training set, subsampled per
+  data.train_examples. From `loaded`, else read from the data alone (no tokenizer, no model), so
+  that a study can check every setting's batch size before its first setting trains."""
+  if loaded is not None:
+    split = loaded.train_split
+  elif cfg.data.source in dataset.CUSTOM_SOURCES:
+    split = custom_data.load(cfg)[1]
+  else:
+    split = _glue_train(cfg, tasks.get_task(cfg.task))
+  return dataset.subsample_size(len(split.labels), cfg.data.train_examples)
 
 
 def token_cache_dir(directory: str) -> str:

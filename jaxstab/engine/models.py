@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging as absl_logging
 
 from jaxstab.engine import attention as attention_lib, families
 from jaxstab.infra import treepath
@@ -137,37 +138,87 @@ def load(model_cfg, num_labels: int, tokenizer=None) -> Model:
     if tokenizer is None:
       raise ValueError("a tiny model is sized by its tokenizer; pass one")
     flax_model, config = _tiny(model_cfg, TINY[name], num_labels, tokenizer, dtype)
+    params = flax_model.params
   else:
-    import transformers as tr  # pylint: disable=import-outside-toplevel
-    local = os.path.isdir(name)
-    if local and not os.path.isfile(os.path.join(name, "config.json")):
-      raise ConfigError(f"model folder {name} has no config.json (model.name_or_path)")
-    try:
-      config = tr.AutoConfig.from_pretrained(name, num_labels=num_labels)
-    except (OSError, ValueError) as e:
-      raise ConfigError(
-          f"cannot load model {name!r} (model.name_or_path): {str(e).splitlines()[0]}. "
-          "If this machine is offline, pass a local folder holding config.json and the weights "
-          "(flax_model.msgpack or model.safetensors / pytorch_model.bin): "
-          "--config.model.name_or_path=/path/to/folder") from e
-    arch = _arch_of(config, name)
-    for k, v in _config_overrides(model_cfg, arch).items():
-      setattr(config, k, v)
-    _, model_cls = families.classes(config.model_type)
-    from_pt = local and not _has_flax_weights(name)
-    try:
-      with _no_load_noise():
-        flax_model = model_cls.from_pretrained(name, config=config, dtype=dtype, from_pt=from_pt)
-    except OSError as e:
-      if local or from_pt:
-        raise ConfigError(f"cannot load weights of {name!r}: {e}") from e
-      flax_model = model_cls.from_pretrained(name, config=config, dtype=dtype, from_pt=True)
+    flax_model, config, params = _pretrained(model_cfg, num_labels, dtype)
   arch = _arch_of(config)
   if not families.family_of(arch).reference_head:  # its reference head is transformers' one
     head = "transformers"
-  params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), flax_model.params)
+  params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
   return Model(flax_model, params, arch, int(config.num_hidden_layers), config, name, attention,
                head)
+
+
+def _pretrained(model_cfg, num_labels: int, dtype):
+  """(Flax classifier of `num_labels` outputs, used as a function; its config; its parameters) of
+  a folder or hub id: the checkpoint's encoder, and a placeholder head of the new size.
+
+  The checkpoint is loaded as it was saved, with its own head size, so that a model fine-tuned
+  on an intermediate task loads too (STILTs, Phang et al. 2018: RTE from an MNLI model whose head
+  has 3 outputs; transformers refuses a head of another size). Its head is then dropped, whatever
+  its size: every run draws its own (train.initial_params), so a kept head would never be used
+  anyway. The log names the head weights the checkpoint held and jaxstab dropped."""
+  import transformers as tr  # pylint: disable=import-outside-toplevel
+  name = model_cfg.name_or_path
+  local = os.path.isdir(name)
+  if local and not os.path.isfile(os.path.join(name, "config.json")):
+    raise ConfigError(f"model folder {name} has no config.json (model.name_or_path)")
+  try:
+    saved = tr.AutoConfig.from_pretrained(name)  # the checkpoint's own head size
+    config = tr.AutoConfig.from_pretrained(name, num_labels=num_labels)
+  except (OSError, ValueError) as e:
+    raise ConfigError(
+        f"cannot load model {name!r} (model.name_or_path): {str(e).splitlines()[0]}. "
+        "If this machine is offline, pass a local folder holding config.json and the weights "
+        "(flax_model.msgpack or model.safetensors / pytorch_model.bin): "
+        "--config.model.name_or_path=/path/to/folder") from e
+  arch = _arch_of(config, name)
+  for k, v in _config_overrides(model_cfg, arch).items():
+    setattr(config, k, v)
+  _, model_cls = families.classes(config.model_type)
+  from_pt = local and not _has_flax_weights(name)
+  with _no_load_noise() as missing:
+    try:
+      loaded = model_cls.from_pretrained(name, config=saved, dtype=dtype, from_pt=from_pt)
+    except OSError as e:
+      if local or from_pt:
+        raise ConfigError(f"cannot load weights of {name!r}: {e}") from e
+      loaded = model_cls.from_pretrained(name, config=saved, dtype=dtype, from_pt=True)
+  # The classifier actually run: no random init (its weights are the ones built below).
+  flax_model = model_cls(config, dtype=dtype, _do_init=False)
+  params, dropped = replace_head(dict(loaded.params), dict(flax_model.params_shape_tree), arch,
+                                 missing, config.initializer_range)
+  if dropped:
+    absl_logging.info("%s: the checkpoint's classification head is not used (%s): each run "
+                      "draws its own head of %d output(s)", name, ", ".join(dropped), num_labels)
+  return flax_model, config, params
+
+
+def replace_head(params, shapes, arch: str, missing=frozenset(), init_range: float = 0.02):
+  """(params with the family's head replaced by a placeholder of the shapes in `shapes` (the
+  new model's params_shape_tree), drawn as a seed's head is drawn; the dropped head weights,
+  as 'path shape', those in `missing` (not in the checkpoint) left out)."""
+  head_keys = families.family_of(arch).head_keys
+  dropped = []
+  for root in head_keys:
+    if root not in params:
+      continue
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params[root])[0]:
+      key = (root,) + tuple(treepath.names(path))
+      if key not in missing:
+        dropped.append(f"{'/'.join(key)} {tuple(int(d) for d in leaf.shape)}")
+  out = {k: v for k, v in params.items() if k not in head_keys}
+  new_head = {root: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes[root])
+              for root in head_keys if root in shapes}
+  out.update(init_head(new_head, jax.random.PRNGKey(0), init_range))
+  return out, dropped
+
+
+def _missing_keys(text: str):
+  """The parameter keys transformers lists as 'newly initialized' (not in the checkpoint), as
+  tuples of names, from its warning's text."""
+  listed = text.split("newly initialized", 1)[1].split("\n", 1)[0]
+  return {tuple(re.findall(r"'([^']*)'", inner)) for inner in re.findall(r"\(([^()]*)\)", listed)}
 
 
 def _not_load_noise(record) -> bool:
@@ -182,19 +233,31 @@ def _not_load_noise(record) -> bool:
   if "precision from the model checkpoint" in text:
     return False
   if "newly initialized" in text:
-    missing = re.findall(r"\(\s*'([^']+)'", text.split("newly initialized", 1)[1].split("\n", 1)[0])
-    return not (missing and all(m in families.HEAD_KEYS for m in missing))
+    missing = _missing_keys(text)
+    return not (missing and all(m[0] in families.HEAD_KEYS for m in missing))
   return True
 
 
 @contextlib.contextmanager
 def _no_load_noise():
+  """While loading: transformers' loader without the noise above; yields the set of keys it
+  reports missing from the checkpoint (filled in as it loads). Its warnings are made while
+  inside even where transformers' verbosity is lower, so that the set is complete, and shown
+  only as that verbosity allows."""
   log = logging.getLogger("transformers.modeling_flax_utils")
-  log.addFilter(_not_load_noise)
+  missing, shown_from, level = set(), log.getEffectiveLevel(), log.level
+
+  def keep(record):
+    if "newly initialized" in record.getMessage():
+      missing.update(_missing_keys(record.getMessage()))
+    return record.levelno >= shown_from and _not_load_noise(record)
+  log.addFilter(keep)
+  log.setLevel(min(shown_from, logging.WARNING))
   try:
-    yield
+    yield missing
   finally:
-    log.removeFilter(_not_load_noise)
+    log.removeFilter(keep)
+    log.setLevel(level)
 
 
 def check_fit(model: Model, tokenizer, max_seq_length: int) -> None:

@@ -3,7 +3,11 @@
 Each tool is a module `jaxstab.<tool>` with `main(argv=None) -> int`, so it runs the same three
 ways: `python -m jaxstab.<tool>`, the console script `jaxstab-<tool>` (pyproject.toml), and
 `jaxstab.<tool>.main([...])` in a test. Flags are argparse's, written `--flag=value` as in
-`python -m jaxstab.main`; a user error prints one line `jaxstab: error: ...` and exits 2.
+`python -m jaxstab.main`. Two kinds of failure, told apart by type and nothing else: a mistake of
+the user's (ConfigError) prints one line `jaxstab: error: ...` and exits 2; any other exception
+is jaxstab's own fault, so its traceback is printed in full, then one line saying so, and the
+status is 1 (`internal_error`). Treating an internal error as a user's mistake would hide where
+it happened and send the user looking for a typo that is not there.
 
 jaxstab.main itself stays on absl: it owns `--config` and the `--config.a.b=value` overrides of
 ml_collections' config_flags, which exist only for absl. The tools take no config, take
@@ -13,7 +17,8 @@ argparse gives without absl's global flag registry.
 import argparse
 import os
 import sys
-from typing import Callable, Tuple, Type
+import traceback
+from typing import Callable
 
 from jaxstab.infra import quiet
 from jaxstab.infra.errors import ConfigError
@@ -30,14 +35,33 @@ def parser(module: str, description: str) -> argparse.ArgumentParser:
   return argparse.ArgumentParser(prog=prog(module), description=description)
 
 
-def run(parser_: argparse.ArgumentParser, body: Callable[[argparse.Namespace], None], argv=None,
-        errors: Tuple[Type[Exception], ...] = (ConfigError,)) -> int:
-  """Parses argv, runs body(args); an error of `errors` is one line on stderr and exit code 2."""
+def user_error(message: str) -> int:
+  """A mistake of the user's: one line on stderr, no traceback; returns the exit status 2."""
+  print(f"jaxstab: error: {message}", file=sys.stderr)
+  return 2
+
+
+def internal_error() -> int:
+  """The exception being handled is not the user's mistake: its traceback in full on stderr, then
+  one line that says so; returns the exit status 1. Call it from an `except` block."""
+  kind, value, _ = sys.exc_info()
+  traceback.print_exc()
+  name = kind.__name__ if kind else "error"
+  print(f"jaxstab: internal error: {name}: {value} (a fault in jaxstab, not in the config or the "
+        "data: the traceback above shows where)", file=sys.stderr)
+  return 1
+
+
+def run(parser_: argparse.ArgumentParser, body: Callable[[argparse.Namespace], None],
+        argv=None) -> int:
+  """Parses argv, runs body(args): 0; a ConfigError is one line and 2 (user_error), any other
+  exception its traceback and 1 (internal_error)."""
   quiet.install()
   args = parser_.parse_args(argv)
   try:
     body(args)
-  except errors as e:
-    print(f"jaxstab: error: {e}", file=sys.stderr)
-    return 2
+  except ConfigError as e:
+    return user_error(str(e))
+  except Exception:  # pylint: disable=broad-except  # not the user's: keep the traceback
+    return internal_error()
   return 0

@@ -31,6 +31,7 @@ def run_setting(cfg, workdir: str) -> dict:
   validate.check_config(cfg)
   loaded = inputs_lib.load(cfg)
   validate.check_model(cfg, loaded.model.arch, loaded.model.num_layers)
+  validate.check_data(cfg, inputs_lib.train_size(cfg, loaded))
   workdir_lib.check_same_config(cfg, workdir)
   try:
     fs.makedirs(workdir)

@@ -6,11 +6,17 @@ each runs in workdir/<name>/ and the study writes the comparison: summary.json (
 list plus Levene and permutation p-values), summary.csv and table.md (Table 1's shape, then the
 confidence intervals and the expected best-of-n). Each setting's results
 are written as soon as it finishes, so a later crash loses nothing finished.
+
+A setting that fails does not stop the others. At the end the study says which failed, and how:
+when every failure was the user's mistake (a ConfigError) it raises a ConfigError (one line, exit
+2); when one was an internal error it raises a RuntimeError caused by that error, so its
+traceback is printed and the status is 1 (each internal error's traceback is also logged as it
+happens). Either way the finished settings' summaries and the study's summary are written first.
 """
 from absl import logging
 
 from jaxstab.config import config_lib
-from jaxstab.engine import models, parallel
+from jaxstab.engine import inputs as inputs_lib, models, parallel
 from jaxstab.infra import checkpoint, fs
 from jaxstab.infra.errors import ConfigError
 from jaxstab.results import records, stats, tables
@@ -40,19 +46,25 @@ def expand(cfg):
 
 def check(settings, workdir: str) -> None:
   """Every check of every setting, before the first one touches a file: the config itself, what
-  depends on its model (read from the model's config alone), and an earlier run's config."""
+  depends on its model (read from the model's config alone), on the size of its training set
+  (read from the data alone, once per data source), and an earlier run's config."""
+  sizes = {}  # training examples, by the task and data keys that decide them
   for name, sub in settings:
     validate.check_config(sub)
     shape = models.shape_of(sub.model)
     if shape is not None:
       validate.check_model(sub, *shape)
+    data = repr((sub.task, sorted(sub.data.to_dict().items())))
+    if data not in sizes:
+      sizes[data] = inputs_lib.train_size(sub)
+    validate.check_data(sub, sizes[data], name)
     workdir_lib.check_same_config(sub, fs.join(workdir, name) if name else workdir)
 
 
 def run(cfg, workdir: str) -> dict:
   settings = expand(cfg)
   check(settings, workdir)
-  results, errors = [], []
+  results, errors, internal = [], [], []
   for name, sub in settings:
     where = fs.join(workdir, name) if name else workdir
     try:
@@ -62,23 +74,38 @@ def run(cfg, workdir: str) -> dict:
     except Exception as e:  # pylint: disable=broad-except
       if len(settings) == 1:
         raise
-      errors.append({"name": name, "error": f"{type(e).__name__}: {e}" if not
-                     isinstance(e, ConfigError) else str(e)})
-      logging.error("setting %s failed: %s (the other settings go on)", name, errors[-1]["error"])
+      if isinstance(e, ConfigError):
+        errors.append({"name": name, "error": str(e)})
+        logging.error("setting %s failed: %s (the other settings go on)", name, e)
+      else:
+        errors.append({"name": name, "error": f"{type(e).__name__}: {e}"})
+        internal.append(e)
+        logging.exception("setting %s failed with an internal error (the other settings go on)",
+                          name)
       continue
     recipe = name.replace(f"{sub.task}_", "", 1) if name else sub.setting
     results.append(dict(summary, name=name or f"{summary['task']}_{summary['setting']}",
                         recipe=recipe))
+  listed = "; ".join(f"{e['name']}: {e['error']}" for e in errors)
   if not results:
-    raise ConfigError("every setting failed: " + "; ".join(f"{e['name']}: {e['error']}"
-                                                           for e in errors))
+    raise _failure(f"every setting failed: {listed}", internal)
   study = _write(workdir, results, errors)
   if errors:
-    raise ConfigError(f"{len(errors)} of {len(settings)} settings failed ("
-                      + "; ".join(f"{e['name']}: {e['error']}" for e in errors)
-                      + f"); the others are in {workdir}/summary.json. Fix and rerun: finished "
-                      "settings are not retrained.")
+    raise _failure(f"{len(errors)} of {len(settings)} settings failed ({listed}); the others are "
+                   f"in {workdir}/summary.json. Fix and rerun: finished settings are not "
+                   "retrained.", internal)
   return study
+
+
+def _failure(message: str, internal) -> Exception:
+  """What a study with failed settings raises: a ConfigError when every failure was the user's
+  mistake; else a RuntimeError caused by the first internal error, whose traceback Python then
+  prints (exit status 1), since a fault in jaxstab must not read as a mistake in the config."""
+  if not internal:
+    return ConfigError(message)
+  error = RuntimeError(message)
+  error.__cause__ = internal[0]
+  return error
 
 
 def _write(workdir, results, errors=()):

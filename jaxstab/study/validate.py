@@ -2,10 +2,10 @@
 
 `check_config` reads nothing but the config and changes nothing; `check_model` adds what depends
 on the model's architecture (layer-wise lr decay and re-initialisation are undefined for
-ALBERT's shared layers; re-init needs a layer count). A setting runs both before it touches its
-workdir, and a study runs both for every setting before its first setting trains, so a bad
-value never leaves a half-made workdir that a corrected rerun would refuse as "a different
-config".
+ALBERT's shared layers; re-init needs a layer count); `check_data` what depends on the size of
+the training set. A setting runs all three before it touches its workdir, and a study runs them
+for every setting before its first setting trains, so a bad value never leaves a half-made
+workdir that a corrected rerun would refuse as "a different config".
 """
 import jax
 
@@ -93,3 +93,17 @@ def check_model(cfg, arch: str, num_layers: int) -> None:
   if st.reinit_layers > num_layers:
     raise ConfigError(f"stabilisers.reinit_layers={st.reinit_layers} must be in [0, {num_layers}] "
                       f"({cfg.model.name_or_path} has {num_layers} layers)")
+
+
+def check_data(cfg, n_train: int, setting: str = "") -> None:
+  """The checks that need the number of training examples (engine.inputs.train_size). A batch
+  larger than the training set would be padded with weightless copies up to its size at every
+  step: the same full-batch step at the cost of the padding, which for a mistyped batch size
+  (100000 on RTE's 2,490 examples) means running out of memory after the workdir was made.
+  `setting`: the study setting the config belongs to, for the message."""
+  if cfg.train.batch_size > n_train:
+    where = f"setting {setting!r}: " if setting else ""
+    subset = (f" (data.train_examples={cfg.data.train_examples})"
+              if cfg.data.train_examples > 0 else "")
+    raise ConfigError(f"{where}train.batch_size={cfg.train.batch_size} is larger than the "
+                      f"{n_train} training examples of {cfg.task}{subset}; use at most {n_train}")
