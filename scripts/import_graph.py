@@ -54,8 +54,6 @@ ALLOWED: Dict[str, Set[str]] = {
 EXTRA: Dict[Tuple[str, str], str] = {
     ("report", "engine.optim"): "the bias-correction figure computes the schedule with the "
                                 "optimizer's own pure functions, so it shows what training used",
-    ("analysis", "study.runs"): "an analysis rebuilds a run's start from its init seed, and which "
-                                "init seed a run number stands for is the study's numbering",
 }
 
 class Import(NamedTuple):

@@ -58,5 +58,5 @@ def test_a_key_without_a_comment_cannot_be_documented(monkeypatch):
 
 def test_meanings_join_continuation_lines_and_group_notes():
   meaning, notes = config_doc.meanings()
-  assert meaning["data_seeds"].endswith("(jaxstab/study/runs.py); empty = off")  # two lines
+  assert meaning["data_seeds"].endswith("(jaxstab/config/runs.py); empty = off")  # two lines
   assert notes["data.path"].startswith("Your own files")

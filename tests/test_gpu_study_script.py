@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from jaxstab.study import runs, studies
+from jaxstab.config import runs
+from jaxstab.study import studies
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,8 @@ from jaxstab.config import config_lib
 from jaxstab.engine import train as train_lib
 from jaxstab.infra.errors import ConfigError
 from jaxstab.results import forecast, stats
-from jaxstab.study import early_stop, experiment, runs
+from jaxstab.config import runs
+from jaxstab.study import early_stop, experiment
 from tests.cli_runs import assert_ok, run_cli
 from tests.helpers import demo_config
 

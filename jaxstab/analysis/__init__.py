@@ -20,7 +20,7 @@ from jaxstab.engine import inputs as inputs_lib, train as train_lib
 from jaxstab.infra import checkpoint, fs
 from jaxstab.infra.errors import ConfigError
 from jaxstab.results import outputs, records
-from jaxstab.study import runs as runs_lib
+from jaxstab.config import runs as runs_lib
 
 
 @dataclasses.dataclass
@@ -69,7 +69,7 @@ def load_setting(name: str, directory: str,
 
 def init_seed(cfg, run: int) -> int:
   """The init seed that run number `run` of the setting `cfg` was started from, by the study's own
-  numbering (study.runs): a plain run is its own seed, a data_seeds grid run 3002 is init seed 3.
+  numbering (config.runs): a plain run is its own seed, a data_seeds grid run 3002 is init seed 3.
   The run number itself would give a grid run another head than the one it trained from."""
   found = runs_lib.by_number(runs_lib.parse(cfg))
   if run not in found:

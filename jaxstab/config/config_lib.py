@@ -43,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 1                           # the run's seed (used when `seeds` is empty)
   c.seeds = ""                         # '1-25', '1,3,7' or '5'; empty = [seed]
   c.data_seeds = ""                    # same syntax: a separate data-order seed per run, the grid
-                                       # seeds x data_seeds (jaxstab/study/runs.py); empty = off
+                                       # seeds x data_seeds (jaxstab/config/runs.py); empty = off
   c.setting = "devlin"                 # name of the recipe preset applied (for the record)
   c.fidelity = "corrected"             # reference | corrected: run the reference code's quirks or not
                                        # (FIDELITY; the paper's presets default to reference)

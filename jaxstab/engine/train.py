@@ -82,7 +82,7 @@ def initial_params(model: models.Model, key, reinit_layers: int = 0, reinit_pool
 
 def data_key_of(seed_key):
   """The data-order key a seed draws (jittable): a data seed d orders the examples exactly as
-  a plain run of seed d does (jaxstab/study/runs.py)."""
+  a plain run of seed d does (jaxstab/config/runs.py)."""
   return jax.random.fold_in(seed_key, DATA)
 
 

@@ -14,12 +14,13 @@ import contextlib
 import jax
 from absl import logging
 
+from jaxstab.config import runs as runs_lib
 from jaxstab.data import dataset, metrics
 from jaxstab.engine import inputs as inputs_lib, models, parallel, train as train_lib
 from jaxstab.infra import checkpoint, fs, lock as lock_lib
 from jaxstab.infra.errors import ConfigError
-from jaxstab.study import (early_stop, early_stop_run, evaluation, groups, merge, runs as runs_lib,
-    validate, workdir as workdir_lib)
+from jaxstab.study import (early_stop, early_stop_run, evaluation, groups, merge, validate,
+                           workdir as workdir_lib)
 from jaxstab.study.plan import Engine, Plan, Saving
 
 

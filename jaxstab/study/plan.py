@@ -10,9 +10,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+from jaxstab.config import runs as runs_lib
 from jaxstab.data import tasks
 from jaxstab.engine import inputs as inputs_lib, models, train as train_lib
-from jaxstab.study import early_stop, runs as runs_lib
+from jaxstab.study import early_stop
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,11 +9,11 @@ workdir that a corrected rerun would refuse as "a different config".
 """
 import jax
 
-from jaxstab.config import config_lib
+from jaxstab.config import config_lib, runs as runs_lib
 from jaxstab.data import custom_data, dataset, tasks
 from jaxstab.engine import attention, families, models, optim, precision, stabilisers, train
 from jaxstab.infra.errors import ConfigError
-from jaxstab.study import early_stop, runs as runs_lib
+from jaxstab.study import early_stop
 
 ENUMS = {"data.source": dataset.SOURCES, "model.dtype": tuple(models.DTYPES),
          "model.matmul_precision": precision.MATMUL_PRECISIONS,
