@@ -51,6 +51,9 @@ def test_report_page_loads_every_image_without_console_errors(tmp_path, glue_dir
   cfg.train.max_seq_length = 24
   cfg.train.evals_per_epoch = 1
   cfg.probe.every = 2
+  # groups of 4 everywhere: devlin, the grid's two groups and the early stop's first phase run
+  # one program, compiled once (the test session's XLA cache), the grid's 8 runs included
+  cfg.train.seeds_per_step = 4
   cfg.settings["rte_devlin"] = "setting=devlin"
   cfg.settings["rte_ours"] = "setting=ours"
   # the seed analyses: an init x data-order grid, and 4 runs of which 2 go on after step 3
