@@ -2,8 +2,9 @@
 
 Flags, the config (config_lib.load_file plus the `--config.a.b=v` overrides, in the order given),
 then studies.run. Every mistake in the config reaches the user as one line `jaxstab: error: ...`
-and exit status 2, before any file is written. `--help` speaks to a user (USAGE) and exits 0;
-absl's own flag list is one part of it.
+and exit status 2, before any file is written. A full disk is one such line too (what could not
+be written, where, how to go on) and exit status 75, EX_TEMPFAIL: rerun once there is space.
+`--help` speaks to a user (USAGE) and exits 0; absl's own flag list is one part of it.
 """
 import logging as pylogging
 import os
@@ -14,7 +15,7 @@ from absl import app, flags, logging
 
 from jaxstab.config import config_lib
 from jaxstab.infra import cli, fs, quiet
-from jaxstab.infra.errors import ConfigError
+from jaxstab.infra.errors import ConfigError, DiskFull
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for logs and results.")
@@ -60,6 +61,7 @@ flags:
   --helpfull       every absl flag
 """
 _HELP = ("--help", "-h", "--h", "-help", "-?")
+EXIT_DISK_FULL = 75  # sysexits.h EX_TEMPFAIL: not finished, resumable once there is space
 
 _TPU_VM_ENV = ("TPU_WORKER_ID", "CLOUD_TPU_TASK_ID", "TPU_ACCELERATOR_TYPE")
 _OVERRIDE = "--config."
@@ -151,6 +153,18 @@ class ShortFormatter(pylogging.Formatter):
     return text
 
 
+def quiet_library_record(record) -> bool:
+  """Whether a log record is orbax's to drop: its INFO chatter about every background save, and
+  the errors its threads log (each with a traceback, several per failed save) when the disk is
+  full, which the user reads as one DiskFull line instead. Its other warnings and errors stay."""
+  if "orbax" not in record.pathname:
+    return False
+  if record.levelno < pylogging.WARNING:
+    return True
+  return fs.out_of_space_text(record.getMessage()) or bool(
+      record.exc_info and record.exc_info[1] is not None and fs.out_of_space(record.exc_info[1]))
+
+
 def _log_format():
   """The short format, unless the user asked for absl's own: --verbosity given, or a log file
   (--log_dir), where the full prefix (date, thread, file:line) is what one greps for."""
@@ -177,9 +191,7 @@ def main(argv):
                                    (FLAGS.coordinator_address or on_tpu_vm)):
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
-  # orbax reports every background save at INFO; keep its warnings, drop the chatter.
-  logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= 30 or "orbax" not in r.pathname)  # 30: python WARNING
+  logging.get_absl_handler().addFilter(lambda r: not quiet_library_record(r))
   _compilation_cache(config, FLAGS.workdir)
   try:
     studies.run(config, FLAGS.workdir)
@@ -188,6 +200,14 @@ def main(argv):
   except checkpoint.Preempted as e:
     print(f"jaxstab: {e}", file=sys.stderr)
     sys.exit(143)  # 128 + SIGTERM: not finished, resumable
+  except Exception as e:  # pylint: disable=broad-except  # re-raised unless the disk is full
+    if not fs.out_of_space(e):
+      raise
+    if not isinstance(e, DiskFull):  # a write no fs.writing wraps: name the workdir
+      e = DiskFull(f"into {FLAGS.workdir} ({type(e).__name__}: "
+                   f"{(str(e).splitlines() or [''])[0]})")
+    print(f"jaxstab: error: {e}", file=sys.stderr)
+    sys.exit(EXIT_DISK_FULL)
 
 
 def run():

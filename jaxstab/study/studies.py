@@ -40,13 +40,16 @@ def expand(cfg):
 
 def check(settings, workdir: str) -> None:
   """Every check of every setting, before the first one touches a file: the config itself, what
-  depends on its model (read from the model's config alone), and an earlier run's config."""
+  depends on its model (read from the model's config alone), an earlier run's config and its
+  finished seeds' files."""
   for name, sub in settings:
     validate.check_config(sub)
     shape = models.shape_of(sub.model)
     if shape is not None:
       validate.check_model(sub, *shape)
-    workdir_lib.check_same_config(sub, fs.join(workdir, name) if name else workdir)
+    where = fs.join(workdir, name) if name else workdir
+    workdir_lib.check_same_config(sub, where)
+    workdir_lib.check_finished(sub, where)
 
 
 def run(cfg, workdir: str) -> dict:
@@ -60,7 +63,7 @@ def run(cfg, workdir: str) -> dict:
     except checkpoint.Preempted:
       raise
     except Exception as e:  # pylint: disable=broad-except
-      if len(settings) == 1:
+      if len(settings) == 1 or fs.out_of_space(e):  # a full disk would stop the others too
         raise
       errors.append({"name": name, "error": f"{type(e).__name__}: {e}" if not
                      isinstance(e, ConfigError) else str(e)})
