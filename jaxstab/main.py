@@ -3,8 +3,10 @@
 Flags, the config (config_lib.load_file plus the `--config.a.b=v` overrides, in the order given),
 then studies.run. Every mistake in the config (a ConfigError) reaches the user as one line
 `jaxstab: error: ...` and exit status 2, before any file is written; any other exception is
-jaxstab's own fault and keeps its traceback, with exit status 1 (jaxstab.infra.cli). `--help`
-speaks to a user (USAGE) and exits 0; absl's own flag list is one part of it.
+jaxstab's own fault and keeps its traceback, with exit status 1 (jaxstab.infra.cli). A full disk
+is one line too (what could not be written, where, how to go on) and exit status 75,
+EX_TEMPFAIL: rerun once there is space. `--help` speaks to a user (USAGE) and exits 0; absl's
+own flag list is one part of it.
 """
 import logging as pylogging
 import os
@@ -15,7 +17,7 @@ from absl import app, flags, logging
 
 from jaxstab.config import config_lib
 from jaxstab.infra import cli, fs, quiet
-from jaxstab.infra.errors import ConfigError
+from jaxstab.infra.errors import ConfigError, DiskFull
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for logs and results.")
@@ -61,6 +63,7 @@ flags:
   --helpfull       every absl flag
 """
 _HELP = ("--help", "-h", "--h", "-help", "-?")
+EXIT_DISK_FULL = 75  # sysexits.h EX_TEMPFAIL: not finished, resumable once there is space
 
 _TPU_VM_ENV = ("TPU_WORKER_ID", "CLOUD_TPU_TASK_ID", "TPU_ACCELERATOR_TYPE")
 _OVERRIDE = "--config."
@@ -151,6 +154,18 @@ class ShortFormatter(pylogging.Formatter):
     return text
 
 
+def quiet_library_record(record) -> bool:
+  """Whether a log record is orbax's to drop: its INFO chatter about every background save, and
+  the errors its threads log (each with a traceback, several per failed save) when the disk is
+  full, which the user reads as one DiskFull line instead. Its other warnings and errors stay."""
+  if "orbax" not in record.pathname:
+    return False
+  if record.levelno < pylogging.WARNING:
+    return True
+  return fs.out_of_space_text(record.getMessage()) or bool(
+      record.exc_info and record.exc_info[1] is not None and fs.out_of_space(record.exc_info[1]))
+
+
 def _log_format():
   """The short format, unless the user asked for absl's own: --verbosity given, or a log file
   (--log_dir), where the full prefix (date, thread, file:line) is what one greps for."""
@@ -161,7 +176,8 @@ def _log_format():
 
 def main(argv):
   """absl's main: the study, with its two kinds of failure told apart (jaxstab.infra.cli): a
-  ConfigError is one line and exit 2, any other exception its traceback and exit 1."""
+  ConfigError is one line and exit 2, a full disk one line and exit 75, any other exception its
+  traceback and exit 1."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from jaxstab.infra import checkpoint  # pylint: disable=import-outside-toplevel  # after the flags
@@ -172,8 +188,14 @@ def main(argv):
   except checkpoint.Preempted as e:
     print(f"jaxstab: {e}", file=sys.stderr)
     sys.exit(143)  # 128 + SIGTERM: not finished, resumable
-  except Exception:  # pylint: disable=broad-except  # not the user's: keep the traceback
-    sys.exit(cli.internal_error())
+  except Exception as e:  # pylint: disable=broad-except
+    if fs.out_of_space(e):  # not a fault of jaxstab's either: one line, resumable
+      if not isinstance(e, DiskFull):  # a write no fs.writing wraps: name the workdir
+        e = DiskFull(f"into {FLAGS.workdir} ({type(e).__name__}: "
+                     f"{(str(e).splitlines() or [''])[0]})")
+      print(f"jaxstab: error: {e}", file=sys.stderr)
+      sys.exit(EXIT_DISK_FULL)
+    sys.exit(cli.internal_error())  # not the user's: keep the traceback
 
 
 def _main():
@@ -188,9 +210,7 @@ def _main():
                                    (FLAGS.coordinator_address or on_tpu_vm)):
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
-  # orbax reports every background save at INFO; keep its warnings, drop the chatter.
-  logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= 30 or "orbax" not in r.pathname)  # 30: python WARNING
+  logging.get_absl_handler().addFilter(lambda r: not quiet_library_record(r))
   _compilation_cache(config, FLAGS.workdir)
   studies.run(config, FLAGS.workdir)
 

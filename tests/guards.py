@@ -543,6 +543,18 @@ def checkpoint_cli(workdir, fault: str = "", extra=()):
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
+def checkpoint_config(extra=()):
+  """The config that `checkpoint_cli(..., extra)` runs, built in this process, for resumes where
+  a separate process proves nothing more."""
+  from jaxstab.config import config_lib  # pylint: disable=import-outside-toplevel
+  args = [*CHECKPOINT_ARGS, *extra]
+  spec = next(a.split("=", 1)[1] for a in args if a.startswith("--config="))
+  cfg = config_lib.load_file(str(REPO / spec))
+  config_lib.apply_overrides(cfg, [tuple(a[len("--config."):].split("=", 1)) for a in args
+                                   if a.startswith("--config.")])
+  return cfg
+
+
 def committed_checkpoints(workdir) -> list:
   """Steps of the complete checkpoints in workdir (orbax renames a step's folder to the bare
   step number only once it is fully written)."""

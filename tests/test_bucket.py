@@ -69,6 +69,12 @@ def test_fs_round_trip_in_a_bucket(bucket):
   assert fs.load_npz("gs://b/x/p.npz")["v"].tolist() == [1.0, 2.0]
   fs.remove("gs://b/x/a.json")
   assert not fs.exists("gs://b/x/a.json")
+  # An unreadable checkpoint step is set aside by name (a bucket has no rename: copy, delete).
+  assert fs.move_aside("gs://b/x/sub", "unreadable") == "gs://b/x/sub.unreadable"
+  fs.write_text("gs://b/x/sub/b.json", "[]")
+  assert fs.move_aside("gs://b/x/sub", "unreadable") == "gs://b/x/sub.unreadable-2"
+  assert fs.listdir("gs://b/x") == ["p.npz", "sub.unreadable", "sub.unreadable-2"]
+  assert [fs.read_text(f"gs://b/x/sub.unreadable{n}/b.json") for n in ("", "-2")] == ["{}", "[]"]
   fs.rmtree("gs://b/x")
   assert not (bucket / "b" / "x").exists()
   # Paths into a bucket stay bucket paths (os.path.abspath would make "<cwd>/gs:/b/w/...").

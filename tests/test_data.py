@@ -248,3 +248,26 @@ def test_tokenize_cached(tmp_path, monkeypatch, glue_dir, tokenizer):
   # a different max_len is a different cache entry (and needs tokenizing)
   with pytest.raises(AssertionError):
     dataset.tokenize_cached(split, tokenizer, 16, str(cache), "rte-dev")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other arrays"])
+def test_damaged_token_cache_is_tokenized_again_and_replaced(tmp_path, glue_dir, tokenizer,
+                                                             caplog, damage):
+  """A cache file that cannot be read, or holds other arrays (a cut-short copy that is still a
+  zip), is a warning and a new tokenization, never a BadZipFile traceback."""
+  rte = _load("rte", "dev", glue_dir)
+  split = dataset.Split(rte.text_a[:4], rte.text_b[:4], rte.labels[:4])
+  cache = tmp_path / "cache"
+  first = dataset.tokenize_cached(split, tokenizer, 32, str(cache), "rte-dev")
+  path = next(cache.glob("*.npz"))
+  good = path.read_bytes()
+  if damage == "truncated":
+    path.write_bytes(good[: len(good) // 2])
+  else:
+    np.savez(path, **{k: v[:2] for k, v in first.items()})
+  with caplog.at_level("WARNING"):
+    again = dataset.tokenize_cached(split, tokenizer, 32, str(cache), "rte-dev")
+  assert f"token cache {path} is unreadable" in caplog.text
+  for k in first:
+    np.testing.assert_array_equal(again[k], first[k])
+  assert path.read_bytes() == good and [p.name for p in cache.iterdir()] == [path.name]

@@ -13,7 +13,7 @@ from jaxstab.engine import train as train_lib
 from jaxstab.infra.errors import ConfigError
 from jaxstab.results import forecast, stats
 from jaxstab.config import runs
-from jaxstab.study import early_stop, experiment
+from jaxstab.study import early_stop, experiment, workdir as workdir_lib
 from tests.cli_runs import assert_ok, run_cli
 from tests.helpers import demo_config
 
@@ -274,6 +274,19 @@ def test_survivors_regrouped_across_groups_train_as_if_never_stopped(plain_run, 
   assert not os.path.exists(os.path.join(workdir, "checkpoints", "early_stop"))
   with open(os.path.join(workdir, "early_stop.json")) as f:
     assert json.load(f)["groups"] == {"seeds_1-2_of_2": [1, 2], "seeds_3-4_of_2": [3, 4]}
+  # With the first phase gone, a damaged record cannot be trained again alone: the one line
+  # says to overwrite, and overwrite clears the ranking that would otherwise be resumed.
+  cfg = _es_config("1-4", train__early_stop__at=ES["at"], train__early_stop__keep=ES["keep"])
+  record = workdir_lib.run_path(workdir, 4, "json")
+  with open(record, "w") as f:
+    f.write('{"seed": 4, "fin')
+  with pytest.raises(ConfigError, match=r"seed_4\.json is not a run record .* or rerun with "
+                                        r"--config\.overwrite=True to train the setting again"):
+    workdir_lib.check_finished(cfg, workdir)
+  cfg.overwrite = True
+  workdir_lib.prepare(cfg, workdir)
+  assert not os.path.exists(os.path.join(workdir, "early_stop.json"))
+  assert os.listdir(os.path.join(workdir, "runs")) == []
 
 
 def test_early_stop_by_probe_ranks_by_the_forecast(tmp_path):

@@ -25,6 +25,7 @@ from absl import logging
 from jaxstab.data import demo_task
 from jaxstab.data.glue_files import label_dtype, read_hf, read_tfds, read_tsv, Split
 from jaxstab.data.tasks import Task
+from jaxstab.infra import fs
 from jaxstab.infra.errors import ConfigError
 
 __all__ = ["Split", "label_dtype"]  # re-exported: callers build and read Splits from here
@@ -113,28 +114,58 @@ def tokenize(split: Split, tokenizer, max_len: int, chunk: int = 0, name: str = 
   return out
 
 
+CACHED = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
 def _save_local_npz(path: str, arrays: dict) -> None:
   """np.savez straight into a temporary file beside `path`, then renamed: the arrays are
   streamed into the zip, never copied whole in memory (fs.save_npz builds the file in memory)."""
   tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    np.savez(f, **arrays)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):  # a cut-short temporary file would hold the space for nothing
+      os.remove(tmp)
+    raise
+
+
+def _load_cache(path: str, n: int, max_len: int) -> dict:
+  """The cached arrays of `n` examples, or one of fs.UNREADABLE (ValueError for a file that
+  reads but holds other arrays than `tokenize` writes)."""
+  with np.load(path) as z:
+    arrays = {k: z[k] for k in z.files}
+  shapes = {k: arrays[k].shape for k in CACHED if k in arrays}
+  if set(arrays) != set(CACHED) or any(s[:1] != (n,) for s in shapes.values()) or any(
+      shapes[k][1:] != (max_len,) for k in CACHED[:3]):
+    raise ValueError(f"holds {shapes}, not {n} examples of length {max_len}")
+  return arrays
 
 
 def tokenize_cached(split: Split, tokenizer, max_len: int, cache_dir: Optional[str],
                     name: str) -> dict:
   """`tokenize`, reusing a cached copy keyed by the texts, labels, tokenizer and length (the
-  cache folder is on this machine: inputs.token_cache_dir)."""
+  cache folder is on this machine: inputs.token_cache_dir).
+
+  The cache is only a saving: a cached file that cannot be read is tokenized again and
+  replaced, and one that cannot be written (a full disk) is done without, each with a warning."""
   if not cache_dir:
     return tokenize(split, tokenizer, max_len, name=name)
   path = os.path.join(cache_dir, f"{name}-{_fingerprint(split, tokenizer, max_len)}.npz")
   if os.path.isfile(path):
-    with np.load(path) as z:
-      return {k: z[k] for k in z.files}
+    try:
+      return _load_cache(path, len(split.labels), max_len)
+    except fs.UNREADABLE as e:
+      logging.warning("token cache %s is unreadable (%s: %s); tokenizing again", path,
+                      type(e).__name__, e)
   arrays = tokenize(split, tokenizer, max_len, name=name)
-  os.makedirs(cache_dir, exist_ok=True)
-  _save_local_npz(path, arrays)
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+    _save_local_npz(path, arrays)
+  except OSError as e:
+    logging.warning("cannot write the token cache %s (%s); going on without it", path,
+                    e.strerror or e)
   return arrays
 
 

@@ -4,8 +4,11 @@ A seed group's whole train state (params, optimizer state, step, keys, probe buf
 marks, running loss) is one pytree saved by orbax every `checkpoint.every_steps` steps; the
 host-side loop state (evaluations so far, their metric records) travels beside it as JSON.
 Saves are asynchronous, so training goes on while they are written; orbax commits a step
-atomically, and a step that cannot be read falls back to the one before it. SIGTERM (what a
-preemption sends) triggers a final synchronous checkpoint and a clean exit.
+atomically. A step that cannot be read is renamed `<step>.unreadable` (orbax ignores that name,
+and would refuse to save the step again while the folder had its number) and the group falls
+back to the step before it; renamed, not deleted, because a read can fail for a reason that is
+not damage. SIGTERM (what a preemption sends) triggers a final synchronous checkpoint and a
+clean exit. A full disk during a save is errors.DiskFull, one line.
 """
 import contextlib
 import os
@@ -59,13 +62,20 @@ class GroupCheckpointer:
   def due(self, step: int) -> bool:
     return self.enabled and step > 0 and step % self.every == 0
 
+  def _writing(self):
+    # A save runs in orbax's threads: its error comes out of the next save or wait, not
+    # necessarily the one of its own step, so the message names the folder.
+    return fs.writing(f"a checkpoint in {self.directory}")
+
   def save(self, step: int, state, host: dict, wait: bool = False) -> None:
     ocp = self._ocp
-    self._mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 host=ocp.args.JsonSave(host)), force=True)
+    with self._writing():
+      self._mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   host=ocp.args.JsonSave(host)), force=True)
     fault("kill_in_save", step)
     if wait:
-      self._mgr.wait_until_finished()
+      with self._writing():
+        self._mgr.wait_until_finished()
 
   def restore_latest(self, like) -> Optional[tuple]:
     """(step, state, host) of the newest readable checkpoint, or None. `like` gives the
@@ -80,13 +90,27 @@ class GroupCheckpointer:
             state=ocp.args.StandardRestore(abstract), host=ocp.args.JsonRestore()))
         return step, got["state"], got["host"]
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("checkpoint step %d in %s is unreadable (%s); trying an older one",
-                        step, self.directory, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        self._set_aside(step, str(e).splitlines()[0] if str(e) else type(e).__name__)
     return None
+
+  def _set_aside(self, step: int, why: str) -> None:
+    """Renames an unreadable step `<step>.unreadable`, so that the group can save that step
+    again when it gets there, and makes the manager forget it."""
+    path = fs.join(self.directory, str(step))
+    moved = None
+    if jax.process_index() == 0:
+      moved = fs.move_aside(path, "unreadable")
+    if jax.process_count() > 1:  # every process reloads after the rename, not before
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices(f"checkpoint step {step} set aside")
+    self._mgr.reload()
+    logging.warning("checkpoint step %d in %s is unreadable (%s); renamed it %s and trying an "
+                    "older one", step, self.directory, why, moved or f"{path}.unreadable")
 
   def close(self, remove: bool = False) -> None:
     if self._mgr is not None:
-      self._mgr.wait_until_finished()
+      with self._writing():
+        self._mgr.wait_until_finished()
       self._mgr.close()
     if remove:
       fs.rmtree(self.directory)
@@ -101,8 +125,9 @@ def save_params(workdir: str, seed: int, params) -> None:
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel  # see GroupCheckpointer.__init__
   path = params_dir(workdir, seed)
   fs.rmtree(path)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path, params)
+  with fs.writing(f"the final parameters of seed {seed} in {path}"):
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(path, params)
 
 
 def load_params(workdir: str, seed: int, like):

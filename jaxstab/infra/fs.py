@@ -5,17 +5,63 @@ the last one was stopped. Every file a run writes goes through here: local paths
 module directly (atomic temp-file + rename), remote ones use etils epath (fsspec underneath).
 A bucket object only becomes visible once its upload completes, so a whole-object write is
 already atomic there and needs no temporary name.
+
+A full disk is a `DiskFull` (one line: what could not be written, where, how to go on), raised
+where the write failed (`write_bytes`, or `writing` around a writer that is not ours, such as
+orbax), so the user reads that line instead of the writer's tracebacks.
 """
+import contextlib
+import errno
 import io
 import json
 import os
 import shutil
+import zipfile
 from typing import Iterable
 
 import numpy as np
 from etils import epath
 
-from jaxstab.infra.errors import ConfigError
+from jaxstab.infra.errors import ConfigError, DiskFull
+
+# What reading a damaged or cut-short file raises: json (ValueError), npz (np.load and the
+# zip's members), or a file that went missing.
+UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# How the errors of writers outside Python say it: tensorstore (orbax's arrays) raises a
+# ValueError "RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']".
+NO_SPACE_TEXTS = tuple(os.strerror(e) for e in NO_SPACE_ERRNOS) + tuple(
+    f"os_error_code='{e}'" for e in NO_SPACE_ERRNOS)
+
+
+def out_of_space_text(text: str) -> bool:
+  return any(t in text for t in NO_SPACE_TEXTS)
+
+
+def out_of_space(exc: BaseException) -> bool:
+  """Whether `exc`, or an exception it was raised from or during, is a full disk or quota."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    if isinstance(exc, DiskFull) or (isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS):
+      return True
+    if out_of_space_text(str(exc)):
+      return True
+    exc = exc.__cause__ or exc.__context__
+  return False
+
+
+@contextlib.contextmanager
+def writing(what: str):
+  """Turns a full disk inside the block into DiskFull(what); other errors pass unchanged."""
+  try:
+    yield
+  except DiskFull:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # re-raised unless it is a full disk
+    if out_of_space(e):
+      raise DiskFull(what) from e
+    raise
 
 
 def is_remote(path: str) -> bool:
@@ -91,6 +137,33 @@ def rmtree(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def move_aside(path: str, label: str) -> str:
+  """Renames a file or folder to `<path>.<label>` (`.<label>-2`, ... if taken) and returns the
+  new name: what could not be read is kept for a look, under a name that says why, and out of
+  the way of the file that replaces it."""
+  dest, n = f"{path}.{label}", 1
+  while exists(dest):
+    n += 1
+    dest = f"{path}.{label}-{n}"
+  if not is_remote(path):
+    os.rename(path, dest)
+    return dest
+  _copy(_epath(path), _epath(dest))  # a bucket has no rename: copy, then delete the original
+  (_epath(path).rmtree if isdir(path) else _epath(path).unlink)()
+  return dest
+
+
+def _copy(src, dest) -> None:
+  """Copies a bucket object, or a folder of them, object by object (epath has no recursive glob
+  for buckets)."""
+  if not src.is_dir():
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(src.read_bytes())
+    return
+  for child in src.iterdir():
+    _copy(child, dest / child.name)
+
+
 def read_text(path: str) -> str:
   if is_remote(path):
     return _epath(path).read_text(encoding="utf-8")
@@ -111,9 +184,14 @@ def write_bytes(path: str, data: bytes) -> None:
     _epath(path).write_bytes(data)
     return
   tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  try:
+    with writing(path):
+      with open(tmp, "wb") as f:
+        f.write(data)
+      os.replace(tmp, path)
+  except BaseException:
+    remove(tmp)  # a half-written temporary file would hold the space the next try needs
+    raise
 
 
 def write_text(path: str, text: str) -> None:

@@ -89,8 +89,9 @@ def write_setting(directory: str, summary: SettingSummary) -> None:
 
 def read_run(path: str) -> RunRecord:
   """One run's record as experiment.py leaves it in runs/seed_N.json."""
+  data = _read_json(path, "run record")  # its own ConfigError, not wrapped in a second one
   try:
-    return RunRecord.from_json(_read_json(path, "run record"))
+    return RunRecord.from_json(data)
   except (TypeError, ValueError) as e:
     raise ConfigError(f"{path} is not a run record ({e})") from e
 

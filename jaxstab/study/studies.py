@@ -47,7 +47,8 @@ def expand(cfg):
 def check(settings, workdir: str) -> None:
   """Every check of every setting, before the first one touches a file: the config itself, what
   depends on its model (read from the model's config alone), on the size of its training set
-  (read from the data alone, once per data source), and an earlier run's config."""
+  (read from the data alone, once per data source), an earlier run's config and its finished
+  seeds' files."""
   sizes = {}  # training examples, by the task and data keys that decide them
   for name, sub in settings:
     validate.check_config(sub)
@@ -58,7 +59,9 @@ def check(settings, workdir: str) -> None:
     if data not in sizes:
       sizes[data] = inputs_lib.train_size(sub)
     validate.check_data(sub, sizes[data], name)
-    workdir_lib.check_same_config(sub, fs.join(workdir, name) if name else workdir)
+    where = fs.join(workdir, name) if name else workdir
+    workdir_lib.check_same_config(sub, where)
+    workdir_lib.check_finished(sub, where)
 
 
 def run(cfg, workdir: str) -> dict:
@@ -72,7 +75,7 @@ def run(cfg, workdir: str) -> dict:
     except checkpoint.Preempted:
       raise
     except Exception as e:  # pylint: disable=broad-except
-      if len(settings) == 1:
+      if len(settings) == 1 or fs.out_of_space(e):  # a full disk would stop the others too
         raise
       if isinstance(e, ConfigError):
         errors.append({"name": name, "error": str(e)})

@@ -2,7 +2,9 @@
 
 A rerun of the same command resumes (finished seeds are skipped); a rerun with a config that
 would change any one seed's result is refused, naming the keys that differ, unless
-overwrite=True.
+overwrite=True. A finished seed whose files cannot be read stops the rerun with one line naming
+the file and the fix, before anything is written (`check_finished` says why it is not retrained
+on its own).
 """
 import json
 
@@ -10,7 +12,8 @@ from jaxstab.config import stored
 from jaxstab.engine import parallel
 from jaxstab.infra import fs
 from jaxstab.infra.errors import ConfigError
-from jaxstab.results import outputs
+from jaxstab.results import outputs, records
+from jaxstab.study import early_stop, runs as runs_lib
 
 RUNS = "runs"
 
@@ -65,15 +68,76 @@ def check_same_config(cfg, workdir: str) -> None:
                       "Use a new --workdir, or pass --config.overwrite=True to discard them.")
 
 
+def check_finished(cfg, workdir: str) -> None:
+  """Refuses a workdir where a finished seed's record, probe or metrics cannot be read: a
+  ConfigError naming the file, and the fix, before anything is written (reads only; nothing to
+  check where runs/ is about to be emptied: a new workdir, or overwrite=True).
+
+  Not retrained on its own, for three reasons. Every one of these files is written whole and
+  renamed into place, so a damaged one was damaged outside jaxstab (a cut-short copy, a failing
+  disk) and other files may be too: a person should look. The result may have cost hours, and
+  a copy may still hold it. And a seed trained again alone runs in a group of another size,
+  which on a vmapped seed axis rounds differently, so it need not reproduce the lost result to
+  the last bit. Renaming the record (the message says how) is all it takes to train it again."""
+  if cfg.overwrite or not fs.isfile(fs.join(workdir, outputs.CONFIG)):
+    return
+  for s in (r.number for r in runs_lib.parse(cfg)):
+    record = run_path(workdir, s, "json")
+    if not fs.isfile(record):
+      continue
+    for kind in ("json", "npz", "jsonl"):
+      try:
+        _read_finished(run_path(workdir, s, kind), kind, s)
+      except ConfigError as e:  # records' own line, which names the file
+        problem = str(e)
+      except fs.UNREADABLE as e:
+        problem = f"{run_path(workdir, s, kind)} is damaged ({type(e).__name__}: {e})"
+      else:
+        continue
+      raise ConfigError(f"{problem}: the finished result of seed {s} cannot be read. Restore it "
+                        f"from a copy, or {_retrain(cfg, workdir, s, record)}")
+
+
+def _retrain(cfg, workdir: str, seed: int, record: str) -> str:
+  """How to train a damaged seed again. After an early stop has finished, its first phase's
+  saved states and scores are gone, and neither a stopped run's record nor a continued run's
+  start can be rebuilt from them: only the whole setting can be trained again."""
+  if (early_stop.enabled(cfg) and fs.isfile(early_stop.decision_path(workdir))
+      and not fs.isdir(fs.join(workdir, "checkpoints", early_stop.CHECKPOINTS))):
+    return ("rerun with --config.overwrite=True to train the setting again (after an early "
+            "stop has finished, one run cannot be trained again alone)")
+  return (f"rename {record} (e.g. to seed_{seed}.json.damaged) and rerun the same command to "
+          f"train seed {seed} again")
+
+
+def _read_finished(path: str, kind: str, seed: int) -> None:
+  """Reads one file of a finished seed whole; raises what a damaged one raises."""
+  if kind == "json":
+    run = records.read_run(path)
+    if run.seed != seed or not run.final:
+      raise ConfigError(f"{path} is not the run record of seed {seed} (seed {run.seed}, final "
+                        f"evaluation {dict(run.final)})")
+  elif kind == "npz":
+    fs.load_npz(path)
+  else:
+    for line in fs.read_text(path).splitlines():
+      json.loads(line)
+
+
 def prepare(cfg, workdir: str) -> None:
   """Checks the workdir again (under its lock), then writes config.json and readies runs/;
-  the merged files of an earlier run are removed (they are rebuilt at the end)."""
+  the merged files of an earlier run are removed (they are rebuilt at the end). A new config
+  (overwrite=True) also removes the checkpoints and an early stop's ranking, which would
+  otherwise resume the old config's training."""
   check_same_config(cfg, workdir)
+  check_finished(cfg, workdir)
   if not parallel.is_primary():
     return
   path = fs.join(workdir, outputs.CONFIG)
-  if not fs.isfile(path) or cfg.overwrite:
+  if not fs.isfile(path) or cfg.overwrite:  # nothing of an earlier config may be resumed
     fs.rmtree(fs.join(workdir, RUNS))
+    fs.rmtree(fs.join(workdir, "checkpoints"))
+    fs.remove(early_stop.decision_path(workdir))
   fs.makedirs(fs.join(workdir, RUNS))
   for name in (outputs.SUMMARY, outputs.PROBE):
     fs.remove(fs.join(workdir, name))
