@@ -8,12 +8,12 @@ on its own).
 """
 import json
 
-from jaxstab.config import stored
+from jaxstab.config import runs as runs_lib, stored
 from jaxstab.engine import parallel
 from jaxstab.infra import fs
 from jaxstab.infra.errors import ConfigError
 from jaxstab.results import outputs, records
-from jaxstab.study import early_stop, runs as runs_lib
+from jaxstab.study import early_stop
 
 RUNS = "runs"
 
