@@ -215,11 +215,10 @@ def _main():
   studies.run(config, FLAGS.workdir)
 
 
-def run(argv=None):
-  """The command line (console script `jaxstab`); `argv` (with the program name first) instead
-  of sys.argv runs it in-process, as the tests do."""
+def run():
+  """The command line (console script `jaxstab`)."""
   quiet.install()  # no TPU-probe line, transformers' Flax deprecation said once (quiet.py)
-  app.run(main, argv=argv, flags_parser=parse_flags)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
