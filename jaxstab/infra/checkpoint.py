@@ -67,21 +67,26 @@ class GroupCheckpointer:
     if wait:
       self._mgr.wait_until_finished()
 
-  def restore_latest(self, like) -> Optional[tuple]:
+  def restore_latest(self, like, older=()) -> Optional[tuple]:
     """(step, state, host) of the newest readable checkpoint, or None. `like` gives the
-    structure, dtypes and shardings of the state."""
+    structure, dtypes and shardings of the state. `older` lists (layout, convert) pairs for
+    checkpoints written in an earlier layout of the state: a step that does not read as `like`
+    is read as each `layout` in turn, and `convert` makes the state of what it read."""
     if not self.enabled:
       return None
     ocp = self._ocp
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
     for step in sorted(self._mgr.all_steps(), reverse=True):
-      try:
-        got = self._mgr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), host=ocp.args.JsonRestore()))
-        return step, got["state"], got["host"]
-      except Exception as e:  # pylint: disable=broad-except
-        logging.warning("checkpoint step %d in %s is unreadable (%s); trying an older one",
-                        step, self.directory, str(e).splitlines()[0] if str(e) else type(e).__name__)
+      for target, convert in [(like, None), *older]:
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+        try:
+          got = self._mgr.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract), host=ocp.args.JsonRestore()))
+        except Exception as e:  # pylint: disable=broad-except
+          why = str(e).splitlines()[0] if str(e) else type(e).__name__
+          continue
+        return step, (convert(got["state"]) if convert else got["state"]), got["host"]
+      logging.warning("checkpoint step %d in %s is unreadable (%s); trying an older one",
+                      step, self.directory, why)
     return None
 
   def close(self, remove: bool = False) -> None:
