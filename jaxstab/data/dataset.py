@@ -169,9 +169,11 @@ def epoch_order(data_key, epoch, n: int, batch_size: int):
 
 def batch_of_order(order, step, n: int, batch_size: int):
   """Example indices and weights of training batch `step`, cut from its epoch's `order`
-  (epoch_order): work of the batch's size, whatever n. The weight is 1 on the real examples and
-  0 on the padding of an epoch's last batch, so the weighted mean loss is the mean over the
-  real examples."""
+  (epoch_order). The weight is 1 on the real examples and 0 on the padding of an epoch's last
+  batch, so the weighted mean loss is the mean over the real examples. It is cut from a
+  constant ones-then-zeros vector, as the step always cut it (no cost shows at n = 393k): an
+  equal weight computed another way (an index comparison) let XLA sum the loss in another
+  order, which moved recorded losses by one float32 ulp on the demo (BUILD_NOTES)."""
   start = (step % num_batches(n, batch_size)) * batch_size
   pad = num_batches(n, batch_size) * batch_size - n
   weight = jnp.concatenate([jnp.ones((n,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
