@@ -101,8 +101,10 @@ class CompileEvents:
     return len(self.backend_compiles), self.cache_hits, self.cache_misses
 
 
-def random_arrays(batch, seq):
-  n = batch * 8
+def random_arrays(batch, seq, n=0):
+  """n random training examples (0: 8 batches); a large n (393k: MNLI) shows what of the step's
+  work grows with the training set (the data order: BUILD_NOTES "Data order once per epoch")."""
+  n = n or batch * 8
   rng = np.random.default_rng(0)
   return {"input_ids": rng.integers(1000, 2000, (n, seq)).astype(np.int32),
           "attention_mask": np.ones((n, seq), np.int32),
@@ -110,12 +112,12 @@ def random_arrays(batch, seq):
           "labels": rng.integers(0, 2, (n,)).astype(np.int32)}
 
 
-def make_step(cfg, model, k, batch, seq, probe_every, total, seed_axis="vmap"):
+def make_step(cfg, model, k, batch, seq, probe_every, total, seed_axis="vmap", n_train=0):
   """(jitted step over K seeds, initial K-seed state, device arrays, anchor): the programs of
   train.build_programs, the builder a study uses (the benchmark measures what a study runs)."""
   import jax  # pylint: disable=import-outside-toplevel
   from jaxstab.engine import train as train_lib  # pylint: disable=import-outside-toplevel
-  arrays = random_arrays(batch, seq)
+  arrays = random_arrays(batch, seq, n_train)
   cfg = cfg.copy_and_resolve_references()
   cfg.train.batch_size = batch
   cfg.probe.every = max(int(probe_every), 0)  # 0: probe off
@@ -126,12 +128,12 @@ def make_step(cfg, model, k, batch, seq, probe_every, total, seed_axis="vmap"):
 
 
 def time_config(cfg, model, k, batch, seq, probe_every, steps, warmup, events=None,
-                profile=("", 0), seed_axis="vmap"):
-  """(seconds per step, {lower_s, compile_s, backend_compiles, cache_hits}); with profile =
-  (folder, n) it then traces n more steps into folder (TensorBoard / Perfetto)."""
+                profile=("", 0), seed_axis="vmap", n_train=0):
+  """(seconds per step, {lower_s, compile_s, backend_compiles, cache_hits, cpu_ms_per_step});
+  with profile = (folder, n) it then traces n more steps into folder (TensorBoard / Perfetto)."""
   import jax  # pylint: disable=import-outside-toplevel
   f, state, dev, anchor = make_step(cfg, model, k, batch, seq, probe_every, steps + warmup + 1,
-                                    seed_axis)
+                                    seed_axis, n_train)
   before = events.snapshot() if events else (0, 0, 0)
   t0 = time.perf_counter()
   lowered = f.lower(state, dev, anchor)
@@ -144,11 +146,14 @@ def time_config(cfg, model, k, batch, seq, probe_every, steps, warmup, events=No
   for _ in range(warmup):
     state = compiled(state, dev, anchor)
   jax.block_until_ready(state.step)
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   for _ in range(steps):
     state = compiled(state, dev, anchor)
   jax.block_until_ready(state.step)
   sec = (time.perf_counter() - t0) / steps
+  # CPU seconds of this process (all its threads) per step: on a CPU shared with other work it
+  # moves far less than the wall time, which counts the waits for a core.
+  info["cpu_ms_per_step"] = 1e3 * (time.process_time() - c0) / steps
   if profile[0] and profile[1] > 0:
     with jax.profiler.trace(profile[0]):
       for _ in range(profile[1]):
@@ -158,6 +163,27 @@ def time_config(cfg, model, k, batch, seq, probe_every, steps, warmup, events=No
   if int(np.asarray(state.diverged_at).max()) >= 0:
     info["note"] = "a seed diverged (non-finite loss)"
   return sec, info
+
+
+def time_probe_norms(model, reps=10):
+  """Median (wall, process CPU) seconds of what the probe adds to a step's arithmetic, alone: the per-group gradient
+  norms (probe.group_norms) and the parameter and update global norms, on three distinct trees
+  of the model's shape (its parameters and two copies, standing in for the gradient and the
+  update). The global gradient norm is left out: the step needs it anyway."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import probe  # pylint: disable=import-outside-toplevel
+  names = probe.group_names(model.params, model.arch, model.num_layers)
+  f = jax.jit(lambda g, p, u: (probe.group_norms(g, model.arch, names), optax.global_norm(p),
+                               optax.global_norm(u)))
+  trees = [jax.tree_util.tree_map(lambda x, i=i: x + i, model.params) for i in range(3)]
+  jax.block_until_ready(f(*trees))
+  out = []
+  for _ in range(reps):
+    t0, c0 = time.perf_counter(), time.process_time()
+    jax.block_until_ready(f(*trees))
+    out.append((time.perf_counter() - t0, time.process_time() - c0))
+  return tuple(float(x) for x in np.median(out, axis=0))
 
 
 def parse_configs(a):
@@ -235,6 +261,30 @@ def headline(rows, shape, log):
                                      if shape == "bert-large" else ""))
 
 
+def probe_overhead(rows, dtype, k, repeats, log):
+  """The probe's cost: on / off - 1 per round (the two measured side by side), and with several
+  rounds the median of the rounds and each setting's median ms/step."""
+  per_round, cpu_round, ms = [], [], {"on": [], "off": []}
+  for rnd in range(repeats):
+    sel = {r["probe"]: r for r in rows if r["impl"] == "jaxstab" and r["mode"] == dtype
+           and r["k"] == k and r.get("round", 0) == rnd and "skipped" not in r}
+    if "on" in sel and "off" in sel:
+      per_round.append(sel["on"]["ms_per_step"] / sel["off"]["ms_per_step"] - 1)
+      cpu_round.append(sel["on"]["cpu_ms_per_step"] / sel["off"]["cpu_ms_per_step"] - 1)
+      ms["on"].append(sel["on"]["ms_per_step"])
+      ms["off"].append(sel["off"]["ms_per_step"])
+  if not per_round:
+    return
+  if len(per_round) == 1:
+    log(f"probe overhead K={k} {dtype}: {per_round[0]:+.1%} (target <= +2%)")
+    return
+  log(f"probe overhead K={k} {dtype}, {len(per_round)} rounds: median {np.median(per_round):+.2%} "
+      f"(rounds {' '.join(f'{x:+.2%}' for x in per_round)}); median ms/step on "
+      f"{np.median(ms['on']):.2f}, off {np.median(ms['off']):.2f} (target <= +2%); in process "
+      f"CPU time: median {np.median(cpu_round):+.2%} (rounds "
+      f"{' '.join(f'{x:+.2%}' for x in cpu_round)})")
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--shape", default="tiny", choices=list(SHAPES))
@@ -259,6 +309,17 @@ def main():
                  help="train.seed_axis: vmap the K seeds, or map them one at a time (auto: map "
                       "on one CPU device, as a study does)")
   p.add_argument("--probe_every", type=int, default=10)
+  p.add_argument("--n_train", type=int, default=0,
+                 help="random training examples the step draws its batches from (0: 8 batches; "
+                      "392702 = MNLI's training set)")
+  p.add_argument("--repeats", type=int, default=1,
+                 help="run the configuration list this many rounds, one after the other (a "
+                      "noisy machine: each round's probe on/off pair is measured side by side, "
+                      "the medians are reported); use --compile_cache so that rounds after the "
+                      "first read their programs back")
+  p.add_argument("--norms_alone", action="store_true",
+                 help="also time the probe's norms by themselves on the model's parameter tree "
+                      "(median of 10), beside the steps' ms")
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--peak_tflops", type=float, default=0.0, help="chip peak for MFU (0: skip)")
@@ -306,7 +367,8 @@ def main():
   meta = dict(device=kind, torch_device=torch_dev, torch_note=torch_note, jax=jax.__version__,
               shape=a.shape, dims=dict(zip(("hidden", "layers", "heads", "intermediate", "vocab"),
                                            SHAPES[a.shape])),
-              batch=a.batch, seq=a.seq, steps=a.steps, warmup=a.warmup,
+              batch=a.batch, seq=a.seq, steps=a.steps, warmup=a.warmup, n_train=a.n_train,
+              repeats=a.repeats,
               probe_every=a.probe_every, peak_tflops=a.peak_tflops, label=a.label,
               attention=a.attention, dropout=a.dropout, seed_axis=seed_axis,
               matmul_precision=a.matmul_precision,
@@ -345,8 +407,8 @@ def main():
         f"{fmt(r['examples_per_s'], '9.1f')} {fmt(r['tflops'], '8.3f')} {fmt(r['mfu'], '6.1%')}"
         + (f"  ({r['skipped']})" if "skipped" in r else ""))
   models_by_dtype = {}
-  for k, dtype, pr in configs:
-    extra = dict(probe=pr, device=kind)
+  for rnd, (k, dtype, pr) in ((r, c) for r in range(a.repeats) for c in configs):
+    extra = dict(probe=pr, device=kind, round=rnd)
     if a.time_budget_s and time.perf_counter() - start > a.time_budget_s:
       rows.append(skipped_row("jaxstab", dtype, k, a.batch, a.seq, a.shape,
                               f"time budget {a.time_budget_s:.0f}s spent", **extra))
@@ -360,10 +422,16 @@ def main():
                                   build(a.shape, a.arch, dtype, a.seq, a.attention,
                                         a.dropout, a.matmul_precision))
       cfg, model = models_by_dtype[dtype]
+      if a.norms_alone and rnd == 0 and "norms_ms" not in meta.setdefault("norms", {}).get(dtype, {}):
+        wall, cpu = time_probe_norms(model)
+        meta["norms"][dtype] = dict(norms_ms=1e3 * wall, norms_cpu_ms=1e3 * cpu)
+        log(f"probe norms alone ({dtype}): {1e3 * wall:.2f} ms, CPU {1e3 * cpu:.2f} ms "
+            "(per-group gradient norms + parameter and update global norms)")
       sec, info = time_config(cfg, model, k, a.batch, a.seq,
                               a.probe_every if pr == "on" else 0, a.steps, a.warmup, events,
                               (os.path.join(a.profile_dir, f"{k}_{dtype}_probe-{pr}")
-                               if a.profile_dir else "", a.profile_steps), seed_axis)
+                               if a.profile_dir else "", a.profile_steps), seed_axis,
+                              a.n_train)
       rows.append(make_row("jaxstab", dtype, k, a.batch, a.seq, a.shape, sec, a.peak_tflops,
                            **extra, **info))
       r = rows[-1]
@@ -381,13 +449,18 @@ def main():
       log(f"{'jaxstab':>7} {k:>3} {dtype:>9} {pr:>5}  FAILED: {why}")
     dump()
 
+  if a.repeats > 1:
+    for k, dtype, pr in configs:
+      mine = [r for r in rows if r["impl"] == "jaxstab" and "skipped" not in r
+              and (r["k"], r["mode"], r["probe"]) == (k, dtype, pr)]
+      ms, cpu = [r["ms_per_step"] for r in mine], [r["cpu_ms_per_step"] for r in mine]
+      if ms:
+        log(f"K={k} {dtype} probe {pr}: median {np.median(ms):.2f} ms/step over {len(ms)} rounds "
+            f"({' '.join(f'{x:.2f}' for x in ms)}); process CPU median {np.median(cpu):.2f} "
+            f"ms/step ({' '.join(f'{x:.2f}' for x in cpu)})")
   for dtype in dict.fromkeys(d for _, d, _ in configs):
     for k in dict.fromkeys(k for k, _, _ in configs):
-      sel = {r["probe"]: r for r in rows if r["impl"] == "jaxstab" and r["mode"] == dtype
-             and r["k"] == k and "skipped" not in r}
-      if "on" in sel and "off" in sel:
-        log(f"probe overhead K={k} {dtype}: "
-            f"{sel['on']['ms_per_step'] / sel['off']['ms_per_step'] - 1:+.1%} (target <= +2%)")
+      probe_overhead(rows, dtype, k, a.repeats, log)
   rat = ratios(rows)
   if rat:
     modes = list(dict.fromkeys(x["torch"] for x in rat))

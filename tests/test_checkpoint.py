@@ -1,7 +1,8 @@
 """Kill a run anywhere, rerun the same command: it resumes from the newest complete checkpoint
 and the results are bit-identical. The same after a damaged checkpoint, a damaged run record or
-token cache, and a full disk (the damage tests resume in this process: a separate one would
-prove nothing more)."""
+token cache, a checkpoint of an older state layout, and a full disk (the damage tests resume in
+this process: a separate one would prove nothing more)."""
+import dataclasses
 import errno
 import json
 import logging
@@ -11,12 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxstab import main
+from jaxstab.engine import train as train_lib
 from jaxstab.infra import checkpoint, fs, lock
 from jaxstab.infra.errors import ConfigError, DiskFull
 from jaxstab.study import studies
@@ -129,6 +132,52 @@ def test_truncated_checkpoint_falls_back_to_the_previous(tmp_path):
   assert step == 1 and host == {"at": 1}
   np.testing.assert_array_equal(np.asarray(restored["w"]), np.arange(6.0))
   ck.close()
+
+
+@flax.struct.dataclass
+class _StateWithoutOrder:
+  """train.TrainState as it was before it kept its epoch's order: what older checkpoints hold."""
+  step: jax.Array
+  params: dict
+  opt_state: dict
+  key: jax.Array
+  data_key: jax.Array
+  probe: dict
+  loss_sum: jax.Array
+  loss_count: jax.Array
+  diverged_at: jax.Array
+
+
+def test_checkpoint_without_the_epoch_order_is_read_by_the_older_layout(tmp_path):
+  """A checkpoint of the state without `order` / `order_epoch` is refused as `like` and read
+  through train.older_layouts: every saved field comes back exact, in a TrainState whose
+  order_epoch is -1, so its next step draws the epoch's order again (the draw
+  test_train.test_order_drawn_once_per_epoch_equals_the_per_step_permutation checks)."""
+  rng = np.random.default_rng(0)
+  arr = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  old = _StateWithoutOrder(
+      step=jnp.int32(6), params={"w": arr(3, 2)}, opt_state={"mu": arr(3, 2)},
+      key=jax.random.PRNGKey(3), data_key=jax.random.fold_in(jax.random.PRNGKey(5), 1),
+      probe={"loss": arr(4)}, loss_sum=jnp.float32(1.5), loss_count=jnp.float32(3.0),
+      diverged_at=jnp.int32(-1))
+  like = train_lib.TrainState(
+      step=jnp.int32(0), params={"w": jnp.zeros((3, 2))}, opt_state={"mu": jnp.zeros((3, 2))},
+      key=jax.random.PRNGKey(0), data_key=jax.random.PRNGKey(0),
+      order=jnp.zeros((8,), jnp.int32), order_epoch=jnp.int32(-1), probe={"loss": jnp.zeros(4)},
+      loss_sum=jnp.float32(0), loss_count=jnp.float32(0), diverged_at=jnp.int32(-1))
+  ck = checkpoint.GroupCheckpointer(str(tmp_path), "g", every_steps=1, keep=3)
+  ck.save(6, old, {"at": 6}, wait=True)
+  step, state, host = ck.restore_latest(like, train_lib.older_layouts(like))
+  assert ck.restore_latest(like) is None  # the current layout alone cannot read it ...
+  ck.close()
+  assert (tmp_path / "checkpoints" / "g" / "6.unreadable").is_dir()  # ... and sets it aside
+  assert step == 6 and host == {"at": 6} and isinstance(state, train_lib.TrainState)
+  for field in dataclasses.fields(old):
+    a, b = getattr(old, field.name), getattr(state, field.name)
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b), field.name
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=field.name)
+  assert int(state.order_epoch) == -1 and state.order.shape == (8,)
 
 
 def test_workdir_lock_refuses_a_live_owner_and_takes_over_a_stale_one(tmp_path):

@@ -178,7 +178,7 @@ def test_probe_dropping_a_layer_fails_the_gradient_and_sum_checks(tiny_bert, mon
 def _plant_shifted_data_order(monkeypatch, seeds):
   """Inside a seed group (train.over_seeds), the k-th seed draws its batches with the data key of
   seed k+1 (the last with the first's); a seed trained alone is unaffected."""
-  real_over, real_indices = train_lib.over_seeds, dataset.batch_indices
+  real_over, real_order = train_lib.over_seeds, dataset.epoch_order
   keys = jnp.stack([jax.random.fold_in(train_lib.seed_key(s), train_lib.DATA) for s in seeds])
   in_group = [False]
 
@@ -191,13 +191,13 @@ def _plant_shifted_data_order(monkeypatch, seeds):
         in_group[0] = False
     return real_over(flagged, in_axes, how)
 
-  def batch_indices(data_key, step, n, batch_size):
+  def epoch_order(data_key, epoch, n, batch_size):
     if in_group[0]:
       k = jnp.argmax(jnp.all(keys == data_key, axis=-1))
       data_key = keys[(k + 1) % len(seeds)]
-    return real_indices(data_key, step, n, batch_size)
+    return real_order(data_key, epoch, n, batch_size)
   monkeypatch.setattr(train_lib, "over_seeds", over_seeds)
-  monkeypatch.setattr(dataset, "batch_indices", batch_indices)
+  monkeypatch.setattr(dataset, "epoch_order", epoch_order)
 
 
 def test_seed_using_the_next_seeds_data_order_fails_group_vs_alone(glue_dir, monkeypatch):

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxstab.data import dataset
 from jaxstab.engine import models, probe, train as train_lib
 from tests import guards
 from tests.helpers import build_step, tiny_setup, tree_max_abs_diff
@@ -46,6 +47,83 @@ def test_seed_group_equals_each_seed_alone(glue_dir, axis):
   # Not vacuous: 5 steps moved the parameters by ~3e-4, >= 1000x the vmap bound on them, so an
   # update wrong by a fraction of a percent fails.
   assert moved >= 1000 * guards.SEED_GROUP_BOUNDS["vmap"]["params"]
+
+
+def _per_step_permutation_batch(data_key, step, n, bs):
+  """The batch (indices, weights) of `step` as the step drew it when it sorted a fresh
+  permutation on every step: the formula every committed result was trained with, written out
+  here apart from jaxstab's code."""
+  per_epoch = -(-n // bs)
+  epoch, pos = divmod(step, per_epoch)
+  perm = np.asarray(jax.random.permutation(jax.random.fold_in(data_key, epoch), n))
+  pad = per_epoch * bs - n
+  order = np.concatenate([perm, np.zeros(pad, perm.dtype)])
+  weight = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+  return order[pos * bs:(pos + 1) * bs], weight[pos * bs:(pos + 1) * bs]
+
+
+def _watch_batches(monkeypatch):
+  """A list that receives every batch the compiled step cuts, (indices, weights), as its
+  program computed them: data.batch_of_order's outputs pass through a host callback on their
+  way to the gather and the loss (under vmap one call for the whole group, [K, B])."""
+  seen, real = [], dataset.batch_of_order
+
+  def note(idx, weight):
+    seen.append((np.array(idx), np.array(weight)))
+    return idx, weight
+
+  def watched(order, step, n, bs):
+    idx, weight = real(order, step, n, bs)
+    shapes = (jax.ShapeDtypeStruct(idx.shape, idx.dtype),
+              jax.ShapeDtypeStruct(weight.shape, weight.dtype))
+    return jax.pure_callback(note, shapes, idx, weight, vmap_method="expand_dims")
+  monkeypatch.setattr(dataset, "batch_of_order", watched)
+  return seen
+
+
+def _batches_drawn(programs, create, arrays, seeds, data_keys, steps, how, seen):
+  """Runs `steps` steps of `seeds` (alone: step_one jitted; else programs.step, the group's
+  program) and returns the batches the step cut, indices and weights [steps, seeds, B], and the
+  final state. The group's state is stacked from `create` (one compile for every program)."""
+  del seen[:]
+  dev = jax.device_put(arrays)
+  states = [create(train_lib.seed_key(s), key) for s, key in zip(seeds, data_keys)]
+  if how == "alone":
+    state, step = states[0], jax.jit(programs.step_one)
+  else:
+    state, step = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *states), programs.step
+  for _ in range(steps):
+    state = step(state, dev, programs.anchor)
+  jax.block_until_ready(state)
+  shape = (steps, len(seeds), -1)
+  return (np.concatenate([i for i, _ in seen]).reshape(shape),
+          np.concatenate([w for _, w in seen]).reshape(shape), state)
+
+
+def test_order_drawn_once_per_epoch_equals_the_per_step_permutation(glue_dir, monkeypatch):
+  """The order kept in the state and redrawn when an epoch begins gives the very batches of the
+  per-step permutation, across two epoch boundaries (20 examples, batches of 8: 3 steps an
+  epoch, the last padded), for a seed alone and for both group programs build_programs
+  compiles (seeds with data seeds of their own, as a data_seeds grid runs them)."""
+  n, bs, steps = 20, 8, 7
+  cfg, model, arrays = tiny_setup(glue_dir, "bert", n=n, length=8, probe__every=0)
+  seeds, data_seeds = [3, 11], [5, 3]
+  data_keys = [jax.random.fold_in(jax.random.PRNGKey(d), 1) for d in data_seeds]  # DATA = 1
+  seen = _watch_batches(monkeypatch)
+  create = None
+  for how in ("alone", "map", "vmap"):
+    k = 1 if how == "alone" else len(seeds)
+    programs = train_lib.build_programs(cfg, model, n_train=n, total=steps, seeds_per_group=k,
+                                        seed_axis="map" if how == "alone" else how)
+    create = create or jax.jit(programs.create_one)  # the same program for all three
+    idx, weight, state = _batches_drawn(programs, create, arrays, seeds[:k], data_keys[:k],
+                                        steps, how, seen)
+    for t in range(steps):
+      for i, key in enumerate(data_keys[:k]):
+        want_idx, want_w = _per_step_permutation_batch(key, t, n, bs)
+        np.testing.assert_array_equal(idx[t, i], want_idx, err_msg=f"{how}: step {t}, seed {i}")
+        np.testing.assert_array_equal(weight[t, i], want_w, err_msg=f"{how}: step {t}, seed {i}")
+    assert np.asarray(state.order_epoch).ravel().tolist() == [steps // 3] * k, how
 
 
 def test_padded_batch_loss_is_mean_over_real_examples():

@@ -190,22 +190,41 @@ def num_batches(n: int, batch_size: int) -> int:
   return -(-n // batch_size)
 
 
-def batch_indices(data_key, step, n: int, batch_size: int):
-  """Example indices and weights of training batch `step` (jittable, pure).
+def epoch_order(data_key, epoch, n: int, batch_size: int):
+  """The example order of one epoch (jittable, pure): a permutation of range(n) drawn from
+  fold_in(data_key, epoch), padded with zeros (example 0, given zero weight by batch_of_order)
+  to num_batches * batch_size entries, so every batch has a static shape.
 
-  Each epoch is a fresh permutation drawn from fold_in(data_key, epoch). The last batch of an
-  epoch is filled with zero-weight copies of example 0, so shapes stay static and the weighted
-  mean loss equals the mean over the real examples.
+  Drawing it sorts n random keys: on MNLI or QQP (~393k examples) that costs more than a small
+  model's whole step, so the train step keeps the epoch's order in its state and draws it once
+  per epoch (train.TrainState.order; BUILD_NOTES "Data order once per epoch").
   """
-  per_epoch = num_batches(n, batch_size)
-  epoch, pos = step // per_epoch, step % per_epoch
-  perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
-  pad = per_epoch * batch_size - n
-  order = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)])
+  perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), n).astype(jnp.int32)
+  pad = num_batches(n, batch_size) * batch_size - n
+  return jnp.concatenate([perm, jnp.zeros((pad,), jnp.int32)])
+
+
+def batch_of_order(order, step, n: int, batch_size: int):
+  """Example indices and weights of training batch `step`, cut from its epoch's `order`
+  (epoch_order). The weight is 1 on the real examples and 0 on the padding of an epoch's last
+  batch, so the weighted mean loss is the mean over the real examples. It is cut from a
+  constant ones-then-zeros vector, as the step always cut it (no cost shows at n = 393k): an
+  equal weight computed another way (an index comparison) let XLA sum the loss in another
+  order, which moved recorded losses by one float32 ulp on the demo (BUILD_NOTES)."""
+  start = (step % num_batches(n, batch_size)) * batch_size
+  pad = num_batches(n, batch_size) * batch_size - n
   weight = jnp.concatenate([jnp.ones((n,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
-  start = pos * batch_size
   return (jax.lax.dynamic_slice_in_dim(order, start, batch_size),
           jax.lax.dynamic_slice_in_dim(weight, start, batch_size))
+
+
+def batch_indices(data_key, step, n: int, batch_size: int):
+  """Example indices and weights of training batch `step` of the data order `data_key`
+  (jittable, pure): each epoch is a fresh permutation (epoch_order), cut into batches
+  (batch_of_order). The train step computes the same from the order kept in its state; this
+  one-call form serves whoever needs a single batch (tests, the reference-parity run)."""
+  epoch = step // num_batches(n, batch_size)
+  return batch_of_order(epoch_order(data_key, epoch, n, batch_size), step, n, batch_size)
 
 
 def gather(arrays: dict, idx) -> dict:

@@ -56,10 +56,22 @@ class TrainState:
   opt_state: Any
   key: jax.Array           # the run's seed key (raw uint32[2], checkpoint-friendly)
   data_key: jax.Array      # the key of its data order (fold_in(key, DATA), or a data seed's)
+  order: jax.Array         # the examples of epoch `order_epoch` in their order (epoch_order)
+  order_epoch: jax.Array   # the epoch `order` was drawn for; -1: none yet (the step draws it)
   probe: dict              # fixed-size record buffers, see probe.init_buffers
   loss_sum: jax.Array      # running sums of the weighted training loss since the last read
   loss_count: jax.Array
   diverged_at: jax.Array   # first step with a non-finite loss or gradient; -1 while healthy
+
+
+def older_layouts(like: TrainState):
+  """The (layout, convert) pairs by which GroupCheckpointer.restore_latest reads a checkpoint of
+  an earlier TrainState: one saved before the state kept its epoch's order reads as a dict of
+  the other fields, and continues with `like`'s (a fresh state's) order_epoch = -1, so that its
+  next step draws the order again: the same order, a pure function of data_key and the step."""
+  kept = {f.name: getattr(like, f.name) for f in dataclasses.fields(like)
+          if f.name not in ("order", "order_epoch")}
+  return [(kept, lambda saved: like.replace(**saved))]
 
 
 def seed_key(seed: int):
@@ -88,13 +100,17 @@ def data_key_of(seed_key):
 
 def create_train_state(model: models.Model, tx: optax.GradientTransformation, key,
                        total_steps: int, probe_every: int, group_names: Sequence[str],
-                       reinit_layers: int = 0, reinit_pooler: bool = False, data_key=None):
+                       reinit_layers: int = 0, reinit_pooler: bool = False, data_key=None,
+                       order_length: int = 0):
   """A fresh state for one seed (jittable): initial_params, Adam's zero moments, empty probe.
-  `data_key` orders the training examples; default: the seed's own (data_key_of(key))."""
+  `data_key` orders the training examples; default: the seed's own (data_key_of(key)).
+  `order_length` is the padded epoch order's length (StepSpec.order_length; 0 only for a state
+  that is never stepped). No order is drawn here: the first step draws epoch 0's."""
   params = initial_params(model, key, reinit_layers, reinit_pooler)
   data_key = data_key_of(key) if data_key is None else data_key
   return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params),
-                    key=key, data_key=data_key,
+                    key=key, data_key=data_key, order=jnp.zeros((order_length,), jnp.int32),
+                    order_epoch=jnp.full([], -1, jnp.int32),
                     probe=probe.init_buffers(total_steps, probe_every, len(group_names)),
                     loss_sum=jnp.zeros([], jnp.float32), loss_count=jnp.zeros([], jnp.float32),
                     diverged_at=jnp.full([], -1, jnp.int32))
@@ -137,10 +153,60 @@ class StepSpec:
   mixout_head: bool = False     # Mixout also mixes the head, toward the seed's initial head
   prior_wd: bool = False        # weight decay toward the pretrained weights
 
+  @property
+  def steps_per_epoch(self) -> int:
+    return data_lib.num_batches(self.n_train, self.batch_size)
+
+  @property
+  def order_length(self) -> int:
+    """Length of an epoch's padded order (data.epoch_order), kept in TrainState.order."""
+    return self.steps_per_epoch * self.batch_size
+
+  def draw_order(self, data_key, epoch):
+    return data_lib.epoch_order(data_key, epoch, self.n_train, self.batch_size)
+
+
+def with_order(state: TrainState, spec: StepSpec) -> TrainState:
+  """One seed's state holding the order of its step's epoch: drawn only when the epoch changed
+  (a lax.cond; a seed alone or in a lax.map group skips the draw on the other steps)."""
+  epoch = state.step // spec.steps_per_epoch
+  order = jax.lax.cond(state.order_epoch == epoch, lambda: state.order,
+                       lambda: spec.draw_order(state.data_key, epoch))
+  return state.replace(order=order, order_epoch=epoch)
+
+
+def with_group_order(state: TrainState, spec: StepSpec, how: str) -> TrainState:
+  """with_order for a group of seeds (leading axis), decided once for the group. Under vmap a
+  per-seed lax.cond becomes a select that draws every step; here the condition is a scalar
+  (any seed's order stale: the seeds of a group share their step), so the group draws its K
+  orders only when an epoch begins."""
+  epoch = state.step // spec.steps_per_epoch
+  order = jax.lax.cond(jnp.any(state.order_epoch != epoch), lambda: over_seeds(
+      spec.draw_order, (0, 0), how)(state.data_key, epoch), lambda: state.order)
+  return state.replace(order=order, order_epoch=epoch)
+
 
 def make_train_step(model: models.Model, tx, schedule: Callable, spec: StepSpec):
   """Returns train_step(state, train_arrays, anchor=None) -> state for one seed (vmap it for
-  many). `anchor` (stabilisers.anchor_of(pretrained)) is needed by Mixout and prior_wd.
+  many; make_group_step is the group's program). `anchor` (stabilisers.anchor_of(pretrained))
+  is needed by Mixout and prior_wd."""
+  update = make_update(model, tx, schedule, spec)
+  return lambda state, train_arrays, anchor=None: update(with_order(state, spec), train_arrays,
+                                                         anchor)
+
+
+def make_group_step(model: models.Model, tx, schedule: Callable, spec: StepSpec, how: str):
+  """Returns group_step(state, train_arrays, anchor) -> state for a group of seeds (leading axis,
+  over_seeds `how`): the group's orders brought to the step's epoch (with_group_order), then
+  each seed's update. Same result as over_seeds(make_train_step(...)), bit for bit."""
+  update = over_seeds(make_update(model, tx, schedule, spec), (0, None, None), how)
+  return lambda state, train_arrays, anchor: update(with_group_order(state, spec, how),
+                                                    train_arrays, anchor)
+
+
+def make_update(model: models.Model, tx, schedule: Callable, spec: StepSpec):
+  """Returns update(state, train_arrays, anchor) -> state for one seed whose `order` already
+  holds its step's epoch: the batch, the gradient, the optimizer update and the probe.
   With spec.mixout_head, Mixout's head target is re-drawn each step from the seed key and the
   anchor's head shapes: the same draw as initial_params."""
   shared_layer = model.family.shared_layer  # per-depth norms of a shared layer need interception
@@ -164,9 +230,9 @@ def make_train_step(model: models.Model, tx, schedule: Callable, spec: StepSpec)
       logits = forward()
     return task_loss(logits, batch["labels"], weight)
 
-  def train_step(state: TrainState, train_arrays: dict, anchor=None) -> TrainState:
+  def update(state: TrainState, train_arrays: dict, anchor=None) -> TrainState:
     step = state.step
-    idx, weight = data_lib.batch_indices(state.data_key, step, n_train, batch_size)
+    idx, weight = data_lib.batch_of_order(state.order, step, n_train, batch_size)
     batch = data_lib.gather(train_arrays, idx)
     dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, DROPOUT), step)
     deltas = None
@@ -207,7 +273,7 @@ def make_train_step(model: models.Model, tx, schedule: Callable, spec: StepSpec)
     }
     return state.replace(probe=probe.record(state.probe, step, probe_every, values), **common)
 
-  return train_step
+  return update
 
 
 def make_eval_logits(model: models.Model, pass_segment_ids: bool = True):
@@ -305,7 +371,8 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
 
   def create_from(params, key, data_key=None):
     return create_train_state(dataclasses.replace(model, params=params), tx, key, total, every,
-                              groups, st.reinit_layers, st.reinit_pooler, data_key)
+                              groups, st.reinit_layers, st.reinit_pooler, data_key,
+                              spec.order_length)
 
   create_from = precision.at_precision(create_from, matmul)
   step_one = precision.at_precision(make_train_step(model, tx, schedule, spec), matmul)
@@ -319,7 +386,8 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
       data_keys = jax.vmap(data_key_of)(jnp.asarray(seed_keys))
     return create_fn(pretrained, seed_keys, data_keys)
 
-  step = jax.jit(over_seeds(step_one, (0, None, None), axis), donate_argnums=0)
+  step = jax.jit(precision.at_precision(make_group_step(model, tx, schedule, spec, axis), matmul),
+                 donate_argnums=0)
   return Programs(
       create=create,
       step=step,

@@ -77,20 +77,27 @@ class GroupCheckpointer:
       with self._writing():
         self._mgr.wait_until_finished()
 
-  def restore_latest(self, like) -> Optional[tuple]:
+  def restore_latest(self, like, older=()) -> Optional[tuple]:
     """(step, state, host) of the newest readable checkpoint, or None. `like` gives the
-    structure, dtypes and shardings of the state."""
+    structure, dtypes and shardings of the state. `older` lists (layout, convert) pairs for
+    checkpoints written in an earlier layout of the state: a step that does not read as `like`
+    is read as each `layout` in turn, and `convert` makes the state of what it read."""
     if not self.enabled:
       return None
     ocp = self._ocp
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
     for step in sorted(self._mgr.all_steps(), reverse=True):
-      try:
-        got = self._mgr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), host=ocp.args.JsonRestore()))
-        return step, got["state"], got["host"]
-      except Exception as e:  # pylint: disable=broad-except
-        self._set_aside(step, str(e).splitlines()[0] if str(e) else type(e).__name__)
+      why = None
+      for target, convert in [(like, None), *older]:
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+        try:
+          got = self._mgr.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract), host=ocp.args.JsonRestore()))
+        except Exception as e:  # pylint: disable=broad-except
+          # The reason kept is the current layout's: the older layouts are a fallback.
+          why = why or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+          continue
+        return step, (convert(got["state"]) if convert else got["state"]), got["host"]
+      self._set_aside(step, why)
     return None
 
   def _set_aside(self, step: int, why: str) -> None:

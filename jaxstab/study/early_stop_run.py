@@ -17,7 +17,7 @@ import math
 import jax
 from absl import logging
 
-from jaxstab.engine import parallel
+from jaxstab.engine import parallel, train as train_lib
 from jaxstab.infra import checkpoint, fs
 from jaxstab.infra.errors import ConfigError
 from jaxstab.results import outputs
@@ -119,7 +119,7 @@ def _regroup(plan: Plan, engine: Engine, second: Engine, group, infos):
     first = engine.programs_for(info["k"])
     like = first.create(*groups.keys(plan, groups.padded(info["group"], info["k"])))
     hold = checkpoint.GroupCheckpointer(plan.workdir, early_stop.checkpoint_name(name), 1, 1)
-    restored = hold.restore_latest(like)
+    restored = hold.restore_latest(like, train_lib.older_layouts(like))
     if restored is None:
       raise ConfigError(f"the saved first phase of {name} in {hold.directory} is "
                         "unreadable; rerun with --config.overwrite=True")

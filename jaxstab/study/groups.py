@@ -109,7 +109,7 @@ def train_to(plan: Plan, engine: Engine, group, stop, until: int,
 def _start(plan: Plan, engine: Engine, group, ckpt, initial: Optional[Callable] = None):
   """The group's newest checkpoint, else `initial()` (state, progress), else a fresh state."""
   state = engine.programs.create(*keys(plan, padded(group, engine.programs.seeds_per_group)))
-  restored = ckpt.restore_latest(state)
+  restored = ckpt.restore_latest(state, train_lib.older_layouts(state))
   if restored is not None:
     progress = Progress(list(group), {}, [])
     progress.step, state, host = restored
