@@ -136,13 +136,17 @@ class StepSpec:
   mixout: float = 0.0           # Mixout probability toward the pretrained weights; 0 = off
   mixout_head: bool = False     # Mixout also mixes the head, toward the seed's initial head
   prior_wd: bool = False        # weight decay toward the pretrained weights
+  remat: str = "none"           # 'layers': encoder layers recomputed in the backward pass
 
 
 def make_train_step(model: models.Model, tx, schedule: Callable, spec: StepSpec):
   """Returns train_step(state, train_arrays, anchor=None) -> state for one seed (vmap it for
   many). `anchor` (stabilisers.anchor_of(pretrained)) is needed by Mixout and prior_wd.
   With spec.mixout_head, Mixout's head target is re-drawn each step from the seed key and the
-  anchor's head shapes: the same draw as initial_params."""
+  anchor's head shapes: the same draw as initial_params. With spec.remat='layers' the training
+  forward pass runs the rematerialised model (evaluation needs no backward pass: it keeps the
+  plain one)."""
+  model = models.with_remat(model, spec.remat)
   shared_layer = model.family.shared_layer  # per-depth norms of a shared layer need interception
   # The spec's values as the closures below read them (static: compiled into the step).
   n_train, batch_size, probe_every = spec.n_train, spec.batch_size, spec.probe_every
@@ -275,7 +279,20 @@ def step_spec(cfg, model: models.Model, *, n_train: int) -> StepSpec:
       n_train=n_train, batch_size=cfg.train.batch_size, probe_every=max(int(cfg.probe.every), 0),
       group_names=tuple(probe.group_names(model.params, model.arch, model.num_layers)),
       b1=cfg.optim.b1, b2=cfg.optim.b2, pass_segment_ids=cfg.model.pass_segment_ids,
-      mixout=st.mixout, mixout_head=st.mixout_head, prior_wd=st.prior_wd)
+      mixout=st.mixout, mixout_head=st.mixout_head, prior_wd=st.prior_wd,
+      remat=cfg.train.remat)
+
+
+def step_compiler_options(remat: str, platform: str) -> Optional[dict]:
+  """XLA options of the train step. XLA:CPU expands the optimization barriers that keep a
+  remat's recomputation apart early in its pipeline, and its common-subexpression pass then
+  merges the recomputation back into the forward pass: remat would cost nothing and save
+  nothing there. The GPU and TPU compilers expand them only after scheduling. With remat on a
+  CPU the step is compiled without that expansion (bit-identical results, tested), so remat
+  saves memory there too and the CPU's memory analysis shows what it saves on an accelerator."""
+  if remat != "none" and platform == "cpu":
+    return {"xla_disable_hlo_passes": "cse_barrier_expander"}
+  return None
 
 
 def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
@@ -319,7 +336,9 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
       data_keys = jax.vmap(data_key_of)(jnp.asarray(seed_keys))
     return create_fn(pretrained, seed_keys, data_keys)
 
-  step = jax.jit(over_seeds(step_one, (0, None, None), axis), donate_argnums=0)
+  step = jax.jit(over_seeds(step_one, (0, None, None), axis), donate_argnums=0,
+                 compiler_options=step_compiler_options(
+                     spec.remat, layout.mesh.devices.flat[0].platform))
   return Programs(
       create=create,
       step=step,
