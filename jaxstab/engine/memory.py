@@ -122,11 +122,6 @@ class Sizing:
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
 
-  @classmethod
-  def from_json(cls, data: dict) -> "Sizing":
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
-
 
 def choose(requested: int, num_seeds: int, layout: parallel.Layout,
            measure: Callable[[int], Optional[Footprint]], formula_bytes: int,

@@ -144,13 +144,10 @@ def _train_to(plan: Plan, engine: Engine, group, stop, until: int, ckpt,
 
 def _start(plan: Plan, engine: Engine, group, ckpt, initial: Optional[Callable] = None):
   """The group's newest checkpoint, else a larger group's (_adopt), else `initial()` (state,
-  progress), else a fresh state."""
-  state = engine.programs.create(*keys(plan, padded(group, engine.programs.seeds_per_group)))
-  restored = ckpt.restore_latest(state)
-  if restored is None:  # a resumed second phase of an early stop starts after the stop step
-    adopted = _adopt(plan, engine, group, after=plan.stopping.step if initial else -1)
-    if adopted is not None:
-      return adopted
+  progress), else a fresh state. Checkpoints are restored into the state's shapes and shardings
+  (nothing allocated before), so a fresh state is made only when there is none to restore."""
+  layout = engine.layout or parallel.Layout.create()
+  restored = ckpt.restore_latest(memory.abstract_state(engine.programs, layout))
   if restored is not None:
     progress = Progress(list(group), {}, [])
     progress.step, state, host = restored
@@ -158,8 +155,13 @@ def _start(plan: Plan, engine: Engine, group, ckpt, initial: Optional[Callable] 
     progress.last_loss = host["last_loss"]
     logging.info("seeds %s: resumed from the checkpoint at step %d", group, progress.step)
     return state, progress
+  # A resumed second phase of an early stop starts after the stop step.
+  adopted = _adopt(plan, engine, group, after=plan.stopping.step if initial else -1)
+  if adopted is not None:
+    return adopted
   if initial is not None:
     return initial()
+  state = engine.programs.create(*keys(plan, padded(group, engine.programs.seeds_per_group)))
   return state, Progress(list(group), {s: [] for s in group}, [None] * len(group))
 
 
