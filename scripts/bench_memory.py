@@ -69,7 +69,8 @@ def build(shape, seq):
 def footprint(cfg, model, k, batch, seq, total):
   """The Footprint of the vmapped group step of K seeds, from train.build_programs."""
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from jaxstab.engine import memory, parallel, train as train_lib  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from jaxstab.engine import memory, parallel, train as train_lib
   cfg = cfg.copy_and_resolve_references()
   cfg.train.batch_size, cfg.train.max_seq_length = batch, seq
   n = batch * 8
@@ -160,8 +161,9 @@ def table(a, out, save, log):
   log("|---|---|---|---|---|" + "---|" * len(DEVICES))
   for r in rows.values():
     if "k" in r:
+      ks = " | ".join(str(r["k"][d]) for d in DEVICES)
       log(f"| {r['model']} | {r['moments']} | {r['remat']} | {r['per_seed_bytes'] / 1e9:.2f} GB | "
-          f"{r['fixed_bytes'] / 1e9:.2f} GB | " + " | ".join(str(r["k"][d]) for d in DEVICES) + " |")
+          f"{r['fixed_bytes'] / 1e9:.2f} GB | {ks} |")
 
 
 def main():
