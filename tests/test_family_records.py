@@ -3,6 +3,7 @@ be true of the Flax model built from its tiny config, and code must follow the r
 family's name. (Beside tests/test_families.py, which holds the PyTorch parity of the families
 and is near the length limit; nothing here needs PyTorch or GLUE data.)"""
 import dataclasses
+import inspect
 import types
 
 import flax.linen as nn
@@ -59,6 +60,9 @@ def test_each_record_matches_its_flax_model(model_type):
   seen, grads = forward_modules_and_grads(model, batch)
   bert_like, albert = attention._self_attention_classes()  # pylint: disable=protected-access
   assert bool(seen & {*bert_like, albert}) == fam.fused_attention
+  # train.remat=layers rebuilds the classifier with gradient_checkpointing=True (with_remat).
+  takes = "gradient_checkpointing" in inspect.signature(type(flax_model).__init__).parameters
+  assert takes == fam.remat
   # The first position embedding that gets a gradient is the family's position offset.
   rows = np.asarray(grads[fam.backbone]["embeddings"]["position_embeddings"]["embedding"])
   assert int(np.argmax(np.any(rows != 0, axis=1))) == fam.position_offset(config)
@@ -84,19 +88,23 @@ def test_a_planted_record_drives_behaviour(monkeypatch):
   bert = models.Model(flax_model, flax_model.params, "bert", LAYERS, config, "b")
   monkeypatch.setitem(families.FAMILIES, "fake", dataclasses.replace(
       families.FAMILIES["bert"], name="fake", title="FakeBERT", segment_ids=False,
-      shared_layer=True, fused_attention=False, head_keys=("classifier", "pre_classifier")))
+      shared_layer=True, fused_attention=False, head_keys=("classifier", "pre_classifier"),
+      remat=False))
   fake = dataclasses.replace(bert, arch="fake")
   np.testing.assert_array_equal(fake.logits(fake.params, batch),
                                 bert.logits(bert.params, batch, pass_segment_ids=False))
   assert not np.allclose(fake.logits(fake.params, batch), bert.logits(bert.params, batch))
   for key, value in (("model.attention", "xla"), ("stabilisers.llrd", 0.9),
-                     ("stabilisers.reinit_layers", 1), ("stabilisers.mixout", 0.5)):
+                     ("stabilisers.reinit_layers", 1), ("stabilisers.mixout", 0.5),
+                     ("train.remat", "layers")):
     cfg = config_lib.task_config("rte", "model=tiny-bert,setting=mixout" if "mixout" in key
                                  else "model=tiny-bert")
     config_lib.set_path(cfg, key, value)
     validate.check_model(cfg, "bert", LAYERS)
     with pytest.raises(ConfigError, match="for FakeBERT"):
       validate.check_model(cfg, "fake", LAYERS)
+  with pytest.raises(ConfigError, match="not available for FakeBERT"):
+    models.with_remat(fake, "layers")
   with pytest.raises(ConfigError, match="undefined for FakeBERT"):
     stabilisers.layerwise_scales(bert.params, "fake", LAYERS, 0.9)
   with pytest.raises(ConfigError, match="undefined for FakeBERT"):

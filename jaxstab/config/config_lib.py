@@ -112,7 +112,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.full_steps_count = "batches"  # steps_of_full_epochs counts: batches (E x full-set batches)
                                        # | reference (the reference configs': CoLA 1602, not 1605)
   c.train.seeds_per_step = 0           # seeds advanced together by one step; 0 = all that fit
+                                       # (by the compiled step's memory analysis; docs/memory.md)
   c.train.seed_axis = "auto"           # auto | vmap | map (one seed at a time; auto: map on 1 CPU)
+  c.train.remat = "none"               # none | layers: recompute each encoder layer in the backward
+                                       # pass (less memory per seed; BERT, RoBERTa, XLM-R, ELECTRA)
   c.train.early_stop = ml_collections.ConfigDict()  # start many, continue the best (early_stop.py)
   c.train.early_stop.at = 0.0          # fraction of the total steps at which runs are ranked; 0 = off
   c.train.early_stop.keep = 0          # runs continued after that point (the rest stop there)

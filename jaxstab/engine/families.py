@@ -5,18 +5,19 @@ stabilisers are defined for it. A transformers `model_type` maps to one family; 
 CamemBERT are RoBERTas (the same parameter tree, the same head, positions numbered from the
 padding id), loaded with their own Flax class where transformers has one.
 
-| family     | head (drawn per seed)       | pooler | segment ids | shared layer | positions  |
-|------------|-----------------------------|--------|-------------|--------------|------------|
-| bert       | classifier                  | yes    | yes         | no           | from 0     |
-| roberta    | classifier/dense, /out_proj | no     | yes         | no           | pad id + 1 |
-| albert     | classifier                  | yes    | yes         | yes          | from 0     |
-| electra    | classifier/dense, /out_proj | no     | yes         | no           | from 0     |
-| distilbert | pre_classifier, classifier  | no     | none        | no           | from 0     |
+| family     | head (drawn per seed)       | pooler | segments | shared layer | positions | remat |
+|------------|-----------------------------|--------|----------|--------------|-----------|-------|
+| bert       | classifier                  | yes    | yes      | no           | from 0    | yes   |
+| roberta    | classifier/dense, /out_proj | no     | yes      | no           | pad id +1 | yes   |
+| albert     | classifier                  | yes    | yes      | yes          | from 0    | no    |
+| electra    | classifier/dense, /out_proj | no     | yes      | no           | from 0    | yes   |
+| distilbert | pre_classifier, classifier  | no     | none     | no           | from 0    | no    |
 
 The backbone key of each is its name. Only RoBERTa's transformers head differs from the paper's
 reference head; only BERT and RoBERTa get the forgetting analysis (ELECTRA's discriminator has no
 masked-LM head; ALBERT's top layers cannot be restored apart); DistilBERT runs neither the fused
-attention nor Mixout of its two-layer head.
+attention nor Mixout of its two-layer head. `remat`: transformers' Flax classes of ALBERT and
+DistilBERT have no gradient checkpointing, so train.remat=layers is refused for them.
 
 Code asks the record (`family_of(model.arch).shared_layer`, `.segment_ids`, ...), never compares
 family names, so adding a family means one record here plus whatever model code it needs (a
@@ -59,6 +60,9 @@ class Family:
   sizes: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(BERT_SIZES))
   narrow_embeddings: bool = False    # the tiny model's embeddings are half the hidden size
   mlm: Optional[str] = None          # Flax masked-LM class of the forgetting analysis
+  # Its Flax classifier takes `gradient_checkpointing` (each encoder layer under flax's remat),
+  # so train.remat=layers can recompute the layers' activations in the backward pass.
+  remat: bool = True
 
   @property
   def backbone(self) -> str:
@@ -91,7 +95,7 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
     # ALBERT has an MLM head, but forgetting restores layers one by one: refused (shared_layer).
     Family("albert", "ALBERT", {"albert": ("AlbertConfig", "FlaxAlbertForSequenceClassification")},
            shared_layer=True, dropout_keys=BERT_DROPOUT + ("classifier_dropout_prob",),
-           narrow_embeddings=True),
+           narrow_embeddings=True, remat=False),
     # The head falls back to hidden_dropout_prob only when classifier_dropout is None. Small
     # ELECTRAs project narrower embeddings up (embeddings_project); the tiny one has it too.
     Family("electra", "ELECTRA",
@@ -104,7 +108,7 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
     Family("distilbert", "DistilBERT",
            {"distilbert": ("DistilBertConfig", "FlaxDistilBertForSequenceClassification")},
            head_keys=("classifier", "pre_classifier"), pooler=False, segment_ids=False,
-           fused_attention=False,
+           fused_attention=False, remat=False,
            dropout_keys=("dropout", "attention_dropout", "seq_classif_dropout"),
            sizes={"hidden_size": "dim", "num_layers": "n_layers", "num_heads": "n_heads",
                   "intermediate_size": "hidden_dim"}),

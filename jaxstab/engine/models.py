@@ -30,6 +30,9 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # see `reference_roberta_head` and `init_head`. BERT's and ALBERT's heads are the same in both;
 # the paper ran no ELECTRA or DistilBERT, so `load` gives them the transformers head always.
 HEADS = ("transformers", "reference")
+# train.remat: 'layers' recomputes each encoder layer's activations in the backward pass instead
+# of keeping them (transformers' gradient_checkpointing: flax's remat around every layer).
+REMAT = ("none", "layers")
 
 
 @dataclasses.dataclass
@@ -219,6 +222,29 @@ def _missing_keys(text: str):
   tuples of names, from its warning's text."""
   listed = text.split("newly initialized", 1)[1].split("\n", 1)[0]
   return {tuple(re.findall(r"'([^']*)'", inner)) for inner in re.findall(r"\(([^()]*)\)", listed)}
+
+
+def check_remat(remat: str, family: families.Family, name: str) -> None:
+  """train.remat must be one of REMAT, and 'layers' needs a family whose record says `remat`."""
+  if remat not in REMAT:
+    raise ConfigError(f"train.remat={remat!r}; choose one of {', '.join(REMAT)}")
+  if remat != "none" and not family.remat:
+    raise ConfigError(f"train.remat={remat!r} is not available for {family.title} ({name}): "
+                      "its Flax classes have no gradient checkpointing; use train.remat='none'")
+
+
+def with_remat(model: Model, remat: str) -> Model:
+  """The same model (same params, same numbers up to rounding) whose encoder layers are
+  rematerialised in the backward pass when remat='layers': activations of a layer are recomputed
+  from its input instead of being kept, so a seed needs less memory for about one more forward
+  pass of compute. A second transformers module is built around the same config (_do_init=False:
+  no second random initialisation; jaxstab always passes the params)."""
+  check_remat(remat, model.family, model.name)
+  if remat == "none":
+    return model
+  fm = model.flax_model
+  flax_model = type(fm)(fm.config, dtype=fm.dtype, _do_init=False, gradient_checkpointing=True)
+  return dataclasses.replace(model, flax_model=flax_model)
 
 
 def _not_load_noise(record) -> bool:

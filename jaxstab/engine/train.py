@@ -15,7 +15,7 @@ import optax
 
 from jaxstab.config import reference
 from jaxstab.data import dataset as data_lib
-from jaxstab.engine import models, optim, parallel, precision, probe, stabilisers
+from jaxstab.engine import memory, models, optim, parallel, precision, probe, stabilisers
 from jaxstab.engine.optim import bias_correction_factor
 
 SEED_AXES = ("auto", "vmap", "map")
@@ -67,11 +67,18 @@ class TrainState:
 def older_layouts(like: TrainState):
   """The (layout, convert) pairs by which GroupCheckpointer.restore_latest reads a checkpoint of
   an earlier TrainState: one saved before the state kept its epoch's order reads as a dict of
-  the other fields, and continues with `like`'s (a fresh state's) order_epoch = -1, so that its
-  next step draws the order again: the same order, a pure function of data_key and the step."""
+  the other fields, and goes on with an empty order and order_epoch = -1, so that its next step
+  draws the order again: the same order, a pure function of data_key and the step. `like` may
+  be abstract (shapes, dtypes, shardings) or a state."""
   kept = {f.name: getattr(like, f.name) for f in dataclasses.fields(like)
           if f.name not in ("order", "order_epoch")}
-  return [(kept, lambda saved: like.replace(**saved))]
+
+  def filled(x, value):
+    sharding = getattr(x, "sharding", None)
+    return jax.device_put(jnp.full(x.shape, value, x.dtype), sharding)
+
+  return [(kept, lambda saved: like.replace(**saved, order=filled(like.order, 0),
+                                            order_epoch=filled(like.order_epoch, -1)))]
 
 
 def seed_key(seed: int):
@@ -152,6 +159,7 @@ class StepSpec:
   mixout: float = 0.0           # Mixout probability toward the pretrained weights; 0 = off
   mixout_head: bool = False     # Mixout also mixes the head, toward the seed's initial head
   prior_wd: bool = False        # weight decay toward the pretrained weights
+  remat: str = "none"           # 'layers': encoder layers recomputed in the backward pass
 
   @property
   def steps_per_epoch(self) -> int:
@@ -208,7 +216,10 @@ def make_update(model: models.Model, tx, schedule: Callable, spec: StepSpec):
   """Returns update(state, train_arrays, anchor) -> state for one seed whose `order` already
   holds its step's epoch: the batch, the gradient, the optimizer update and the probe.
   With spec.mixout_head, Mixout's head target is re-drawn each step from the seed key and the
-  anchor's head shapes: the same draw as initial_params."""
+  anchor's head shapes: the same draw as initial_params. With spec.remat='layers' the training
+  forward pass runs the rematerialised model (evaluation needs no backward pass: it keeps the
+  plain one)."""
+  model = models.with_remat(model, spec.remat)
   shared_layer = model.family.shared_layer  # per-depth norms of a shared layer need interception
   # The spec's values as the closures below read them (static: compiled into the step).
   n_train, batch_size, probe_every = spec.n_train, spec.batch_size, spec.probe_every
@@ -341,7 +352,8 @@ def step_spec(cfg, model: models.Model, *, n_train: int) -> StepSpec:
       n_train=n_train, batch_size=cfg.train.batch_size, probe_every=max(int(cfg.probe.every), 0),
       group_names=tuple(probe.group_names(model.params, model.arch, model.num_layers)),
       b1=cfg.optim.b1, b2=cfg.optim.b2, pass_segment_ids=cfg.model.pass_segment_ids,
-      mixout=st.mixout, mixout_head=st.mixout_head, prior_wd=st.prior_wd)
+      mixout=st.mixout, mixout_head=st.mixout_head, prior_wd=st.prior_wd,
+      remat=cfg.train.remat)
 
 
 def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
@@ -387,7 +399,8 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
     return create_fn(pretrained, seed_keys, data_keys)
 
   step = jax.jit(precision.at_precision(make_group_step(model, tx, schedule, spec, axis), matmul),
-                 donate_argnums=0)
+                 donate_argnums=0, compiler_options=memory.step_compiler_options(
+                     spec.remat, layout.mesh.devices.flat[0].platform))
   return Programs(
       create=create,
       step=step,

@@ -77,6 +77,10 @@ class GroupCheckpointer:
       with self._writing():
         self._mgr.wait_until_finished()
 
+  def newest_step(self) -> Optional[int]:
+    """The newest saved step (readable or not), or None."""
+    return max(self._mgr.all_steps(), default=None) if self.enabled else None
+
   def restore_latest(self, like, older=()) -> Optional[tuple]:
     """(step, state, host) of the newest readable checkpoint, or None. `like` gives the
     structure, dtypes and shardings of the state. `older` lists (layout, convert) pairs for

@@ -178,6 +178,8 @@ class SettingSummary(_Json):
   stopped_runs: Tuple[RunRecord, ...] = ()
   decomposition: Optional[Mapping[str, Any]] = None   # init vs data order (data_seeds)
   forecast: Optional[Mapping[str, Any]] = None        # forecast.evaluate's result
+  # How K (seeds per compiled step) was chosen and halved: the workdir's seeds_per_step.json.
+  seeds_per_step: Optional[Mapping[str, Any]] = None
   name: Optional[str] = None             # in a study's list: the setting's folder
   recipe: Optional[str] = None
   extra: Mapping[str, Any] = _extra()

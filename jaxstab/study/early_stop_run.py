@@ -52,8 +52,10 @@ def train(plan: Plan, engine: Engine, stop) -> None:
 def _rank(plan: Plan, engine: Engine, stop) -> dict:
   """The first phase of every group, then the ranking, written as early_stop.json."""
   es, k = plan.stopping, engine.programs.seeds_per_group
-  infos = [_first_phase(plan, engine, plan.todo[g:g + k], stop)
-           for g in range(0, len(plan.todo), k)]
+  infos = _scored(plan)  # first phases done already: a rerun's, or groups of a K since halved
+  done = {n for i in infos for n in i["group"]}
+  rest = [n for n in plan.todo if n not in done]
+  infos += [_first_phase(plan, engine, rest[g:g + k], stop) for g in range(0, len(rest), k)]
   scores = {int(n): (math.inf if v is None else v)
             for i in infos for n, v in i["scores"].items()}
   continued, stopped = early_stop.choose(scores, es.keep)
@@ -62,6 +64,16 @@ def _rank(plan: Plan, engine: Engine, stop) -> dict:
   logging.info("early stop at step %d (by %s): %d started, continuing %s", es.step, es.by,
                len(scores), continued)
   return decision
+
+
+def _scored(plan: Plan):
+  """The first-phase records (scores files) of groups made of runs still to do, in run order."""
+  folder = fs.join(plan.workdir, "checkpoints", early_stop.CHECKPOINTS)
+  names = [n for n in (fs.listdir(folder) if fs.isdir(folder) else []) if n.endswith(".json")]
+  todo = set(plan.todo)
+  infos = [fs.read_json(fs.join(folder, n)) for n in names]
+  infos = [i for i in infos if set(i["group"]) <= todo]
+  return sorted(infos, key=lambda i: plan.todo.index(i["group"][0]))
 
 
 def _write_stopped(plan: Plan, decision: dict, infos: dict) -> None:

@@ -1,9 +1,10 @@
 """One setting of one task over its seeds: prepare, build, loop, write.
 
-Seeds are trained K at a time (train.seeds_per_step; 0 = all that fit) by the programs that
-train.build_programs makes, so every group of a setting reuses one compiled step. Each finished
-seed is written at once to runs/ (atomically), so a rerun of the same command skips it; the
-merged summary.json / probe.npz / metrics.jsonl are rebuilt from runs/ at the end.
+Seeds are trained K at a time (train.seeds_per_step; 0 = all that fit, by the compiled step's
+memory analysis: sizing.py) by the programs that train.build_programs makes, so every group of a
+setting reuses one compiled step; an out-of-memory error halves K and training goes on. Each
+finished seed is written at once to runs/ (atomically), so a rerun of the same command skips it;
+the merged summary.json / probe.npz / metrics.jsonl are rebuilt from runs/ at the end.
 
 This is the only module of the loop that reads the config: `_prepare` and `_build` resolve it
 into the setting's records (plan.Plan, plan.Engine); one seed group's training (groups.py), the
@@ -16,11 +17,11 @@ from absl import logging
 
 from jaxstab.config import runs as runs_lib
 from jaxstab.data import dataset, metrics
-from jaxstab.engine import inputs as inputs_lib, models, parallel, train as train_lib
+from jaxstab.engine import inputs as inputs_lib, memory, models, parallel, train as train_lib
 from jaxstab.infra import checkpoint, fs, lock as lock_lib
 from jaxstab.infra.errors import ConfigError
-from jaxstab.study import (early_stop, early_stop_run, evaluation, groups, merge, validate,
-                           workdir as workdir_lib)
+from jaxstab.study import (early_stop, early_stop_run, evaluation, groups, merge,
+                           sizing as sizing_lib, validate, workdir as workdir_lib)
 from jaxstab.study.plan import Engine, Plan, Saving
 
 
@@ -43,12 +44,11 @@ def run_setting(cfg, workdir: str) -> dict:
     plan = _prepare(cfg, workdir, loaded)
     engine = _build(cfg, plan)
     with checkpoint.sigterm_flag() as stop:
-      if plan.stopping is None:
-        k = engine.programs.seeds_per_group
-        for g in range(0, len(plan.todo), k):
-          groups.train_and_write(plan, engine, plan.todo[g:g + k], stop)
-      else:
-        early_stop_run.train(plan, engine, stop)
+      error = _train(plan, engine, stop)
+      while error is not None:  # out of memory in a step: half the seeds per step, go on
+        engine = sizing_lib.smaller(plan, engine, error)
+        error = _train(plan, engine, stop)
+    groups.remove_finished(workdir)
     summary = merge.merge(plan)
   spread = summary["reported_spread"]
   logging.info("%s: %d/%d failed runs; %s (%s) std / mean / median / max x100: %s", workdir,
@@ -56,6 +56,26 @@ def run_setting(cfg, workdir: str) -> dict:
                " / ".join(f"{100 * spread[k]:.1f}" if spread.get(k) is not None else "—"
                           for k in ("std", "mean", "median", "max")))
   return summary
+
+
+def _train(plan: Plan, engine: Engine, stop):
+  """Trains the runs not finished yet, K at a time. Returns None when done, or the first line of
+  an out-of-memory error: returned, not raised, so that the failed group's device buffers (held
+  by the traceback's frames) are released before the caller compiles a smaller group. A group
+  cut short that way restarts from its newest checkpoint (groups.py adopts a larger group's)."""
+  try:
+    if plan.stopping is not None:
+      early_stop_run.train(plan, engine, stop)
+      return None
+    todo = [s for s in plan.todo if not fs.isfile(workdir_lib.run_path(plan.workdir, s, "json"))]
+    k = engine.programs.seeds_per_group
+    for g in range(0, len(todo), k):
+      groups.train_and_write(plan, engine, todo[g:g + k], stop)
+    return None
+  except jax.errors.JaxRuntimeError as e:
+    if not memory.is_oom(e):
+      raise
+    return memory.first_line(e)
 
 
 def _prepare(cfg, workdir, loaded: inputs_lib.Inputs) -> Plan:
@@ -93,31 +113,32 @@ def _prepare(cfg, workdir, loaded: inputs_lib.Inputs) -> Plan:
 
 
 def _build(cfg, plan: Plan) -> Engine:
-  """Seeds per group from memory, the compiled programs, the data on the devices."""
+  """Seeds per group from memory (sizing.py), the compiled programs, the data on the devices."""
   model, layout = plan.model, parallel.Layout.create()
+  axis = train_lib.seed_axis_for(cfg.train.seed_axis, jax.default_backend(), layout.num_devices)
+  built = {}
+
+  def programs_for(size: int) -> train_lib.Programs:  # one builder for every group size
+    if size not in built:
+      built[size] = train_lib.build_programs(
+          cfg, model, n_train=len(plan.arrays.train["labels"]), total=plan.total_steps,
+          layout=layout, seeds_per_group=size, seed_axis=axis)
+    return built[size]
+
   c, n_params = model.config, models.param_count(model.params)
-  per_seed = parallel.bytes_per_seed(n_params, cfg.train.batch_size, cfg.train.max_seq_length,
+  formula = (parallel.bytes_per_seed(n_params, cfg.train.batch_size, cfg.train.max_seq_length,
                                      c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
-                                     2 if cfg.model.dtype == "bfloat16" else 4)
-  k = parallel.seeds_per_step(cfg.train.seeds_per_step, max(len(plan.todo), 1), layout,
-                              per_seed, 8 * n_params)
-  programs = train_lib.build_programs(cfg, model, n_train=len(plan.arrays.train["labels"]),
-                                      total=plan.total_steps, layout=layout, seeds_per_group=k)
-
-  def programs_for(size: int) -> train_lib.Programs:  # the same builder, another group size
-    if size == programs.seeds_per_group:
-      return programs
-    return train_lib.build_programs(cfg, model, n_train=len(plan.arrays.train["labels"]),
-                                    total=plan.total_steps, layout=parallel.Layout.create(),
-                                    seeds_per_group=size, seed_axis=programs.seed_axis)
-
+                                     2 if cfg.model.dtype == "bfloat16" else 4), 8 * n_params)
+  chosen = sizing_lib.choose(cfg.train.seeds_per_step, formula, plan, layout, programs_for)
+  programs, sizing = sizing_lib.compiled(plan, layout, programs_for, chosen)
   on_device = lambda arrays: jax.device_put(
       {n: v for n, v in dataset.eval_batches(arrays, cfg.train.eval_batch_size).items()
        if n != "weight"}, layout.replicated)
-  logging.info("%d seeds to train, %d per step (%s over seeds), on %d device(s)", len(plan.todo),
-               k, programs.seed_axis, layout.num_devices)
+  logging.info("%d seeds to train, %d per step (%s over seeds), on %d device(s); K: %s",
+               len(plan.todo), sizing.k, axis, layout.num_devices, sizing.how)
   return Engine(programs=programs, programs_for=programs_for,
                 train_on_device=jax.device_put(plan.arrays.train, layout.replicated),
                 dev_on_device=on_device(plan.arrays.dev), dev_labels=plan.arrays.dev["labels"],
                 extra_dev={name: (on_device(arrays), arrays["labels"])
-                           for name, arrays in plan.arrays.extra_dev.items()})
+                           for name, arrays in plan.arrays.extra_dev.items()},
+                layout=layout, sizing=sizing)

@@ -4,10 +4,14 @@ write each real seed's files.
 K seeds (the programs' seeds_per_group) advance together through one compiled step; a group
 shorter than K is padded with repeats of its last run, whose results are dropped. A group's
 checkpoint holds its device state and its host-side progress (`Progress`), so a rerun resumes
-mid-group. Reads only the setting's records (plan.Plan, plan.Engine), never the config.
+mid-group. A group with no checkpoint of its own starts from the newest checkpoint of a larger
+group holding all its seeds, if there is one: that is how the groups formed after K was halved
+(an out-of-memory error, sizing.py) go on from where the group that failed had got to. Reads only
+the setting's records (plan.Plan, plan.Engine), never the config.
 """
 import dataclasses
 import json
+import re
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -17,10 +21,10 @@ import numpy as np
 from absl import logging
 
 from jaxstab.data import metrics
-from jaxstab.engine import parallel, train as train_lib
+from jaxstab.engine import memory, parallel, train as train_lib
 from jaxstab.infra import checkpoint, fs
 from jaxstab.results import outputs
-from jaxstab.study import merge, progress as progress_lib, workdir as workdir_lib
+from jaxstab.study import early_stop, merge, progress as progress_lib, workdir as workdir_lib
 from jaxstab.study.plan import Engine, Plan
 
 
@@ -50,6 +54,18 @@ def group_name(group, k: int) -> str:
   return f"seeds_{'-'.join(map(str, group))}_of_{k}"
 
 
+_GROUP_NAME = re.compile(r"seeds_(\d+(?:-\d+)*)_of_(\d+)")
+
+
+def saved_groups(workdir: str):
+  """(name, seeds, k) of every seed group with a checkpoint folder in the workdir."""
+  root = fs.join(workdir, "checkpoints")
+  found = [(name, _GROUP_NAME.fullmatch(name)) for name in
+           (fs.listdir(root) if fs.isdir(root) else [])]
+  return [(name, [int(x) for x in m.group(1).split("-")], int(m.group(2)))
+          for name, m in found if m]
+
+
 def padded(group, k: int):
   """A group padded to K slots with repeats of its last run (whose results are dropped)."""
   return list(group) + [group[-1]] * (k - len(group))
@@ -71,17 +87,37 @@ def train_and_write(plan: Plan, engine: Engine, group, stop,
   done = train_to(plan, engine, group, stop, plan.total_steps, initial)
   write(plan, done.state, done.progress)
   done.ckpt.close(remove=parallel.is_primary())
+  remove_finished(plan.workdir)
   parallel.barrier("seed group written")
+
+
+def remove_finished(workdir: str) -> None:
+  """Removes the checkpoints of groups whose seeds are all written (a larger group's, left when
+  K was halved, once the smaller groups that took its seeds over are done)."""
+  if not parallel.is_primary():
+    return
+  for name, seeds, _ in saved_groups(workdir):
+    if all(fs.isfile(workdir_lib.run_path(workdir, n, "json")) for n in seeds):
+      fs.rmtree(fs.join(workdir, "checkpoints", name))
 
 
 def train_to(plan: Plan, engine: Engine, group, stop, until: int,
              initial: Optional[Callable] = None) -> Trained:
   """Trains one group of seeds together up to step `until`, evaluating dev at the points of
   plan.eval_steps not past it, and returns it unwritten. It starts from the group's newest
-  checkpoint, else `initial()` -> (state, progress) (the early stop's regrouped survivors),
-  else a fresh state."""
+  checkpoint, else a larger group's holding its seeds (after K was halved), else `initial()` ->
+  (state, progress) (the early stop's regrouped survivors), else a fresh state."""
   ckpt = checkpoint.GroupCheckpointer(plan.workdir, group_name(
       group, engine.programs.seeds_per_group), plan.saving.every_steps, plan.saving.keep)
+  try:
+    return _train_to(plan, engine, group, stop, until, ckpt, initial)
+  except BaseException:
+    ckpt.close()  # an error (out of memory, say): the saves under way finish first
+    raise
+
+
+def _train_to(plan: Plan, engine: Engine, group, stop, until: int, ckpt,
+              initial: Optional[Callable]) -> Trained:
   state, progress = _start(plan, engine, group, ckpt, initial)
   done = {r["step"] for r in progress.records[group[0]]}
   t0, eval_s, clock = time.time(), 0.0, progress_lib.Clock()
@@ -107,9 +143,13 @@ def train_to(plan: Plan, engine: Engine, group, stop, until: int,
 
 
 def _start(plan: Plan, engine: Engine, group, ckpt, initial: Optional[Callable] = None):
-  """The group's newest checkpoint, else `initial()` (state, progress), else a fresh state."""
-  state = engine.programs.create(*keys(plan, padded(group, engine.programs.seeds_per_group)))
-  restored = ckpt.restore_latest(state, train_lib.older_layouts(state))
+  """The group's newest checkpoint (of this state's layout or an older one), else a larger
+  group's (_adopt), else `initial()` (state, progress), else a fresh state. Checkpoints are
+  restored into the state's shapes and shardings (nothing allocated before), so a fresh state is
+  made only when there is none to restore."""
+  layout = engine.layout or parallel.Layout.create()
+  like = memory.abstract_state(engine.programs, layout)
+  restored = ckpt.restore_latest(like, train_lib.older_layouts(like))
   if restored is not None:
     progress = Progress(list(group), {}, [])
     progress.step, state, host = restored
@@ -117,9 +157,41 @@ def _start(plan: Plan, engine: Engine, group, ckpt, initial: Optional[Callable] 
     progress.last_loss = host["last_loss"]
     logging.info("seeds %s: resumed from the checkpoint at step %d", group, progress.step)
     return state, progress
+  # A resumed second phase of an early stop starts after the stop step.
+  adopted = _adopt(plan, engine, group, after=plan.stopping.step if initial else -1)
+  if adopted is not None:
+    return adopted
   if initial is not None:
     return initial()
+  state = engine.programs.create(*keys(plan, padded(group, engine.programs.seeds_per_group)))
   return state, Progress(list(group), {s: [] for s in group}, [None] * len(group))
+
+
+def _adopt(plan: Plan, engine: Engine, group, after: int = -1):
+  """(state, progress) of `group` taken from the newest checkpoint, past step `after`, of a group
+  of another size that holds all its seeds (its rows, regrouped and padded to this K), or None.
+  Each seed's state and records are its own whatever group it ran in, so the seeds go on as if
+  never regrouped."""
+  k, layout = engine.programs.seeds_per_group, engine.layout or parallel.Layout.create()
+  for name, seeds, size in saved_groups(plan.workdir):
+    if size == k or not set(group) <= set(seeds):
+      continue
+    old = checkpoint.GroupCheckpointer(plan.workdir, name, plan.saving.every_steps,
+                                       plan.saving.keep)
+    newest = old.newest_step()
+    restored = (old.restore_latest(memory.abstract_state(engine.programs_for(size), layout))
+                if newest is not None and newest > after else None)
+    old.close()
+    if restored is None or restored[0] <= after:
+      continue
+    step, state, host = restored
+    rows = [seeds.index(n) for n in padded(group, k)]
+    state = jax.device_put(early_stop.take(state, rows), layout.seed_sharding(k))
+    progress = Progress(list(group), {s: host["records"][str(s)] for s in group},
+                        [host["last_loss"][seeds.index(s)] for s in group], step)
+    logging.info("seeds %s: resumed from step %d of the checkpoint of %s", group, step, name)
+    return state, progress
+  return None
 
 
 def _train_until(state, engine: Engine, progress: Progress, point: int, ckpt, stop, clock):

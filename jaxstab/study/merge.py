@@ -88,6 +88,9 @@ def summary(plan, runs):
                          **early_stop.steps_trained(len(runs), len(kept), es.step,
                                                     plan.total_steps)}
     out["stopped_runs"] = stopped
+  k_record = fs.join(plan.workdir, workdir_lib.SEEDS_PER_STEP)
+  if fs.isfile(k_record):  # how K was chosen, and each halving after an out-of-memory error
+    out["seeds_per_step"] = fs.read_json(k_record)
   if plan.data_seeds:
     values = stats.reported({"runs": kept, "select": plan.select, "metric": metric})
     out["decomposition"] = stats.decomposition_of(values, [r["init_seed"] for r in kept],

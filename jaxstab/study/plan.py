@@ -12,7 +12,7 @@ import numpy as np
 
 from jaxstab.config import runs as runs_lib
 from jaxstab.data import tasks
-from jaxstab.engine import inputs as inputs_lib, models, train as train_lib
+from jaxstab.engine import inputs as inputs_lib, memory, models, parallel, train as train_lib
 from jaxstab.study import early_stop
 
 
@@ -55,3 +55,5 @@ class Engine:
   dev_on_device: Any          # dev batches (without their weights), replicated
   dev_labels: np.ndarray
   extra_dev: Dict[str, tuple]  # further dev sets (MNLI's mismatched): name -> (batches, labels)
+  layout: Optional[parallel.Layout] = None  # the devices the groups run on
+  sizing: Optional[memory.Sizing] = None    # how K was chosen (and halved): seeds_per_step.json

@@ -19,7 +19,8 @@ ENUMS = {"data.source": dataset.SOURCES, "model.dtype": tuple(models.DTYPES),
          "model.matmul_precision": precision.MATMUL_PRECISIONS,
          "optim.eps_mode": optim.EPS_MODES, "select": ("final", "best"),
          "optim.moments_dtype": ("float32", "bfloat16"),
-         "train.seed_axis": train.SEED_AXES, "fidelity": tuple(config_lib.FIDELITY),
+         "train.seed_axis": train.SEED_AXES,
+         "train.remat": models.REMAT, "fidelity": tuple(config_lib.FIDELITY),
          "model.head": models.HEADS, "train.full_steps_count": ("batches", "reference"),
          "train.early_stop.by": early_stop.CRITERIA}
 
@@ -84,6 +85,7 @@ def check_model(cfg, arch: str, num_layers: int) -> None:
                       f"({', '.join(fam.head_keys)}) and only the classifier's initial "
                       "value is kept as Mixout's target; use stabilisers.mixout_head=False (or "
                       "fidelity=corrected)")
+  models.check_remat(cfg.train.remat, fam, name)
   if fam.shared_layer and st.llrd != 1.0:
     raise ConfigError(f"stabilisers.llrd={st.llrd} is undefined for {fam.title} ({name}): all its "
                       "depths share one layer; use stabilisers.llrd=1.0")

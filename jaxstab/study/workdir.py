@@ -16,10 +16,13 @@ from jaxstab.results import outputs, records
 from jaxstab.study import early_stop
 
 RUNS = "runs"
+SEEDS_PER_STEP = "seeds_per_step.json"  # how K was chosen and halved (study/sizing.py)
 
 # Keys that do not change any one seed's result: a rerun may change them and still resume.
-RESUMABLE = ("seed", "seeds", "train.seeds_per_step", "train.seed_axis", "overwrite",
-             "settings", "checkpoint.every_steps", "checkpoint.keep", "compile_cache",
+# train.remat recomputes the same values (bit-identical on XLA:CPU, tested); like seed_axis it
+# may round differently elsewhere, and it is what one turns on to fit a run that ran out of memory.
+RESUMABLE = ("seed", "seeds", "train.seeds_per_step", "train.seed_axis", "train.remat",
+             "overwrite", "settings", "checkpoint.every_steps", "checkpoint.keep", "compile_cache",
              "explicit")
 
 
@@ -126,9 +129,9 @@ def _read_finished(path: str, kind: str, seed: int) -> None:
 
 def prepare(cfg, workdir: str) -> None:
   """Checks the workdir again (under its lock), then writes config.json and readies runs/;
-  the merged files of an earlier run are removed (they are rebuilt at the end). A new config
-  (overwrite=True) also removes the checkpoints and an early stop's ranking, which would
-  otherwise resume the old config's training."""
+  the merged files of an earlier run are removed (they are rebuilt at the end). overwrite=True
+  also removes what the discarded config left to resume from: its group checkpoints, its early
+  stop's decision and its record of K."""
   check_same_config(cfg, workdir)
   check_finished(cfg, workdir)
   if not parallel.is_primary():
@@ -137,7 +140,8 @@ def prepare(cfg, workdir: str) -> None:
   if not fs.isfile(path) or cfg.overwrite:  # nothing of an earlier config may be resumed
     fs.rmtree(fs.join(workdir, RUNS))
     fs.rmtree(fs.join(workdir, "checkpoints"))
-    fs.remove(early_stop.decision_path(workdir))
+    for path in (fs.join(workdir, SEEDS_PER_STEP), early_stop.decision_path(workdir)):
+      fs.remove(path)
   fs.makedirs(fs.join(workdir, RUNS))
   for name in (outputs.SUMMARY, outputs.PROBE):
     fs.remove(fs.join(workdir, name))
