@@ -140,8 +140,8 @@ def prepare(cfg, workdir: str) -> None:
   if not fs.isfile(path) or cfg.overwrite:  # nothing of an earlier config may be resumed
     fs.rmtree(fs.join(workdir, RUNS))
     fs.rmtree(fs.join(workdir, "checkpoints"))
-    for path in (fs.join(workdir, SEEDS_PER_STEP), early_stop.decision_path(workdir)):
-      fs.remove(path)
+    for left in (fs.join(workdir, SEEDS_PER_STEP), early_stop.decision_path(workdir)):
+      fs.remove(left)
   fs.makedirs(fs.join(workdir, RUNS))
   for name in (outputs.SUMMARY, outputs.PROBE):
     fs.remove(fs.join(workdir, name))
