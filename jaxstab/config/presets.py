@@ -27,6 +27,7 @@ MODELS = {
     "tiny-electra": {"model.tokenizer": "wordpiece"},
     "tiny-distilbert": {"model.tokenizer": "wordpiece"},
     "tiny-xlm-roberta": {"model.tokenizer": "wordpiece"},
+    "tiny-deberta-v3": {"model.tokenizer": "wordpiece"},
 }
 
 # The recipes users compare (../shared/paper/NOTES.md "Settings"; BUILD_NOTES.md says why each value was chosen).
