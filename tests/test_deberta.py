@@ -230,3 +230,139 @@ class _nothing:  # pylint: disable=invalid-name
 
   def __exit__(self, *exc):
     return False
+
+
+# --------------------------------------------------------------------------- 3. buckets
+
+@pytest.mark.parametrize("buckets,max_position,length", [(8, 128, 64), (32, 128, 128),
+                                                          (256, 512, 512)])
+def test_buckets_equal_pytorchs(torch_mod, buckets, max_position, length):
+  """Exactly PyTorch's buckets (float32 log edges), at v3's 256 buckets over 512 tokens too."""
+  from transformers.models.deberta_v2 import modeling_deberta_v2 as pt  # pylint: disable=import-outside-toplevel
+  rel = np.arange(length)[:, None] - np.arange(length)[None, :]
+  want = pt.make_log_bucket_position(torch_mod.from_numpy(rel), buckets, max_position)
+  got = deberta.log_buckets(rel, buckets, max_position)
+  np.testing.assert_array_equal(got, want.long().numpy())
+  assert np.abs(got).max() > buckets // 2  # the log part is reached
+
+
+# --------------------------------------------------------------------------- 4. the loader
+
+class _Payload:
+  """Unpickling this makes a folder: code a pickle runs when it is loaded."""
+
+  def __init__(self, marker):
+    self.marker = str(marker)
+
+  def __reduce__(self):
+    return (os.makedirs, (self.marker,))
+
+
+def test_a_pickle_that_runs_code_is_refused(torch_mod, tmp_path):
+  folder, marker = tmp_path / "evil", tmp_path / "ran"
+  folder.mkdir()
+  torch_mod.save({"deberta.embeddings.word_embeddings.weight": torch_mod.zeros(2, 2),
+                  "payload": _Payload(marker)}, folder / "pytorch_model.bin")
+  with pytest.raises(ConfigError, match="refused to read .*pytorch_model.bin") as e:
+    torch_weights.read_state(str(folder))
+  assert "\n" not in str(e.value)
+  assert not marker.exists()  # nothing ran
+  torch_mod.load(folder / "pytorch_model.bin", weights_only=False)  # the payload is live:
+  assert marker.exists()                                            # an unsafe load runs it
+
+
+def test_unused_weights_are_named_and_others_are_errors(folders):
+  config = load_config_only()
+  config.vocab_size = folders["tmodel"].config.vocab_size
+  model = deberta.DebertaV2Classifier.from_pretrained(folders["bin"], config=config)
+  assert "classifier" not in model.params  # the checkpoint's head is not used
+  state, path = torch_weights.read_state(folders["bin"])
+  shapes = {"deberta": model.params_shape_tree["deberta"]}
+  table, ignored = deberta.WEIGHTS, deberta.DebertaV2Classifier.ignored_weights(config)
+  _, skipped = torch_weights.to_flax(state, table, ignored, shapes, path)
+  assert set(skipped) == set(EXTRA) | {"pooler.dense.weight", "pooler.dense.bias",
+                                       "classifier.weight", "classifier.bias"}
+  extra = dict(state, **{"deberta.encoder.layer.0.attention.self.pos_key_proj.weight":
+                         np.zeros((32, 32), np.float32)})
+  with pytest.raises(ConfigError, match=r"pos_key_proj\.weight .*unexpected"):
+    torch_weights.to_flax(extra, table, ignored, shapes, path)
+  lacking = {k: v for k, v in state.items() if k != "deberta.encoder.LayerNorm.bias"}
+  with pytest.raises(ConfigError, match="lacks 1 weight.*rel_embeddings/LayerNorm/bias"):
+    torch_weights.to_flax(lacking, table, ignored, shapes, path)
+  biased = dict(config.to_dict(), position_biased_input=True)  # then position_embeddings is used
+  biased = type(config)(**biased)
+  with pytest.raises(ConfigError, match=r"position_embeddings\.weight has shape \(4, 4\)"):
+    torch_weights.to_flax(state, table, deberta.DebertaV2Classifier.ignored_weights(biased),
+                          {"deberta": deberta.DebertaV2Classifier(
+                              biased, _do_init=False).params_shape_tree["deberta"]}, path)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("relative_attention", False), ("pos_att_type", ["c2p", "p2p"]), ("share_att_key", False),
+    ("norm_rel_ebd", "batch_norm"), ("conv_kernel_size", 3), ("type_vocab_size", 2),
+    ("embedding_size", 16), ("hidden_act", "swish"), ("pooler_hidden_act", "mish")])
+def test_unimplemented_config_fields_are_refused_by_name(field, value):
+  config = load_config_only()
+  setattr(config, field, value)
+  with pytest.raises(ConfigError, match=f"DeBERTa config {field}="):
+    deberta.DebertaV2Classifier(config, _do_init=False)
+
+
+# --------------------------------------------------------------------------- 5. the family
+
+EXPECTED = [(r"deberta/(embeddings|encoder/rel_embeddings)/.*", "embeddings"),
+            (r"deberta/encoder/layer/(\d+)/.*", "layer_{}"),
+            (r"classifier/(dense|out_proj)/(kernel|bias)", "classifier")]
+
+
+def expected_group(path_str):
+  hits = [group.format(*m.groups()[:1]) for pattern, group in EXPECTED
+          for m in [re.fullmatch(pattern, path_str)] if m]
+  assert len(hits) == 1, (path_str, hits)
+  return hits[0]
+
+
+def test_probe_groups_head_and_stabilisers(parity):
+  model, params, _ = parity
+  fam = families.family_of("deberta-v2")
+  assert (fam.name, fam.segment_ids, fam.pooler, fam.head_keys) == (
+      "deberta", False, False, ("classifier",))
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  paths = ["/".join(guards._names(p)) for p, _ in flat]  # pylint: disable=protected-access
+  groups = [expected_group(p) for p in paths]
+  assert [probe.group_of(p, "deberta") for p, _ in flat] == groups
+  assert "deberta/encoder/rel_embeddings/LayerNorm/scale" in paths
+  ones = jax.tree_util.tree_map(jnp.ones_like, params)  # each group's norm^2 = its size
+  got = np.asarray(probe.group_norms(ones, "deberta", GROUPS), np.float64) ** 2
+  sizes = {g: sum(leaf.size for (_, leaf), h in zip(flat, groups) if h == g) for g in GROUPS}
+  np.testing.assert_array_equal(np.round(got), [sizes[g] for g in GROUPS])
+  # The head (pooler too) is drawn per seed; the backbone is the checkpoint's.
+  other = models.init_head(model.params, jax.random.PRNGKey(12), 0.02)
+  assert guards.tree_max_abs_diff(other["deberta"], model.params["deberta"]) == 0.0
+  for layer in ("dense", "out_proj"):
+    assert not np.array_equal(other["classifier"][layer]["kernel"],
+                              models.init_head(model.params, jax.random.PRNGKey(11),
+                                               0.02)["classifier"][layer]["kernel"])
+  # Layer-wise decay: the relative table decays as the embeddings; re-init of the top layer.
+  scales = jax.tree_util.tree_leaves(stabilisers.layerwise_scales(params, "deberta", LAYERS, 0.9))
+  for s, g in zip(scales, groups):
+    assert s == (1.0 if g == "classifier" else 0.9 ** (LAYERS if g == "embeddings"
+                                                       else LAYERS - int(g[6:])))
+  new = stabilisers.reinit_top_layers(params, jax.random.PRNGKey(5), "deberta", LAYERS, 1,
+                                      False, 0.02)
+  for (path, old), leaf, g in zip(flat, jax.tree_util.tree_leaves(new), groups):
+    moved = not np.array_equal(np.asarray(old), np.asarray(leaf))
+    assert moved == (g == f"layer_{LAYERS - 1}" and not np.all(np.asarray(old) == 0)), path
+  moved = jax.tree_util.tree_map(lambda x: 1.5 * x, params)  # "fine-tuned" away from the anchor
+  mixed = stabilisers.mixout(moved, stabilisers.anchor_of(params), jax.random.PRNGKey(6), 0.5)
+  assert guards.tree_max_abs_diff(mixed["classifier"], moved["classifier"]) == 0.0
+  assert guards.tree_max_abs_diff(mixed["deberta"], moved["deberta"]) > 0.0
+  # reinit_pooler: nothing pretrained to re-draw; refused by name, in the study's checks too.
+  with pytest.raises(ConfigError, match="stabilisers.reinit_pooler=True does nothing for DeB"):
+    stabilisers.reinit_top_layers(params, jax.random.PRNGKey(5), "deberta", LAYERS, 1, True,
+                                  0.02)
+  cfg = config_lib.task_config("rte", "model=tiny-deberta-v3,setting=reinit")
+  with pytest.raises(ConfigError, match="reinit_pooler.*tiny-deberta-v3"):
+    validate.check_model(cfg, "deberta", 12)
+  cfg.stabilisers.reinit_pooler = False
+  validate.check_model(cfg, "deberta", 12)  # the reinit setting's 5 top layers need 5 layers
