@@ -202,8 +202,8 @@ def apply_preset(cfg, kind: str, name: str):
   values = dict(SETTING_BASE, **table[name]) if kind == "setting" else table[name]
   for k, v in values.items():
     set_path(cfg, k, v)
-  if kind == "model":
-    cfg.model.name_or_path = name
+  if kind == "model":  # a preset may stand for a hub id of another spelling (deberta-v3-base)
+    cfg.model.name_or_path = values.get("model.name_or_path", name)
   elif kind == "setting":
     cfg.setting = name
     apply_preset(cfg, "fidelity", cfg.fidelity)
