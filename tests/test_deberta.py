@@ -366,3 +366,24 @@ def test_probe_groups_head_and_stabilisers(parity):
     validate.check_model(cfg, "deberta", 12)
   cfg.stabilisers.reinit_pooler = False
   validate.check_model(cfg, "deberta", 12)  # the reinit setting's 5 top layers need 5 layers
+
+
+def test_bfloat16_stays_finite_and_close_to_float32(folders, parity):
+  """model.dtype=bfloat16 (params kept in float32, computed in bf16; the buckets are the same
+  float32 table, the softmax is float32): finite, and within bf16's rounding of float32."""
+  _, params, theirs = parity
+  cfg = config_lib.task_config("rte", f"model={folders['safe']},fidelity=corrected,dtype=bfloat16")
+  cfg.model.dropout = 0.0
+  half = models.load(cfg.model, 2)
+  ours = guards.jax_one_batch(half, params, folders["arrays"])
+  assert all(np.all(np.isfinite(ours[q])) for q in ("logits", "loss", "group_grad_norm"))
+  # Bounds ~10x what bf16 measured against PyTorch's float32 (2 CPU cores).
+  errors = {"logits": (float(np.max(np.abs(ours["logits"] - theirs["logits"]))),
+                       0.1),   # measured 9.7e-3 (max |logit| 1.37)
+            "loss": (guards.rel_max(ours["loss"], theirs["loss"]), 0.02),  # measured 1.7e-3
+            "group_grad_norm": (guards.rel_max(ours["group_grad_norm"],
+                                               theirs["group_grad_norm"]),
+                                0.03)}  # measured 2.7e-3
+  print("\n[deberta bf16 vs float32] " + ", ".join(f"{k} {e:.2e} (bound {b:.0e})"
+                                                   for k, (e, b) in errors.items()))
+  guards.enforce("bf16 close to float32", errors)
