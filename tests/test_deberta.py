@@ -387,3 +387,11 @@ def test_bfloat16_stays_finite_and_close_to_float32(folders, parity):
   print("\n[deberta bf16 vs float32] " + ", ".join(f"{k} {e:.2e} (bound {b:.0e})"
                                                    for k, (e, b) in errors.items()))
   guards.enforce("bf16 close to float32", errors)
+
+
+def test_presets_name_the_hub_ids():
+  for size in ("large", "base", "small", "xsmall"):
+    cfg = config_lib.task_config("rte", f"model=deberta-v3-{size},setting=ours")
+    assert cfg.model.name_or_path == f"microsoft/deberta-v3-{size}"
+    assert cfg.optim.bias_correction and cfg.select == "best"  # the recipe applies as to BERT
+  assert families.TINY["tiny-deberta-v3"] == "deberta-v2"
