@@ -53,7 +53,7 @@ def test_each_record_matches_its_flax_model(model_type):
   assert set(params) == {fam.backbone, *fam.head_keys}
   assert ("pooler" in params[fam.backbone]) == fam.pooler
   assert (config.hidden_size, config.num_hidden_layers) == (32, LAYERS)  # fam.sizes
-  assert set(fam.dropout_keys) <= set(type(config)().to_dict())
+  assert set(fam.dropout_keys) <= set(type(config)().to_dict()) | set(config.to_dict())
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   assert ("layer_0" not in {probe.group_of(p, fam.name) for p, _ in flat}) == fam.shared_layer
   assert any("token_type" in jax.tree_util.keystr(p) for p, _ in flat) == fam.segment_ids
@@ -64,8 +64,12 @@ def test_each_record_matches_its_flax_model(model_type):
   takes = "gradient_checkpointing" in inspect.signature(type(flax_model).__init__).parameters
   assert takes == fam.remat
   # The first position embedding that gets a gradient is the family's position offset.
-  rows = np.asarray(grads[fam.backbone]["embeddings"]["position_embeddings"]["embedding"])
-  assert int(np.argmax(np.any(rows != 0, axis=1))) == fam.position_offset(config)
+  # (DeBERTa-v3 has relative positions only: no table unless position_biased_input.)
+  table = grads[fam.backbone]["embeddings"].get("position_embeddings")
+  assert (table is None) == (not getattr(config, "position_biased_input", True))
+  if table is not None:
+    rows = np.asarray(table["embedding"])
+    assert int(np.argmax(np.any(rows != 0, axis=1))) == fam.position_offset(config)
   assert fam.position_offset(config) == (2 if fam.positions_after_pad else 0)
   if fam.segment_ids:  # they reach the model
     assert not np.allclose(model.logits(params, batch),

@@ -115,7 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
                                        # (by the compiled step's memory analysis; docs/memory.md)
   c.train.seed_axis = "auto"           # auto | vmap | map (one seed at a time; auto: map on 1 CPU)
   c.train.remat = "none"               # none | layers: recompute each encoder layer in the backward
-                                       # pass (less memory per seed; BERT, RoBERTa, XLM-R, ELECTRA)
+                                       # pass (less memory per seed; BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa)
   c.train.early_stop = ml_collections.ConfigDict()  # start many, continue the best (early_stop.py)
   c.train.early_stop.at = 0.0          # fraction of the total steps at which runs are ranked; 0 = off
   c.train.early_stop.keep = 0          # runs continued after that point (the rest stop there)
@@ -202,8 +202,8 @@ def apply_preset(cfg, kind: str, name: str):
   values = dict(SETTING_BASE, **table[name]) if kind == "setting" else table[name]
   for k, v in values.items():
     set_path(cfg, k, v)
-  if kind == "model":
-    cfg.model.name_or_path = name
+  if kind == "model":  # a preset may stand for a hub id of another spelling (deberta-v3-base)
+    cfg.model.name_or_path = values.get("model.name_or_path", name)
   elif kind == "setting":
     cfg.setting = name
     apply_preset(cfg, "fidelity", cfg.fidelity)

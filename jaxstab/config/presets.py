@@ -21,12 +21,20 @@ MODELS = {
     "distilbert-base-uncased": {},
     "xlm-roberta-large": {},
     "xlm-roberta-base": {},
+    # DeBERTa-v3 (jaxstab's own Flax module; needs the `deberta` extra for its SentencePiece
+    # tokenizer). The short names stand for Microsoft's hub ids. No per-model overrides: the
+    # v3 paper's GLUE learning-rate search is advice in docs/configuration.md, not a preset.
+    "deberta-v3-large": {"model.name_or_path": "microsoft/deberta-v3-large"},
+    "deberta-v3-base": {"model.name_or_path": "microsoft/deberta-v3-base"},
+    "deberta-v3-small": {"model.name_or_path": "microsoft/deberta-v3-small"},
+    "deberta-v3-xsmall": {"model.name_or_path": "microsoft/deberta-v3-xsmall"},
     "tiny-bert": {"model.tokenizer": "wordpiece"},
     "tiny-roberta": {"model.tokenizer": "wordpiece"},
     "tiny-albert": {"model.tokenizer": "wordpiece"},
     "tiny-electra": {"model.tokenizer": "wordpiece"},
     "tiny-distilbert": {"model.tokenizer": "wordpiece"},
     "tiny-xlm-roberta": {"model.tokenizer": "wordpiece"},
+    "tiny-deberta-v3": {"model.tokenizer": "wordpiece"},
 }
 
 # The recipes users compare (../shared/paper/NOTES.md "Settings"; BUILD_NOTES.md says why each value was chosen).

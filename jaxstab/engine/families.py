@@ -12,6 +12,7 @@ padding id), loaded with their own Flax class where transformers has one.
 | albert     | classifier                  | yes    | yes      | yes          | from 0    | no    |
 | electra    | classifier/dense, /out_proj | no     | yes      | no           | from 0    | yes   |
 | distilbert | pre_classifier, classifier  | no     | none     | no           | from 0    | no    |
+| deberta    | classifier/dense, /out_proj | head   | none     | no           | relative  | yes   |
 
 The backbone key of each is its name. Only RoBERTa's transformers head differs from the paper's
 reference head; only BERT and RoBERTa get the forgetting analysis (ELECTRA's discriminator has no
@@ -19,12 +20,20 @@ masked-LM head; ALBERT's top layers cannot be restored apart); DistilBERT runs n
 attention nor Mixout of its two-layer head. `remat`: transformers' Flax classes of ALBERT and
 DistilBERT have no gradient checkpointing, so train.remat=layers is refused for them.
 
+DeBERTa-v2/v3 (model_type deberta-v2) is the first family whose Flax module is jaxstab's own
+(jaxstab/engine/deberta.py): its record names that class by module path where the others name a
+transformers class, and `classes` imports it from there; the class offers the interface of
+transformers' Flax classifiers (own_model.OwnClassifier), so nothing else asks which it is. Its
+context pooler has no pretrained weights in the public v3 checkpoints, so it is part of the head
+drawn per seed (`head_pooler`: stabilisers.reinit_pooler has nothing to re-draw and is refused).
+
 Code asks the record (`family_of(model.arch).shared_layer`, `.segment_ids`, ...), never compares
 family names, so adding a family means one record here plus whatever model code it needs (a
 probe interception, a head interceptor); tests/test_family_records.py checks each record
 against the Flax model built from its tiny config.
 """
 import dataclasses
+import importlib
 from typing import Dict, Mapping, Optional, Tuple
 
 from jaxstab.infra.errors import ConfigError
@@ -43,6 +52,8 @@ class Family:
   # transformers model_type -> (config class, Flax sequence-classifier class), looked up on
   # `transformers` only when a model is built (importing it takes seconds). The first entry is
   # the family's own; its built-in tiny model is tiny-<model_type> for each entry.
+  # A class name with a module path ('jaxstab.engine.deberta.DebertaV2Classifier') is imported
+  # from that module: a family whose Flax module is jaxstab's own (own_model.OwnClassifier).
   classes: Mapping[str, Tuple[str, str]]
   also: Tuple[str, ...] = ()  # model types with no Flax class, loaded with the family's own
   note: str = ""              # said of the family where jaxstab lists what it supports
@@ -63,6 +74,11 @@ class Family:
   # Its Flax classifier takes `gradient_checkpointing` (each encoder layer under flax's remat),
   # so train.remat=layers can recompute the layers' activations in the backward pass.
   remat: bool = True
+  # The pooler has no pretrained value and is part of the head (DeBERTa-v3's context pooler):
+  # stabilisers.reinit_pooler is refused, as the head is drawn per seed anyway.
+  head_pooler: bool = False
+  tiny_name: str = ""         # the built-in tiny model of the first model type (else tiny-<type>)
+  tiny_config: Mapping[str, object] = dataclasses.field(default_factory=dict)  # its own config
 
   @property
   def backbone(self) -> str:
@@ -112,6 +128,19 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
            dropout_keys=("dropout", "attention_dropout", "seq_classif_dropout"),
            sizes={"hidden_size": "dim", "num_layers": "n_layers", "num_heads": "n_heads",
                   "intermediate_size": "hidden_dim"}),
+    # jaxstab's own Flax module. Its tiny model has v3's layout (relative attention with both
+    # position terms through shared projections, LayerNormed relative embeddings, no absolute
+    # positions, no segments) with 32 buckets, so the log buckets are used beyond 16 tokens.
+    Family("deberta", "DeBERTa-v2/v3",
+           {"deberta-v2": ("DebertaV2Config", "jaxstab.engine.deberta.DebertaV2Classifier")},
+           note="v3 layout; jaxstab's own Flax module", pooler=False, segment_ids=False,
+           fused_attention=False, head_pooler=True, tiny_name="tiny-deberta-v3",
+           dropout_keys=BERT_DROPOUT + ("pooler_dropout", "cls_dropout"),
+           tiny_config=dict(relative_attention=True, position_buckets=32,
+                            max_relative_positions=-1, pos_att_type=["p2c", "c2p"],
+                            share_att_key=True, norm_rel_ebd="layer_norm",
+                            position_biased_input=False, type_vocab_size=0, layer_norm_eps=1e-7,
+                            cls_dropout=None)),
 )}
 
 ARCHS = tuple(FAMILIES)
@@ -120,7 +149,8 @@ ARCHS = tuple(FAMILIES)
 MODEL_TYPES = {t: f.name for f in FAMILIES.values() for t in list(f.classes) + list(f.also)}
 
 # Built-in tiny random models: name -> model_type (sized by the tokenizer and model.tiny.*).
-TINY = {f"tiny-{t}": t for f in FAMILIES.values() for t in f.classes}
+TINY = {(f.tiny_name if f.tiny_name and i == 0 else f"tiny-{t}"): t
+        for f in FAMILIES.values() for i, t in enumerate(f.classes)}
 
 # Every family's head keys, `classifier` first (init_head draws key i from fold_in(key, i), i > 0).
 HEAD_KEYS = tuple(sorted(dict.fromkeys(k for f in FAMILIES.values() for k in f.head_keys),
@@ -155,6 +185,9 @@ def classes(model_type: str):
   import transformers as tr  # pylint: disable=import-outside-toplevel  # heavy; only when needed
   fam = family_of(model_type)
   config_cls, model_cls = fam.classes.get(model_type) or next(iter(fam.classes.values()))
+  if "." in model_cls:  # jaxstab's own module (an engine module: imported only when needed)
+    module, _, cls = model_cls.rpartition(".")
+    return getattr(tr, config_cls), getattr(importlib.import_module(module), cls)
   return getattr(tr, config_cls), getattr(tr, model_cls)
 
 
@@ -176,4 +209,5 @@ def tiny_config_kwargs(model_type: str, tiny, vocab_size: int, num_labels: int, 
     # Narrower embeddings than the hidden size: ALBERT's factorisation, and ELECTRA's
     # `embeddings_project` (small ELECTRAs have it; base and large do not), so both are tested.
     kw["embedding_size"] = max(tiny.hidden_size // 2, 8)
+  kw.update(fam.tiny_config)
   return kw

@@ -2,7 +2,9 @@
 
 Groups follow the paper's Fig. 4: `embeddings`, `layer_0` ... `layer_{L-1}`, `pooler`,
 `classifier`. `embeddings` holds the embedding tables, their LayerNorm and any projection to the
-hidden size (ALBERT's embedding_hidden_mapping_in, ELECTRA's embeddings_project); `layer_i` is
+hidden size (ALBERT's embedding_hidden_mapping_in, ELECTRA's embeddings_project), and DeBERTa's
+relative-position table with its LayerNorm (deberta/encoder/rel_embeddings: shared by every
+layer, like the embeddings, so no layer's group); `layer_i` is
 encoder layer i (DistilBERT's transformer/layer/i); `pooler` is BERT's and ALBERT's pretrained
 pooler; `classifier` is the head drawn per seed (families.HEAD_KEYS: RoBERTa's, XLM-R's and
 ELECTRA's classifier/dense + out_proj, DistilBERT's pre_classifier + classifier). RoBERTa,
@@ -39,7 +41,8 @@ def group_of(path, arch: str) -> str:
     return f"layer_{names[names.index('layer') + 1]}"
   if "albert_layer_groups" in names:
     return "shared_layers"
-  if {"embeddings", "embedding_hidden_mapping_in", "embeddings_project"} & set(names):
+  if {"embeddings", "embedding_hidden_mapping_in", "embeddings_project",
+      "rel_embeddings"} & set(names):
     return "embeddings"
   raise ValueError(f"parameter {'/'.join(names)} of a {arch} model fits no probe group")
 

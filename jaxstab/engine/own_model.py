@@ -1,0 +1,92 @@
+"""The interface a jaxstab-written Flax classifier offers, so the engine treats it like
+transformers' Flax classifiers (the paper's families keep those).
+
+`models.Model` calls `flax_model(input_ids, attention_mask=, params=, dropout_rng=, train=)` and
+reads `.logits`; `models.load` builds one with `cls(config, seed=, dtype=)` (random, `.params`)
+or `cls.from_pretrained(name, config=, dtype=)` and reads `params_shape_tree`; `with_remat`
+rebuilds it with `gradient_checkpointing=True`. `OwnClassifier` implements all of that once
+around a linen module; a family's subclass names its module, its config check, its table of
+checkpoint names (torch_weights) and the checkpoint weights it leaves unused. The module is
+linen (not NNX) for the same reason: the probe's and the tests' flax method interceptors, Mixout
+and re-initialisation read a plain nested dict of parameters and intercept linen modules, exactly
+as they do for transformers' classes.
+"""
+import dataclasses
+from typing import Any, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+from flax.core import unfreeze
+
+from jaxstab.engine import torch_weights
+
+
+@dataclasses.dataclass
+class Output:
+  logits: Any
+
+
+class OwnClassifier:
+  """A sequence classifier around `module_class(config=, dtype=, remat=)`, whose __call__ is
+  (input_ids, attention_mask, train) -> logits."""
+  module_class: Any = None
+  backbone_prefix: str = ""  # the checkpoint names' prefix of the encoder (e.g. 'deberta')
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    """Raises ConfigError naming a config field the module does not implement."""
+
+  @classmethod
+  def weight_table(cls, config) -> Sequence[Tuple[str, str, str]]:
+    """(regex on a checkpoint module name, Flax path template, kind) rows (torch_weights)."""
+    raise NotImplementedError
+
+  @classmethod
+  def ignored_weights(cls, config) -> Sequence[Tuple[str, str]]:
+    """(regex on a checkpoint name, why it is not used) rows."""
+    return ()
+
+  def __init__(self, config, dtype=jnp.float32, seed: int = 0, _do_init: bool = True,
+               gradient_checkpointing: bool = False):
+    self.check_config(config)
+    self.config, self.dtype = config, dtype
+    self.module = self.module_class(config=config, dtype=dtype, remat=gradient_checkpointing)
+    self.params = self.init_weights(jax.random.PRNGKey(seed)) if _do_init else None
+
+  def init_weights(self, key, input_shape=(1, 8)):
+    """Random parameters: N(0, initializer_range) kernels and tables, zero biases, LayerNorms
+    at 1 and 0 (the initialisers the module declares)."""
+    ids = jnp.zeros(input_shape, jnp.int32)
+    variables = self.module.init({"params": key, "dropout": key}, ids, jnp.ones_like(ids))
+    return unfreeze(variables["params"])
+
+  @property
+  def params_shape_tree(self):
+    return jax.eval_shape(self.init_weights, jax.random.PRNGKey(0))
+
+  def __call__(self, input_ids, attention_mask=None, params=None, dropout_rng=None,
+               train: bool = False, token_type_ids=None):
+    del token_type_ids  # families of own modules say in their record whether they take them
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    rngs = {"dropout": dropout_rng} if train and dropout_rng is not None else {}
+    logits = self.module.apply({"params": params}, input_ids, attention_mask, train=train,
+                               rngs=rngs)
+    return Output(logits)
+
+  @classmethod
+  def from_pretrained(cls, name: str, config=None, dtype=jnp.float32, **unused):
+    """The checkpoint's encoder (folder or hub id) on this module's tree. The checkpoint's own
+    head, if any, is among the ignored weights: every run draws its own (models.replace_head
+    adds a placeholder of the new size)."""
+    del unused  # from_pt: always PyTorch (safetensors or .bin) for own modules
+    folder = torch_weights.resolve(name)
+    state, path = torch_weights.read_state(folder)
+    state = torch_weights.normalise_names(state, cls.backbone_prefix)
+    model = cls(config, dtype=dtype, _do_init=False)
+    shapes = model.params_shape_tree
+    backbone = {cls.backbone_prefix: shapes[cls.backbone_prefix]}
+    params, _ = torch_weights.to_flax(state, cls.weight_table(config), cls.ignored_weights(config),
+                                      backbone, path)
+    model.params = params
+    return model
