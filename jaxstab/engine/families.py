@@ -25,7 +25,8 @@ DeBERTa-v2/v3 (model_type deberta-v2) is the first family whose Flax module is j
 transformers class, and `classes` imports it from there; the class offers the interface of
 transformers' Flax classifiers (own_model.OwnClassifier), so nothing else asks which it is. Its
 context pooler has no pretrained weights in the public v3 checkpoints, so it is part of the head
-drawn per seed (`head_pooler`: stabilisers.reinit_pooler has nothing to re-draw and is refused).
+drawn per seed (`head_pooler`): stabilisers.reinit_pooler re-draws nothing, as in RoBERTa's
+family, so the paper's `reinit` setting runs unchanged.
 
 Code asks the record (`family_of(model.arch).shared_layer`, `.segment_ids`, ...), never compares
 family names, so adding a family means one record here plus whatever model code it needs (a
@@ -75,7 +76,7 @@ class Family:
   # so train.remat=layers can recompute the layers' activations in the backward pass.
   remat: bool = True
   # The pooler has no pretrained value and is part of the head (DeBERTa-v3's context pooler):
-  # stabilisers.reinit_pooler is refused, as the head is drawn per seed anyway.
+  # stabilisers.reinit_pooler has nothing more to re-draw: the head is drawn per seed anyway.
   head_pooler: bool = False
   tiny_name: str = ""         # the built-in tiny model of the first model type (else tiny-<type>)
   tiny_config: Mapping[str, object] = dataclasses.field(default_factory=dict)  # its own config

@@ -81,8 +81,6 @@ def reinit_top_layers(params, key, arch: str, num_layers: int, k: int, pooler: b
   if k < 0 or k > num_layers:
     raise ConfigError(f"stabilisers.reinit_layers={k} must be in [0, {num_layers}]")
   fam = family_of(arch)
-  if pooler and fam.head_pooler:
-    raise ConfigError(reinit_pooler_refusal(fam))
   if fam.shared_layer and k > 0:
     raise ConfigError(f"stabilisers.reinit_layers > 0 is undefined for {fam.title}: its layers "
                       "share one set of weights; use reinit_layers=0 (pooler only)")
@@ -101,12 +99,6 @@ def reinit_top_layers(params, key, arch: str, num_layers: int, k: int, pooler: b
     else:
       out.append(jnp.zeros_like(w))
   return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def reinit_pooler_refusal(fam) -> str:
-  return (f"stabilisers.reinit_pooler=True does nothing for {fam.title}: its pooler has no "
-          "pretrained weights and is drawn per seed with the head; use "
-          "stabilisers.reinit_pooler=False")
 
 
 def layerwise_scales(params, arch: str, num_layers: int, gamma: float):

@@ -86,8 +86,6 @@ def check_model(cfg, arch: str, num_layers: int) -> None:
                       "value is kept as Mixout's target; use stabilisers.mixout_head=False (or "
                       "fidelity=corrected)")
   models.check_remat(cfg.train.remat, fam, name)
-  if fam.head_pooler and st.reinit_pooler:
-    raise ConfigError(stabilisers.reinit_pooler_refusal(fam) + f" ({name})")
   if fam.shared_layer and st.llrd != 1.0:
     raise ConfigError(f"stabilisers.llrd={st.llrd} is undefined for {fam.title} ({name}): all its "
                       "depths share one layer; use stabilisers.llrd=1.0")
