@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxstab.engine import parallel
+from tests import cli_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--config=configs/demo.py:seeds=1-3", "--config.train.max_steps=6",
@@ -53,9 +54,13 @@ def _assert_same_study(one, other):
 
 @pytest.fixture(scope="module")
 def one_device(tmp_path_factory):
-  """The study on one CPU device, which maps over the seeds one at a time (seed_axis=auto)."""
+  """The study on one CPU device, which maps over the seeds one at a time (seed_axis=auto). In
+  this process (one CPU device, as the test session has): a fresh interpreter would prove
+  nothing more here, while the 8-device and two-process runs need one each."""
   workdir = tmp_path_factory.mktemp("one_device")
-  assert "(map over seeds), on 1 device(s)" in _run(workdir, 1)
+  out = cli_runs.run_cli_in_process(ARGS, workdir)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "(map over seeds), on 1 device(s)" in out.stderr
   return workdir
 
 
