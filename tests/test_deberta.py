@@ -15,6 +15,7 @@
 """
 import os
 import re
+import types
 
 import flax.linen as nn
 import jax
@@ -394,3 +395,23 @@ def test_presets_name_the_hub_ids():
     assert cfg.model.name_or_path == f"microsoft/deberta-v3-{size}"
     assert cfg.optim.bias_correction and cfg.select == "best"  # the recipe applies as to BERT
   assert families.TINY["tiny-deberta-v3"] == "deberta-v2"
+
+
+def test_forgetting_is_decided_from_the_checkpoints_weight_names(folders):
+  """The forgetting analysis needs a masked-LM head: the safetensors folder has none (refused,
+  saying so), the .bin folder carries `lm_predictions.*` as public checkpoints may (refused:
+  jaxstab's module has no masked-LM pass yet); the tiny model has none. Decided from the names,
+  not the family."""
+  from jaxstab.analysis import forgetting  # pylint: disable=import-outside-toplevel
+  for which, fragment in (("safe", "holds no masked-LM head (no weight matches lm_predictions"),
+                          ("bin", "holds a masked-LM head (1 weights, e.g. "
+                                  "lm_predictions.lm_head.dense.weight)")):
+    model = load(folders, which)
+    own = forgetting.own_classifier(model)
+    assert own is not None and own.masked_lm_weights(folders[which]) == (
+        [] if which == "safe" else ["lm_predictions.lm_head.dense.weight"])
+    assert fragment in forgetting.own_family_refusal(own, model, folders[which])
+  assert "tiny-deberta-v3 is a random DeBERTa-v2/v3 classifier with no masked-LM head" in \
+      forgetting.own_family_refusal(own, model, "tiny-deberta-v3")
+  bert = types.SimpleNamespace(config=types.SimpleNamespace(model_type="bert"))
+  assert forgetting.own_classifier(bert) is None  # transformers' classes keep their MLM path

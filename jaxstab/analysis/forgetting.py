@@ -49,7 +49,7 @@ import numpy as np
 import optax
 
 from jaxstab import analysis
-from jaxstab.engine import families, models, precision, probe
+from jaxstab.engine import families, models, own_model, precision, probe
 from jaxstab.infra import cli, fs
 from jaxstab.results import outputs
 from jaxstab.analysis.mlm_text import (MASK_PROB, REPLACE, WIKITEXT, batches_of, blocks,
@@ -127,6 +127,32 @@ def newly_initialised(flax_model, params, seed: int = PROBE_SEED) -> List[str]:
                 and not np.array_equal(a[k], b[k]) and np.array_equal(got[k], a[k]))
 
 
+def own_classifier(model):
+  """The class of a family whose Flax module is jaxstab's own (own_model.OwnClassifier), else
+  None (transformers' classes, with their *ForMaskedLM twins)."""
+  _, cls = families.classes(model.config.model_type)
+  return cls if isinstance(cls, type) and issubclass(cls, own_model.OwnClassifier) else None
+
+
+def own_family_refusal(own, model, name: str) -> str:
+  """Why forgetting is refused for a family of jaxstab's own module, decided from the
+  checkpoint's own weight names: with no masked-LM head there is no perplexity to measure;
+  with one, jaxstab's module has no masked-LM forward pass yet (BUILD_NOTES, Known gaps)."""
+  title = model.family.title
+  if name in models.TINY:
+    return (f"the forgetting analysis measures masked-LM perplexity, and {name} is a random "
+            f"{title} classifier with no masked-LM head")
+  found = own.masked_lm_weights(name)
+  if not found:
+    why = f" ({own.no_mlm_note})" if own.no_mlm_note else ""
+    return (f"the checkpoint {name!r} holds no masked-LM head (no weight matches "
+            f"{', '.join(own.mlm_head)}){why}: the forgetting analysis measures masked-LM "
+            "perplexity, which is undefined for it")
+  return (f"the checkpoint {name!r} holds a masked-LM head ({len(found)} weights, e.g. "
+          f"{found[0]}), but jaxstab's own {title} module has no masked-LM forward pass yet, "
+          "so the forgetting analysis cannot run on it")
+
+
 def load_mlm(inputs: analysis.SettingInputs) -> MaskedLM:
   """The pretrained masked-LM model matching the setting's classifier (see module docstring)."""
   model, cfg = inputs.model, inputs.cfg
@@ -134,6 +160,9 @@ def load_mlm(inputs: analysis.SettingInputs) -> MaskedLM:
   if fam.shared_layer:
     raise ConfigError(f"forgetting per layer is undefined for {fam.title}: its layers share one "
                       "set of weights, so the top k layers cannot be restored separately")
+  own = own_classifier(model)
+  if own is not None:
+    raise ConfigError(own_family_refusal(own, model, cfg.model.name_or_path))
   if not fam.mlm:  # e.g. ELECTRA's discriminator has no masked-LM head
     with_mlm = " and ".join(f.title for f in families.FAMILIES.values() if f.mlm)
     raise ConfigError(f"the forgetting analysis measures masked-LM perplexity, which jaxstab "

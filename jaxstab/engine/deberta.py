@@ -357,6 +357,9 @@ class DebertaV2Classifier(OwnClassifier):
   """transformers' DebertaV2ForSequenceClassification, in Flax (see the module docstring)."""
   module_class = Classifier
   backbone_prefix = "deberta"
+  mlm_head = MLM_HEAD
+  no_mlm_note = ("DeBERTa-v3 was pretrained by replaced-token detection, and its public "
+                 "checkpoints carry no masked-LM head")
 
   @classmethod
   def check_config(cls, config) -> None:

@@ -12,6 +12,7 @@ and re-initialisation read a plain nested dict of parameters and intercept linen
 as they do for transformers' classes.
 """
 import dataclasses
+import re
 from typing import Any, Sequence, Tuple
 
 import jax
@@ -31,6 +32,16 @@ class OwnClassifier:
   (input_ids, attention_mask, train) -> logits."""
   module_class: Any = None
   backbone_prefix: str = ""  # the checkpoint names' prefix of the encoder (e.g. 'deberta')
+  # Regexes on checkpoint names of the family's masked-LM head, and why a checkpoint may have
+  # none: the forgetting analysis decides from the checkpoint's own names (masked_lm_weights).
+  mlm_head: Sequence[str] = ()
+  no_mlm_note: str = ""
+
+  @classmethod
+  def masked_lm_weights(cls, name: str):
+    """The checkpoint weights of `name` (folder or hub id) that belong to a masked-LM head."""
+    names = torch_weights.checkpoint_names(torch_weights.resolve(name))
+    return [k for k in names if any(re.fullmatch(p, k) for p in cls.mlm_head)]
 
   @classmethod
   def check_config(cls, config) -> None:

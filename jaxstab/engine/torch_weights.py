@@ -66,6 +66,19 @@ def read_state(folder: str) -> Tuple[Dict[str, np.ndarray], str]:
                     "(model.name_or_path)")
 
 
+def checkpoint_names(folder: str):
+  """The weight names of a model folder's checkpoint (safetensors: from its header alone)."""
+  path = os.path.join(folder, SAFETENSORS)
+  if os.path.isfile(path):
+    from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+    try:
+      with safe_open(path, framework="numpy") as f:
+        return list(f.keys())
+    except Exception as e:  # pylint: disable=broad-except  # a damaged header
+      raise ConfigError(f"cannot read {path}: {e}") from e
+  return list(read_state(folder)[0])
+
+
 def _safetensors_via_torch(path, first_error):
   try:
     from safetensors.torch import load_file  # pylint: disable=import-outside-toplevel
