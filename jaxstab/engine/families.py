@@ -13,6 +13,7 @@ padding id), loaded with their own Flax class where transformers has one.
 | electra    | classifier/dense, /out_proj | no     | yes      | no           | from 0    | yes   |
 | distilbert | pre_classifier, classifier  | no     | none     | no           | from 0    | no    |
 | deberta    | classifier/dense, /out_proj | head   | none     | no           | relative  | yes   |
+| modernbert | classifier/dense, /norm, /out_proj | head | none | no          | RoPE      | yes   |
 
 The backbone key of each is its name. Only RoBERTa's transformers head differs from the paper's
 reference head; only BERT and RoBERTa get the forgetting analysis (ELECTRA's discriminator has no
@@ -27,6 +28,11 @@ transformers' Flax classifiers (own_model.OwnClassifier), so nothing else asks w
 context pooler has no pretrained weights in the public v3 checkpoints, so it is part of the head
 drawn per seed (`head_pooler`): stabilisers.reinit_pooler re-draws nothing, as in RoBERTa's
 family, so the paper's `reinit` setting runs unchanged.
+
+ModernBERT (model_type modernbert, jaxstab/engine/modernbert.py) is the second: transformers'
+`head` (dense, activation, LayerNorm over the pooled tokens) and `classifier` are one head key,
+`classifier/{dense, norm, out_proj}`, drawn per seed like DeBERTa's context pooler (`head_pooler`);
+its final LayerNorm belongs to the top layer's group.
 
 Code asks the record (`family_of(model.arch).shared_layer`, `.segment_ids`, ...), never compares
 family names, so adding a family means one record here plus whatever model code it needs (a
@@ -142,6 +148,21 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
                             share_att_key=True, norm_rel_ebd="layer_norm",
                             position_biased_input=False, type_vocab_size=0, layer_norm_eps=1e-7,
                             cls_dropout=None)),
+    # jaxstab's own Flax module. No pretrained pooler: transformers' `head` (dense, activation,
+    # LayerNorm) and the output layer are both drawn per seed under `classifier`. Its tiny
+    # model alternates global and local layers (every 2nd global) with a 16-token window, so
+    # real RTE pairs exceed it.
+    Family("modernbert", "ModernBERT",
+           {"modernbert": ("ModernBertConfig",
+                           "jaxstab.engine.modernbert.ModernBertClassifier")},
+           note="jaxstab's own Flax module", pooler=False, segment_ids=False,
+           fused_attention=False, head_pooler=True,
+           dropout_keys=("embedding_dropout", "attention_dropout", "mlp_dropout",
+                         "classifier_dropout"),
+           tiny_config=dict(global_attn_every_n_layers=2, local_attention=16,
+                            global_rope_theta=160000.0, local_rope_theta=10000.0,
+                            classifier_pooling="mean", norm_bias=False, attention_bias=False,
+                            mlp_bias=False, classifier_bias=False)),
 )}
 
 ARCHS = tuple(FAMILIES)

@@ -322,6 +322,7 @@ def init_head(params, key, init_range: float, head: str = "transformers"):
   family with `reference_head` (a `roberta` backbone: RoBERTa, XLM-R) is drawn this way;
   ELECTRA's classifier/dense is N(0, init_range).
 
+  A LayerNorm in the head (ModernBERT's `classifier/norm`) starts at scale 1, bias 0.
   `classifier` is drawn from `key` itself and DistilBERT's `pre_classifier` from
   fold_in(key, 1), so the families with a one-part head draw it from `key` alone.
   """
@@ -347,6 +348,8 @@ def _draw_head(head_params, key, init_range, reference):
       new.append(jax.random.uniform(k, leaf.shape, leaf.dtype, -bound, bound))
     elif names[-1] == "kernel":
       new.append(init_range * jax.random.normal(k, leaf.shape, leaf.dtype))
+    elif names[-1] == "scale":  # a LayerNorm in the head (ModernBERT's head/norm): scale 1
+      new.append(jnp.ones_like(leaf))
     else:
       new.append(jnp.zeros_like(leaf))
   return jax.tree_util.tree_unflatten(treedef, new)
