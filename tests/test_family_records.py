@@ -64,9 +64,11 @@ def test_each_record_matches_its_flax_model(model_type):
   takes = "gradient_checkpointing" in inspect.signature(type(flax_model).__init__).parameters
   assert takes == fam.remat
   # The first position embedding that gets a gradient is the family's position offset.
-  # (DeBERTa-v3 has relative positions only: no table unless position_biased_input.)
+  # (DeBERTa-v3 has relative positions only: no table unless position_biased_input;
+  # ModernBERT's are rotary, in every layer.)
   table = grads[fam.backbone]["embeddings"].get("position_embeddings")
-  assert (table is None) == (not getattr(config, "position_biased_input", True))
+  assert (table is None) == (fam.rotary_positions
+                             or not getattr(config, "position_biased_input", True))
   if table is not None:
     rows = np.asarray(table["embedding"])
     assert int(np.argmax(np.any(rows != 0, axis=1))) == fam.position_offset(config)

@@ -84,6 +84,7 @@ class Family:
   # The pooler has no pretrained value and is part of the head (DeBERTa-v3's context pooler):
   # stabilisers.reinit_pooler has nothing more to re-draw: the head is drawn per seed anyway.
   head_pooler: bool = False
+  rotary_positions: bool = False  # RoPE in every layer: no position table (ModernBERT)
   tiny_name: str = ""         # the built-in tiny model of the first model type (else tiny-<type>)
   tiny_config: Mapping[str, object] = dataclasses.field(default_factory=dict)  # its own config
 
@@ -156,7 +157,7 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
            {"modernbert": ("ModernBertConfig",
                            "jaxstab.engine.modernbert.ModernBertClassifier")},
            note="jaxstab's own Flax module", pooler=False, segment_ids=False,
-           fused_attention=False, head_pooler=True,
+           fused_attention=False, head_pooler=True, rotary_positions=True,
            dropout_keys=("embedding_dropout", "attention_dropout", "mlp_dropout",
                          "classifier_dropout"),
            tiny_config=dict(global_attn_every_n_layers=2, local_attention=16,
