@@ -415,3 +415,16 @@ def test_presets_forgetting_and_the_tiny_model():
       arch="modernbert", family=families.family_of("modernbert")), cfg=cfg)
   with pytest.raises(ConfigError, match="forgetting.*is a modernbert model"):
     forgetting.load_mlm(inputs)
+
+
+def test_the_models_study_names_both_new_families():
+  """configs/study_models.py:models=deberta-v3-large+modernbert-large: the paper's comparison
+  (Devlin against the baseline, three tasks) on both new families, by their hub ids."""
+  from configs import study_models  # pylint: disable=import-outside-toplevel
+  cfg = study_models.get_config("models=deberta-v3-large+modernbert-large")
+  assert sorted(cfg.settings) == sorted(f"{m}_{t}_{s}" for m in ("deberta-v3-large",
+                                                                  "modernbert-large")
+                                        for t in ("rte", "mrpc", "cola")
+                                        for s in ("devlin", "ours"))
+  one = config_lib.task_config("rte", cfg.settings["modernbert-large_rte_ours"])
+  assert one.model.name_or_path == "answerdotai/ModernBERT-large"
