@@ -15,6 +15,8 @@
 4. the family in jaxstab: probe groups, the head per seed, stabilisers, remat, bf16, presets,
    the forgetting analysis refused.
 """
+import json
+import os
 import re
 import types
 
@@ -68,16 +70,6 @@ def torch_config(vocab_size, pad_id, pooling):
                                        attn_implementation="eager", **LAYOUT)
 
 
-def only_tokenizer_json(folder) -> None:
-  """Leaves the tokenizer in `folder` as ModernBERT's hub folders hold theirs: tokenizer.json
-  read by a PreTrainedTokenizerFast (no vocab.txt, no tokenizer class of its own)."""
-  import json  # pylint: disable=import-outside-toplevel
-  (folder / "vocab.txt").unlink()
-  conf = json.loads((folder / "tokenizer_config.json").read_text())
-  conf["tokenizer_class"] = "PreTrainedTokenizerFast"
-  (folder / "tokenizer_config.json").write_text(json.dumps(conf))
-
-
 @pytest.fixture(scope="module")
 def folders(glue_dir, torch_mod, tmp_path_factory):
   """The PyTorch model, the RTE arrays (the tiny models' tokenizer), its two saved folders."""
@@ -93,10 +85,7 @@ def folders(glue_dir, torch_mod, tmp_path_factory):
   assert tmodel.config._attn_implementation == "eager"  # pylint: disable=protected-access
   with torch.no_grad():  # away from the init so every weight matters, the norms included
     for name, p in tmodel.named_parameters():
-      if "norm" in name:
-        p.add_(0.2 * torch.randn_like(p))
-      else:
-        p.mul_(3.0)
+      _ = p.add_(0.2 * torch.randn_like(p)) if "norm" in name else p.mul_(3.0)
   root = tmp_path_factory.mktemp("modernbert")
   safe, pickled = root / "safetensors", root / "bin"
   tmodel.save_pretrained(safe)
@@ -104,7 +93,12 @@ def folders(glue_dir, torch_mod, tmp_path_factory):
   split = dataset.load_split(tasks.get_task("rte"), "train", "tsv", str(glue_dir))
   texts = split.text_a[:N] + split.text_b[:N]
   vocab.train_wordpiece(texts, int(cfg.model.tiny.vocab_size)).save_pretrained(safe)
-  only_tokenizer_json(safe)
+  # ... kept as ModernBERT's hub folders keep theirs: tokenizer.json alone, read by a
+  # PreTrainedTokenizerFast (no vocab.txt, no tokenizer class of its own).
+  (safe / "vocab.txt").unlink()
+  conf = json.loads((safe / "tokenizer_config.json").read_text())
+  (safe / "tokenizer_config.json").write_text(json.dumps(
+      dict(conf, tokenizer_class="PreTrainedTokenizerFast")))
   tmodel.config.classifier_pooling = "cls"
   tmodel.save_pretrained(pickled, safe_serialization=False)
   tmodel.config.classifier_pooling = "mean"
@@ -165,19 +159,14 @@ def torch_one_batch(torch, tmodel, pooling, arrays, params):
               total_grad_norm=float(np.sqrt(np.sum(norms ** 2))))
 
 
-def parity_errors(ours, theirs) -> dict:
-  return {"logits": (float(np.max(np.abs(ours["logits"] - theirs["logits"]))), BOUNDS["logits"]),
-          **{q: (guards.rel_max(ours[q], theirs[q]), BOUNDS[q])
-             for q in ("loss", "group_grad_norm", "total_grad_norm")}}
 
 
 def seed_head(model):
   """A seed's head (head seed 11), its kernels scaled by 10 so that the logits vary across
   examples and every group's gradient matters."""
   params = models.init_head(model.params, jax.random.PRNGKey(11), 0.02)
-  params["classifier"] = jax.tree_util.tree_map_with_path(
-      lambda path, x: 10.0 * x if guards._names(path)[-1] == "kernel" else x,  # pylint: disable=protected-access
-      params["classifier"])
+  for layer in ("dense", "out_proj"):  # (the norm stays at scale 1)
+    params["classifier"][layer]["kernel"] = 10.0 * params["classifier"][layer]["kernel"]
   return params
 
 
@@ -194,7 +183,11 @@ def parity(folders, torch_mod):
 
 
 def check_parity(model, params, arrays, theirs, what="PyTorch parity"):
-  return guards.enforce(what, parity_errors(guards.jax_one_batch(model, params, arrays), theirs))
+  ours = guards.jax_one_batch(model, params, arrays)
+  return guards.enforce(what, {
+      "logits": (float(np.max(np.abs(ours["logits"] - theirs["logits"]))), BOUNDS["logits"]),
+      **{q: (guards.rel_max(ours[q], theirs[q]), BOUNDS[q])
+         for q in ("loss", "group_grad_norm", "total_grad_norm")}})
 
 
 # --------------------------------------------------------------------------- 1. parity
@@ -244,7 +237,8 @@ PLANTS = {
     "the window off by one": ("half_window", lambda c, real=modernbert.half_window: real(c) - 1),
     "local and global theta swapped": (
         "rope_theta", lambda g, c, real=modernbert.rope_theta: real(not g, c)),
-    "the wrong layers global": ("is_global", lambda i, c, real=modernbert.is_global: real(i + 1, c)),
+    "the wrong layers global": (
+        "is_global", lambda i, c, real=modernbert.is_global: real(i + 1, c)),
     "a norm on layer 0": ("first_attn_input", _standardise),
     "mean pooling that counts padding": (
         "pool", lambda h, m, how, real=modernbert.pool: real(h, jnp.ones_like(m), how)),
@@ -342,9 +336,9 @@ def test_probe_groups_head_and_stabilisers(parity):
   other = models.init_head(model.params, jax.random.PRNGKey(12), 0.02)
   assert guards.tree_max_abs_diff(other["modernbert"], model.params["modernbert"]) == 0.0
   np.testing.assert_array_equal(other["classifier"]["norm"]["scale"], 1.0)
+  eleven = models.init_head(model.params, jax.random.PRNGKey(11), 0.02)["classifier"]
   for layer in ("dense", "out_proj"):
-    assert not np.array_equal(other["classifier"][layer]["kernel"],
-                              params["classifier"][layer]["kernel"] / 10.0)
+    assert not np.array_equal(other["classifier"][layer]["kernel"], eleven[layer]["kernel"])
   # Layer-wise decay (final norm with the top layer), re-initialisation of the top layer.
   scales = jax.tree_util.tree_leaves(stabilisers.layerwise_scales(params, "modernbert", LAYERS,
                                                                   0.9))
@@ -353,9 +347,10 @@ def test_probe_groups_head_and_stabilisers(parity):
                                                        else LAYERS - int(g[6:])))
   new = stabilisers.reinit_top_layers(params, jax.random.PRNGKey(5), "modernbert", LAYERS, 1,
                                       False, 0.02)
-  for (path, old), leaf, g, p in zip(flat, jax.tree_util.tree_leaves(new), groups, paths):
-    assert (not np.array_equal(np.asarray(old), np.asarray(leaf))) == (g == f"layer_{LAYERS - 1}"), p
-    if g == f"layer_{LAYERS - 1}" and "norm" in p:
+  top = f"layer_{LAYERS - 1}"
+  for (_, old), leaf, g, p in zip(flat, jax.tree_util.tree_leaves(new), groups, paths):
+    assert (not np.array_equal(np.asarray(old), np.asarray(leaf))) == (g == top), p
+    if g == top and "norm" in p:
       np.testing.assert_array_equal(leaf, 1.0)  # norms re-drawn at scale 1, not 0
   moved = jax.tree_util.tree_map(lambda x: 1.5 * x, params)  # "fine-tuned" away from the anchor
   mixed = stabilisers.mixout(moved, stabilisers.anchor_of(params), jax.random.PRNGKey(6), 0.5)
@@ -420,11 +415,12 @@ def test_presets_forgetting_and_the_tiny_model():
 def test_the_models_study_names_both_new_families():
   """configs/study_models.py:models=deberta-v3-large+modernbert-large: the paper's comparison
   (Devlin against the baseline, three tasks) on both new families, by their hub ids."""
-  from configs import study_models  # pylint: disable=import-outside-toplevel
-  cfg = study_models.get_config("models=deberta-v3-large+modernbert-large")
-  assert sorted(cfg.settings) == sorted(f"{m}_{t}_{s}" for m in ("deberta-v3-large",
-                                                                  "modernbert-large")
-                                        for t in ("rte", "mrpc", "cola")
-                                        for s in ("devlin", "ours"))
-  one = config_lib.task_config("rte", cfg.settings["modernbert-large_rte_ours"])
-  assert one.model.name_or_path == "answerdotai/ModernBERT-large"
+  from jaxstab import main  # pylint: disable=import-outside-toplevel
+  from jaxstab.study import studies  # pylint: disable=import-outside-toplevel
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", "study_models.py")
+  settings = dict(studies.expand(main.load_config(
+      path + ":models=deberta-v3-large+modernbert-large", [])))
+  assert sorted(settings) == sorted(f"{m}_{t}_{s}" for m in ("deberta-v3-large",
+                                                             "modernbert-large")
+                                    for t in ("rte", "mrpc", "cola") for s in ("devlin", "ours"))
+  assert settings["modernbert-large_rte_ours"].model.name_or_path == "answerdotai/ModernBERT-large"
