@@ -225,6 +225,31 @@ def test_the_folders_tokenizer_json_joins_pairs_as_the_arrays(folders):
   assert np.sum(ids == tok.sep_token_id) == 2
 
 
+
+def test_a_byte_level_tokenizer_is_used_as_is_in_reference_mode(folders, glue_dir, tmp_path):
+  """ModernBERT's tokenizer is byte-level BPE, RoBERTa's kind, but the reference's RoBERTa
+  prefix space (model.roberta_prefix_space, on in reference fidelity) is not for it: inputs.load
+  gives the folder's tokenizer unchanged; a RoBERTa still gets the quirk."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  from tokenizers import ByteLevelBPETokenizer  # pylint: disable=import-outside-toplevel
+  from transformers import PreTrainedTokenizerFast  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import inputs  # pylint: disable=import-outside-toplevel
+  bpe = ByteLevelBPETokenizer()
+  bpe.train_from_iterator(folders["split"].text_a, vocab_size=300, show_progress=False,
+                          special_tokens=["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"])
+  PreTrainedTokenizerFast(tokenizer_object=bpe, cls_token="[CLS]", pad_token="[PAD]",
+                          sep_token="[SEP]", unk_token="[UNK]",
+                          mask_token="[MASK]").save_pretrained(tmp_path)
+  for name in ("config.json", "model.safetensors"):
+    shutil.copy(os.path.join(folders["safe"], name), tmp_path / name)
+  cfg = config_lib.task_config("rte", f"model={tmp_path},setting=devlin")
+  cfg.data.dir = glue_dir
+  assert cfg.model.roberta_prefix_space and vocab.is_byte_level(vocab.load(cfg.model, None))
+  loaded = inputs.load(cfg)
+  assert loaded.model.arch == "modernbert"
+  assert not getattr(loaded.tokenizer, "add_prefix_space", False)
+  assert models.takes_roberta_prefix_space(config_lib.task_config("rte", "model=tiny-roberta").model)
+
 # --------------------------------------------------------------------------- 2. planted bugs
 
 def _standardise(x, eps=1e-5):

@@ -85,6 +85,9 @@ class Family:
   # stabilisers.reinit_pooler has nothing more to re-draw: the head is drawn per seed anyway.
   head_pooler: bool = False
   rotary_positions: bool = False  # RoPE in every layer: no position table (ModernBERT)
+  # model.roberta_prefix_space (the reference's RoBERTa tokenization) applies to its
+  # tokenizer; another family's byte-level BPE (ModernBERT's) is used as the model was trained.
+  roberta_tokenizer: bool = False
   tiny_name: str = ""         # the built-in tiny model of the first model type (else tiny-<type>)
   tiny_config: Mapping[str, object] = dataclasses.field(default_factory=dict)  # its own config
 
@@ -114,7 +117,7 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
     Family("roberta", "RoBERTa / XLM-RoBERTa",
            {"roberta": ("RobertaConfig", "FlaxRobertaForSequenceClassification"),
             "xlm-roberta": ("XLMRobertaConfig", "FlaxXLMRobertaForSequenceClassification")},
-           also=("camembert",), pooler=False,
+           also=("camembert",), pooler=False, roberta_tokenizer=True,
            positions_after_pad=True, reference_head=True, mlm="FlaxRobertaForMaskedLM"),
     # ALBERT has an MLM head, but forgetting restores layers one by one: refused (shared_layer).
     Family("albert", "ALBERT", {"albert": ("AlbertConfig", "FlaxAlbertForSequenceClassification")},

@@ -359,6 +359,22 @@ def param_count(params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
 
 
+def takes_roberta_prefix_space(model_cfg) -> bool:
+  """Whether model.roberta_prefix_space applies to `model.name_or_path`: only where its family
+  says so (RoBERTa's: the reference's tokenizer quirk). Read from the config before the
+  tokenizer is loaded; a config that cannot be read here keeps the flag (models.load then says
+  why it cannot load the model)."""
+  name = model_cfg.name_or_path
+  if name in TINY:
+    return families.family_of(TINY[name]).roberta_tokenizer
+  import transformers as tr  # pylint: disable=import-outside-toplevel  # heavy; only when needed
+  try:
+    config = tr.AutoConfig.from_pretrained(name)
+  except (OSError, ValueError):
+    return True
+  return families.family_of(config, name).roberta_tokenizer
+
+
 def shape_of(model_cfg):
   """(arch, num_layers) of `model.name_or_path` from its config alone, without the weights or
   the network (a folder, or a hub id already in the local cache); None when it cannot be read
