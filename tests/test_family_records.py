@@ -77,8 +77,7 @@ def test_each_record_matches_its_flax_model(model_type):
     assert not np.allclose(model.logits(params, batch),
                            model.logits(params, batch, pass_segment_ids=False))
   if fam.mlm:  # the forgetting analysis's masked-LM model holds the same backbone
-    import transformers  # pylint: disable=import-outside-toplevel
-    mlm = getattr(transformers, fam.mlm)(config, seed=0)
+    mlm = families.mlm_class(fam.name)(config, seed=0)
     assert fam.backbone in mlm.params and fam.backbone == families.MODEL_TYPES[model_type]
 
 

@@ -90,7 +90,7 @@ def _transformers():
 
 
 def _mlm_class(arch):
-  return getattr(_transformers(), families.family_of(arch).mlm)
+  return families.mlm_class(arch)
 
 
 def _same_tree(a, b) -> Optional[str]:
@@ -152,8 +152,11 @@ def load_mlm(inputs: analysis.SettingInputs) -> MaskedLM:
     local = os.path.isdir(name)
     from_pt = local and not os.path.isfile(os.path.join(name, "flax_model.msgpack"))
     try:
-      flax_model = tr.FlaxAutoModelForMaskedLM.from_pretrained(name, dtype=dtype, from_pt=from_pt,
-                                                               seed=PROBE_SEED)
+      if families.is_own(fam.mlm):  # jaxstab's own module reads the PyTorch checkpoint strictly
+        flax_model = _mlm_class(arch).from_pretrained(name, config=model.config, dtype=dtype)
+      else:
+        flax_model = tr.FlaxAutoModelForMaskedLM.from_pretrained(
+            name, dtype=dtype, from_pt=from_pt, seed=PROBE_SEED)
     except (OSError, ValueError, KeyError) as e:
       raise ConfigError(f"cannot load a masked-LM model from {name!r} (model.name_or_path): "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e

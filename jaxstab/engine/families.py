@@ -77,7 +77,7 @@ class Family:
   dropout_keys: Tuple[str, ...] = BERT_DROPOUT  # config values model.dropout sets
   sizes: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(BERT_SIZES))
   narrow_embeddings: bool = False    # the tiny model's embeddings are half the hidden size
-  mlm: Optional[str] = None          # Flax masked-LM class of the forgetting analysis
+  mlm: Optional[str] = None          # Flax masked-LM class of the forgetting analysis (or path)
   # Its Flax classifier takes `gradient_checkpointing` (each encoder layer under flax's remat),
   # so train.remat=layers can recompute the layers' activations in the backward pass.
   remat: bool = True
@@ -161,6 +161,7 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
                            "jaxstab.engine.modernbert.ModernBertClassifier")},
            note="jaxstab's own Flax module", pooler=False, segment_ids=False,
            fused_attention=False, head_pooler=True, rotary_positions=True,
+           mlm="jaxstab.engine.modernbert.ModernBertMaskedLM",
            dropout_keys=("embedding_dropout", "attention_dropout", "mlp_dropout",
                          "classifier_dropout"),
            tiny_config=dict(global_attn_every_n_layers=2, local_attention=16,
@@ -211,10 +212,25 @@ def classes(model_type: str):
   import transformers as tr  # pylint: disable=import-outside-toplevel  # heavy; only when needed
   fam = family_of(model_type)
   config_cls, model_cls = fam.classes.get(model_type) or next(iter(fam.classes.values()))
-  if "." in model_cls:  # jaxstab's own module (an engine module: imported only when needed)
-    module, _, cls = model_cls.rpartition(".")
-    return getattr(tr, config_cls), getattr(importlib.import_module(module), cls)
-  return getattr(tr, config_cls), getattr(tr, model_cls)
+  return getattr(tr, config_cls), _class_named(model_cls)
+
+
+def is_own(class_name: str) -> bool:
+  """A class named by module path is jaxstab's own (own_model.OwnClassifier)."""
+  return "." in class_name
+
+
+def _class_named(name: str):
+  if is_own(name):  # jaxstab's own module (an engine module: imported only when needed)
+    module, _, cls = name.rpartition(".")
+    return getattr(importlib.import_module(module), cls)
+  import transformers as tr  # pylint: disable=import-outside-toplevel
+  return getattr(tr, name)
+
+
+def mlm_class(arch: str):
+  """The Flax masked-LM class of a family (the forgetting analysis), transformers' or own."""
+  return _class_named(family_of(arch).mlm)
 
 
 def dropout_overrides(arch: str, p: float) -> dict:

@@ -259,6 +259,49 @@ class Classifier(nn.Module):
     return head(hidden, attention_mask, not train).astype(jnp.float32)
 
 
+class PredictionHead(nn.Module):
+  """transformers' `head` of the masked-LM model: dense, activation, LayerNorm per token."""
+  config: object
+  dtype: object = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.config
+    x = ACTIVATIONS[c.classifier_activation](
+        _dense(c.hidden_size, c, self.dtype, "dense", c.classifier_bias)(x))
+    return _norm(c, self.dtype, "norm")(x)
+
+
+class DecoderBias(nn.Module):
+  """The decoder's own bias (its weight is the word-embedding table)."""
+  size: int
+
+  @nn.compact
+  def __call__(self):
+    return self.param("bias", nn.initializers.zeros, (self.size,), jnp.float32)
+
+
+class MaskedLMModule(nn.Module):
+  """The masked-LM model of the forgetting analysis: the same backbone, the pretrained
+  prediction head on every token and the decoder, whose weight is the word-embedding table
+  (tied, as in the public checkpoints)."""
+  config: object
+  dtype: object = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, train: bool = False):
+    c = self.config
+    hidden = Backbone(c, self.dtype, self.remat, name="modernbert")(input_ids, attention_mask,
+                                                                    not train)
+    x = PredictionHead(c, self.dtype, name="head")(hidden)
+    table = self.variables["params"]["modernbert"]["embeddings"]["tok_embeddings"]["embedding"]
+    logits = jnp.einsum("bth,vh->btv", x, jnp.asarray(table, self.dtype))
+    if c.decoder_bias:
+      logits = logits + DecoderBias(c.vocab_size, name="decoder")().astype(self.dtype)
+    return logits.astype(jnp.float32)
+
+
 # One table: PyTorch module name -> Flax path (torch_weights reads the leaves by kind).
 _LAYER = r"model\.layers\.(\d+)\."
 _FLAX_LAYER = r"modernbert/layer/\1/"
@@ -296,3 +339,28 @@ class ModernBertClassifier(OwnClassifier):
   @classmethod
   def ignored_weights(cls, config):
     return IGNORED
+
+
+class ModernBertMaskedLM(ModernBertClassifier):
+  """transformers' ModernBertForMaskedLM in Flax, for the forgetting analysis (families'
+  `mlm`): the whole checkpoint is read, the prediction head and decoder bias included."""
+  module_class = MaskedLMModule
+  loads_head = True
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    check_config(config)
+    if not getattr(config, "tie_word_embeddings", True):
+      raise ConfigError("ModernBERT config tie_word_embeddings=False is not supported by "
+                        "jaxstab's masked-LM ModernBERT: its decoder is the embedding table")
+
+  @classmethod
+  def weight_table(cls, config):
+    return super().weight_table(config) + (
+        (r"head\.dense", "head/dense", tw.DENSE), (r"head\.norm", "head/norm", tw.NORM),
+        (r"decoder", "decoder", tw.DENSE))
+
+  @classmethod
+  def ignored_weights(cls, config):
+    return ((r"decoder\.weight", "the decoder's weight: tied to the word embeddings"),
+            (r"classifier\..*", "a sequence classifier's output layer"))

@@ -44,6 +44,9 @@ class OwnClassifier:
   backbone_key: str = ""
   # First names of a checkpoint saved from the bare encoder (no prefix), which get the prefix.
   bare_roots: Tuple[str, ...] = ("embeddings", "encoder")
+  # Read every weight of the tree from the checkpoint, not only the encoder's (a masked-LM
+  # model for the forgetting analysis, whose head is pretrained); a classifier's head never is.
+  loads_head: bool = False
 
   @classmethod
   def check_config(cls, config) -> None:
@@ -99,7 +102,7 @@ class OwnClassifier:
     model = cls(config, dtype=dtype, _do_init=False)
     shapes = model.params_shape_tree
     key = cls.backbone_key or cls.backbone_prefix
-    backbone = {key: shapes[key]}
+    backbone = dict(shapes) if cls.loads_head else {key: shapes[key]}
     params, _ = torch_weights.to_flax(state, cls.weight_table(config), cls.ignored_weights(config),
                                       backbone, path)
     model.params = params
