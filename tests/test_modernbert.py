@@ -13,7 +13,7 @@
 3. the loader: unused weights named, unexpected and missing ones refused by name, a bare
    encoder's names, config fields the module does not implement refused by name;
 4. the family in jaxstab: probe groups, the head per seed, stabilisers, remat, bf16, presets,
-   the forgetting analysis refused.
+   the masked-LM model of the forgetting analysis against PyTorch's.
 """
 import json
 import os
@@ -415,7 +415,7 @@ def test_remat_and_bfloat16(folders, parity):
   guards.enforce("bf16 close to float32", errors)
 
 
-def test_presets_forgetting_and_the_tiny_model():
+def test_presets_and_the_tiny_model():
   for size in ("base", "large"):
     cfg = config_lib.task_config("rte", f"model=modernbert-{size},setting=ours")
     assert cfg.model.name_or_path == f"answerdotai/ModernBERT-{size}"
@@ -430,11 +430,42 @@ def test_presets_forgetting_and_the_tiny_model():
   kinds = {modernbert.is_global(i, types.SimpleNamespace(**kw))
            for i in range(cfg.model.tiny.num_layers)}
   assert kinds == {True, False}  # global and local layers both occur
-  # The forgetting analysis (masked-LM perplexity) is not implemented for ModernBERT: refused.
-  inputs = types.SimpleNamespace(model=types.SimpleNamespace(
-      arch="modernbert", family=families.family_of("modernbert")), cfg=cfg)
-  with pytest.raises(ConfigError, match="forgetting.*is a modernbert model"):
-    forgetting.load_mlm(inputs)
+
+
+def test_the_masked_lm_model_of_the_forgetting_analysis(folders, parity, torch_mod, tmp_path):
+  """The masked-LM model (forgetting) equals transformers' ModernBertForMaskedLM on the real
+  tokens: the classifier's encoder, the pretrained prediction head, the decoder tied to the
+  word embeddings plus its own bias. A sequence classifier's folder has no decoder: refused."""
+  import transformers  # pylint: disable=import-outside-toplevel
+  torch = torch_mod
+  model, _, _ = parity["mean"]
+  tmlm = transformers.ModernBertForMaskedLM(folders["tmodel"].config).eval()
+  missing, unexpected = tmlm.load_state_dict(folders["tmodel"].state_dict(), strict=False)
+  assert set(missing) == {"decoder.weight", "decoder.bias"} and set(unexpected) == {
+      "classifier.weight", "classifier.bias"}
+  tmlm.tie_weights()
+  with torch.no_grad():
+    tmlm.decoder.bias.copy_(torch.randn_like(tmlm.decoder.bias))
+  tmlm.save_pretrained(tmp_path)
+  cfg = config_lib.task_config("rte", f"model={tmp_path},fidelity=corrected")
+  inputs = types.SimpleNamespace(model=model, cfg=cfg)
+  mlm = forgetting.load_mlm(inputs)
+  assert sorted(mlm.head) == ["decoder", "head"]
+  arrays = folders["arrays"]
+  ours = np.asarray(mlm.flax_model(jnp.asarray(arrays["input_ids"]),
+                                   attention_mask=jnp.asarray(arrays["attention_mask"]),
+                                   params=mlm.compose(mlm.pretrained)).logits)
+  with torch.no_grad():
+    theirs = tmlm(input_ids=torch.from_numpy(arrays["input_ids"].astype(np.int64)),
+                  attention_mask=torch.from_numpy(arrays["attention_mask"].astype(np.int64)))
+  real = arrays["attention_mask"] > 0
+  err = float(np.max(np.abs(ours - theirs.logits.numpy())[real]))
+  print(f"\n[modernbert masked-LM] max |d logit| {err:.2e} (max |logit| "
+        f"{np.max(np.abs(theirs.logits.numpy())):.3g})")
+  assert err < 5e-6  # measured 4.8e-7 (max |logit| 3.66)
+  with pytest.raises(ConfigError, match="lacks 1 weight.*decoder/bias"):
+    forgetting.load_mlm(types.SimpleNamespace(model=model, cfg=config_lib.task_config(
+        "rte", f"model={folders['safe']},fidelity=corrected")))
 
 
 def test_the_models_study_names_both_new_families():
