@@ -16,7 +16,7 @@ padding id), loaded with their own Flax class where transformers has one.
 | modernbert | classifier/dense, /norm, /out_proj | head | none | no          | RoPE      | yes   |
 
 The backbone key of each is its name. Only RoBERTa's transformers head differs from the paper's
-reference head; only BERT and RoBERTa get the forgetting analysis (ELECTRA's discriminator has no
+reference head; only BERT, RoBERTa and ModernBERT get the forgetting analysis (ELECTRA's discriminator has no
 masked-LM head; ALBERT's top layers cannot be restored apart); DistilBERT runs neither the fused
 attention nor Mixout of its two-layer head. `remat`: transformers' Flax classes of ALBERT and
 DistilBERT have no gradient checkpointing, so train.remat=layers is refused for them.
