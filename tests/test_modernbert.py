@@ -11,12 +11,12 @@
    global theta swapped, the wrong layers global, a norm on layer 0, mean pooling over padding
    each miss parity by far more than the bound;
 3. the loader: unused weights named, unexpected and missing ones refused by name, a bare
-   encoder's names, config fields the module does not implement refused by name;
-4. the family in jaxstab: probe groups, the head per seed, stabilisers, remat, bf16, presets,
-   the masked-LM model of the forgetting analysis against PyTorch's.
+   encoder's names;
+4. the family in jaxstab: probe groups, the head per seed, stabilisers, remat, bf16, the
+   masked-LM model of the forgetting analysis against PyTorch's.
+(Config refusals, presets, the tiny model and the study: tests/test_modernbert_config.py.)
 """
 import json
-import os
 import re
 import types
 
@@ -226,30 +226,6 @@ def test_the_folders_tokenizer_json_joins_pairs_as_the_arrays(folders):
 
 
 
-def test_a_byte_level_tokenizer_is_used_as_is_in_reference_mode(folders, glue_dir, tmp_path):
-  """ModernBERT's tokenizer is byte-level BPE, RoBERTa's kind, but the reference's RoBERTa
-  prefix space (model.roberta_prefix_space, on in reference fidelity) is not for it: inputs.load
-  gives the folder's tokenizer unchanged; a RoBERTa still gets the quirk."""
-  import shutil  # pylint: disable=import-outside-toplevel
-  from tokenizers import ByteLevelBPETokenizer  # pylint: disable=import-outside-toplevel
-  from transformers import PreTrainedTokenizerFast  # pylint: disable=import-outside-toplevel
-  from jaxstab.engine import inputs  # pylint: disable=import-outside-toplevel
-  bpe = ByteLevelBPETokenizer()
-  bpe.train_from_iterator(folders["split"].text_a, vocab_size=300, show_progress=False,
-                          special_tokens=["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"])
-  PreTrainedTokenizerFast(tokenizer_object=bpe, cls_token="[CLS]", pad_token="[PAD]",
-                          sep_token="[SEP]", unk_token="[UNK]",
-                          mask_token="[MASK]").save_pretrained(tmp_path)
-  for name in ("config.json", "model.safetensors"):
-    shutil.copy(os.path.join(folders["safe"], name), tmp_path / name)
-  cfg = config_lib.task_config("rte", f"model={tmp_path},setting=devlin")
-  cfg.data.dir = glue_dir
-  assert cfg.model.roberta_prefix_space and vocab.is_byte_level(vocab.load(cfg.model, None))
-  loaded = inputs.load(cfg)
-  assert loaded.model.arch == "modernbert"
-  assert not getattr(loaded.tokenizer, "add_prefix_space", False)
-  assert models.takes_roberta_prefix_space(config_lib.task_config("rte", "model=tiny-roberta").model)
-
 # --------------------------------------------------------------------------- 2. planted bugs
 
 def _standardise(x, eps=1e-5):
@@ -312,19 +288,6 @@ def test_unused_weights_are_named_and_others_are_errors(folders):
   bare = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
   named = torch_weights.normalise_names(bare, cls.backbone_prefix, cls.bare_roots)
   assert set(named) == {k for k in state if k.startswith("model.")}
-
-
-@pytest.mark.parametrize("field,value", [
-    ("rope_scaling", {"rope_type": "linear", "factor": 2.0}), ("partial_rotary_factor", 0.5),
-    ("head_dim", 16), ("classifier_pooling", "max"), ("hidden_activation", "swish"),
-    ("classifier_activation", "mish"), ("global_attn_every_n_layers", 0),
-    ("num_attention_heads", 5)])
-def test_unimplemented_config_fields_are_refused_by_name(field, value):
-  config = torch_config(100, 0, "cls")
-  setattr(config, field, value)
-  with pytest.raises(ConfigError, match=f"ModernBERT config {field}=") as e:
-    modernbert.ModernBertClassifier(config, _do_init=False)
-  assert "\n" not in str(e.value)
 
 
 # --------------------------------------------------------------------------- 4. the family
@@ -415,23 +378,6 @@ def test_remat_and_bfloat16(folders, parity):
   guards.enforce("bf16 close to float32", errors)
 
 
-def test_presets_and_the_tiny_model():
-  for size in ("base", "large"):
-    cfg = config_lib.task_config("rte", f"model=modernbert-{size},setting=ours")
-    assert cfg.model.name_or_path == f"answerdotai/ModernBERT-{size}"
-    assert cfg.optim.bias_correction and cfg.select == "best"  # the recipe applies as to BERT
-  assert families.TINY["tiny-modernbert"] == "modernbert"
-  cfg = config_lib.task_config("rte", "model=tiny-modernbert")
-  assert cfg.model.tokenizer == "wordpiece"
-  kw = families.tiny_config_kwargs("modernbert", cfg.model.tiny, 500, 2,
-                                   types.SimpleNamespace(pad_token_id=0, cls_token_id=2,
-                                                         sep_token_id=3))
-  assert kw["local_attention"] // 2 < cfg.train.max_seq_length  # the window is exercised
-  kinds = {modernbert.is_global(i, types.SimpleNamespace(**kw))
-           for i in range(cfg.model.tiny.num_layers)}
-  assert kinds == {True, False}  # global and local layers both occur
-
-
 def test_the_masked_lm_model_of_the_forgetting_analysis(folders, parity, torch_mod, tmp_path):
   """The masked-LM model (forgetting) equals transformers' ModernBertForMaskedLM on the real
   tokens: the classifier's encoder, the pretrained prediction head, the decoder tied to the
@@ -466,17 +412,3 @@ def test_the_masked_lm_model_of_the_forgetting_analysis(folders, parity, torch_m
   with pytest.raises(ConfigError, match="lacks 1 weight.*decoder/bias"):
     forgetting.load_mlm(types.SimpleNamespace(model=model, cfg=config_lib.task_config(
         "rte", f"model={folders['safe']},fidelity=corrected")))
-
-
-def test_the_models_study_names_both_new_families():
-  """configs/study_models.py:models=deberta-v3-large+modernbert-large: the paper's comparison
-  (Devlin against the baseline, three tasks) on both new families, by their hub ids."""
-  from jaxstab import main  # pylint: disable=import-outside-toplevel
-  from jaxstab.study import studies  # pylint: disable=import-outside-toplevel
-  path = os.path.join(os.path.dirname(__file__), "..", "configs", "study_models.py")
-  settings = dict(studies.expand(main.load_config(
-      path + ":models=deberta-v3-large+modernbert-large", [])))
-  assert sorted(settings) == sorted(f"{m}_{t}_{s}" for m in ("deberta-v3-large",
-                                                             "modernbert-large")
-                                    for t in ("rte", "mrpc", "cola") for s in ("devlin", "ours"))
-  assert settings["modernbert-large_rte_ours"].model.name_or_path == "answerdotai/ModernBERT-large"
