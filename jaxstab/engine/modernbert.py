@@ -25,6 +25,9 @@ the two to float32 rounding on padded real RTE pairs), behind own_model.OwnClass
 - biases only where `attention_bias`, `mlp_bias`, `norm_bias`, `classifier_bias` ask (the
   output layer always has one, as in PyTorch).
 
+`ModernBertMaskedLM` is the masked-LM model of the forgetting analysis: the same backbone with
+the checkpoint's prediction head and a decoder tied to the word embeddings.
+
 RoPE tables depend only on the static sequence length: numpy float32 at trace time. The
 planted-bug tests patch `is_global`, `half_window`, `rope_theta`, `first_attn_input` and
 `pool`, which the modules look up at trace time.
