@@ -47,9 +47,11 @@ POOLINGS = ("cls", "mean")
 def check_config(config) -> None:
   """Every field of the public ModernBERT configs is honoured or refused here, by name.
 
-  Fields read only by other heads or other attention kernels (decoder_bias, sparse_prediction,
+  Fields read only by other kernels or training paths (sparse_prediction,
   sparse_pred_ignore_index, repad_logits_with_grad, deterministic_flash_attn,
-  reference_compile) change nothing a sequence classifier computes with eager attention."""
+  reference_compile) change nothing computed here with eager attention; decoder_bias and
+  tie_word_embeddings concern the masked-LM model alone (ModernBertMaskedLM honours the first
+  and refuses an untied decoder)."""
   def bad(field, value, why):
     raise ConfigError(f"ModernBERT config {field}={value!r} is not supported by jaxstab's "
                       f"ModernBERT module: {why}")
