@@ -86,3 +86,19 @@ def test_a_byte_level_tokenizer_is_used_as_is_in_reference_mode(glue_dir, tmp_pa
   assert loaded.model.arch == "modernbert"
   assert not getattr(loaded.tokenizer, "add_prefix_space", False)
   assert models.takes_roberta_prefix_space(config_lib.task_config("rte", "model=tiny-roberta").model)
+
+
+def test_the_models_study_with_the_tiny_versions_passes_the_checks():
+  """The offline form of the same study (trained by hand, BUILD_NOTES): every setting passes
+  the checks a study makes before its first step, with the tiny models' shapes."""
+  from jaxstab import main  # pylint: disable=import-outside-toplevel
+  from jaxstab.study import studies, validate  # pylint: disable=import-outside-toplevel
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", "study_models.py")
+  settings = studies.expand(main.load_config(
+      path + ":models=tiny-deberta-v3+tiny-modernbert,tasks=rte", []))
+  assert len(settings) == 4
+  for name, sub in settings:
+    validate.check_config(sub)
+    arch, layers = models.shape_of(sub.model)
+    validate.check_model(sub, arch, layers)
+    assert arch == ("modernbert" if "modernbert" in name else "deberta"), name
