@@ -16,8 +16,9 @@ padding id), loaded with their own Flax class where transformers has one.
 | modernbert | classifier/dense, /norm, /out_proj | head | none | no          | RoPE      | yes   |
 
 The backbone key of each is its name. Only RoBERTa's transformers head differs from the paper's
-reference head; only BERT, RoBERTa and ModernBERT get the forgetting analysis (ELECTRA's discriminator has no
-masked-LM head; ALBERT's top layers cannot be restored apart); DistilBERT runs neither the fused
+reference head; only BERT, RoBERTa and ModernBERT get the forgetting analysis (ELECTRA's
+discriminator has no masked-LM head; ALBERT's top layers cannot be restored apart); DistilBERT
+runs neither the fused
 attention nor Mixout of its two-layer head. `remat`: transformers' Flax classes of ALBERT and
 DistilBERT have no gradient checkpointing, so train.remat=layers is refused for them.
 
@@ -32,7 +33,10 @@ family, so the paper's `reinit` setting runs unchanged.
 ModernBERT (model_type modernbert, jaxstab/engine/modernbert.py) is the second: transformers'
 `head` (dense, activation, LayerNorm over the pooled tokens) and `classifier` are one head key,
 `classifier/{dense, norm, out_proj}`, drawn per seed like DeBERTa's context pooler (`head_pooler`);
-its final LayerNorm belongs to the top layer's group.
+its final LayerNorm belongs to the top layer's group. Its masked-LM class (forgetting) is own
+too, named by module path in `mlm` (`mlm_class` resolves either kind). Its tokenizer is
+byte-level BPE like RoBERTa's, but the reference's RoBERTa tokenization quirk is the RoBERTa
+record's alone (`roberta_tokenizer`).
 
 Code asks the record (`family_of(model.arch).shared_layer`, `.segment_ids`, ...), never compares
 family names, so adding a family means one record here plus whatever model code it needs (a
