@@ -85,7 +85,8 @@ def test_a_byte_level_tokenizer_is_used_as_is_in_reference_mode(glue_dir, tmp_pa
   loaded = inputs.load(cfg)
   assert loaded.model.arch == "modernbert"
   assert not getattr(loaded.tokenizer, "add_prefix_space", False)
-  assert models.takes_roberta_prefix_space(config_lib.task_config("rte", "model=tiny-roberta").model)
+  roberta = config_lib.task_config("rte", "model=tiny-roberta")
+  assert models.takes_roberta_prefix_space(roberta.model)
 
 
 def test_the_models_study_with_the_tiny_versions_passes_the_checks():

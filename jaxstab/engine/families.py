@@ -18,9 +18,9 @@ padding id), loaded with their own Flax class where transformers has one.
 The backbone key of each is its name. Only RoBERTa's transformers head differs from the paper's
 reference head; only BERT, RoBERTa and ModernBERT get the forgetting analysis (ELECTRA's
 discriminator has no masked-LM head; ALBERT's top layers cannot be restored apart); DistilBERT
-runs neither the fused
-attention nor Mixout of its two-layer head. `remat`: transformers' Flax classes of ALBERT and
-DistilBERT have no gradient checkpointing, so train.remat=layers is refused for them.
+runs neither the fused attention nor Mixout of its two-layer head. `remat`: transformers' Flax
+classes of ALBERT and DistilBERT have no gradient checkpointing, so train.remat=layers is
+refused for them.
 
 DeBERTa-v2/v3 (model_type deberta-v2) is the first family whose Flax module is jaxstab's own
 (jaxstab/engine/deberta.py): its record names that class by module path where the others name a
