@@ -64,9 +64,11 @@ def test_each_record_matches_its_flax_model(model_type):
   takes = "gradient_checkpointing" in inspect.signature(type(flax_model).__init__).parameters
   assert takes == fam.remat
   # The first position embedding that gets a gradient is the family's position offset.
-  # (DeBERTa-v3 has relative positions only: no table unless position_biased_input.)
+  # (DeBERTa-v3 has relative positions only: no table unless position_biased_input;
+  # ModernBERT's are rotary, in every layer.)
   table = grads[fam.backbone]["embeddings"].get("position_embeddings")
-  assert (table is None) == (not getattr(config, "position_biased_input", True))
+  assert (table is None) == (fam.rotary_positions
+                             or not getattr(config, "position_biased_input", True))
   if table is not None:
     rows = np.asarray(table["embedding"])
     assert int(np.argmax(np.any(rows != 0, axis=1))) == fam.position_offset(config)
@@ -75,8 +77,7 @@ def test_each_record_matches_its_flax_model(model_type):
     assert not np.allclose(model.logits(params, batch),
                            model.logits(params, batch, pass_segment_ids=False))
   if fam.mlm:  # the forgetting analysis's masked-LM model holds the same backbone
-    import transformers  # pylint: disable=import-outside-toplevel
-    mlm = getattr(transformers, fam.mlm)(config, seed=0)
+    mlm = families.mlm_class(fam.name)(config, seed=0)
     assert fam.backbone in mlm.params and fam.backbone == families.MODEL_TYPES[model_type]
 
 

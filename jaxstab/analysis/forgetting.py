@@ -90,7 +90,7 @@ def _transformers():
 
 
 def _mlm_class(arch):
-  return getattr(_transformers(), families.family_of(arch).mlm)
+  return families.mlm_class(arch)
 
 
 def _same_tree(a, b) -> Optional[str]:
@@ -161,7 +161,7 @@ def load_mlm(inputs: analysis.SettingInputs) -> MaskedLM:
     raise ConfigError(f"forgetting per layer is undefined for {fam.title}: its layers share one "
                       "set of weights, so the top k layers cannot be restored separately")
   own = own_classifier(model)
-  if own is not None:
+  if own is not None and not fam.mlm:  # jaxstab's own module with no masked-LM twin (DeBERTa)
     raise ConfigError(own_family_refusal(own, model, cfg.model.name_or_path))
   if not fam.mlm:  # e.g. ELECTRA's discriminator has no masked-LM head
     with_mlm = " and ".join(f.title for f in families.FAMILIES.values() if f.mlm)
@@ -181,8 +181,11 @@ def load_mlm(inputs: analysis.SettingInputs) -> MaskedLM:
     local = os.path.isdir(name)
     from_pt = local and not os.path.isfile(os.path.join(name, "flax_model.msgpack"))
     try:
-      flax_model = tr.FlaxAutoModelForMaskedLM.from_pretrained(name, dtype=dtype, from_pt=from_pt,
-                                                               seed=PROBE_SEED)
+      if families.is_own(fam.mlm):  # jaxstab's own module reads the PyTorch checkpoint strictly
+        flax_model = _mlm_class(arch).from_pretrained(name, config=model.config, dtype=dtype)
+      else:
+        flax_model = tr.FlaxAutoModelForMaskedLM.from_pretrained(
+            name, dtype=dtype, from_pt=from_pt, seed=PROBE_SEED)
     except (OSError, ValueError, KeyError) as e:
       raise ConfigError(f"cannot load a masked-LM model from {name!r} (model.name_or_path): "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e

@@ -115,7 +115,8 @@ def base_config() -> ml_collections.ConfigDict:
                                        # (by the compiled step's memory analysis; docs/memory.md)
   c.train.seed_axis = "auto"           # auto | vmap | map (one seed at a time; auto: map on 1 CPU)
   c.train.remat = "none"               # none | layers: recompute each encoder layer in the backward
-                                       # pass (less memory per seed; BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa)
+                                       # pass (less memory per seed; BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa,
+                                       # ModernBERT)
   c.train.early_stop = ml_collections.ConfigDict()  # start many, continue the best (early_stop.py)
   c.train.early_stop.at = 0.0          # fraction of the total steps at which runs are ranked; 0 = off
   c.train.early_stop.keep = 0          # runs continued after that point (the rest stop there)

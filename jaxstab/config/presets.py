@@ -28,6 +28,11 @@ MODELS = {
     "deberta-v3-base": {"model.name_or_path": "microsoft/deberta-v3-base"},
     "deberta-v3-small": {"model.name_or_path": "microsoft/deberta-v3-small"},
     "deberta-v3-xsmall": {"model.name_or_path": "microsoft/deberta-v3-xsmall"},
+    # ModernBERT (jaxstab's own Flax module; its tokenizer.json needs nothing beyond the base
+    # install). The short names stand for Answer.AI's hub ids; no per-model overrides (the
+    # ModernBERT paper's GLUE learning rates are advice in docs/running.md, not a preset).
+    "modernbert-large": {"model.name_or_path": "answerdotai/ModernBERT-large"},
+    "modernbert-base": {"model.name_or_path": "answerdotai/ModernBERT-base"},
     "tiny-bert": {"model.tokenizer": "wordpiece"},
     "tiny-roberta": {"model.tokenizer": "wordpiece"},
     "tiny-albert": {"model.tokenizer": "wordpiece"},
@@ -35,6 +40,7 @@ MODELS = {
     "tiny-distilbert": {"model.tokenizer": "wordpiece"},
     "tiny-xlm-roberta": {"model.tokenizer": "wordpiece"},
     "tiny-deberta-v3": {"model.tokenizer": "wordpiece"},
+    "tiny-modernbert": {"model.tokenizer": "wordpiece"},
 }
 
 # The recipes users compare (../shared/paper/NOTES.md "Settings"; BUILD_NOTES.md says why each value was chosen).

@@ -39,10 +39,12 @@ def train_wordpiece(corpus, vocab_size: int):
   return tok
 
 
-def load(model_cfg, corpus_fn):
+def load(model_cfg, corpus_fn, prefix_space=None):
   """`model.tokenizer`: '' = the model's own; 'wordpiece' = trained on corpus_fn(); else a
   folder or hub id. `model.roberta_prefix_space` makes a byte-level BPE tokenizer (RoBERTa's)
-  tokenize as the reference's did (`reference_prefix_space`); other tokenizers are unchanged."""
+  tokenize as the reference's did (`reference_prefix_space`); other tokenizers are unchanged.
+  `prefix_space` (when not None) replaces that flag: the engine passes False for a family that
+  is not RoBERTa's (ModernBERT's tokenizer is byte-level BPE too)."""
   source = model_cfg.tokenizer or model_cfg.name_or_path
   if source == "wordpiece":
     return train_wordpiece(corpus_fn(), int(model_cfg.tiny.vocab_size))
@@ -52,7 +54,9 @@ def load(model_cfg, corpus_fn):
   from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
   try:
     tok = AutoTokenizer.from_pretrained(source, use_fast=True)
-    prefix_space = model_cfg.roberta_prefix_space and is_byte_level(tok)
+    if prefix_space is None:
+      prefix_space = model_cfg.roberta_prefix_space
+    prefix_space = prefix_space and is_byte_level(tok)
     if prefix_space:
       tok = AutoTokenizer.from_pretrained(source, use_fast=True, add_prefix_space=True)
   except (OSError, ValueError) as e:

@@ -24,21 +24,15 @@ rounding on real RTE pairs), behind own_model.OwnClassifier's interface:
 The planted-bug tests patch `c2p_term`, `p2c_term`, `attention_scale` and `log_buckets`, which
 the modules look up at trace time.
 """
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxstab.engine import torch_weights as tw
-from jaxstab.engine.own_model import OwnClassifier
+from jaxstab.engine.own_model import ACTIVATIONS, OwnClassifier
 from jaxstab.infra.errors import ConfigError
 
-ACTIVATIONS = {"gelu": functools.partial(nn.gelu, approximate=False),
-               "gelu_new": functools.partial(nn.gelu, approximate=True),
-               "gelu_pytorch_tanh": functools.partial(nn.gelu, approximate=True),
-               "relu": nn.relu, "tanh": jnp.tanh}
 TERMS = ("c2p", "p2c")
 REL_NORMS = ("none", "layer_norm")
 

@@ -13,12 +13,14 @@ padding id), loaded with their own Flax class where transformers has one.
 | electra    | classifier/dense, /out_proj | no     | yes      | no           | from 0    | yes   |
 | distilbert | pre_classifier, classifier  | no     | none     | no           | from 0    | no    |
 | deberta    | classifier/dense, /out_proj | head   | none     | no           | relative  | yes   |
+| modernbert | classifier/dense, /norm, /out_proj | head | none | no          | RoPE      | yes   |
 
 The backbone key of each is its name. Only RoBERTa's transformers head differs from the paper's
-reference head; only BERT and RoBERTa get the forgetting analysis (ELECTRA's discriminator has no
-masked-LM head; ALBERT's top layers cannot be restored apart); DistilBERT runs neither the fused
-attention nor Mixout of its two-layer head. `remat`: transformers' Flax classes of ALBERT and
-DistilBERT have no gradient checkpointing, so train.remat=layers is refused for them.
+reference head; only BERT, RoBERTa and ModernBERT get the forgetting analysis (ELECTRA's
+discriminator has no masked-LM head; ALBERT's top layers cannot be restored apart); DistilBERT
+runs neither the fused attention nor Mixout of its two-layer head. `remat`: transformers' Flax
+classes of ALBERT and DistilBERT have no gradient checkpointing, so train.remat=layers is
+refused for them.
 
 DeBERTa-v2/v3 (model_type deberta-v2) is the first family whose Flax module is jaxstab's own
 (jaxstab/engine/deberta.py): its record names that class by module path where the others name a
@@ -27,6 +29,14 @@ transformers' Flax classifiers (own_model.OwnClassifier), so nothing else asks w
 context pooler has no pretrained weights in the public v3 checkpoints, so it is part of the head
 drawn per seed (`head_pooler`): stabilisers.reinit_pooler re-draws nothing, as in RoBERTa's
 family, so the paper's `reinit` setting runs unchanged.
+
+ModernBERT (model_type modernbert, jaxstab/engine/modernbert.py) is the second: transformers'
+`head` (dense, activation, LayerNorm over the pooled tokens) and `classifier` are one head key,
+`classifier/{dense, norm, out_proj}`, drawn per seed like DeBERTa's context pooler (`head_pooler`);
+its final LayerNorm belongs to the top layer's group. Its masked-LM class (forgetting) is own
+too, named by module path in `mlm` (`mlm_class` resolves either kind). Its tokenizer is
+byte-level BPE like RoBERTa's, but the reference's RoBERTa tokenization quirk is the RoBERTa
+record's alone (`roberta_tokenizer`).
 
 Code asks the record (`family_of(model.arch).shared_layer`, `.segment_ids`, ...), never compares
 family names, so adding a family means one record here plus whatever model code it needs (a
@@ -71,13 +81,17 @@ class Family:
   dropout_keys: Tuple[str, ...] = BERT_DROPOUT  # config values model.dropout sets
   sizes: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(BERT_SIZES))
   narrow_embeddings: bool = False    # the tiny model's embeddings are half the hidden size
-  mlm: Optional[str] = None          # Flax masked-LM class of the forgetting analysis
+  mlm: Optional[str] = None          # Flax masked-LM class of the forgetting analysis (or path)
   # Its Flax classifier takes `gradient_checkpointing` (each encoder layer under flax's remat),
   # so train.remat=layers can recompute the layers' activations in the backward pass.
   remat: bool = True
   # The pooler has no pretrained value and is part of the head (DeBERTa-v3's context pooler):
   # stabilisers.reinit_pooler has nothing more to re-draw: the head is drawn per seed anyway.
   head_pooler: bool = False
+  rotary_positions: bool = False  # RoPE in every layer: no position table (ModernBERT)
+  # model.roberta_prefix_space (the reference's RoBERTa tokenization) applies to its
+  # tokenizer; another family's byte-level BPE (ModernBERT's) is used as the model was trained.
+  roberta_tokenizer: bool = False
   tiny_name: str = ""         # the built-in tiny model of the first model type (else tiny-<type>)
   tiny_config: Mapping[str, object] = dataclasses.field(default_factory=dict)  # its own config
 
@@ -107,7 +121,7 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
     Family("roberta", "RoBERTa / XLM-RoBERTa",
            {"roberta": ("RobertaConfig", "FlaxRobertaForSequenceClassification"),
             "xlm-roberta": ("XLMRobertaConfig", "FlaxXLMRobertaForSequenceClassification")},
-           also=("camembert",), pooler=False,
+           also=("camembert",), pooler=False, roberta_tokenizer=True,
            positions_after_pad=True, reference_head=True, mlm="FlaxRobertaForMaskedLM"),
     # ALBERT has an MLM head, but forgetting restores layers one by one: refused (shared_layer).
     Family("albert", "ALBERT", {"albert": ("AlbertConfig", "FlaxAlbertForSequenceClassification")},
@@ -142,6 +156,22 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
                             share_att_key=True, norm_rel_ebd="layer_norm",
                             position_biased_input=False, type_vocab_size=0, layer_norm_eps=1e-7,
                             cls_dropout=None)),
+    # jaxstab's own Flax module. No pretrained pooler: transformers' `head` (dense, activation,
+    # LayerNorm) and the output layer are both drawn per seed under `classifier`. Its tiny
+    # model alternates global and local layers (every 2nd global) with a 16-token window, so
+    # real RTE pairs exceed it.
+    Family("modernbert", "ModernBERT",
+           {"modernbert": ("ModernBertConfig",
+                           "jaxstab.engine.modernbert.ModernBertClassifier")},
+           note="jaxstab's own Flax module", pooler=False, segment_ids=False,
+           fused_attention=False, head_pooler=True, rotary_positions=True,
+           mlm="jaxstab.engine.modernbert.ModernBertMaskedLM",
+           dropout_keys=("embedding_dropout", "attention_dropout", "mlp_dropout",
+                         "classifier_dropout"),
+           tiny_config=dict(global_attn_every_n_layers=2, local_attention=16,
+                            global_rope_theta=160000.0, local_rope_theta=10000.0,
+                            classifier_pooling="mean", norm_bias=False, attention_bias=False,
+                            mlp_bias=False, classifier_bias=False)),
 )}
 
 ARCHS = tuple(FAMILIES)
@@ -186,10 +216,25 @@ def classes(model_type: str):
   import transformers as tr  # pylint: disable=import-outside-toplevel  # heavy; only when needed
   fam = family_of(model_type)
   config_cls, model_cls = fam.classes.get(model_type) or next(iter(fam.classes.values()))
-  if "." in model_cls:  # jaxstab's own module (an engine module: imported only when needed)
-    module, _, cls = model_cls.rpartition(".")
-    return getattr(tr, config_cls), getattr(importlib.import_module(module), cls)
-  return getattr(tr, config_cls), getattr(tr, model_cls)
+  return getattr(tr, config_cls), _class_named(model_cls)
+
+
+def is_own(class_name: str) -> bool:
+  """A class named by module path is jaxstab's own (own_model.OwnClassifier)."""
+  return "." in class_name
+
+
+def _class_named(name: str):
+  if is_own(name):  # jaxstab's own module (an engine module: imported only when needed)
+    module, _, cls = name.rpartition(".")
+    return getattr(importlib.import_module(module), cls)
+  import transformers as tr  # pylint: disable=import-outside-toplevel
+  return getattr(tr, name)
+
+
+def mlm_class(arch: str):
+  """The Flax masked-LM class of a family (the forgetting analysis), transformers' or own."""
+  return _class_named(family_of(arch).mlm)
 
 
 def dropout_overrides(arch: str, p: float) -> dict:

@@ -50,7 +50,9 @@ def load(cfg) -> Inputs:
     if cfg.data.source != "synthetic":  # the demo's generator makes one dev set
       extra = {name: dataset.load_split(task, name, cfg.data.source, cfg.data.dir)
                for name in task.extra_dev}
-  tokenizer = vocab.load(cfg.model, lambda: train_split.text_a + (train_split.text_b or []))
+  prefix_space = cfg.model.roberta_prefix_space and models.takes_roberta_prefix_space(cfg.model)
+  tokenizer = vocab.load(cfg.model, lambda: train_split.text_a + (train_split.text_b or []),
+                         prefix_space=prefix_space)
   model = models.load(cfg.model, task.num_labels, tokenizer)
   models.check_fit(model, tokenizer, cfg.train.max_seq_length)
   return Inputs(task, model, tokenizer, train_split, dev_split, extra)

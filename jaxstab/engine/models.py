@@ -322,6 +322,7 @@ def init_head(params, key, init_range: float, head: str = "transformers"):
   family with `reference_head` (a `roberta` backbone: RoBERTa, XLM-R) is drawn this way;
   ELECTRA's classifier/dense is N(0, init_range).
 
+  A LayerNorm in the head (ModernBERT's `classifier/norm`) starts at scale 1, bias 0.
   `classifier` is drawn from `key` itself and DistilBERT's `pre_classifier` from
   fold_in(key, 1), so the families with a one-part head draw it from `key` alone.
   """
@@ -347,6 +348,8 @@ def _draw_head(head_params, key, init_range, reference):
       new.append(jax.random.uniform(k, leaf.shape, leaf.dtype, -bound, bound))
     elif names[-1] == "kernel":
       new.append(init_range * jax.random.normal(k, leaf.shape, leaf.dtype))
+    elif names[-1] == "scale":  # a LayerNorm in the head (ModernBERT's head/norm): scale 1
+      new.append(jnp.ones_like(leaf))
     else:
       new.append(jnp.zeros_like(leaf))
   return jax.tree_util.tree_unflatten(treedef, new)
@@ -354,6 +357,22 @@ def _draw_head(head_params, key, init_range, reference):
 
 def param_count(params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+
+
+def takes_roberta_prefix_space(model_cfg) -> bool:
+  """Whether model.roberta_prefix_space applies to `model.name_or_path`: only where its family
+  says so (RoBERTa's: the reference's tokenizer quirk). Read from the config before the
+  tokenizer is loaded; a config that cannot be read here keeps the flag (models.load then says
+  why it cannot load the model)."""
+  name = model_cfg.name_or_path
+  if name in TINY:
+    return families.family_of(TINY[name]).roberta_tokenizer
+  import transformers as tr  # pylint: disable=import-outside-toplevel  # heavy; only when needed
+  try:
+    config = tr.AutoConfig.from_pretrained(name)
+  except (OSError, ValueError):
+    return True
+  return families.family_of(config, name).roberta_tokenizer
 
 
 def shape_of(model_cfg):

@@ -12,14 +12,23 @@ and re-initialisation read a plain nested dict of parameters and intercept linen
 as they do for transformers' classes.
 """
 import dataclasses
+import functools
 import re
 from typing import Any, Sequence, Tuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax.core import unfreeze
 
 from jaxstab.engine import torch_weights
+
+
+# The activations transformers' ACT2FN names, for the own modules' configs (`gelu` is exact).
+ACTIVATIONS = {"gelu": functools.partial(nn.gelu, approximate=False),
+               "gelu_new": functools.partial(nn.gelu, approximate=True),
+               "gelu_pytorch_tanh": functools.partial(nn.gelu, approximate=True),
+               "relu": nn.relu, "tanh": jnp.tanh}
 
 
 @dataclasses.dataclass
@@ -32,6 +41,13 @@ class OwnClassifier:
   (input_ids, attention_mask, train) -> logits."""
   module_class: Any = None
   backbone_prefix: str = ""  # the checkpoint names' prefix of the encoder (e.g. 'deberta')
+  # The encoder's key in the Flax tree (the family's name); the prefix when left empty.
+  backbone_key: str = ""
+  # First names of a checkpoint saved from the bare encoder (no prefix), which get the prefix.
+  bare_roots: Tuple[str, ...] = ("embeddings", "encoder")
+  # Read every weight of the tree from the checkpoint, not only the encoder's (a masked-LM
+  # model for the forgetting analysis, whose head is pretrained); a classifier's head never is.
+  loads_head: bool = False
   # Regexes on checkpoint names of the family's masked-LM head, and why a checkpoint may have
   # none: the forgetting analysis decides from the checkpoint's own names (masked_lm_weights).
   mlm_head: Sequence[str] = ()
@@ -93,10 +109,11 @@ class OwnClassifier:
     del unused  # from_pt: always PyTorch (safetensors or .bin) for own modules
     folder = torch_weights.resolve(name)
     state, path = torch_weights.read_state(folder)
-    state = torch_weights.normalise_names(state, cls.backbone_prefix)
+    state = torch_weights.normalise_names(state, cls.backbone_prefix, cls.bare_roots)
     model = cls(config, dtype=dtype, _do_init=False)
     shapes = model.params_shape_tree
-    backbone = {cls.backbone_prefix: shapes[cls.backbone_prefix]}
+    key = cls.backbone_key or cls.backbone_prefix
+    backbone = dict(shapes) if cls.loads_head else {key: shapes[key]}
     params, _ = torch_weights.to_flax(state, cls.weight_table(config), cls.ignored_weights(config),
                                       backbone, path)
     model.params = params

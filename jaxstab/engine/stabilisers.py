@@ -92,7 +92,7 @@ def reinit_top_layers(params, key, arch: str, num_layers: int, k: int, pooler: b
     names = path_names(path)
     if names[0] in HEAD_KEYS or group_of(path, arch) not in targets:
       out.append(w)
-    elif any("layernorm" in n.lower().replace("_", "") for n in names):  # DistilBERT: *_layer_norm
+    elif any("norm" in n.lower() for n in names):  # LayerNorm, *_layer_norm, ModernBERT's *_norm
       out.append(jnp.ones_like(w) if names[-1] == "scale" else jnp.zeros_like(w))
     elif names[-1] in ("kernel", "embedding"):
       out.append(init_range * jax.random.normal(kk, w.shape, w.dtype))

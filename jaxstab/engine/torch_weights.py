@@ -106,16 +106,18 @@ def read_pickle(path: str) -> Dict[str, np.ndarray]:
   return {k: v.detach().to(torch.float32).numpy() for k, v in state.items()}
 
 
-def normalise_names(state: Dict[str, np.ndarray], prefix: str) -> Dict[str, np.ndarray]:
+def normalise_names(state: Dict[str, np.ndarray], prefix: str,
+                    bare_roots: Sequence[str] = ("embeddings", "encoder")) -> Dict[str, np.ndarray]:
   """Names as the family's table spells them: LayerNorm gamma/beta as weight/bias, and the
-  backbone's prefix added when the checkpoint was saved from the bare encoder (no `prefix.`)."""
+  backbone's prefix added when the checkpoint was saved from the bare encoder (no `prefix.`):
+  to the names whose first part is one of the encoder's own (`bare_roots`)."""
   out = {}
   bare = not any(k.startswith(prefix + ".") for k in state)
   for k, v in state.items():
     head, _, leaf = k.rpartition(".")
     if "LayerNorm" in head and leaf in _OLD_NORM_NAMES:
       k = f"{head}.{_OLD_NORM_NAMES[leaf]}"
-    if bare and k.split(".")[0] in ("embeddings", "encoder"):
+    if bare and k.split(".")[0] in bare_roots:
       k = f"{prefix}.{k}"
     out[k] = v
   return out
