@@ -413,5 +413,5 @@ def test_forgetting_is_decided_from_the_checkpoints_weight_names(folders):
     assert fragment in forgetting.own_family_refusal(own, model, folders[which])
   assert "tiny-deberta-v3 is a random DeBERTa-v2/v3 classifier with no masked-LM head" in \
       forgetting.own_family_refusal(own, model, "tiny-deberta-v3")
-  bert = types.SimpleNamespace(config=types.SimpleNamespace(model_type="bert"))
+  bert = types.SimpleNamespace(family=families.family_of("bert"))
   assert forgetting.own_classifier(bert) is None  # transformers' classes keep their MLM path

@@ -130,7 +130,7 @@ def newly_initialised(flax_model, params, seed: int = PROBE_SEED) -> List[str]:
 def own_classifier(model):
   """The class of a family whose Flax module is jaxstab's own (own_model.OwnClassifier), else
   None (transformers' classes, with their *ForMaskedLM twins)."""
-  _, cls = families.classes(model.config.model_type)
+  _, cls = families.classes(next(iter(model.family.classes)))
   return cls if isinstance(cls, type) and issubclass(cls, own_model.OwnClassifier) else None
 
 

@@ -367,6 +367,8 @@ def takes_roberta_prefix_space(model_cfg) -> bool:
   name = model_cfg.name_or_path
   if name in TINY:
     return families.family_of(TINY[name]).roberta_tokenizer
+  if os.path.isdir(name) and not os.path.isfile(os.path.join(name, "config.json")):
+    return True  # AutoConfig would guess a config from the folder's name; models.load refuses it
   import transformers as tr  # pylint: disable=import-outside-toplevel  # heavy; only when needed
   try:
     config = tr.AutoConfig.from_pretrained(name)
