@@ -77,7 +77,7 @@ def _too_few(n: int) -> Undefined:
 def disagreement(outputs, seeds=None):
   """Mean over the pairs of seeds of the share of examples they label differently (1 minus the
   pairwise agreement; Du & Nguyen 2023). 0: every seed gives every example one label."""
-  pred = predictions(outputs, seeds)
+  pred = np.argmax(_classes(outputs, seeds, "agreement.disagreement"), axis=-1)
   if pred.shape[0] < 2:
     return _too_few(pred.shape[0])
   return float(np.mean([np.mean(pred[i] != pred[j])
