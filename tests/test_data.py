@@ -1,4 +1,5 @@
 """jaxstab.data.dataset: the TSV reader on the real GLUE files, error messages, batching, tokenizing."""
+import collections
 import functools
 import os
 
@@ -229,6 +230,7 @@ def test_tokenize_pairs_and_singles(glue_dir, tokenizer):
 
 
 def test_tokenize_cached(tmp_path, monkeypatch, glue_dir, tokenizer):
+  monkeypatch.setattr(dataset, "_MEMO", collections.OrderedDict())  # this process's copies
   rte = _load("rte", "dev", glue_dir)
   split = dataset.Split(rte.text_a[:4], rte.text_b[:4], rte.labels[:4])
   cache = tmp_path / "cache"
@@ -271,3 +273,29 @@ def test_damaged_token_cache_is_tokenized_again_and_replaced(tmp_path, glue_dir,
   for k in first:
     np.testing.assert_array_equal(again[k], first[k])
   assert path.read_bytes() == good and [p.name for p in cache.iterdir()] == [path.name]
+
+
+def test_a_set_tokenized_again_in_this_process_is_a_fresh_copy(monkeypatch, glue_dir, tokenizer):
+  """The in-process memo (dataset.tokenize_memo): a second study setting on the same texts,
+  tokenizer and length does not tokenize again, gets arrays equal to a fresh tokenization that
+  it may change without touching the next caller's, and a set over MEMO_BYTES is not kept."""
+  monkeypatch.setattr(dataset, "_MEMO", collections.OrderedDict())
+  rte = _load("rte", "dev", glue_dir)
+  split = dataset.Split(rte.text_a[:6], rte.text_b[:6], rte.labels[:6])
+  fresh = dataset.tokenize(split, tokenizer, 32)
+  calls = []
+  real = dataset.tokenize
+  monkeypatch.setattr(dataset, "tokenize", lambda *a, **k: calls.append(1) or real(*a, **k))
+  first = dataset.tokenize_cached(split, tokenizer, 32, None, "rte-dev")
+  first["input_ids"][:] = -1  # the caller's own copy
+  second = dataset.tokenize_cached(split, tokenizer, 32, None, "rte-dev")
+  assert len(calls) == 1
+  for k in fresh:
+    np.testing.assert_array_equal(second[k], fresh[k])
+  dataset.tokenize_memo(split, tokenizer, 16)  # another length: tokenized
+  assert len(calls) == 2
+  monkeypatch.setattr(dataset, "MEMO_BYTES", fresh["input_ids"].nbytes)  # smaller than a set
+  monkeypatch.setattr(dataset, "_MEMO", collections.OrderedDict())
+  dataset.tokenize_memo(split, tokenizer, 32)
+  dataset.tokenize_memo(split, tokenizer, 32)
+  assert len(calls) == 4 and not dataset._MEMO  # pylint: disable=protected-access

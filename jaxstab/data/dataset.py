@@ -11,6 +11,7 @@ into arrays allocated once, with a progress line every 20,000 examples, so the t
 per-example Python objects exist for one chunk at a time, and the cache file is written from
 those arrays without an in-memory copy of the file.
 """
+import collections
 import hashlib
 import itertools
 import os
@@ -115,6 +116,28 @@ def tokenize(split: Split, tokenizer, max_len: int, chunk: int = 0, name: str = 
 
 
 CACHED = ("input_ids", "attention_mask", "token_type_ids", "labels")
+# Tokenized sets kept in this process, by fingerprint: the settings of a study (and the runs of a
+# test session) tokenize the same texts with the same tokenizer again and again, and a small
+# vocabulary (the tiny models') splits words into characters, which makes that slow. Sets over
+# this many bytes are not kept (MNLI at length 128 is ~600 MB: its disk cache is the saving).
+MEMO_BYTES = 256 << 20
+_MEMO: "collections.OrderedDict[str, dict]" = collections.OrderedDict()
+
+
+def tokenize_memo(split: Split, tokenizer, max_len: int, name: str = "",
+                  fingerprint: str = "") -> dict:
+  """`tokenize`, reusing this process's copy of the same texts, tokenizer and length (a fresh
+  copy of each array: callers may change theirs)."""
+  key = fingerprint or _fingerprint(split, tokenizer, max_len)
+  if key not in _MEMO:
+    arrays = tokenize(split, tokenizer, max_len, name=name)
+    if sum(a.nbytes for a in arrays.values()) > MEMO_BYTES:
+      return arrays
+    _MEMO[key] = arrays
+    while sum(a.nbytes for v in _MEMO.values() for a in v.values()) > MEMO_BYTES:
+      _MEMO.popitem(last=False)
+  _MEMO.move_to_end(key)
+  return {k: v.copy() for k, v in _MEMO[key].items()}
 
 
 def _save_local_npz(path: str, arrays: dict) -> None:
@@ -150,16 +173,17 @@ def tokenize_cached(split: Split, tokenizer, max_len: int, cache_dir: Optional[s
 
   The cache is only a saving: a cached file that cannot be read is tokenized again and
   replaced, and one that cannot be written (a full disk) is done without, each with a warning."""
+  fingerprint = _fingerprint(split, tokenizer, max_len)
   if not cache_dir:
-    return tokenize(split, tokenizer, max_len, name=name)
-  path = os.path.join(cache_dir, f"{name}-{_fingerprint(split, tokenizer, max_len)}.npz")
+    return tokenize_memo(split, tokenizer, max_len, name, fingerprint)
+  path = os.path.join(cache_dir, f"{name}-{fingerprint}.npz")
   if os.path.isfile(path):
     try:
       return _load_cache(path, len(split.labels), max_len)
     except fs.UNREADABLE as e:
       logging.warning("token cache %s is unreadable (%s: %s); tokenizing again", path,
                       type(e).__name__, e)
-  arrays = tokenize(split, tokenizer, max_len, name=name)
+  arrays = tokenize_memo(split, tokenizer, max_len, name, fingerprint)
   try:
     os.makedirs(cache_dir, exist_ok=True)
     _save_local_npz(path, arrays)
