@@ -1,7 +1,8 @@
 """The study's tables as text, from its setting entries (summary.json's JSON form): Table 1
 (`table1_markdown`), the intervals and expected best-of-n tables below it
-(`uncertainty_markdown`), the seed analyses (`seed_analyses_markdown`) and summary.csv
-(`summary_csv`). table.md, `compare` and the study's log print them.
+(`uncertainty_markdown`), the seed analyses (`seed_analyses_markdown`), how much the seeds'
+predictions disagree (`instability_markdown`) and summary.csv (`summary_csv`). table.md,
+`compare` and the study's log print them.
 
 Every metric statistic is over a setting's finite values (jaxstab.results.finite): a cell says
 "n of N finite" when a run's metric was not a number, and an undefined statistic prints as
@@ -179,3 +180,71 @@ def summary_csv(settings) -> str:
                   sp["n"], s["failed_runs"], s["majority"][s["metric"]]]
                  + [sp[k] for k in ("std", "mean", "median", "min", "max")] + [len(s["runs"])])
   return buf.getvalue()
+
+
+def _f3(x) -> str:
+  return f"{x:.3f}"
+
+
+def last_layer_cka(block):
+  """The mean linear CKA over the pairs of distinct seeds in the last layer of `block`'s `cka`
+  [layers][seeds][seeds] (its null cells left out), or Undefined when it has none: where the
+  seeds' top-layer representations part, which the predictions alone cannot show."""
+  cka = block.get("cka") if isinstance(block, dict) else None
+  if not cka:
+    return finite.Undefined("no per-layer representations in this summary")
+  m = np.array([[np.nan if v is None else v for v in row] for row in cka[-1]], np.float64)
+  off = m[~np.eye(len(m), dtype=bool)]
+  off = off[np.isfinite(off)]
+  return float(off.mean()) if off.size else finite.Undefined("no pair of seeds with a CKA")
+
+
+def _pair(block, key, fmt) -> str:
+  """"all / successful" of one measure of an instability block."""
+  succ = block.get("successful")
+  return finite.shown(block, key, fmt) + (
+      " / " + finite.shown(succ, key, fmt) if isinstance(succ, dict) else "")
+
+
+def instability_markdown(settings) -> str:
+  """One row per setting that has an `instability` block (jaxstab.results.instability): how
+  much its seeds' end-of-training dev predictions disagree, over every seed / over the
+  successful ones, Fleiss' kappa the same way, and the mean CKA between seeds in the last layer
+  ("—" without representations). Regression rows show the mean squared difference of the
+  predictions and ICC(2,1) in those columns. '' when no setting has a block."""
+  rows, regression, no_cka = [], False, False
+  for s in settings:
+    if "instability" not in s:
+      continue  # a summary written before the block
+    b = s["instability"]
+    label = f"| {s.get('recipe', s['name'])} | {s['task'].upper()} | "
+    if not isinstance(b, dict):
+      why = finite.shown(s, "instability", str)
+      rows.append(label + " | ".join([why] + [""] * 4) + " |")
+      continue
+    succ = b.get("successful") if isinstance(b.get("successful"), dict) else {}
+    seeds = f"{b.get('seeds')}" + (f" ({succ['seeds']})" if "seeds" in succ else "")
+    if "icc" in b:
+      regression = True
+      cells = ["MSD " + _pair(b, "mean_squared_difference", _f3), "ICC " + _pair(b, "icc", _f3)]
+    else:
+      cells = [_pair(b, "disagreement", _f3), _pair(b, "fleiss_kappa", _f3)]
+    cka = last_layer_cka(b)
+    no_cka |= isinstance(cka, finite.Undefined)
+    cells.append("—" if isinstance(cka, finite.Undefined) else _f3(cka))
+    rows.append(label + " | ".join([seeds] + cells) + " |")
+  if not rows:
+    return ""
+  notes = ["Seeds' end-of-training dev predictions (predictions.npz), over every seed / over the "
+           "successful seeds alone (failed seeds that all predict the majority class agree "
+           "perfectly); seeds: with finite outputs (successful ones). Disagreement: mean share "
+           "of dev examples two seeds label differently; Fleiss' κ: seeds as raters, 1 = full "
+           "agreement, 0 = chance. CKA: mean linear CKA between two seeds' last-layer "
+           "representations."]
+  if no_cka:
+    notes.append("—: no per-layer representations were kept for that setting, so no CKA.")
+  if regression:
+    notes.append("Regression: MSD = mean squared difference of two seeds' predictions; "
+                 "ICC = ICC(2,1) (two-way random, absolute agreement, one rater).")
+  return "\n".join(["| setting | task | seeds (successful) | disagreement | Fleiss' κ "
+                    "| CKA, last layer |", "|---" * 6 + "|", *rows, "", " ".join(notes)])
