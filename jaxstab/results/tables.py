@@ -206,35 +206,31 @@ def _pair(block, key, fmt) -> str:
       " / " + finite.shown(succ, key, fmt) if isinstance(succ, dict) else "")
 
 
-def instability_markdown(settings) -> str:
-  """One row per setting that has an `instability` block (jaxstab.results.instability): how
-  much its seeds' end-of-training dev predictions disagree, over every seed / over the
-  successful ones, Fleiss' kappa the same way, and the mean CKA between seeds in the last layer
-  ("—" without representations). Regression rows show the mean squared difference of the
-  predictions and ICC(2,1) in those columns. '' when no setting has a block."""
-  rows, regression, no_cka = [], False, False
-  for s in settings:
-    if "instability" not in s:
-      continue  # a summary written before the block
-    b = s["instability"]
-    label = f"| {s.get('recipe', s['name'])} | {s['task'].upper()} | "
-    if not isinstance(b, dict):
-      why = finite.shown(s, "instability", str)
-      rows.append(label + " | ".join([why] + [""] * 4) + " |")
-      continue
-    succ = b.get("successful") if isinstance(b.get("successful"), dict) else {}
-    seeds = f"{b.get('seeds')}" + (f" ({succ['seeds']})" if "seeds" in succ else "")
-    if "icc" in b:
-      regression = True
-      cells = ["MSD " + _pair(b, "mean_squared_difference", _f3), "ICC " + _pair(b, "icc", _f3)]
-    else:
-      cells = [_pair(b, "disagreement", _f3), _pair(b, "fleiss_kappa", _f3)]
-    cka = last_layer_cka(b)
-    no_cka |= isinstance(cka, finite.Undefined)
-    cells.append("—" if isinstance(cka, finite.Undefined) else _f3(cka))
-    rows.append(label + " | ".join([seeds] + cells) + " |")
-  if not rows:
-    return ""
+INSTABILITY_HEAD = ("seeds (successful)", "disagreement", "Fleiss' κ", "CKA, last layer")
+
+
+def instability_cells(s: dict):
+  """The cells of one setting's row of the instability table (INSTABILITY_HEAD), and whether
+  it is a regression row and has no CKA; None for a summary written before the block."""
+  if "instability" not in s:
+    return None
+  b = s["instability"]
+  if not isinstance(b, dict):  # null, with the reason under the summary's `undefined`
+    return [finite.shown(s, "instability", str), "", "", ""], False, False
+  succ = b.get("successful") if isinstance(b.get("successful"), dict) else {}
+  seeds = f"{b.get('seeds')}" + (f" ({succ['seeds']})" if "seeds" in succ else "")
+  regression = "icc" in b
+  if regression:
+    cells = ["MSD " + _pair(b, "mean_squared_difference", _f3), "ICC " + _pair(b, "icc", _f3)]
+  else:
+    cells = [_pair(b, "disagreement", _f3), _pair(b, "fleiss_kappa", _f3)]
+  cka = last_layer_cka(b)
+  cells.append("—" if isinstance(cka, finite.Undefined) else _f3(cka))
+  return [seeds] + cells, regression, isinstance(cka, finite.Undefined)
+
+
+def instability_note(regression: bool, no_cka: bool) -> str:
+  """What the instability table's columns are (the line under it, also in the report)."""
   notes = ["Seeds' end-of-training dev predictions (predictions.npz), over every seed / over the "
            "successful seeds alone (failed seeds that all predict the majority class agree "
            "perfectly); seeds: with finite outputs (successful ones). Disagreement: mean share "
@@ -246,5 +242,25 @@ def instability_markdown(settings) -> str:
   if regression:
     notes.append("Regression: MSD = mean squared difference of two seeds' predictions; "
                  "ICC = ICC(2,1) (two-way random, absolute agreement, one rater).")
-  return "\n".join(["| setting | task | seeds (successful) | disagreement | Fleiss' κ "
-                    "| CKA, last layer |", "|---" * 6 + "|", *rows, "", " ".join(notes)])
+  return " ".join(notes)
+
+
+def instability_markdown(settings) -> str:
+  """One row per setting that has an `instability` block (jaxstab.results.instability): how
+  much its seeds' end-of-training dev predictions disagree, over every seed / over the
+  successful ones, Fleiss' kappa the same way, and the mean CKA between seeds in the last layer
+  ("—" without representations). Regression rows show the mean squared difference of the
+  predictions and ICC(2,1) in those columns. '' when no setting has a block."""
+  rows, regression, no_cka = [], False, False
+  for s in settings:
+    found = instability_cells(s)
+    if found is None:
+      continue
+    cells, reg, none = found
+    regression, no_cka = regression or reg, no_cka or none
+    rows.append(f"| {s.get('recipe', s['name'])} | {s['task'].upper()} | "
+                + " | ".join(cells) + " |")
+  if not rows:
+    return ""
+  return "\n".join(["| setting | task | " + " | ".join(INSTABILITY_HEAD) + " |",
+                    "|---" * 6 + "|", *rows, "", instability_note(regression, no_cka)])
