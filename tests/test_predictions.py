@@ -247,3 +247,41 @@ def test_report_figures_of_a_setting(tmp_path):
                       None, None, [], [])
   assert "2 failed seeds" in report_instability.cka(s, str(tmp_path / "c.png"))
   assert (tmp_path / "c.png").stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------ the final logits of a group
+class _Programs:
+  """eval_logits of a group of K = 3 slots, 2 of them real, on 5 dev examples in a batch of 8
+  (the padding rows must be dropped); counts its calls."""
+  seeds_per_group = 3
+
+  def __init__(self):
+    self.calls = 0
+
+  def eval_logits(self, params, batches):
+    self.calls += 1
+    return np.arange(3 * 8 * 2, dtype=np.float64).reshape(3 * 8, 2) + params
+
+
+def test_final_logits_recomputed_only_after_a_resume_past_the_final_evaluation():
+  """A group whose last evaluation was at its last step keeps those logits (no second dev
+  pass); one resumed from a checkpoint saved after its final evaluation (the logits are not in
+  the checkpoint) gets them from its restored params, padding dropped."""
+  from jaxstab.study import groups  # pylint: disable=import-outside-toplevel
+  programs = _Programs()
+  engine = dataclasses.make_dataclass("E", ["programs", "dev_on_device", "dev_labels"])(
+      programs, None, np.zeros(5))
+  state = dataclasses.make_dataclass("S", ["params"])(0.5)
+  kept = np.ones((2, 5, 2), np.float32)
+  progress = groups.Progress([1, 2], {}, [], step=12, logits=kept, logits_step=12)
+  groups.final_logits(state, engine, progress)
+  assert programs.calls == 0 and progress.logits is kept
+  resumed = groups.Progress([1, 2], {}, [], step=12)  # restored: no logits
+  groups.final_logits(state, engine, resumed)
+  want = (np.arange(48).reshape(3, 8, 2) + 0.5)[:2, :5].astype(np.float32)
+  assert programs.calls == 1 and resumed.logits_step == 12
+  np.testing.assert_array_equal(resumed.logits, want)
+  stale = groups.Progress([1, 2], {}, [], step=12, logits=kept, logits_step=10)
+  groups.final_logits(state, engine, stale)
+  assert programs.calls == 2 and stale.logits_step == 12
+  np.testing.assert_array_equal(stale.logits, want)
