@@ -42,9 +42,13 @@ def _cli(workdir, fault="", extra=()):
 
 
 def _results(workdir):
+  """The runs, probe.npz with predictions.npz's arrays (the final dev logits, under
+  "predictions/<key>") and metrics.jsonl of a finished workdir."""
   summary = json.loads((workdir / "summary.json").read_text())
-  with np.load(workdir / "probe.npz") as z:
-    probe = {k: z[k] for k in z.files}
+  probe = {}
+  for name, prefix in (("probe.npz", ""), ("predictions.npz", "predictions/")):
+    with np.load(workdir / name) as z:
+      probe.update({prefix + k: z[k] for k in z.files})
   return summary["runs"], probe, (workdir / "metrics.jsonl").read_text()
 
 
@@ -92,10 +96,11 @@ GROUP = Path("checkpoints", "seeds_1-2_of_2")
 
 
 def _assert_same(got, reference):
-  """summary.json's runs, probe.npz and metrics.jsonl equal the uninterrupted run's, bit for bit."""
+  """summary.json's runs, probe.npz, the final dev logits (predictions.npz) and metrics.jsonl
+  equal the uninterrupted run's, bit for bit."""
   (runs, probe, metrics_text), (ref_runs, ref_probe, ref_metrics) = got, reference
   assert runs == ref_runs
-  assert probe.keys() == ref_probe.keys()
+  assert probe.keys() == ref_probe.keys() and "predictions/logits" in probe
   for k in probe:
     np.testing.assert_array_equal(probe[k], ref_probe[k], err_msg=k)
   assert metrics_text == ref_metrics

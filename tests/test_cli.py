@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jaxstab.data import metrics
 from tests import guards
 from tests.cli_runs import assert_ok, error_line, run_cli
+from tests.test_predictions import check_instability
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,8 +82,12 @@ def demo_expected():
 
 
 def test_demo_writes_every_output_file(demo_run):
-  for name in ("config.json", "metrics.jsonl", "probe.npz", "summary.json"):
+  for name in ("config.json", "metrics.jsonl", "probe.npz", "predictions.npz", "summary.json"):
     assert (demo_run / name).is_file(), name
+  assert sorted(p.name for p in (demo_run / "runs").iterdir()) == sorted(
+      f"{kind}_{s}.{ext}" for s in DEMO_SEEDS for kind, ext in (
+          ("seed", "json"), ("probe_seed", "npz"), ("metrics_seed", "jsonl"),
+          ("logits_seed", "npz")))
   assert sorted(p.name for p in (demo_run / "tensorboard").iterdir()) == [
       f"seed_{s}" for s in DEMO_SEEDS]
 
@@ -185,11 +191,40 @@ def test_demo_summary(demo_run, demo_expected):
   assert summary["failed_runs"] == sum(r["failed"] for r in runs)
 
 
+def check_predictions(workdir, n_dev: int, classes: int) -> dict:
+  """predictions.npz holds the logits each run's final metrics were scored from: [seeds, dev
+  examples, outputs] float32, re-scored here to the summary's final metrics exactly; each row
+  is that run's runs/logits_seed_N.npz; the instability block is their recomputation."""
+  summary = json.loads((workdir / "summary.json").read_text())
+  z = load_npz(workdir / "predictions.npz")
+  runs = summary["runs"]
+  assert z["logits"].shape == (len(runs), n_dev, classes) and z["logits"].dtype == np.float32
+  assert z["labels"].shape == (n_dev,) and z["seeds"].tolist() == [r["seed"] for r in runs]
+  for i, r in enumerate(runs):
+    # the dev metrics of the final evaluation, computed again from the stored logits: equal
+    # to the last bit (the same float32 logits through the same scorer)
+    assert metrics.score(summary["metric"], z["logits"][i], z["labels"]) == {
+        k: v for k, v in r["final"].items() if k != "step"}, r["seed"]
+    row = load_npz(workdir / "runs" / f"logits_seed_{r['seed']}.npz")["logits"]
+    np.testing.assert_array_equal(row, z["logits"][i])
+  check_instability(summary, z)
+  return z
+
+
+def test_demo_predictions_npz(demo_run, demo_expected):
+  from jaxstab.data import demo_task  # pylint: disable=import-outside-toplevel
+  z = check_predictions(demo_run, demo_task.SIZES["dev"], 2)
+  _, _, dev_labels = demo_task.generate(demo_task.SIZES["dev"], demo_task.SEEDS["dev"])
+  np.testing.assert_array_equal(z["labels"], dev_labels)
+  assert not np.array_equal(z["logits"][0], z["logits"][1])  # two seeds, two models
+
+
 # ====================================================================== real GLUE tasks, tiny model
 
 # Majority-class dev baselines: tests.guards.GLUE_MAJORITY (../shared/glue/README.md's counts).
 TASK_METRIC = {"rte": "accuracy", "mrpc": "acc_and_f1", "cola": "mcc"}
 TASK_STEPS, TASK_EVERY = 12, 4
+GLUE_DEV = {"rte": 277, "mrpc": 408, "cola": 1043}  # dev examples (../shared/glue/README.md)
 
 
 def task_args(task, glue_dir):
@@ -230,6 +265,7 @@ def test_tiny_model_on_a_glue_task(task, task_run, glue_dir):
   np.testing.assert_array_equal(p["step"], np.arange(0, TASK_STEPS, TASK_EVERY))
   assert list(p["groups"]) == TINY_GROUPS
   assert p["grad_norm"].shape == (1, TASK_STEPS // TASK_EVERY, len(TINY_GROUPS))
+  check_predictions(workdir, GLUE_DEV[task], 2)  # every metric re-scored: acc_and_f1, mcc too
   cfg = json.loads((workdir / "config.json").read_text())
   assert cfg["data"]["dir"] == glue_dir
   assert cfg["model"]["name_or_path"] == "tiny-bert"
@@ -260,6 +296,9 @@ def _compare_results(first, second):
   for k in p1:
     assert np.array_equal(p1[k], p2[k]), k
   assert read_jsonl(first / "metrics.jsonl") == read_jsonl(second / "metrics.jsonl")
+  q1, q2 = load_npz(first / "predictions.npz"), load_npz(second / "predictions.npz")
+  for k in ("logits", "labels", "seeds"):
+    assert np.array_equal(q1[k], q2[k]), k
 
 
 def test_same_seed_twice_gives_identical_results(task_run, glue_dir, cli_root):

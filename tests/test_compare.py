@@ -12,7 +12,7 @@ from scipy import stats as sps
 
 from jaxstab.config import config_lib
 from jaxstab.report import compare
-from jaxstab.results import stats
+from jaxstab.results import agreement, stats
 from jaxstab.study import studies
 
 
@@ -90,6 +90,31 @@ def test_merged_table_keeps_every_cell_of_its_sources(workdirs, tmp_path, capsys
   assert f"RTE {100 * majority:.1f}, MRPC " in text
   assert not any(l.startswith("| MRPC |") for l in text.splitlines())   # one recipe: no pair
   assert f"RTE {rte} (3 seeds); MRPC {mrpc} (3 seeds)" in text
+
+
+def test_instability_columns_are_recomputed_from_predictions(workdirs, capsys):
+  """compare and each study's table.md carry one instability row per setting: disagreement and
+  Fleiss' kappa over every seed / the successful ones, computed here again from the setting's
+  predictions.npz with the summary's failed flags, and no CKA (no representations)."""
+  rte, mrpc = workdirs
+  assert compare.main([rte, mrpc]) == 0
+  text = capsys.readouterr().out
+  head = "| setting | task | seeds (successful) | disagreement | Fleiss' κ | CKA, last layer |"
+  assert head in text.splitlines()
+  for folder, recipe, table in ((f"{rte}/rte_devlin", "devlin", f"{rte}/table.md"),
+                                (f"{rte}/rte_ours", "ours", f"{rte}/table.md"),
+                                (mrpc, "devlin", f"{mrpc}/table.md")):
+    summary = json.load(open(f"{folder}/summary.json", encoding="utf-8"))
+    with np.load(f"{folder}/predictions.npz") as z:
+      logits = z["logits"]
+    ok = [i for i, r in enumerate(summary["runs"]) if r["failed"] is False]
+    show = lambda v: f"{v:.3f}" if isinstance(v, float) else f"undefined: {v.reason}"
+    cell = lambda fn: f"{show(fn(logits))} / {show(fn(logits, ok))}"
+    row = (f"| {recipe} | {summary['task'].upper()} | 3 ({len(ok)}) | "
+           f"{cell(agreement.disagreement)} | {cell(agreement.fleiss_kappa)} | — |")
+    assert row in text.splitlines(), (row, text)
+    assert row in open(table, encoding="utf-8").read().splitlines()
+  assert "no per-layer representations were kept" in text
 
 
 def test_paper_rows_are_the_notes_table(workdirs, capsys):

@@ -51,8 +51,8 @@ def test_report_of_a_real_run(real_run):
   report = build(real_run)
   assert report.index == os.path.join(real_run, "report", "index.html")
   assert set(report.figures) == {"spread", "expected_max_demo", "gradnorms_demo_devlin",
-                                 "forecast_demo", "bias_correction", "generalization",
-                                 "train_loss"}
+                                 "forecast_demo", "disagreement_demo_devlin", "bias_correction",
+                                 "generalization", "train_loss"}
   _check_pngs(report)
   page, images = _images(report.index)
   assert len(images) == len(report.figures)
@@ -61,6 +61,9 @@ def test_report_of_a_real_run(real_run):
     with open(path, "rb") as f:
       assert f.read() in embedded
   assert "<table>" in page and "DEMO" in page and "devlin" in page and "demo_devlin" in page
+  # the instability table and the disagreement figure (no representations: no CKA curves)
+  assert "how much the seeds disagree" in page and "per-layer CKA of" not in page
+  assert "2 seeds label differently" in report.captions["disagreement_demo_devlin"]
   with open(os.path.join(real_run, "summary.json"), encoding="utf-8") as f:
     runs = {r["seed"]: r for r in json.load(f)["runs"]}
   pick = report.picks["demo_devlin"]

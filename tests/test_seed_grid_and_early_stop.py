@@ -23,8 +23,8 @@ def _summary(workdir):
     return json.load(f)
 
 
-def _probe(workdir):
-  with np.load(os.path.join(workdir, "probe.npz")) as z:
+def _probe(workdir, name="probe.npz"):
+  with np.load(os.path.join(workdir, name)) as z:
     return {k: z[k] for k in z.files}
 
 
@@ -262,6 +262,13 @@ def test_survivors_regrouped_across_groups_train_as_if_never_stopped(plain_run, 
     final = next(r for r in s["runs"] if r["seed"] == n)["final"]
     assert final == next(r for r in ref["runs"] if r["seed"] == n)["final"]
   assert [r["seed"] for r in s["runs"]] == [2, 3]
+  # their final dev logits too, and only theirs: a stopped run has none
+  got_pred, ref_pred = _probe(workdir, "predictions.npz"), _probe(plain_run, "predictions.npz")
+  assert got_pred["seeds"].tolist() == [2, 3] and ref_pred["seeds"].tolist() == [1, 2, 3, 4]
+  np.testing.assert_array_equal(got_pred["logits"], ref_pred["logits"][[1, 2]])
+  assert s["instability"]["of"] == 2
+  assert not [n for n in os.listdir(os.path.join(workdir, "runs"))
+              if n in ("logits_seed_1.npz", "logits_seed_4.npz")]
   assert [(r["seed"], r["stopped_at"], r["final"]["step"], r["failed"])
           for r in s["stopped_runs"]] == [(1, 6, 6, None), (4, 6, 6, None)]
   for n in (1, 4):  # the stopped runs' probe: written up to step 6, nothing after
@@ -326,3 +333,5 @@ def test_early_stop_resumes_after_a_kill_in_the_second_phase(plain_run, tmp_path
   a, b = _summary(workdir), _summary(clean)
   assert [r["final"] for r in a["runs"]] == [r["final"] for r in b["runs"]]
   np.testing.assert_array_equal(_probe(workdir)["grad_norm"], _probe(clean)["grad_norm"])
+  np.testing.assert_array_equal(_probe(workdir, "predictions.npz")["logits"],
+                                _probe(clean, "predictions.npz")["logits"])

@@ -6,7 +6,8 @@ from typing import Dict, List
 
 from jaxstab.infra import fs
 from jaxstab.infra.errors import ConfigError
-from jaxstab.report import analyses, figures, forecast as forecast_fig, gradnorms, html, seed_grid
+from jaxstab.report import (analyses, figures, forecast as forecast_fig, gradnorms, html,
+                            instability, seed_grid)
 from jaxstab.results import outputs, picks, records
 
 
@@ -75,6 +76,13 @@ def build(workdir: str, out: str = None) -> Report:
       if caption:
         pngs[f"{kind}_{safe_name(s.name)}"] = path
         captions[f"{kind}_{safe_name(s.name)}"] = caption
+  for s in settings:  # how far the seeds' predictions and representations part
+    for kind, fn in (("disagreement", instability.disagreement), ("cka", instability.cka)):
+      path = os.path.join(out, f"{kind}_{safe_name(s.name)}.png")
+      caption = fn(s, path)
+      if caption:
+        pngs[f"{kind}_{safe_name(s.name)}"] = path
+        captions[f"{kind}_{safe_name(s.name)}"] = caption
   draw("bias_correction", figures.bias_correction, settings)
   surfaces = _analysis_figures(settings, out, "loss_surface", pngs, captions, notes)
   forgetting = _analysis_figures(settings, out, "forgetting", pngs, captions, notes)
@@ -97,6 +105,9 @@ def build(workdir: str, out: str = None) -> Report:
         + [fig(f"early_stop_{safe_name(s.name)}", f"early stop of {s.name}")
            for s in settings if seed_grid.has_early_stop(s)]
         if any(map(seed_grid.has_early_stop, settings)) else []),
+      instability.section(settings, lambda key: fig(key, (
+          "seed disagreement of " if key.startswith("disagreement_") else "per-layer CKA of ")
+          + key.split("_", 1)[1]), pngs),
       "<h2>2. Gradient norms: failed vs successful runs</h2>",
       *[f"<h3>{html.esc(s.title())}</h3>"
         + fig(f"gradnorms_{safe_name(s.name)}", f"gradient norms of {s.name}") for s in settings],

@@ -84,6 +84,23 @@ def disagreement(outputs, seeds=None):
                         for i, j in itertools.combinations(range(pred.shape[0]), 2)]))
 
 
+def pairwise_disagreement(outputs) -> np.ndarray:
+  """[seeds, seeds]: the share of examples each two seeds label differently (0 on the diagonal),
+  NaN in the rows and columns of a seed with a non-finite output (a diverged seed has no
+  labels). The matrix the report draws; `disagreement` is the mean of its upper triangle over
+  the finite seeds."""
+  x = np.asarray(outputs, np.float64)
+  if x.ndim != 3 or x.shape[2] < 2:
+    raise ValueError("agreement.pairwise_disagreement: outputs must be [seeds, examples, classes] "
+                     f"with at least 2 classes, got shape {x.shape}")
+  ok = np.all(np.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+  pred = np.argmax(np.where(np.isfinite(x), x, 0.0), axis=-1)
+  out = np.mean(pred[:, None, :] != pred[None, :, :], axis=-1)
+  out[~ok, :] = np.nan
+  out[:, ~ok] = np.nan
+  return out
+
+
 def js_divergence(p, q) -> np.ndarray:
   """Jensen-Shannon divergence in nats between probability rows p and q (last axis):
   (KL(p||m) + KL(q||m)) / 2 with m = (p + q) / 2 and 0 log 0 = 0. Bounded by log 2. This is the

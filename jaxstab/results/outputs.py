@@ -4,6 +4,7 @@ summary.json is written last: its presence means the run finished.
 
 A setting's folder (the workdir of a plain run, workdir/<name> in a study):
   config.json summary.json metrics.jsonl probe.npz    written by training (study.py)
+  predictions.npz                                     every seed's end-of-training dev logits
   params/seed_N/                                      final params, with keep_final_params
   analysis/loss_surface.npz analysis/forgetting.json  written by jaxstab.analysis, drawn by
                                                       jaxstab.report when present
@@ -18,6 +19,7 @@ import numpy as np
 from jaxstab.infra import fs
 
 SUMMARY, PROBE, METRICS, CONFIG = "summary.json", "probe.npz", "metrics.jsonl", "config.json"
+PREDICTIONS = "predictions.npz"  # logits [seeds, dev examples, outputs], labels, seeds
 PARAMS = "params"              # params/seed_N: checkpoint.params_dir
 ANALYSIS_DIR = "analysis"
 LOSS_SURFACE = "loss_surface.npz"

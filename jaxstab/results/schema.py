@@ -180,6 +180,9 @@ class SettingSummary(_Json):
   forecast: Optional[Mapping[str, Any]] = None        # forecast.evaluate's result
   # How K (seeds per compiled step) was chosen and halved: the workdir's seeds_per_step.json.
   seeds_per_step: Optional[Mapping[str, Any]] = None
+  # How much the seeds' end-of-training dev predictions disagree (jaxstab.results.instability;
+  # None: a summary written before it, or null with its reason under `undefined`).
+  instability: Optional[Mapping[str, Any]] = None
   name: Optional[str] = None             # in a study's list: the setting's folder
   recipe: Optional[str] = None
   extra: Mapping[str, Any] = _extra()
@@ -187,7 +190,7 @@ class SettingSummary(_Json):
 
   _CONVERT = {"majority": _mapping, "seeds": _tuple, "expected_max": _tuple,
               "expected_max_std": _tuple, "runs": _runs, "stopped_runs": _runs,
-              "early_stop": EarlyStop.from_json}
+              "early_stop": EarlyStop.from_json, "instability": _mapping}
   _EMIT = {"seeds": list, "expected_max": list, "expected_max_std": list, "runs": _emit_runs,
            "stopped_runs": _emit_runs, "early_stop": lambda es: es.to_json()}
 

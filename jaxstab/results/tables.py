@@ -1,7 +1,8 @@
 """The study's tables as text, from its setting entries (summary.json's JSON form): Table 1
 (`table1_markdown`), the intervals and expected best-of-n tables below it
-(`uncertainty_markdown`), the seed analyses (`seed_analyses_markdown`) and summary.csv
-(`summary_csv`). table.md, `compare` and the study's log print them.
+(`uncertainty_markdown`), the seed analyses (`seed_analyses_markdown`), how much the seeds'
+predictions disagree (`instability_markdown`) and summary.csv (`summary_csv`). table.md,
+`compare` and the study's log print them.
 
 Every metric statistic is over a setting's finite values (jaxstab.results.finite): a cell says
 "n of N finite" when a run's metric was not a number, and an undefined statistic prints as
@@ -179,3 +180,87 @@ def summary_csv(settings) -> str:
                   sp["n"], s["failed_runs"], s["majority"][s["metric"]]]
                  + [sp[k] for k in ("std", "mean", "median", "min", "max")] + [len(s["runs"])])
   return buf.getvalue()
+
+
+def _f3(x) -> str:
+  return f"{x:.3f}"
+
+
+def last_layer_cka(block):
+  """The mean linear CKA over the pairs of distinct seeds in the last layer of `block`'s `cka`
+  [layers][seeds][seeds] (its null cells left out), or Undefined when it has none: where the
+  seeds' top-layer representations part, which the predictions alone cannot show."""
+  cka = block.get("cka") if isinstance(block, dict) else None
+  if not cka:
+    return finite.Undefined("no per-layer representations in this summary")
+  m = np.array([[np.nan if v is None else v for v in row] for row in cka[-1]], np.float64)
+  off = m[~np.eye(len(m), dtype=bool)]
+  off = off[np.isfinite(off)]
+  return float(off.mean()) if off.size else finite.Undefined("no pair of seeds with a CKA")
+
+
+def _pair(block, key, fmt) -> str:
+  """"all / successful" of one measure of an instability block."""
+  succ = block.get("successful")
+  return finite.shown(block, key, fmt) + (
+      " / " + finite.shown(succ, key, fmt) if isinstance(succ, dict) else "")
+
+
+INSTABILITY_HEAD = ("seeds (successful)", "disagreement", "Fleiss' κ", "CKA, last layer")
+
+
+def instability_cells(s: dict):
+  """The cells of one setting's row of the instability table (INSTABILITY_HEAD), and whether
+  it is a regression row and has no CKA; None for a summary written before the block."""
+  if "instability" not in s:
+    return None
+  b = s["instability"]
+  if not isinstance(b, dict):  # null, with the reason under the summary's `undefined`
+    return [finite.shown(s, "instability", str), "", "", ""], False, False
+  succ = b.get("successful") if isinstance(b.get("successful"), dict) else {}
+  seeds = f"{b.get('seeds')}" + (f" ({succ['seeds']})" if "seeds" in succ else "")
+  regression = "icc" in b
+  if regression:
+    cells = ["MSD " + _pair(b, "mean_squared_difference", _f3), "ICC " + _pair(b, "icc", _f3)]
+  else:
+    cells = [_pair(b, "disagreement", _f3), _pair(b, "fleiss_kappa", _f3)]
+  cka = last_layer_cka(b)
+  cells.append("—" if isinstance(cka, finite.Undefined) else _f3(cka))
+  return [seeds] + cells, regression, isinstance(cka, finite.Undefined)
+
+
+def instability_note(regression: bool, no_cka: bool) -> str:
+  """What the instability table's columns are (the line under it, also in the report)."""
+  notes = ["Seeds' end-of-training dev predictions (predictions.npz), over every seed / over the "
+           "successful seeds alone (failed seeds that all predict the majority class agree "
+           "perfectly); seeds: with finite outputs (successful ones). Disagreement: mean share "
+           "of dev examples two seeds label differently; Fleiss' κ: seeds as raters, 1 = full "
+           "agreement, 0 = chance. CKA: mean linear CKA between two seeds' last-layer "
+           "representations."]
+  if no_cka:
+    notes.append("—: no per-layer representations were kept for that setting, so no CKA.")
+  if regression:
+    notes.append("Regression: MSD = mean squared difference of two seeds' predictions; "
+                 "ICC = ICC(2,1) (two-way random, absolute agreement, one rater).")
+  return " ".join(notes)
+
+
+def instability_markdown(settings) -> str:
+  """One row per setting that has an `instability` block (jaxstab.results.instability): how
+  much its seeds' end-of-training dev predictions disagree, over every seed / over the
+  successful ones, Fleiss' kappa the same way, and the mean CKA between seeds in the last layer
+  ("—" without representations). Regression rows show the mean squared difference of the
+  predictions and ICC(2,1) in those columns. '' when no setting has a block."""
+  rows, regression, no_cka = [], False, False
+  for s in settings:
+    found = instability_cells(s)
+    if found is None:
+      continue
+    cells, reg, none = found
+    regression, no_cka = regression or reg, no_cka or none
+    rows.append(f"| {s.get('recipe', s['name'])} | {s['task'].upper()} | "
+                + " | ".join(cells) + " |")
+  if not rows:
+    return ""
+  return "\n".join(["| setting | task | " + " | ".join(INSTABILITY_HEAD) + " |",
+                    "|---" * 6 + "|", *rows, "", instability_note(regression, no_cka)])

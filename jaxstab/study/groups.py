@@ -35,6 +35,11 @@ class Progress:
   records: Dict[int, list]
   last_loss: list
   step: int = 0
+  # The main dev set's logits of the newest evaluation, [seeds, examples, outputs] float32, and
+  # its step. Not in the checkpoint: the final ones are written with each seed's files, and a
+  # group resumed after its final evaluation recomputes them from its restored params.
+  logits: Optional[np.ndarray] = None
+  logits_step: Optional[int] = None
 
   def host_state(self):
     return {"records": {str(s): self.records[s] for s in self.seeds},
@@ -85,6 +90,7 @@ def train_and_write(plan: Plan, engine: Engine, group, stop,
   """Trains one group to the end (train_to), writes each real seed's files into runs/, removes
   the group's checkpoints."""
   done = train_to(plan, engine, group, stop, plan.total_steps, initial)
+  final_logits(done.state, engine, done.progress)
   write(plan, done.state, done.progress)
   done.ckpt.close(remove=parallel.is_primary())
   remove_finished(plan.workdir)
@@ -220,13 +226,14 @@ def _evaluate(state, plan: Plan, engine: Engine, progress: Progress):
                           loss_count=jnp.zeros_like(state.loss_count))
     progress.last_loss = [float(x) for x in loss[:len(progress.seeds)]]
   t0 = time.time()  # the train steps before it have finished: the loss was read above
-  k, n = engine.programs.seeds_per_group, len(progress.seeds)
+  n = len(progress.seeds)
   found = [{} for _ in progress.seeds]
   sets = [("", engine.dev_on_device, engine.dev_labels)] + [
       (f"{name}_", batches, labels) for name, (batches, labels) in engine.extra_dev.items()]
   for prefix, batches, labels in sets:
-    logits = parallel.to_host(engine.programs.eval_logits(state.params, batches))
-    logits = logits.astype(np.float32).reshape(k, -1, logits.shape[-1])[:n, :len(labels)]
+    logits = dev_logits(state, engine, batches, len(labels), n)
+    if not prefix:
+      progress.logits, progress.logits_step = logits, progress.step
     for i in range(n):
       found[i].update({prefix + key: v for key, v in
                        metrics.score(plan.task.metric, logits[i], labels).items()})
@@ -239,9 +246,28 @@ def _evaluate(state, plan: Plan, engine: Engine, progress: Progress):
   return state, seconds
 
 
+def dev_logits(state, engine: Engine, batches, examples: int, seeds: int) -> np.ndarray:
+  """The logits of a dev set for the group's first `seeds` slots (the padding dropped),
+  [seeds, examples, outputs] float32 on the host."""
+  logits = parallel.to_host(engine.programs.eval_logits(state.params, batches))
+  k = engine.programs.seeds_per_group
+  return logits.astype(np.float32).reshape(k, -1, logits.shape[-1])[:seeds, :examples]
+
+
+def final_logits(state, engine: Engine, progress: Progress) -> None:
+  """Makes sure `progress.logits` are those of the final evaluation. They are, unless the group
+  was resumed from a checkpoint saved after it (a kill between that save and the seeds' files):
+  then the same program on the same restored params computes them again, bit for bit."""
+  if progress.logits is None or progress.logits_step != progress.step:
+    progress.logits = dev_logits(state, engine, engine.dev_on_device, len(engine.dev_labels),
+                                 len(progress.seeds))
+    progress.logits_step = progress.step
+
+
 def write(plan: Plan, state, progress: Progress, partial: bool = False) -> None:
-  """Each real seed's probe, metrics and (last: it marks the seed finished) its record;
-  `partial`: the probe and metrics only (a run paused by an early stop)."""
+  """Each real seed's probe, metrics, end-of-training dev logits (when `progress` holds those of
+  its last step: final_logits) and (last: it marks the seed finished) its record; `partial`:
+  the probe and metrics only (a run paused by an early stop)."""
   probes = {key: parallel.to_host(v) for key, v in state.probe.items()}
   diverged = parallel.to_host(state.diverged_at)
   for i, s in enumerate(progress.seeds if parallel.is_primary() else []):
@@ -250,6 +276,8 @@ def write(plan: Plan, state, progress: Progress, partial: bool = False) -> None:
     fs.write_lines(path("jsonl"), (json.dumps(r) + "\n" for r in progress.records[s]))
     if partial:
       continue
+    if progress.logits is not None and progress.logits_step == progress.step:
+      outputs.write_npz(path("logits"), logits=progress.logits[i])
     record = merge.run_record(s, progress.records[s], plan.task, progress.last_loss[i])
     record.update(plan.runs[s].record())
     record["diverged_at"] = int(diverged[i]) if diverged[i] >= 0 else None

@@ -1,6 +1,7 @@
 """A setting's merged results, rebuilt from its runs/ files at the end: metrics.jsonl,
-TensorBoard events, probe.npz and (last) summary.json with the spread statistics, the early
-stop's record and the init / data-order decomposition.
+TensorBoard events, probe.npz, predictions.npz and (last) summary.json with the spread
+statistics, the early stop's record, the init / data-order decomposition and how much the
+seeds' predictions disagree (instability_io).
 
 `plan` is plan.Plan (its workdir, seeds, runs, task, model, majority, total_steps, stopping,
 setting, select, data_seeds, matmul_precision); this module reads only those fields, never the
@@ -14,11 +15,12 @@ from jaxstab.data import metrics
 from jaxstab.engine import parallel, probe
 from jaxstab.infra import fs
 from jaxstab.results import forecast, outputs, records, stats
-from jaxstab.study import early_stop, workdir as workdir_lib
+from jaxstab.study import early_stop, instability_io, workdir as workdir_lib
 
 
 def merge(plan):
-  """Builds metrics.jsonl, TensorBoard events, probe.npz and summary.json from runs/."""
+  """Builds metrics.jsonl, TensorBoard events, probe.npz, predictions.npz and summary.json from
+  runs/."""
   workdir, seeds = plan.workdir, plan.seeds
   runs, probes = [], []
   for s in seeds:
@@ -29,6 +31,7 @@ def merge(plan):
   merged.update(step=probes[0]["step"], groups=np.asarray(groups), seeds=np.asarray(seeds))
   out = summary(plan, runs)
   out["forecast"] = _forecast(out, merged, plan.total_steps)
+  predictions = instability_io.add(out, plan, out["runs"])
   if not parallel.is_primary():
     return out
   fs.rmtree(fs.join(workdir, "tensorboard"))
@@ -38,6 +41,8 @@ def merge(plan):
       log.write(json.loads(line))
   log.close()
   outputs.write_npz(fs.join(workdir, outputs.PROBE), **merged)
+  if predictions is not None:
+    outputs.write_npz(fs.join(workdir, outputs.PREDICTIONS), **predictions)
   records.write_setting(workdir, records.SettingSummary.from_json(out))
   return out
 

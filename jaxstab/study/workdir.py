@@ -88,7 +88,10 @@ def check_finished(cfg, workdir: str) -> None:
     record = run_path(workdir, s, "json")
     if not fs.isfile(record):
       continue
-    for kind in ("json", "npz", "jsonl"):
+    # the logits are read where present: a seed finished before they were kept has none
+    kinds = ("json", "npz", "jsonl") + (("logits",) if fs.isfile(run_path(workdir, s, "logits"))
+                                        else ())
+    for kind in kinds:
       try:
         _read_finished(run_path(workdir, s, kind), kind, s)
       except ConfigError as e:  # records' own line, which names the file
@@ -120,7 +123,7 @@ def _read_finished(path: str, kind: str, seed: int) -> None:
     if run.seed != seed or not run.final:
       raise ConfigError(f"{path} is not the run record of seed {seed} (seed {run.seed}, final "
                         f"evaluation {dict(run.final)})")
-  elif kind == "npz":
+  elif kind in ("npz", "logits"):
     fs.load_npz(path)
   else:
     for line in fs.read_text(path).splitlines():
@@ -143,12 +146,14 @@ def prepare(cfg, workdir: str) -> None:
     for left in (fs.join(workdir, SEEDS_PER_STEP), early_stop.decision_path(workdir)):
       fs.remove(left)
   fs.makedirs(fs.join(workdir, RUNS))
-  for name in (outputs.SUMMARY, outputs.PROBE):
+  for name in (outputs.SUMMARY, outputs.PROBE, outputs.PREDICTIONS):
     fs.remove(fs.join(workdir, name))
   outputs.write_json(path, _as_json(cfg))
 
 
 def run_path(workdir: str, seed: int, kind: str) -> str:
-  """runs/seed_N.json (written last: it marks the seed finished), its probe and its metrics."""
+  """runs/seed_N.json (written last: it marks the seed finished), its probe, its metrics and
+  its end-of-training dev logits (kind "logits"; merge stacks them into predictions.npz)."""
   return fs.join(workdir, RUNS, {"json": f"seed_{seed}.json", "npz": f"probe_seed_{seed}.npz",
-                                 "jsonl": f"metrics_seed_{seed}.jsonl"}[kind])
+                                 "jsonl": f"metrics_seed_{seed}.jsonl",
+                                 "logits": f"logits_seed_{seed}.npz"}[kind])
