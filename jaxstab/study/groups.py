@@ -25,6 +25,7 @@ from jaxstab.engine import memory, parallel, train as train_lib
 from jaxstab.infra import checkpoint, fs
 from jaxstab.results import outputs
 from jaxstab.study import early_stop, merge, progress as progress_lib, workdir as workdir_lib
+from jaxstab.study import representations
 from jaxstab.study.plan import Engine, Plan
 
 
@@ -85,6 +86,7 @@ def train_and_write(plan: Plan, engine: Engine, group, stop,
   """Trains one group to the end (train_to), writes each real seed's files into runs/, removes
   the group's checkpoints."""
   done = train_to(plan, engine, group, stop, plan.total_steps, initial)
+  representations.write(plan, engine, done.state, done.progress)  # before the .json (finished)
   write(plan, done.state, done.progress)
   done.ckpt.close(remove=parallel.is_primary())
   remove_finished(plan.workdir)

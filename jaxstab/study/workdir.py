@@ -149,6 +149,8 @@ def prepare(cfg, workdir: str) -> None:
 
 
 def run_path(workdir: str, seed: int, kind: str) -> str:
-  """runs/seed_N.json (written last: it marks the seed finished), its probe and its metrics."""
+  """runs/seed_N.json (written last: it marks the seed finished), its probe, its metrics and its
+  per-layer representations (study/representations.py)."""
   return fs.join(workdir, RUNS, {"json": f"seed_{seed}.json", "npz": f"probe_seed_{seed}.npz",
-                                 "jsonl": f"metrics_seed_{seed}.jsonl"}[kind])
+                                 "jsonl": f"metrics_seed_{seed}.jsonl",
+                                 "reps": f"reps_seed_{seed}.npy"}[kind])
