@@ -137,6 +137,14 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.probe = ml_collections.ConfigDict()
   c.probe.every = 10                   # record gradient norms at step 0 and every N steps
+
+  c.analysis = ml_collections.ConfigDict()
+  c.analysis.rep_examples = 1000       # keep each seed's first-token vector of every layer on the
+                                       # first N dev examples, at the end of training, in
+                                       # runs/reps_seed_*.npy (float16); 0 = off. Why 1,000: CKA and
+                                       # SVCCA need far more examples than the directions SVCCA keeps
+                                       # (at most N // 10, i.e. 100 of up to 1,024 dims), and 25 seeds
+                                       # of BERT-large then take 1.3 GB (BUILD_NOTES, instability)
   return c
 
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxstab.engine import torch_weights as tw
-from jaxstab.engine.own_model import ACTIVATIONS, OwnClassifier
+from jaxstab.engine.own_model import ACTIVATIONS, OwnClassifier, sow_hidden
 from jaxstab.infra.errors import ConfigError
 
 TERMS = ("c2p", "p2c")
@@ -258,9 +258,11 @@ class Layers(nn.Module):
     # remat: each layer's activations recomputed in the backward pass (train.remat=layers);
     # `deterministic` (argument 5, counting the module) is static.
     cls = nn.remat(Layer, static_argnums=(5,)) if self.remat else Layer
+    sow_hidden(self, hidden)  # the embeddings' output: hidden_states[0], as transformers'
     for i in range(self.config.num_hidden_layers):
       hidden = cls(self.config, self.dtype, name=str(i))(hidden, pair_mask, rel, index,
                                                          deterministic)
+      sow_hidden(self, hidden)
     return hidden
 
 

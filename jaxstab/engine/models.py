@@ -55,17 +55,30 @@ class Model:
              pass_segment_ids: bool = True):
     """Forward pass; `batch` holds input_ids, attention_mask, token_type_ids. Logits in fp32.
     DistilBERT has no segment embeddings: it is never given token_type_ids."""
-    kw = {}
+    return self._forward(params, batch, train, dropout_key,
+                         pass_segment_ids).logits.astype(jnp.float32)
+
+  def first_token_states(self, params, batch, *, pass_segment_ids: bool = True):
+    """[L+1, B, hidden] float32: the first token's vector ([CLS] / <s>) after the embeddings
+    and after each of the L encoder layers, deterministic (no dropout), for the representation
+    measures of issue #31. Every family lists them through `output_hidden_states`, transformers'
+    classes and jaxstab's own alike, each at the hidden size (ALBERT's and ELECTRA's embeddings
+    are listed after their projection). The first token whatever the head pools: ModernBERT's
+    CLS vector also under classifier_pooling='mean'."""
+    out = self._forward(params, batch, False, None, pass_segment_ids, hidden=True)
+    return jnp.stack([h[:, 0, :] for h in out.hidden_states]).astype(jnp.float32)
+
+  def _forward(self, params, batch, train, dropout_key, pass_segment_ids, hidden=False):
+    kw = {"output_hidden_states": True} if hidden else {}
     if self.family.segment_ids:
       kw["token_type_ids"] = (batch["token_type_ids"] if pass_segment_ids
                               else jnp.zeros_like(batch["input_ids"]))
     reference_head = self.head == "reference" and self.family.reference_head
     with attention_lib.fused(self.attention), \
         (reference_roberta_head() if reference_head else contextlib.nullcontext()):
-      out = self.flax_model(batch["input_ids"], attention_mask=batch["attention_mask"],
-                            params=params, dropout_rng=dropout_key if train else None,
-                            train=train, **kw)
-    return out.logits.astype(jnp.float32)
+      return self.flax_model(batch["input_ids"], attention_mask=batch["attention_mask"],
+                             params=params, dropout_rng=dropout_key if train else None,
+                             train=train, **kw)
 
 
 @contextlib.contextmanager

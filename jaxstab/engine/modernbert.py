@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxstab.engine import torch_weights as tw
-from jaxstab.engine.own_model import ACTIVATIONS, OwnClassifier
+from jaxstab.engine.own_model import ACTIVATIONS, OwnClassifier, sow_hidden
 from jaxstab.infra.errors import ConfigError
 
 POOLINGS = ("cls", "mean")
@@ -219,8 +219,10 @@ class Layers(nn.Module):
     # `deterministic` (argument 3, counting the module) is static.
     cls = nn.remat(Layer, static_argnums=(3,)) if self.remat else Layer
     layers = int(self.config.num_hidden_layers)
+    sow_hidden(self, x)  # the embeddings' output (after their LayerNorm): hidden_states[0]
     for i in range(layers):
       x = cls(self.config, self.dtype, i, i == layers - 1, name=str(i))(x, keep, deterministic)
+      sow_hidden(self, x)  # the last one after the final norm: what the head reads
     return x
 
 

@@ -2,7 +2,8 @@
 transformers' Flax classifiers (the paper's families keep those).
 
 `models.Model` calls `flax_model(input_ids, attention_mask=, params=, dropout_rng=, train=)` and
-reads `.logits`; `models.load` builds one with `cls(config, seed=, dtype=)` (random, `.params`)
+reads `.logits` (with `output_hidden_states=True` also `.hidden_states`: the embeddings' output
+and every layer's, which the encoder's loop records with `sow_hidden`); `models.load` builds one with `cls(config, seed=, dtype=)` (random, `.params`)
 or `cls.from_pretrained(name, config=, dtype=)` and reads `params_shape_tree`; `with_remat`
 rebuilds it with `gradient_checkpointing=True`. `OwnClassifier` implements all of that once
 around a linen module; a family's subclass names its module, its config check, its table of
@@ -34,6 +35,30 @@ ACTIVATIONS = {"gelu": functools.partial(nn.gelu, approximate=False),
 @dataclasses.dataclass
 class Output:
   logits: Any
+  hidden_states: Any = None  # with output_hidden_states: (embeddings, layer 1, ..., layer L)
+
+
+HIDDEN = "intermediates"  # the collection the encoder layers sow their outputs into
+
+
+def sow_hidden(module: nn.Module, x) -> None:
+  """Records `x` as the next hidden state, as transformers' `output_hidden_states` lists them.
+  A module's encoder loop calls it on the embeddings' output and after every layer. Outside an
+  `output_hidden_states` call the collection is not mutable, and sow does nothing: training
+  and evaluation trace the same program as before."""
+  module.sow(HIDDEN, "hidden_states", x)
+
+
+def _sown(tree):
+  """The tuple of hidden states sown anywhere in the `intermediates` tree (one encoder sows)."""
+  if isinstance(tree, dict):
+    if "hidden_states" in tree:
+      return tuple(tree["hidden_states"])
+    for v in tree.values():
+      found = _sown(v)
+      if found is not None:
+        return found
+  return None
 
 
 class OwnClassifier:
@@ -92,14 +117,17 @@ class OwnClassifier:
     return jax.eval_shape(self.init_weights, jax.random.PRNGKey(0))
 
   def __call__(self, input_ids, attention_mask=None, params=None, dropout_rng=None,
-               train: bool = False, token_type_ids=None):
+               train: bool = False, token_type_ids=None, output_hidden_states: bool = False):
     del token_type_ids  # families of own modules say in their record whether they take them
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     rngs = {"dropout": dropout_rng} if train and dropout_rng is not None else {}
-    logits = self.module.apply({"params": params}, input_ids, attention_mask, train=train,
-                               rngs=rngs)
-    return Output(logits)
+    if not output_hidden_states:
+      return Output(self.module.apply({"params": params}, input_ids, attention_mask, train=train,
+                                      rngs=rngs))
+    logits, sown = self.module.apply({"params": params}, input_ids, attention_mask, train=train,
+                                     rngs=rngs, mutable=[HIDDEN])
+    return Output(logits, _sown(unfreeze(sown).get(HIDDEN, {})))
 
   @classmethod
   def from_pretrained(cls, name: str, config=None, dtype=jnp.float32, **unused):

@@ -299,6 +299,22 @@ def make_eval_logits(model: models.Model, pass_segment_ids: bool = True):
   return eval_logits
 
 
+def make_eval_reps(model: models.Model, pass_segment_ids: bool = True):
+  """Returns eval_reps(params, batches) -> [L+1, num_batches * B, hidden] float32: each
+  example's first-token vector after the embeddings and after every layer
+  (Model.first_token_states), in the batches' order, padding rows included (the caller drops
+  them). Deterministic: the same forward pass as eval_logits, read one stage earlier."""
+
+  def eval_reps(params, batches):
+    def one(batch):
+      return model.first_token_states(params, batch, pass_segment_ids=pass_segment_ids)
+    inputs = {k: batches[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    states = jax.lax.map(one, inputs)  # [num_batches, L+1, B, hidden]
+    return jnp.moveaxis(states, 1, 0).reshape(states.shape[1], -1, states.shape[-1])
+
+  return eval_reps
+
+
 def total_steps(train_cfg, n_train: int, full_steps_per_epoch: int, task: str = "") -> int:
   """Optimizer updates of a setting: train.max_steps, else epochs x batches of the training set
   (or x batches of the *full* set for the small-data ablation's steps_of_full_epochs; with
@@ -317,7 +333,7 @@ class Programs:
   benchmarks, the analyses and the tests alike, so each of them runs the same program.
 
   The `*_one` functions are one seed's pure, unjitted functions (tests jit them directly; the
-  analyses call them); `create`, `step` and `eval_logits` are those functions mapped over a
+  analyses call them); `create`, `step`, `eval_logits` and `eval_reps` are those mapped over a
   group of `seeds_per_group` seeds (`seed_axis`) and jitted. The pretrained weights (bound into
   `create`) and the anchor (`step`'s third argument) are device arguments: as jit constants they
   would be compiled into every executable and the persistent cache.
@@ -330,9 +346,11 @@ class Programs:
   step: Callable           # step(state, train_arrays, anchor) -> state (jitted; the state is
                            # donated; pass `anchor` below)
   eval_logits: Callable    # eval_logits(params, dev_batches) -> [K, batches, B, C]
+  eval_reps: Callable      # eval_reps(params, dev_batches) -> [K, L+1, batches * B, hidden]
   create_one: Callable     # create_one(seed_key, data_key=None) -> TrainState
   step_one: Callable       # step_one(state, train_arrays, anchor=None) -> TrainState
   eval_one: Callable       # eval_one(params, dev_batches) -> [batches, B, C]
+  reps_one: Callable       # reps_one(params, dev_batches) -> [L+1, batches * B, hidden]
   tx: optax.GradientTransformation
   schedule: Callable
   spec: StepSpec           # what the step was compiled from (step_spec)
@@ -389,6 +407,7 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
   create_from = precision.at_precision(create_from, matmul)
   step_one = precision.at_precision(make_train_step(model, tx, schedule, spec), matmul)
   eval_one = precision.at_precision(make_eval_logits(model, spec.pass_segment_ids), matmul)
+  reps_one = precision.at_precision(make_eval_reps(model, spec.pass_segment_ids), matmul)
   create_fn = jax.jit(over_seeds(create_from, (None, 0, 0), axis),
                       out_shardings=layout.seed_sharding(seeds_per_group))
   pretrained = jax.device_put(model.params, layout.replicated)
@@ -405,8 +424,9 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
       create=create,
       step=step,
       eval_logits=jax.jit(over_seeds(eval_one, (0, None), axis)),
+      eval_reps=jax.jit(over_seeds(reps_one, (0, None), axis)),
       create_one=functools.partial(create_from, model.params), step_one=step_one,
-      eval_one=eval_one, tx=tx, schedule=schedule, spec=spec, group_names=groups,
+      eval_one=eval_one, reps_one=reps_one, tx=tx, schedule=schedule, spec=spec, group_names=groups,
       total_steps=total,
       seeds_per_group=seeds_per_group, seed_axis=axis, anchor=anchor, matmul_precision=matmul)
 

@@ -109,7 +109,8 @@ def _prepare(cfg, workdir, loaded: inputs_lib.Inputs) -> Plan:
               saving=Saving(every_steps=cfg.checkpoint.every_steps, keep=cfg.checkpoint.keep,
                             keep_final_params=cfg.checkpoint.keep_final_params),
               setting=cfg.setting, select=cfg.select, data_seeds=runs_lib.uses_data_seeds(cfg),
-              matmul_precision=cfg.model.matmul_precision)
+              matmul_precision=cfg.model.matmul_precision,
+              rep_examples=cfg.analysis.rep_examples)
 
 
 def _build(cfg, plan: Plan) -> Engine:

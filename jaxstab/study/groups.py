@@ -25,6 +25,7 @@ from jaxstab.engine import memory, parallel, train as train_lib
 from jaxstab.infra import checkpoint, fs
 from jaxstab.results import outputs
 from jaxstab.study import early_stop, merge, progress as progress_lib, workdir as workdir_lib
+from jaxstab.study import representations
 from jaxstab.study.plan import Engine, Plan
 
 
@@ -91,6 +92,7 @@ def train_and_write(plan: Plan, engine: Engine, group, stop,
   the group's checkpoints."""
   done = train_to(plan, engine, group, stop, plan.total_steps, initial)
   final_logits(done.state, engine, done.progress)
+  representations.write(plan, engine, done.state, done.progress)  # before the .json (finished)
   write(plan, done.state, done.progress)
   done.ckpt.close(remove=parallel.is_primary())
   remove_finished(plan.workdir)

@@ -12,7 +12,7 @@ import numpy as np
 
 from jaxstab.infra import fs
 from jaxstab.results import finite, instability
-from jaxstab.study import workdir as workdir_lib
+from jaxstab.study import representations, workdir as workdir_lib
 
 
 def gather(plan, runs) -> Tuple[Optional[dict], Optional[str]]:
@@ -58,6 +58,6 @@ def add(out: dict, plan, runs) -> Optional[dict]:
   if predictions is None:
     finite.put(out, "instability", finite.Undefined(why))
     return None
-  reps = None  # representations: wired when captured (jaxstab.study.representations.stacked)
+  reps = representations.stacked(plan, [int(r["seed"]) for r in runs])  # None: not captured
   out["instability"] = block(predictions, runs, plan.task.regression, reps)
   return predictions

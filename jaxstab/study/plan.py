@@ -43,6 +43,7 @@ class Plan:
   data_seeds: bool            # runs are the grid seeds x data_seeds (the decomposition)
   matmul_precision: str       # model.matmul_precision the programs trace (for the record)
   stopping: Optional[early_stop.Spec] = None  # train.early_stop, when on
+  rep_examples: int = 0       # analysis.rep_examples: dev examples whose representations are kept
 
 
 @dataclasses.dataclass

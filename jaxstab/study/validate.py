@@ -64,6 +64,10 @@ def check_config(cfg) -> None:
   stabilisers.check(cfg.stabilisers.mixout, cfg.stabilisers.llrd)
   if cfg.stabilisers.reinit_layers < 0:
     raise ConfigError(f"stabilisers.reinit_layers={cfg.stabilisers.reinit_layers} must be >= 0")
+  reps = cfg.analysis.rep_examples
+  if isinstance(reps, bool) or not isinstance(reps, int) or reps < 0:
+    raise ConfigError(f"analysis.rep_examples={reps!r} must be a whole number >= 0 (dev examples "
+                      "whose representations are kept; 0 = off)")
 
 
 def check_model(cfg, arch: str, num_layers: int) -> None:

@@ -152,8 +152,10 @@ def prepare(cfg, workdir: str) -> None:
 
 
 def run_path(workdir: str, seed: int, kind: str) -> str:
-  """runs/seed_N.json (written last: it marks the seed finished), its probe, its metrics and
-  its end-of-training dev logits (kind "logits"; merge stacks them into predictions.npz)."""
+  """runs/seed_N.json (written last: it marks the seed finished), its probe, its metrics, its
+  end-of-training dev logits (kind "logits"; merge stacks them into predictions.npz) and its
+  per-layer representations (kind "reps"; study/representations.py)."""
   return fs.join(workdir, RUNS, {"json": f"seed_{seed}.json", "npz": f"probe_seed_{seed}.npz",
                                  "jsonl": f"metrics_seed_{seed}.jsonl",
-                                 "logits": f"logits_seed_{seed}.npz"}[kind])
+                                 "logits": f"logits_seed_{seed}.npz",
+                                 "reps": f"reps_seed_{seed}.npy"}[kind])
