@@ -67,6 +67,7 @@ class _Plan:
   workdir: str
   arrays: _Arrays
   task: _Task
+  rep_examples: int = 0  # no representations captured (tests/test_representations_capture.py)
 
 
 def _setting(tmp_path, regression=False, missing=()):
