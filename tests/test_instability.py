@@ -403,3 +403,23 @@ def test_matrices_are_symmetric_with_the_pairwise_values():
   assert block["cka"] == reps.matrices(r, "cka")[0] and block["svcca_cap"] == 4
   assert "cka: layer 1, seeds 0-3" in block[finite.UNDEFINED]
   json.dumps(block, allow_nan=False)
+
+
+def test_a_diverged_seeds_representations_leave_the_others_measured():
+  """A diverged seed's NaN (or float16 inf) representations make its row and column null with
+  the reason, and every other cell equals the measures over the finite seeds alone, at the same
+  seeds' places (a planted off-by-one in the renumbering would move them)."""
+  rng = np.random.default_rng(5)
+  r = rng.normal(size=(4, 2, 30, 8)).astype(np.float16)
+  r[1, 1, 3, 2] = np.inf
+  logits = rng.normal(size=(4, 30, 2))
+  block = instability.instability(logits, representations=r)
+  direct, _ = reps.matrices(r[[0, 2, 3]], "cka")
+  for layer in range(2):
+    m = block["cka"][layer]
+    assert all(m[1][j] is None and m[j][1] is None for j in range(4))
+    for a, i in enumerate((0, 2, 3)):
+      for b, j in enumerate((0, 2, 3)):
+        assert m[i][j] == direct[layer][a][b]
+  assert "NaN or inf" in block["undefined"]["seed 1"]
+  assert block["procrustes"][0][2][3] is not None and block["svcca"][1][0][3] is not None

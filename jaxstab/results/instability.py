@@ -82,11 +82,38 @@ def instability(outputs, kind: str = "logits", successful=None, representations=
       raise ValueError("representations must be [seeds, layers, examples, dims] with the "
                        f"seeds of outputs ({np.asarray(outputs).shape[0]}), got shape {r.shape}")
     why = {}
+    ok = np.asarray([np.isfinite(r[s]).all() for s in range(r.shape[0])])
+    for s in np.flatnonzero(~ok):  # a diverged seed: NaN, or past float16's range when stored
+      why[f"seed {s}"] = ("its representations hold NaN or inf (a diverged run): every measure "
+                          "with it is undefined")
     for measure in layers.MEASURES:
-      out[measure], cells = layers.matrices(r, measure, cka_estimator)
+      out[measure], cells = _over_finite_seeds(r, ok, measure, cka_estimator)
       why.update({f"{measure}: {where}": reason for where, reason in cells.items()})
     out["cka_estimator"] = cka_estimator
     out["svcca_cap"] = layers.svcca_cap(r.shape[2])
     if why:
       out.setdefault(finite.UNDEFINED, {}).update(why)
   return out
+
+
+def _over_finite_seeds(r: np.ndarray, ok: np.ndarray, measure: str, estimator: str):
+  """layers.matrices over the seeds whose representations are finite (`ok`), spread back to
+  every seed: rows and columns of the others are null (their reason is the block's "seed i")."""
+  index = np.flatnonzero(ok)
+  if len(index) == len(ok):
+    return layers.matrices(r, measure, estimator)
+  if len(index) == 0:
+    sub, cells = [[[]] for _ in range(r.shape[1])], {}
+  else:
+    sub, cells = layers.matrices(r[index], measure, estimator)
+  full = [[[None] * len(ok) for _ in ok] for _ in range(r.shape[1])]
+  for layer, m in enumerate(sub):
+    for a, i in enumerate(index):
+      for b, j in enumerate(index):
+        full[layer][i][j] = m[a][b]
+  renamed = {}
+  for where, reason in cells.items():  # "layer l, seeds a-b" in the subset's numbering
+    head, pair = where.rsplit("seeds ", 1)
+    a, b = (int(x) for x in pair.split("-"))
+    renamed[f"{head}seeds {index[a]}-{index[b]}"] = reason
+  return full, renamed
