@@ -423,3 +423,21 @@ def test_a_diverged_seeds_representations_leave_the_others_measured():
         assert m[i][j] == direct[layer][a][b]
   assert "NaN or inf" in block["undefined"]["seed 1"]
   assert block["procrustes"][0][2][3] is not None and block["svcca"][1][0][3] is not None
+
+
+def test_a_layer_undefined_for_every_pair_is_one_reason():
+  """The first token after the embeddings is one vector for every example: that layer's cells
+  are all null and the block says so once per measure, while a layer where only one seed is
+  constant keeps its reasons per pair (they name which seeds)."""
+  rng = np.random.default_rng(6)
+  r = rng.normal(size=(4, 3, 20, 6))
+  r[:, 0] = 1.5                      # layer 0: constant for every seed
+  r[2, 2] = -0.5                     # layer 2: constant for seed 2 only
+  block = instability.instability(rng.normal(size=(4, 20, 2)), representations=r)
+  why = block["undefined"]
+  assert all(v is None for row in block["cka"][0] for i, v in enumerate(row) if v != 1.0)
+  assert "same for every example" in why["cka: layer 0, every pair"]
+  assert not any(k.startswith("cka: layer 0, seeds") for k in why)
+  assert sorted(k for k in why if k.startswith("cka: layer 2")) == [
+      "cka: layer 2, seeds 0-2", "cka: layer 2, seeds 1-2", "cka: layer 2, seeds 2-3"]
+  assert block["cka"][1][0][3] is not None

@@ -88,7 +88,8 @@ def instability(outputs, kind: str = "logits", successful=None, representations=
                           "with it is undefined")
     for measure in layers.MEASURES:
       out[measure], cells = _over_finite_seeds(r, ok, measure, cka_estimator)
-      why.update({f"{measure}: {where}": reason for where, reason in cells.items()})
+      why.update({f"{measure}: {where}": reason
+                  for where, reason in _by_layer(cells, int(ok.sum())).items()})
     out["cka_estimator"] = cka_estimator
     out["svcca_cap"] = layers.svcca_cap(r.shape[2])
     if why:
@@ -117,3 +118,21 @@ def _over_finite_seeds(r: np.ndarray, ok: np.ndarray, measure: str, estimator: s
     a, b = (int(x) for x in pair.split("-"))
     renamed[f"{head}seeds {index[a]}-{index[b]}"] = reason
   return full, renamed
+
+
+def _by_layer(cells: dict, seeds: int) -> dict:
+  """The reasons of undefined cells ("layer l, seeds i-j"), one entry "layer l, every pair" for
+  a layer whose every pair is undefined for one reason: the first token after the embeddings
+  is the same vector for every example ([CLS] at position 0), so that layer has no measure
+  at all, and 300 identical lines for 25 seeds would hide the reasons that differ."""
+  pairs = seeds * (seeds - 1) // 2
+  layers: dict = {}
+  for where, reason in cells.items():
+    layers.setdefault(where.split(", seeds ")[0], []).append((where, reason))
+  out = {}
+  for layer, found in layers.items():
+    if len(found) == pairs and len({r for _, r in found}) == 1:
+      out[f"{layer}, every pair"] = found[0][1]
+    else:
+      out.update(found)
+  return out
