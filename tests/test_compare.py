@@ -12,7 +12,7 @@ from scipy import stats as sps
 
 from jaxstab.config import config_lib
 from jaxstab.report import compare
-from jaxstab.results import agreement, stats
+from jaxstab.results import agreement, representations, stats
 from jaxstab.study import studies
 
 
@@ -95,7 +95,8 @@ def test_merged_table_keeps_every_cell_of_its_sources(workdirs, tmp_path, capsys
 def test_instability_columns_are_recomputed_from_predictions(workdirs, capsys):
   """compare and each study's table.md carry one instability row per setting: disagreement and
   Fleiss' kappa over every seed / the successful ones, computed here again from the setting's
-  predictions.npz with the summary's failed flags, and no CKA (no representations)."""
+  predictions.npz with the summary's failed flags, and the last layer's mean CKA over pairs of
+  seeds, computed here again from the seeds' runs/reps_seed_N.npy."""
   rte, mrpc = workdirs
   assert compare.main([rte, mrpc]) == 0
   text = capsys.readouterr().out
@@ -110,11 +111,14 @@ def test_instability_columns_are_recomputed_from_predictions(workdirs, capsys):
     ok = [i for i, r in enumerate(summary["runs"]) if r["failed"] is False]
     show = lambda v: f"{v:.3f}" if isinstance(v, float) else f"undefined: {v.reason}"
     cell = lambda fn: f"{show(fn(logits))} / {show(fn(logits, ok))}"
+    top = [np.load(f"{folder}/runs/reps_seed_{r['seed']}.npy")[-1] for r in summary["runs"]]
+    ckas = [representations.linear_cka(top[i], top[j]) for i in range(3) for j in range(3) if i != j]
+    ckas = [c for c in ckas if isinstance(c, float)]
     row = (f"| {recipe} | {summary['task'].upper()} | 3 ({len(ok)}) | "
-           f"{cell(agreement.disagreement)} | {cell(agreement.fleiss_kappa)} | — |")
+           f"{cell(agreement.disagreement)} | {cell(agreement.fleiss_kappa)} | "
+           f"{f'{np.mean(ckas):.3f}' if ckas else '—'} |")
     assert row in text.splitlines(), (row, text)
     assert row in open(table, encoding="utf-8").read().splitlines()
-  assert "no per-layer representations were kept" in text
 
 
 def test_paper_rows_are_the_notes_table(workdirs, capsys):
