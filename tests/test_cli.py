@@ -87,7 +87,7 @@ def test_demo_writes_every_output_file(demo_run):
   assert sorted(p.name for p in (demo_run / "runs").iterdir()) == sorted(
       f"{kind}_{s}.{ext}" for s in DEMO_SEEDS for kind, ext in (
           ("seed", "json"), ("probe_seed", "npz"), ("metrics_seed", "jsonl"),
-          ("logits_seed", "npz")))
+          ("logits_seed", "npz"), ("reps_seed", "npy")))
   assert sorted(p.name for p in (demo_run / "tensorboard").iterdir()) == [
       f"seed_{s}" for s in DEMO_SEEDS]
 
@@ -207,7 +207,7 @@ def check_predictions(workdir, n_dev: int, classes: int) -> dict:
         k: v for k, v in r["final"].items() if k != "step"}, r["seed"]
     row = load_npz(workdir / "runs" / f"logits_seed_{r['seed']}.npz")["logits"]
     np.testing.assert_array_equal(row, z["logits"][i])
-  check_instability(summary, z)
+  check_instability(summary, z, workdir=workdir)
   return z
 
 

@@ -28,15 +28,20 @@ def _leaves(x, prefix=""):
   return {prefix.rstrip("."): x}
 
 
-def check_instability(summary: dict, predictions: dict, regression: bool = False) -> dict:
+def check_instability(summary: dict, predictions: dict, regression: bool = False,
+                      workdir=None) -> dict:
   """Guard: the summary's `instability` block equals the block recomputed from predictions.npz
   over every seed, and over the seeds the summary's own runs mark not failed; the seeds of
-  predictions.npz are the summary's runs, in order. Every numeric leaf is compared; the bound is
-  0 (the same float32 logits, read back exactly, through the same float64 arithmetic)."""
+  predictions.npz are the summary's runs, in order. With `workdir`, the representation measures
+  too, from its runs/reps_seed_N.npy. Every numeric leaf is compared; the bound is 0 (the same
+  float32 logits and float16 vectors, read back exactly, through the same float64 arithmetic)."""
   runs = summary["runs"]
   ok = [r["failed"] is False for r in runs]  # written here, not taken from instability_io
+  reps = None
+  if workdir is not None:
+    reps = np.stack([np.load(f"{workdir}/runs/reps_seed_{r['seed']}.npy") for r in runs])
   want = _leaves(instability.instability(
-      predictions["logits"], "logits", successful=np.asarray(ok, bool),
+      predictions["logits"], "logits", successful=np.asarray(ok, bool), representations=reps,
       task_type="regression" if regression else "classification"))
   got = _leaves(summary["instability"])
   errors = {"seeds": (float(list(predictions["seeds"]) != [r["seed"] for r in runs]), 0.0),

@@ -51,8 +51,8 @@ def test_report_of_a_real_run(real_run):
   report = build(real_run)
   assert report.index == os.path.join(real_run, "report", "index.html")
   assert set(report.figures) == {"spread", "expected_max_demo", "gradnorms_demo_devlin",
-                                 "forecast_demo", "disagreement_demo_devlin", "bias_correction",
-                                 "generalization", "train_loss"}
+                                 "forecast_demo", "disagreement_demo_devlin", "cka_demo_devlin",
+                                 "bias_correction", "generalization", "train_loss"}
   _check_pngs(report)
   page, images = _images(report.index)
   assert len(images) == len(report.figures)
@@ -61,8 +61,9 @@ def test_report_of_a_real_run(real_run):
     with open(path, "rb") as f:
       assert f.read() in embedded
   assert "<table>" in page and "DEMO" in page and "devlin" in page and "demo_devlin" in page
-  # the instability table and the disagreement figure (no representations: no CKA curves)
-  assert "how much the seeds disagree" in page and "per-layer CKA of" not in page
+  # the instability table, the disagreement figure and the CKA curves (the run kept its seeds'
+  # per-layer representations)
+  assert "how much the seeds disagree" in page and "per-layer CKA of" in page
   assert "2 seeds label differently" in report.captions["disagreement_demo_devlin"]
   with open(os.path.join(real_run, "summary.json"), encoding="utf-8") as f:
     runs = {r["seed"]: r for r in json.load(f)["runs"]}
@@ -94,10 +95,11 @@ def test_the_command_line_builds_the_report(real_run, tmp_path):
                         check=False)
   assert done.returncode == 0, done.stderr
   page, images = _images(out / "index.html")
-  assert len(images) == 7 and "demo_devlin" in page
+  assert len(images) == 9 and "demo_devlin" in page
   assert sorted(p.name for p in out.glob("*.png")) == sorted(
       ["spread.png", "expected_max_demo.png", "gradnorms_demo_devlin.png", "bias_correction.png",
-       "generalization.png", "train_loss.png", "forecast_demo.png"])
+       "generalization.png", "train_loss.png", "forecast_demo.png",
+       "disagreement_demo_devlin.png", "cka_demo_devlin.png"])
 
 
 # ------------------------------------------------------------------ errors
