@@ -69,20 +69,17 @@ def build(workdir: str, out: str = None) -> Report:
     caption = forecast_fig.figure(task, group, forecasts, path)
     if caption:
       pngs[f"forecast_{safe_name(task)}"], captions[f"forecast_{safe_name(task)}"] = path, caption
-  for s in settings:  # the seed analyses: init x data-order grid, early stop
-    for kind, fn in (("seed_grid", seed_grid.grid), ("early_stop", seed_grid.early_stop)):
-      path = os.path.join(out, f"{kind}_{safe_name(s.name)}.png")
-      caption = fn(s, path)
-      if caption:
-        pngs[f"{kind}_{safe_name(s.name)}"] = path
-        captions[f"{kind}_{safe_name(s.name)}"] = caption
-  for s in settings:  # how far the seeds' predictions and representations part
-    for kind, fn in (("disagreement", instability.disagreement), ("cka", instability.cka)):
-      path = os.path.join(out, f"{kind}_{safe_name(s.name)}.png")
-      caption = fn(s, path)
-      if caption:
-        pngs[f"{kind}_{safe_name(s.name)}"] = path
-        captions[f"{kind}_{safe_name(s.name)}"] = caption
+  per_setting = (  # the seed analyses (init x data-order grid, early stop), then how far the
+      # seeds' predictions and representations part
+      (("seed_grid", seed_grid.grid), ("early_stop", seed_grid.early_stop)),
+      (("disagreement", instability.disagreement), ("cka", instability.cka)))
+  for kinds in per_setting:
+    for s in settings:
+      for kind, fn in kinds:
+        key = f"{kind}_{safe_name(s.name)}"
+        caption = fn(s, os.path.join(out, f"{key}.png"))
+        if caption:
+          pngs[key], captions[key] = os.path.join(out, f"{key}.png"), caption
   draw("bias_correction", figures.bias_correction, settings)
   surfaces = _analysis_figures(settings, out, "loss_surface", pngs, captions, notes)
   forgetting = _analysis_figures(settings, out, "forgetting", pngs, captions, notes)
