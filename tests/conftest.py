@@ -13,6 +13,11 @@ import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One thread for numpy's BLAS and torch's OpenMP in every test process and its subprocesses: the
+# xdist workers already keep every core busy, and threads that wait on a descheduled partner cost
+# far more than they save on the tests' small matrices (BUILD_NOTES "One BLAS thread").
+for _threads in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+  os.environ.setdefault(_threads, "1")
 
 # One persistent XLA cache for the whole test run, shared by the xdist workers (they inherit the
 # controller's environment): many tests compile the same tiny programs, and a program one test

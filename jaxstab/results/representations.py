@@ -10,6 +10,7 @@ is the same for every example) is `finite.Undefined(reason)` (jaxstab.results.fi
 """
 import numpy as np
 
+from jaxstab.infra import blas
 from jaxstab.results import finite
 from jaxstab.results.finite import Undefined
 
@@ -53,6 +54,7 @@ def hsic_unbiased(k: np.ndarray, l: np.ndarray) -> float:
                - 2.0 / (n - 2) * (one_k @ one_l)) / (n * (n - 3))
 
 
+@blas.one_thread
 def linear_cka(x, y, estimator: str = "unbiased"):
   """Linear CKA (Kornblith et al. 2019): HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) with the linear
   kernels K = X X', L = Y Y'. 1: the same representation up to rotation and isotropic scale;
@@ -105,6 +107,7 @@ def _procrustes(px: np.ndarray, py: np.ndarray) -> float:
   return max(0.0, 2.0 - 2.0 * float(np.linalg.svd(px.T @ py, compute_uv=False).sum()))
 
 
+@blas.one_thread
 def procrustes(x, y):
   """The orthogonal Procrustes distance in its squared form (Ding, Denain & Steinhardt 2021):
   centre each column, scale X and Y to unit Frobenius norm, then
@@ -143,6 +146,7 @@ def _directions(x: np.ndarray, variance: float, cap: int):
   return u[:, :min(keep, cap, u.shape[1])]
 
 
+@blas.one_thread
 def svcca(x, y, variance: float = VARIANCE, cap=None):
   """SVCCA (Raghu et al. 2017): centre, keep each side's top singular directions that hold
   `variance` (0.99) of its variance, at most `cap` of them (default `svcca_cap(examples)`), then
@@ -166,6 +170,7 @@ def svcca(x, y, variance: float = VARIANCE, cap=None):
 MEASURES = {"cka": 1.0, "procrustes": 0.0, "svcca": 1.0}   # measure -> its value on the diagonal
 
 
+@blas.one_thread
 def matrices(reps, measure: str, estimator: str = "unbiased"):
   """[layers][seeds][seeds] of `measure` ("cka", "procrustes" or "svcca") between every two
   seeds, from reps [seeds, layers, examples, dims] (float16 is widened): symmetric, the diagonal
