@@ -121,11 +121,16 @@ def load_config(spec: str, overrides):
 
 
 def _compilation_cache(config, workdir):
-  """Persistent XLA cache, shared by the studies next to this workdir: a rerun compiles nothing."""
+  """Persistent XLA cache, shared by the studies next to this workdir (or the one that
+  JAX_COMPILATION_CACHE_DIR names): a rerun compiles nothing."""
   import jax  # pylint: disable=import-outside-toplevel  # after absl has parsed the flags
   where = config.compile_cache
   if where == "off":
     return
+  if not where and os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    # jax's own variable names the user's cache: it wins over the default place, and a suite of
+    # runs (a sweep, the tests) then shares one cache.
+    where = os.environ["JAX_COMPILATION_CACHE_DIR"]
   if not where and fs.is_remote(workdir):  # a bucket workdir: keep the cache on this machine
     where = fs.local_cache("xla")
   where = where or os.path.join(os.path.dirname(os.path.abspath(workdir)), ".jaxstab_compile_cache")

@@ -129,8 +129,9 @@ def minilm_dir() -> str:
 
 @pytest.fixture(scope="session")
 def cli_root(tmp_path_factory) -> Path:
-  """A parent folder for CLI workdirs: they share its persistent XLA cache
-  (<workdir>/../.jaxstab_compile_cache), so a run compiles only what no earlier run did."""
+  """A parent folder for CLI workdirs. Their runs, in this process or a subprocess, compile
+  through the test run's one XLA cache (JAX_COMPILATION_CACHE_DIR, above, which jaxstab.main
+  takes when compile_cache is ''), so a run compiles only what no earlier test did."""
   return tmp_path_factory.mktemp("cli")
 
 

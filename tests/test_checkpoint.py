@@ -205,23 +205,6 @@ def test_workdir_lock_refuses_a_live_owner_and_takes_over_a_stale_one(tmp_path):
 
 
 # ------------------------------------------------------------------ damaged files, a full disk
-@pytest.fixture
-def cli_cache(cli_root):
-  """This process compiles through the CLI runs' persistent cache, as jaxstab.main sets it up,
-  so that a resume here loads the programs the killed run compiled (measured: 13 s of CPU for a
-  resume instead of 39 s)."""
-  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=import-outside-toplevel
-  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-  old = {k: getattr(jax.config, k) for k in keys}
-  jax.config.update(keys[0], str(cli_root / ".jaxstab_compile_cache"))
-  jax.config.update(keys[1], 0)
-  compilation_cache.reset_cache()  # the process decides at its first compile, unless reset
-  yield
-  for k, v in old.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
-
-
 def _run_here(workdir, caplog) -> str:
   """Reruns the command of guards.CHECKPOINT_ARGS on `workdir` in this process; returns its log."""
   caplog.clear()
@@ -240,7 +223,7 @@ def _files(workdir: Path) -> dict:
 
 
 def test_damaged_run_records_stop_in_one_line_and_their_fix_ends_bit_identical(
-    cli_root, reference, cli_cache, caplog):  # pylint: disable=unused-argument
+    cli_root, reference, caplog):  # pylint: disable=unused-argument
   """A finished run with runs/seed_1.json, runs/probe_seed_2.npz and the token cache cut in
   half. Each rerun stops with one line naming the damaged file and the fix, having written
   nothing; after the fix (the records renamed) both seeds are trained again, the cache is
@@ -283,7 +266,7 @@ TENSORSTORE_NO_SPACE = (
 
 
 def test_damaged_checkpoint_then_a_full_disk_then_space_freed_ends_bit_identical(
-    killed_at_step_7, reference, cli_cache, monkeypatch, caplog):  # pylint: disable=unused-argument
+    killed_at_step_7, reference, monkeypatch, caplog):  # pylint: disable=unused-argument
   """Two faults on one killed run (one resume less for CI). (1) Every file of the newest
   complete checkpoint cut to a third: the rerun renames that step <step>.unreadable and resumes
   from the one before. (2) On that rerun orbax's array writer fails as on a full disk, inside

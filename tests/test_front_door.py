@@ -66,3 +66,30 @@ def test_eta_excludes_compilation():
 
 def test_duration():
   assert [progress.duration(s) for s in (0, 42.4, 187, 7500)] == ["0s", "42s", "3m07s", "2h05m"]
+
+
+@pytest.fixture
+def restored_cache_dir():
+  import jax  # pylint: disable=import-outside-toplevel
+  old = jax.config.jax_compilation_cache_dir
+  yield
+  jax.config.update("jax_compilation_cache_dir", old)
+
+
+def test_compile_cache_follows_jax_own_variable(tmp_path, monkeypatch, restored_cache_dir):  # pylint: disable=redefined-outer-name,unused-argument
+  """compile_cache '' takes JAX_COMPILATION_CACHE_DIR when the user set it (a sweep, the tests),
+  else the folder next to the workdir; an explicit compile_cache wins over both."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxstab.config import config_lib  # pylint: disable=import-outside-toplevel
+  key = "jax_compilation_cache_dir"
+  cfg, workdir = config_lib.base_config(), str(tmp_path / "runs" / "work")
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+  main._compilation_cache(cfg, workdir)  # pylint: disable=protected-access
+  assert getattr(jax.config, key) == str(tmp_path / "mine")
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+  main._compilation_cache(cfg, workdir)  # pylint: disable=protected-access
+  assert getattr(jax.config, key) == str(tmp_path / "runs" / ".jaxstab_compile_cache")
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+  cfg.compile_cache = str(tmp_path / "explicit")
+  main._compilation_cache(cfg, workdir)  # pylint: disable=protected-access
+  assert getattr(jax.config, key) == str(tmp_path / "explicit")

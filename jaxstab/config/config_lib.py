@@ -50,7 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.select = "final"                   # which dev result a setting reports: final | best
   c.settings = ml_collections.ConfigDict()  # study: name -> argument string (study_*.py)
   c.overwrite = False                  # True: discard a workdir's results of another config
-  c.compile_cache = ""                 # persistent XLA cache dir; '' = <workdir>/../.jaxstab_compile_cache; 'off'
+  c.compile_cache = ""                 # XLA cache dir; '' = $JAX_COMPILATION_CACHE_DIR or <workdir>/../.jaxstab_compile_cache; 'off'
   c.explicit = []                      # the user's own values, 'key=value' in the order given
                                        # (applied after every preset, per setting of a study)
 
