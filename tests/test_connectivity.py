@@ -140,7 +140,8 @@ def test_cli_end_to_end_with_an_identical_and_a_diverged_seed(tiny_run, tmp_path
   before = json.loads((workdir / "summary.json").read_text())
   assert "connectivity" not in before
   assert "Linear connectivity" not in (workdir / "table.md").read_text()
-  assert entry.main([f"--workdir={workdir}", f"--points={POINTS}", "--train_examples=32"]) == 0
+  assert entry.main([f"--workdir={workdir}", f"--points={POINTS}", "--train_examples=32",
+                     "--dev_examples=16"]) == 0
   capsys.readouterr()
   after = json.loads((workdir / "summary.json").read_text())
   block = after.pop("connectivity")
@@ -156,6 +157,7 @@ def test_cli_end_to_end_with_an_identical_and_a_diverged_seed(tiny_run, tmp_path
   assert "failed_seeds_apart" in block["undefined"]
   record = json.loads((workdir / "analysis" / "connectivity.json").read_text())
   assert len(record["curves"]["dev_metric"]) == 3 and len(record["pretrained_path"]["seeds"]) == 3
+  assert record["train_examples"] == 32 and record["dev_examples"] == 16
   table = (workdir / "table.md").read_text()
   assert "| devlin | DEMO | 3 | 3 | 1 (2) |" in table
   compared = compare_lib.markdown(compare_lib.gather([str(workdir)]))

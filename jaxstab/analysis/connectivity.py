@@ -28,8 +28,8 @@ Writes <setting dir>/analysis/connectivity.json (every curve) and the `connectiv
 setting's summary.json (and of the study's summary.json and table.md): analysis.connectivity_io.
 
 Command line: python -m jaxstab.connectivity --workdir=DIR [--setting=NAME] [--points=8]
-    [--train_examples=512] [--max_pairs=300] [--pair_seed=0] [--threshold=T] [--chunk=5]
-    [--batch_size=64]
+    [--train_examples=512] [--dev_examples=0] [--max_pairs=300] [--pair_seed=0] [--threshold=T]
+    [--chunk=5] [--batch_size=64]
 """
 import dataclasses
 import sys
@@ -84,20 +84,23 @@ class Batches:
   parts: Dict[str, slice]      # "train" / "dev" -> the batch rows of that set
   labels: Dict[str, np.ndarray]
   examples: np.ndarray         # the training subset's indices
+  dev_examples: np.ndarray     # the dev examples' indices (all by default)
 
 
-def stack_batches(train_arrays: dict, dev_arrays: dict, idx: np.ndarray,
-                  batch_size: int) -> Batches:
+def stack_batches(train_arrays: dict, dev_arrays: dict, idx: np.ndarray, batch_size: int,
+                  dev_idx: Optional[np.ndarray] = None) -> Batches:
+  """`dev_idx`: the dev examples to score (default all)."""
   keys = ("input_ids", "attention_mask", "token_type_ids", "labels")
+  dev_idx = np.arange(len(dev_arrays["labels"])) if dev_idx is None else dev_idx
   sets = {"train": {k: train_arrays[k][idx] for k in keys},
-          "dev": {k: dev_arrays[k] for k in keys}}
+          "dev": {k: dev_arrays[k][dev_idx] for k in keys}}
   padded = {name: dataset.eval_batches(a, batch_size) for name, a in sets.items()}
   parts, start = {}, 0
   for name in SETS:
     nb = padded[name]["weight"].shape[0]
     parts[name], start = slice(start, start + nb), start + nb
   arrays = {k: np.concatenate([padded[n][k] for n in SETS]) for k in padded["train"]}
-  return Batches(arrays, parts, {n: np.asarray(sets[n]["labels"]) for n in SETS}, idx)
+  return Batches(arrays, parts, {n: np.asarray(sets[n]["labels"]) for n in SETS}, idx, dev_idx)
 
 
 def evaluate_line(fn, theta_a, theta_b, alpha: np.ndarray, batches: Batches, device_batches,
@@ -137,6 +140,7 @@ class Result:
   threshold: float
   rule: str
   examples: np.ndarray
+  dev_examples: np.ndarray
   seconds: float
 
 
@@ -145,11 +149,12 @@ def is_finite_tree(params) -> bool:
 
 
 def check_args(points: int, train_examples: int, max_pairs: int, chunk: int, batch_size: int,
-               threshold: Optional[float]) -> None:
+               threshold: Optional[float], dev_examples: int = 0) -> None:
   """The flags' values, before anything is read or written (one-line ConfigError)."""
   for flag, value, low in (("--points", points, 1), ("--max_pairs", max_pairs, 1),
                            ("--chunk", chunk, 1), ("--batch_size", batch_size, 1),
-                           ("--train_examples", train_examples, 0)):
+                           ("--train_examples", train_examples, 0),
+                           ("--dev_examples", dev_examples, 0)):
     if value < low:
       raise ConfigError(f"{flag}={value}: must be >= {low}")
   if threshold is not None and not threshold > 0:
@@ -159,7 +164,7 @@ def check_args(points: int, train_examples: int, max_pairs: int, chunk: int, bat
 def compute(inputs: analysis.SettingInputs, dev_arrays: dict, points: int = DEFAULT_POINTS,
             train_examples: int = DEFAULT_TRAIN_EXAMPLES, max_pairs: int = conn.DEFAULT_MAX_PAIRS,
             pair_seed: int = 0, threshold: Optional[float] = None, chunk: int = DEFAULT_CHUNK,
-            batch_size: int = DEFAULT_BATCH, subset_seed: int = 0) -> Result:
+            batch_size: int = DEFAULT_BATCH, subset_seed: int = 0, dev_examples: int = 0) -> Result:
   """Every line of one setting (see the module docstring)."""
   kept = outputs.kept_seeds(inputs.directory)
   if len(kept) < 2:
@@ -169,7 +174,8 @@ def compute(inputs: analysis.SettingInputs, dev_arrays: dict, points: int = DEFA
   alpha = conn.alphas(points)
   pairs, sampled = conn.choose_pairs(kept, max_pairs, pair_seed)
   idx = loss_surface.fixed_subset(inputs.train_arrays, train_examples, subset_seed)
-  batches = stack_batches(inputs.train_arrays, dev_arrays, idx, batch_size)
+  dev_idx = loss_surface.fixed_subset(dev_arrays, dev_examples, subset_seed)
+  batches = stack_batches(inputs.train_arrays, dev_arrays, idx, batch_size, dev_idx)
   on_device = jax.device_put(batches.arrays)
   metric = inputs.task.metric
   if threshold is None:
@@ -183,7 +189,15 @@ def compute(inputs: analysis.SettingInputs, dev_arrays: dict, points: int = DEFA
   final = {s: analysis.final_params(inputs, s) for s in kept}
   not_finite = {s: "its kept final parameters hold NaN or inf (a diverged run): its lines are "
                    "not evaluated" for s, p in final.items() if not is_finite_tree(p)}
-  line = lambda a, b: evaluate_line(fn, a, b, alpha, batches, on_device, metric, chunk)
+  count = [0]
+  total = len(pairs) + len(kept)
+
+  def line(a, b):
+    out = evaluate_line(fn, a, b, alpha, batches, on_device, metric, chunk)
+    count[0] += 1
+    if count[0] % max(1, total // 10) == 0 or count[0] == total:
+      print(f"{inputs.name}: {count[0]}/{total} lines, {time.time() - t0:.0f}s", flush=True)
+    return out
   nan = {f"{n}_{q}": np.full(len(alpha), np.nan) for n in SETS for q in ("loss", "metric")}
   rows = [nan if a in not_finite or b in not_finite else line(final[a], final[b])
           for a, b in pairs]
@@ -191,7 +205,7 @@ def compute(inputs: analysis.SettingInputs, dev_arrays: dict, points: int = DEFA
            line(analysis.initial_params(inputs.model, inputs.cfg, s), final[s]) for s in kept]
   stack = lambda found: {k: np.stack([r[k] for r in found]) for k in nan}
   return Result(kept, pairs, sampled, alpha, stack(rows), stack(start), not_finite,
-                analysis.run_failed(inputs.summary), float(threshold), rule, idx,
+                analysis.run_failed(inputs.summary), float(threshold), rule, idx, dev_idx,
                 time.time() - t0)
 
 
@@ -199,10 +213,11 @@ def barriers(result: Result, on: str = "train_loss") -> List[float]:
   return [conn.barrier(y, result.alpha) for y in result.curves[on]]
 
 
-def summary_block(result: Result, pair_seed: int) -> dict:
-  """The `connectivity` block of summary.json (results.connectivity.block)."""
-  dev_metric = {s: float(result.pretrained["dev_metric"][i, -1])
-                for i, s in enumerate(result.seeds)}
+def summary_block(result: Result, pair_seed: int, summary, metric: str) -> dict:
+  """The `connectivity` block of summary.json (results.connectivity.block); a basin's dev
+  metric is the mean of its seeds' final dev metric as the summary records it (the whole dev
+  set, whatever subset this analysis scored)."""
+  dev_metric = {int(r.seed): r.value("final", metric) for r in summary.runs if r.seed is not None}
   return conn.block(result.seeds, result.pairs, result.alpha, barriers(result),
                     result.threshold, result.rule, result.failed, result.not_finite,
                     "training subset loss (train_loss)", result.sampled, pair_seed, dev_metric)
@@ -212,6 +227,7 @@ def full_record(result: Result, block: dict, metric: str) -> dict:
   """connectivity.json: the block plus every curve (lists of floats, null where not finite)."""
   clean = lambda a: [[None if not np.isfinite(v) else float(v) for v in row] for row in a]
   return dict(block, metric=metric, train_examples=int(len(result.examples)),
+              dev_examples=int(len(result.dev_examples)),
               barrier_dev=[None if not np.isfinite(h) else h for h in barriers(result, "dev_loss")],
               curves={k: clean(v) for k, v in result.curves.items()},
               pretrained_path={"seeds": result.seeds,
@@ -228,7 +244,8 @@ def run(workdir: str, setting: Optional[str] = None, **kwargs):
   check_args(kwargs.get("points", DEFAULT_POINTS),
              kwargs.get("train_examples", DEFAULT_TRAIN_EXAMPLES),
              kwargs.get("max_pairs", conn.DEFAULT_MAX_PAIRS), kwargs.get("chunk", DEFAULT_CHUNK),
-             kwargs.get("batch_size", DEFAULT_BATCH), kwargs.get("threshold"))
+             kwargs.get("batch_size", DEFAULT_BATCH), kwargs.get("threshold"),
+             kwargs.get("dev_examples", 0))
   chosen = analysis.select_settings(workdir, setting)
   if not setting:
     chosen = [c for c in chosen if len(outputs.kept_seeds(c[1])) >= 2]
@@ -239,7 +256,8 @@ def run(workdir: str, setting: Optional[str] = None, **kwargs):
   for name, directory, summary in chosen:
     inputs = analysis.load_setting(name, directory, summary)
     result = compute(inputs, inputs.dev_arrays, **kwargs)
-    block = summary_block(result, kwargs.get("pair_seed", 0))
+    block = summary_block(result, kwargs.get("pair_seed", 0), inputs.summary,
+                          inputs.task.metric)
     record = full_record(result, block, inputs.task.metric)
     path = connectivity_io.write(workdir, name, directory, block, record)
     print(f"{name}: {path} ({len(result.pairs)} pairs{' (sampled)' if result.sampled else ''}, "
@@ -260,6 +278,9 @@ def main(argv=None) -> int:
                       help="interior interpolation points per line (both endpoints are added)")
   parser.add_argument("--train_examples", type=int, default=DEFAULT_TRAIN_EXAMPLES,
                       help="training examples in the fixed subset (0 = all)")
+  parser.add_argument("--dev_examples", type=int, default=0,
+                      help="dev examples scored (0 = the whole dev set; else a fixed subset, "
+                           "drawn as the training subset is: to make a CPU run affordable)")
   parser.add_argument("--max_pairs", type=int, default=conn.DEFAULT_MAX_PAIRS,
                       help="every pair up to this many, else a sample of this many")
   parser.add_argument("--pair_seed", type=int, default=0, help="which sample of pairs")
@@ -275,7 +296,7 @@ def main(argv=None) -> int:
     fs.require_local(args.workdir, parser.prog)
     run(args.workdir, args.setting, points=args.points, train_examples=args.train_examples,
         max_pairs=args.max_pairs, pair_seed=args.pair_seed, threshold=args.threshold,
-        chunk=args.chunk, batch_size=args.batch_size)
+        chunk=args.chunk, batch_size=args.batch_size, dev_examples=args.dev_examples)
   return cli.run(parser, body, argv)
 
 
