@@ -4,6 +4,7 @@ basins, and the command line end to end on a tiny run with kept params (summary.
 compare, a diverged seed, bad input)."""
 import json
 import math
+import os
 import shutil
 
 import jax
@@ -165,3 +166,36 @@ def test_cli_end_to_end_with_an_identical_and_a_diverged_seed(tiny_run, tmp_path
   caption = figure_lib.figure(str(workdir / "analysis" / "connectivity.json"),
                               str(tmp_path / "c.png"), "demo")
   assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG" and "1 basin(s)" in caption
+
+
+def test_a_study_gets_the_block_in_both_summaries_and_keeps_its_table(tmp_path):
+  """A study of several settings (the committed GPU RTE study, written by an older jaxstab whose
+  table.md holds Table 1 only): the setting's own summary and its entry in the study's get the
+  block, every other entry and key is unchanged, and table.md gains the connectivity table below
+  what it had, which stays byte for byte (twice: a second run replaces its table)."""
+  from jaxstab.analysis import connectivity_io  # pylint: disable=import-outside-toplevel
+  from jaxstab.results import records, tables  # pylint: disable=import-outside-toplevel
+  study = tmp_path / "study"
+  shutil.copytree(os.path.join(os.path.dirname(__file__), "..", "docs", "results", "gpu",
+                               "minilm_rte"), study)
+  top = json.loads((study / "summary.json").read_text())
+  entry = next(s for s in top["settings"] if s["name"] == "rte_ours")
+  (study / "rte_ours").mkdir()
+  records.write_setting(str(study / "rte_ours"), records.SettingSummary.from_json(entry))
+  table_before = (study / "table.md").read_text()
+  alpha = conn.alphas(1)
+  for height in (0.5, 0.01):
+    block = conn.block([1, 2], [(1, 2)], alpha, [height], 0.07, "rule", {1: True}, {},
+                       "train_loss", False, 0)
+    connectivity_io.write(str(study), "rte_ours", str(study / "rte_ours"), block, dict(block))
+    after = json.loads((study / "summary.json").read_text())
+    own = json.loads((study / "rte_ours" / "summary.json").read_text())
+    assert own["connectivity"] == block
+    for old, new in zip(top["settings"], after["settings"]):
+      assert new == (dict(old, connectivity=block) if old["name"] == "rte_ours" else old)
+    assert {k: v for k, v in after.items() if k != "settings"} == {
+        k: v for k, v in top.items() if k != "settings"}
+    table = (study / "table.md").read_text()
+    assert table.startswith(table_before.rstrip("\n") + "\n\n" + tables.connectivity_header())
+    assert table.count(tables.connectivity_header()) == 1
+    assert f"| {2 if height > 0.07 else 1} (" in table

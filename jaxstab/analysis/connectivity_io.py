@@ -1,6 +1,7 @@
 """Where the connectivity analysis leaves its results: <setting dir>/analysis/connectivity.json
 (every curve), the `connectivity` block of the setting's summary.json, of the study's
-summary.json entry for that setting, and the study's table.md rewritten with its table.
+summary.json entry for that setting, and the connectivity table at the end of the study's
+table.md (the rest of table.md is kept as it is).
 
 Every new file's content is built first, from files read now; only then is anything written, each
 file atomically (outputs.write_json, fs.write_text). A failure while building (a garbled summary)
@@ -41,8 +42,9 @@ def plan(workdir: str, name: str, directory: str, block: dict,
     top = _with_block(top, name, block, True)
   out.append(("summary", workdir, top))
   table = fs.join(workdir, "table.md")
-  if fs.isfile(table):
-    out.append(("text", table, tables.table_md([s.to_json() for s in top.settings])))
+  if fs.isfile(table):  # only its connectivity table changes (tables.with_connectivity)
+    out.append(("text", table, tables.with_connectivity(
+        fs.read_text(table), tables.connectivity_markdown([s.to_json() for s in top.settings]))))
   return out
 
 

@@ -295,13 +295,25 @@ def connectivity_markdown(settings) -> str:
                   + " | ".join(cells) + " |")
   if not rows:
     return ""
-  return "\n".join(["| setting | task | " + " | ".join(CONNECTIVITY_HEAD) + " |",
-                    "|---" * 8 + "|", *rows, "",
+  return "\n".join([connectivity_header(), "|---" * 8 + "|", *rows, "",
                     "Linear connectivity of the seeds' final parameters: barrier = the largest "
                     "rise of the training-subset loss (nats) above the straight line between two "
                     "seeds' losses; basins = groups of seeds joined by barriers below the "
                     "threshold (seeds with finite parameters; with sampled pairs an unmeasured "
                     "pair joins nothing)."])
+
+
+def connectivity_header() -> str:
+  return "| setting | task | " + " | ".join(CONNECTIVITY_HEAD) + " |"
+
+
+def with_connectivity(text: str, table: str) -> str:
+  """table.md `text` with its connectivity table (the last one, when there) replaced by `table`:
+  everything above it stays byte for byte, even in a workdir written by an older jaxstab whose
+  table.md lacks tables the current one would add."""
+  cut = text.find("\n\n" + connectivity_header())
+  base = (text[:cut] if cut >= 0 else text).rstrip("\n")
+  return base + ("\n\n" + table if table else "") + "\n"
 
 
 def table_md(results) -> str:
