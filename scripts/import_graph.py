@@ -34,7 +34,8 @@ PARTS: Dict[str, int] = {
     "infra": 0,     # plus the package's own __init__
 }
 # The top-level modules, each a thin entry point or a public alias of a module in a part.
-ENTRY = ("main", "compare", "loss_surface", "forgetting", "config_lib", "optim")
+ENTRY = ("main", "compare", "loss_surface", "forgetting", "connectivity", "config_lib",
+         "optim")
 
 # What each part may use besides itself. An analysis rebuilds a setting through the engine's
 # public `inputs`; the report reads analyses' outputs on disk, never their code.

@@ -151,3 +151,22 @@ def killed_at_step_7(cli_root):
     shutil.copytree(workdir, dest)
     return dest
   return copy
+
+
+@pytest.fixture(scope="session")
+def kept_params_run(tmp_path_factory):
+  """copy(name) -> a fresh copy of one plain demo run (tests.helpers.kept_params_config: 3 seeds,
+  8 steps) whose final params are kept, trained once a session; the analyses' tests (loss
+  surface, forgetting, connectivity) each work on their own copy."""
+  from jaxstab.results import outputs  # pylint: disable=import-outside-toplevel
+  from jaxstab.study import studies  # pylint: disable=import-outside-toplevel
+  from tests.helpers import kept_params_config  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("kept_params")
+  studies.run(kept_params_config(), str(root / "run"))
+  assert outputs.kept_seeds(str(root / "run")) == [1, 2, 3]
+
+  def copy(name: str) -> Path:
+    dest = root / name
+    shutil.copytree(root / "run", dest)
+    return dest
+  return copy

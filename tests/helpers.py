@@ -54,3 +54,37 @@ def demo_config(seeds="1-2", **overrides):
   for k, v in overrides.items():
     config_lib.set_path(cfg, k.replace("__", "."), v)
   return cfg
+
+
+def kept_params_config():
+  """The demo run whose three seeds' final params are kept (the analyses' tests share it)."""
+  return demo_config("1-3", train__max_steps=8, probe__every=4,
+                     checkpoint__keep_final_params=True)
+
+
+class ToyModel:
+  """A two-parameter classifier with the Model.logits signature, for connectivity tests that
+  plant a loss landscape by hand: logit(class 1) - logit(class 0) = u v x + b, where x = +-(1 +
+  input_ids[:, 1] / 10) carries the label in the sign of input_ids[:, 0]. (u, v) and (-u, -v)
+  are the same function, and the straight line between them crosses u v = 0, where the model
+  predicts only its bias: a high-loss region planted between two equally good models."""
+
+  def logits(self, params, batch, *, train=False, pass_segment_ids=True):  # pylint: disable=unused-argument
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    ids = batch["input_ids"].astype(jnp.float32)
+    x = (2.0 * ids[:, 0] - 1.0) * (1.0 + ids[:, 1] / 10.0)
+    z = params["u"] * params["v"] * x + params["b"]
+    return jnp.stack([jnp.zeros_like(z), z], axis=-1)
+
+
+def toy_arrays(n=40, seed=0):
+  """Arrays of n examples for ToyModel: input_ids [n, 2] = (label, 0..9), labels random."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 2, n).astype(np.int32)
+  ids = np.stack([labels, rng.integers(0, 10, n)], axis=1).astype(np.int32)
+  ones = np.ones_like(ids)
+  return {"input_ids": ids, "attention_mask": ones, "token_type_ids": 0 * ones, "labels": labels}
+
+
+def toy_params(u, v, b=0.0):
+  return {"u": np.float32(u), "v": np.float32(v), "b": np.float32(b)}

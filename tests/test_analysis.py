@@ -13,30 +13,29 @@ import pytest
 import transformers as tr
 
 from jaxstab import analysis
-from jaxstab.analysis import forgetting as fg, loss_surface as ls, mlm_text
+from jaxstab.analysis import (connectivity as cn, forgetting as fg, loss_surface as ls,
+                              mlm_text)
 from jaxstab.data import dataset
 from jaxstab.engine import inputs as inputs_lib, probe, train as train_lib
 from jaxstab.infra import checkpoint
 from jaxstab.infra.errors import ConfigError
 from jaxstab.report import build
 from jaxstab.results import outputs
-from jaxstab.study import studies
-from tests.helpers import demo_config, tree_max_abs_diff
+from tests.helpers import kept_params_config, tree_max_abs_diff
 
 SEEDS = [1, 2, 3]
 GRID, EXAMPLES, CHUNK = 5, 48, 4      # 5 points in [-0.5, 1.5]: -0.5, 0, 0.5, 1, 1.5
 
 
 def _cfg():
-  return demo_config("1-3", train__max_steps=8, probe__every=4,
-                     checkpoint__keep_final_params=True)
+  return kept_params_config()
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  """A plain run (one setting) whose three seeds' final params are kept."""
-  workdir = str(tmp_path_factory.mktemp("analysis_run"))
-  studies.run(_cfg(), workdir)
+def run_dir(kept_params_run):
+  """A plain run (one setting) whose three seeds' final params are kept (a copy of the
+  session's run: tests/conftest.py kept_params_run)."""
+  workdir = str(kept_params_run("analysis_run"))
   assert outputs.kept_seeds(workdir) == SEEDS
   return workdir
 
@@ -316,18 +315,31 @@ def test_families_without_a_masked_lm_here_are_refused(inputs, arch):
 
 
 # ------------------------------------------------------------------ report
-def test_report_shows_both_analyses(run_dir, surface, forgetting_result, tmp_path):
+@pytest.fixture(scope="module")
+def connectivity_result(run_dir):
+  """python -m jaxstab.connectivity on the run, as small as it goes (1 interior point, 16
+  examples): the report test below needs its file, tests/test_connectivity.py checks it."""
+  (_, path), = cn.run(run_dir, points=1, train_examples=16)
+  return json.loads(open(path, encoding="utf-8").read())
+
+
+def test_report_shows_the_three_analyses(run_dir, surface, forgetting_result,
+                                         connectivity_result, tmp_path):
   report = build(run_dir, str(tmp_path / "report"))
   name = "demo_devlin"
-  assert {f"loss_surface_{name}", f"forgetting_{name}"} <= set(report.figures)
-  for key in (f"loss_surface_{name}", f"forgetting_{name}"):
+  kinds = ("loss_surface", "forgetting", "connectivity")
+  assert {f"{k}_{name}" for k in kinds} <= set(report.figures)
+  for key in (f"{k}_{name}" for k in kinds):
     with open(report.figures[key], "rb") as f:
       png = f.read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
   page = open(report.index, encoding="utf-8").read()
-  assert "4. Loss surface" in page and "5. Forgetting" in page
+  assert "4. Loss surface" in page and "5. Forgetting" in page and "6. Linear connectivity" in page
   assert "analysis/loss_surface.npz" in page and "analysis/forgetting.json" in page
+  assert "analysis/connectivity.json" in page
   assert f"seed {int(surface['seeds'][0])}" in report.captions[f"loss_surface_{name}"]
+  assert (f"{len(connectivity_result['basins'])} basin(s)"
+          in report.captions[f"connectivity_{name}"])
   assert "Not computed" not in page
 
 
@@ -335,7 +347,9 @@ def test_report_without_analyses_says_how_to_compute_them(run_dir, tmp_path):
   copy = tmp_path / "run"
   shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("analysis", "report"))
   report = build(str(copy))
-  assert not any(k.startswith(("loss_surface", "forgetting")) for k in report.figures)
+  assert not any(k.startswith(("loss_surface", "forgetting", "connectivity"))
+                 for k in report.figures)
   page = open(report.index, encoding="utf-8").read()
-  assert page.count("Not computed") == 2 and "python -m jaxstab.forgetting" in page
+  assert page.count("Not computed") == 3 and "python -m jaxstab.forgetting" in page
   assert "python -m jaxstab.loss_surface --workdir=" in page
+  assert "python -m jaxstab.connectivity --workdir=" in page

@@ -16,7 +16,8 @@ import import_graph  # noqa: E402  pylint: disable=wrong-import-position
 from jaxstab.infra import quiet  # noqa: E402  pylint: disable=wrong-import-position
 
 TOOLS = {"report": "jaxstab.report.__main__", "compare": "jaxstab.compare",
-         "loss-surface": "jaxstab.loss_surface", "forgetting": "jaxstab.forgetting"}
+         "loss-surface": "jaxstab.loss_surface", "forgetting": "jaxstab.forgetting",
+         "connectivity": "jaxstab.connectivity"}
 
 
 def test_jaxstab_imports_run_one_way_without_cycles(capsys):

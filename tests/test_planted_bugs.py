@@ -258,3 +258,22 @@ def test_majority_baseline_on_train_labels_fails_the_majority_check(glue_dir, tm
   summary = json.loads((tmp_path / "summary.json").read_text())
   print(f"\nmajority on train: {np.bincount(train_labels).max() / len(train_labels):.4f}")
   assert_caught("majority baseline on the training labels", guards.check_majority, summary)
+
+
+# ============================================================ linear connectivity
+
+def test_barrier_over_the_endpoint_mean_fails_the_connectivity_loop(monkeypatch):
+  """results.connectivity.barrier measuring the rise above the mean of the two endpoint losses
+  instead of above the chord between them (the same only when the endpoints' losses are equal)."""
+  from jaxstab.results import connectivity as conn  # pylint: disable=import-outside-toplevel
+  from tests.helpers import ToyModel, toy_arrays, toy_params  # pylint: disable=import-outside-toplevel
+
+  def over_the_mean(loss, alpha):  # pylint: disable=unused-argument
+    y = np.asarray(loss, np.float64)
+    return float(np.max(y - (y[0] + y[-1]) / 2))
+  monkeypatch.setattr(conn, "barrier", over_the_mean)
+  model, arrays = ToyModel(), toy_arrays()
+  a, b = toy_params(2.0, 2.0), toy_params(-1.0, -0.8, 0.3)   # the ordinary test's pair
+  want = guards.connectivity_loop(model, a, b, arrays, 3)
+  assert_caught("barrier over the endpoint mean", guards.check_connectivity_matches_loop,
+                guards.connectivity_package(model, a, b, arrays, 3), want)

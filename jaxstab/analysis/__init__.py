@@ -1,13 +1,16 @@
 """Analyses that need a setting's kept final parameters (train with
 --config.checkpoint.keep_final_params=True): the loss surface through the pretrained, a failed and
-a successful model (loss_surface), and masked-LM forgetting (forgetting).
+a successful model (loss_surface), masked-LM forgetting (forgetting), and the linear connectivity
+between seeds (connectivity).
 
 Both read a finished setting directory (jaxstab.results.records), rebuild its model, tokenizer and data
 from config.json exactly as training did (jaxstab.engine.inputs), compute, and write
-<setting dir>/analysis/{loss_surface.npz, forgetting.json} (names in jaxstab.results.outputs). The report
-only reads those files and draws them when present; it imports nothing from here.
+<setting dir>/analysis/{loss_surface.npz, forgetting.json, connectivity.json} (names in
+jaxstab.results.outputs); connectivity also adds its block to the summary. The report only reads
+those files and draws them when present; it imports nothing from here.
 
-Command lines: python -m jaxstab.loss_surface, python -m jaxstab.forgetting.
+Command lines: python -m jaxstab.loss_surface, python -m jaxstab.forgetting,
+python -m jaxstab.connectivity.
 """
 import argparse
 import dataclasses
@@ -34,6 +37,7 @@ class SettingInputs:
   model: object          # jaxstab.engine.models.Model (pretrained params, random head)
   tokenizer: object
   train_arrays: dict     # tokenized training set, subsampled exactly as training used it
+  dev_arrays: Optional[dict] = None  # the tokenized (main) dev set training scored
 
 
 def select_settings(workdir: str, setting: Optional[str] = None):
@@ -64,7 +68,7 @@ def load_setting(name: str, directory: str,
   loaded = inputs_lib.load(cfg)
   arrays = inputs_lib.tokenize(cfg, loaded, inputs_lib.token_cache_dir(directory))
   return SettingInputs(name, directory, cfg, summary, loaded.task, loaded.model,
-                       loaded.tokenizer, arrays.train)
+                       loaded.tokenizer, arrays.train, arrays.dev)
 
 
 def init_seed(cfg, run: int) -> int:

@@ -1,10 +1,13 @@
 """Figures of the analyses, drawn from the files they wrote (jaxstab.analysis computes and writes
-<setting dir>/analysis/{loss_surface.npz, forgetting.json}; nothing here imports it):
+<setting dir>/analysis/{loss_surface.npz, forgetting.json, connectivity.json}; nothing here
+imports it):
 
 - loss_surface: the training loss on the plane through the pretrained, a failed and a successful
   model (the paper's Fig. 7), a contour plot with the three models marked;
 - forgetting: masked-LM perplexity against the number k of top layers restored to their
-  pretrained weights (the paper's Fig. 2), one line per seed.
+  pretrained weights (the paper's Fig. 2), one line per seed;
+- connectivity: the loss on the straight lines between seeds and the barrier matrix by basin
+  (jaxstab.report.connectivity).
 
 Each function reads one file, saves one PNG and returns its caption.
 """
@@ -16,7 +19,7 @@ from matplotlib import colors
 from matplotlib.lines import Line2D
 
 from jaxstab.infra import fs
-from jaxstab.report import figures
+from jaxstab.report import connectivity, figures
 from jaxstab.results import outputs
 
 
@@ -122,4 +125,5 @@ def forgetting(path_json: str, path_png: str, title: str) -> str:
 KINDS = {
     "loss_surface": (outputs.LOSS_SURFACE, loss_surface, "python -m jaxstab.loss_surface"),
     "forgetting": (outputs.FORGETTING, forgetting, "python -m jaxstab.forgetting"),
+    "connectivity": (outputs.CONNECTIVITY, connectivity.figure, "python -m jaxstab.connectivity"),
 }

@@ -83,6 +83,7 @@ def build(workdir: str, out: str = None) -> Report:
   draw("bias_correction", figures.bias_correction, settings)
   surfaces = _analysis_figures(settings, out, "loss_surface", pngs, captions, notes)
   forgetting = _analysis_figures(settings, out, "forgetting", pngs, captions, notes)
+  connected = _analysis_figures(settings, out, "connectivity", pngs, captions, notes)
   draw("generalization", figures.generalization, settings)
   draw("train_loss", figures.train_loss, settings)
 
@@ -122,7 +123,10 @@ def build(workdir: str, out: str = None) -> Report:
       html.analysis_section(study, out, forgetting, pngs, captions, outputs.FORGETTING,
                             analyses.KINDS["forgetting"][2] + " --workdir=" + study.workdir
                             + " --text=FILE"),
-      "<h2>6. Generalization</h2>",
+      "<h2>6. Linear connectivity between seeds: barriers and basins</h2>",
+      html.analysis_section(study, out, connected, pngs, captions, outputs.CONNECTIVITY,
+                            analyses.KINDS["connectivity"][2] + " --workdir=" + study.workdir),
+      "<h2>7. Generalization</h2>",
       fig("generalization", "final dev metric vs final training loss"),
       fig("train_loss", "training-loss curves of every seed"),
   ]

@@ -7,7 +7,8 @@ writes the table the study itself writes, the majority classifier per task, Leve
 the permutation tests' p-values (difference in mean and in std) for every two recipes of the same
 task, and, per setting, bootstrap intervals of std / mean / median / failed runs and the
 expected best of n = 1, 5 and N seeds (jaxstab.results.stats), how much its seeds' predictions
-disagree (tables.instability_markdown), and, where a setting has a stored forecast or a
+disagree (tables.instability_markdown), the linear connectivity between its seeds where
+computed (tables.connectivity_markdown), and, where a setting has a stored forecast or a
 probe.npz, how well its early gradient norms forecast the failed seeds (jaxstab.results.forecast).
 
 Command line: python -m jaxstab.compare WORKDIR [WORKDIR ...] [--out=FILE.md] [--paper]
@@ -162,7 +163,8 @@ def markdown(settings, paper=False) -> str:
               f"({stats.RESAMPLES:,} random splits of the pooled seeds, seed {stats.SEED}; "
               f"smallest possible p {2 / (stats.RESAMPLES + 1):.2g}).", ""]
   lines += [tables.uncertainty_markdown(rows), ""]
-  for extra in (tables.seed_analyses_markdown(rows), tables.instability_markdown(rows)):
+  for extra in (tables.seed_analyses_markdown(rows), tables.instability_markdown(rows),
+                tables.connectivity_markdown(rows)):
     if extra:
       lines += [extra, ""]
   predicted = forecast.markdown([(s.recipe, s.task, setting_forecast(s)) for s in settings])

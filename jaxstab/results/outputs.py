@@ -7,7 +7,7 @@ A setting's folder (the workdir of a plain run, workdir/<name> in a study):
   predictions.npz                                     every seed's end-of-training dev logits
   params/seed_N/                                      final params, with keep_final_params
   analysis/loss_surface.npz analysis/forgetting.json  written by jaxstab.analysis, drawn by
-                                                      jaxstab.report when present
+  analysis/connectivity.json                          jaxstab.report when present
 """
 import json
 import os
@@ -24,6 +24,7 @@ PARAMS = "params"              # params/seed_N: checkpoint.params_dir
 ANALYSIS_DIR = "analysis"
 LOSS_SURFACE = "loss_surface.npz"
 FORGETTING = "forgetting.json"
+CONNECTIVITY = "connectivity.json"
 
 
 def analysis_path(setting_dir: str, name: str) -> str:

@@ -183,6 +183,9 @@ class SettingSummary(_Json):
   # How much the seeds' end-of-training dev predictions disagree (jaxstab.results.instability;
   # None: a summary written before it, or null with its reason under `undefined`).
   instability: Optional[Mapping[str, Any]] = None
+  # Linear connectivity between the seeds (barriers, basins): jaxstab.results.connectivity,
+  # added afterwards by python -m jaxstab.connectivity; None: not computed.
+  connectivity: Optional[Mapping[str, Any]] = None
   name: Optional[str] = None             # in a study's list: the setting's folder
   recipe: Optional[str] = None
   extra: Mapping[str, Any] = _extra()
@@ -190,7 +193,8 @@ class SettingSummary(_Json):
 
   _CONVERT = {"majority": _mapping, "seeds": _tuple, "expected_max": _tuple,
               "expected_max_std": _tuple, "runs": _runs, "stopped_runs": _runs,
-              "early_stop": EarlyStop.from_json, "instability": _mapping}
+              "early_stop": EarlyStop.from_json, "instability": _mapping,
+              "connectivity": _mapping}
   _EMIT = {"seeds": list, "expected_max": list, "expected_max_std": list, "runs": _emit_runs,
            "stopped_runs": _emit_runs, "early_stop": lambda es: es.to_json()}
 

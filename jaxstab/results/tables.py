@@ -1,8 +1,9 @@
 """The study's tables as text, from its setting entries (summary.json's JSON form): Table 1
 (`table1_markdown`), the intervals and expected best-of-n tables below it
 (`uncertainty_markdown`), the seed analyses (`seed_analyses_markdown`), how much the seeds'
-predictions disagree (`instability_markdown`) and summary.csv (`summary_csv`). table.md,
-`compare` and the study's log print them.
+predictions disagree (`instability_markdown`), the linear connectivity between seeds
+(`connectivity_markdown`), table.md as a whole (`table_md`) and summary.csv (`summary_csv`).
+table.md, `compare` and the study's log print them.
 
 Every metric statistic is over a setting's finite values (jaxstab.results.finite): a cell says
 "n of N finite" when a run's metric was not a number, and an undefined statistic prints as
@@ -264,3 +265,59 @@ def instability_markdown(settings) -> str:
     return ""
   return "\n".join(["| setting | task | " + " | ".join(INSTABILITY_HEAD) + " |",
                     "|---" * 6 + "|", *rows, "", instability_note(regression, no_cka)])
+
+
+CONNECTIVITY_HEAD = ("seeds", "pairs", "basins (sizes)", "largest barrier", "threshold",
+                     "failed seeds apart")
+
+
+def connectivity_cells(s: dict):
+  """The cells of one setting's row of the connectivity table, None without a block."""
+  b = s.get("connectivity")
+  if not isinstance(b, dict):
+    return None
+  sizes = ", ".join(str(len(x)) for x in b.get("basins", []))
+  apart = finite.shown(b, "failed_seeds_apart", lambda v: "yes" if v else "no")
+  pairs = f"{len(b.get('pairs', []))}" + (" (sampled)" if b.get("pairs_sampled") else "")
+  return [str(len(b.get("seeds", []))), pairs, f"{len(b.get('basins', []))} ({sizes})",
+          finite.shown(b, "largest_barrier", _f3), _f3(b["threshold"]), apart]
+
+
+def connectivity_markdown(settings) -> str:
+  """One row per setting with a `connectivity` block (python -m jaxstab.connectivity): its
+  basin count and sizes, the largest barrier, the threshold and whether the failed seeds sit in
+  basins of their own. '' when no setting has one, so a table without it is unchanged."""
+  rows = []
+  for s in settings:
+    cells = connectivity_cells(s)
+    if cells is not None:
+      rows.append(f"| {s.get('recipe', s['name'])} | {s['task'].upper()} | "
+                  + " | ".join(cells) + " |")
+  if not rows:
+    return ""
+  return "\n".join([connectivity_header(), "|---" * 8 + "|", *rows, "",
+                    "Linear connectivity of the seeds' final parameters: barrier = the largest "
+                    "rise of the training-subset loss (nats) above the straight line between two "
+                    "seeds' losses; basins = groups of seeds joined by barriers below the "
+                    "threshold (seeds with finite parameters; with sampled pairs an unmeasured "
+                    "pair joins nothing)."])
+
+
+def connectivity_header() -> str:
+  return "| setting | task | " + " | ".join(CONNECTIVITY_HEAD) + " |"
+
+
+def with_connectivity(text: str, table: str) -> str:
+  """table.md `text` with its connectivity table (the last one, when there) replaced by `table`:
+  everything above it stays byte for byte, even in a workdir written by an older jaxstab whose
+  table.md lacks tables the current one would add."""
+  cut = text.find("\n\n" + connectivity_header())
+  base = (text[:cut] if cut >= 0 else text).rstrip("\n")
+  return base + ("\n\n" + table if table else "") + "\n"
+
+
+def table_md(results) -> str:
+  """table.md: Table 1, the intervals, and each further table a setting has data for."""
+  extra = [t for t in (seed_analyses_markdown(results), instability_markdown(results),
+                       connectivity_markdown(results)) if t]
+  return "\n\n".join([table1_markdown(results), uncertainty_markdown(results), *extra]) + "\n"

@@ -121,10 +121,7 @@ def _write(workdir, results, errors=()):
     return study
   fs.makedirs(workdir)
   fs.write_text(fs.join(workdir, "summary.csv"), tables.summary_csv(results))
-  extra = [t for t in (tables.seed_analyses_markdown(results),
-                       tables.instability_markdown(results)) if t]
-  fs.write_text(fs.join(workdir, "table.md"), "\n\n".join(
-      [table, tables.uncertainty_markdown(results), *extra]) + "\n")
+  fs.write_text(fs.join(workdir, "table.md"), tables.table_md(results))
   records.write_study(workdir, records.StudySummary.from_json(study))
   print("final dev results, std / mean / median / max (x100):\n" + table)
   return study
