@@ -92,6 +92,9 @@ class Family:
   # model.roberta_prefix_space (the reference's RoBERTa tokenization) applies to its
   # tokenizer; another family's byte-level BPE (ModernBERT's) is used as the model was trained.
   roberta_tokenizer: bool = False
+  # The module whose output is the token embeddings (the table lookup, before positions and
+  # segments are added): where R3F's noise goes (engine/rxf.py).
+  token_embeddings: str = "word_embeddings"
   tiny_name: str = ""         # the built-in tiny model of the first model type (else tiny-<type>)
   tiny_config: Mapping[str, object] = dataclasses.field(default_factory=dict)  # its own config
 
@@ -165,7 +168,7 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
                            "jaxstab.engine.modernbert.ModernBertClassifier")},
            note="jaxstab's own Flax module", pooler=False, segment_ids=False,
            fused_attention=False, head_pooler=True, rotary_positions=True,
-           mlm="jaxstab.engine.modernbert.ModernBertMaskedLM",
+           mlm="jaxstab.engine.modernbert.ModernBertMaskedLM", token_embeddings="tok_embeddings",
            dropout_keys=("embedding_dropout", "attention_dropout", "mlp_dropout",
                          "classifier_dropout"),
            tiny_config=dict(global_attn_every_n_layers=2, local_attention=16,
