@@ -51,6 +51,7 @@ SETTING_BASE = {
     "select": "final", "stabilisers.mixout": 0.0, "stabilisers.reinit_layers": 0,
     "stabilisers.reinit_pooler": False, "stabilisers.llrd": 1.0, "stabilisers.prior_wd": False,
     "stabilisers.noisytune": False, "stabilisers.child_tuning": "off", "stabilisers.r3f": False,
+    "stabilisers.r4f": False,
 }
 SETTINGS = {
     # The paper's own recipes run, by default, exactly what the reference code ran (FIDELITY).
@@ -78,6 +79,8 @@ SETTINGS = {
 METHODS = {
     "r3f": {"stabilisers.r3f": True, "stabilisers.r3f_lambda": 1.0, "stabilisers.r3f_eps": 1e-5,
             "stabilisers.r3f_noise": "uniform"},
+    "r4f": {"stabilisers.r3f": True, "stabilisers.r4f": True, "stabilisers.r3f_lambda": 1.0,
+            "stabilisers.r3f_eps": 1e-5, "stabilisers.r3f_noise": "uniform"},
     "child_tuning_d": {"stabilisers.child_tuning": "d", "stabilisers.child_tuning_reserve_p": 0.3},
     "child_tuning_f": {"stabilisers.child_tuning": "f", "stabilisers.child_tuning_reserve_p": 0.3},
     "noisytune": {"stabilisers.noisytune": True, "stabilisers.noisytune_lambda": 0.15},

@@ -83,3 +83,24 @@ def check(stabilisers_cfg, regression: bool) -> None:
                       "no KL term for a regression head (its loss is the plain MSE), so R3F "
                       "would only cost a second forward pass; use a classification task or "
                       "stabilisers.r3f=False")
+
+
+def spectral_normalised(params, out_proj):
+  """R4F's head: params with the kernel of the subtree at path `out_proj` (the family's
+  head_out_proj) divided by its spectral norm, its largest singular value, gradients flowing
+  through the norm as through torch's spectral_norm.
+
+  fairseq (spectral_norm_classification_head) wraps the output projection in
+  torch.nn.utils.spectral_norm, which estimates the norm by one step of power iteration per
+  training forward pass, from a vector it keeps between steps. Here the kernel is hidden x
+  labels (2 or 3 columns), so the exact norm costs one tiny SVD and needs no stored vector: it is
+  what that iteration converges to, and training and evaluation divide by the same value (the
+  torch estimate lags one step behind, and starts below the true norm while the vector is
+  random)."""
+  def divide(node, path):
+    if not path:
+      kernel = node["kernel"]
+      sigma = jnp.linalg.svd(kernel.astype(jnp.float32), compute_uv=False)[0]
+      return dict(node, kernel=(kernel / sigma).astype(kernel.dtype))
+    return dict(node, **{path[0]: divide(node[path[0]], path[1:])})
+  return divide(params, tuple(out_proj))

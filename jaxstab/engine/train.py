@@ -385,6 +385,7 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
   """
   layout = layout or parallel.Layout.create()
   st = cfg.stabilisers
+  model = dataclasses.replace(model, spectral_head=bool(st.r4f))  # R4F (as inputs.load sets it)
   lr_scales = (stabilisers.layerwise_scales(model.params, model.arch, model.num_layers, st.llrd)
                if st.llrd != 1.0 else None)
   tx, schedule = optim.from_config(cfg.optim, total, lr_scales, child_tuning.from_config(st))
