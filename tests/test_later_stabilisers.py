@@ -46,8 +46,8 @@ def test_noisytune_noise_scale_per_tensor(bert):
   params, again, other = (create(train_lib.seed_key(s)) for s in (3, 3, 4))
   kinds = set()
   flat = jax.tree_util.tree_flatten_with_path(plain)[0]
-  for (path, w), p, p2, q in zip(flat, jax.tree_util.tree_leaves(params),
-                                 jax.tree_util.tree_leaves(again), jax.tree_util.tree_leaves(other)):
+  leaves = jax.tree_util.tree_leaves
+  for (path, w), p, p2, q in zip(flat, leaves(params), leaves(again), leaves(other)):
     w, p = np.asarray(w, np.float64), np.asarray(p, np.float64)
     np.testing.assert_array_equal(p, np.asarray(p2))
     scale = lam * np.std(w, ddof=1) if w.size > 1 else 0.0

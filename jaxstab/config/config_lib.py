@@ -136,13 +136,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.stabilisers.r3f_eps = 1e-5         # its noise scale (same file, --eps)
   c.stabilisers.r3f_noise = "uniform"  # uniform: U(-eps, eps) | normal: N(0, eps^2) (--noise-type)
   c.stabilisers.r4f = False            # R4F: R3F + the head's output projection divided by its
-                                       # spectral norm (fairseq examples/rxf/README.md and
-                                       # fairseq/models/roberta/model.py, spectral_norm_classification_head)
+                                       # spectral norm (fairseq examples/rxf/README.md; fairseq/
+                                       # models/roberta/model.py, do_spectral_norm)
   c.stabilisers.child_tuning = "off"   # off | f | d: Child-Tuning's gradient mask, after clipping
                                        # (f: a fresh random mask per step; d: fixed, from a Fisher
                                        # pass before training; alibaba/AliceMind ChildTuning/
                                        # ChildTuningOptimizer.py and ChildTuningD.py)
-  c.stabilisers.child_tuning_reserve_p = 0.3  # fraction of gradient elements kept (ChildTuning/run.sh)
+  c.stabilisers.child_tuning_reserve_p = 0.3  # fraction of gradient elements kept
+                                       # (ChildTuning/run.sh, REVERSE_P)
   c.stabilisers.noisytune = False      # NoisyTune: perturb every tensor of the seed's start once
   c.stabilisers.noisytune_lambda = 0.15  # its noise scale: W += (U(0,1) - 0.5) * lambda * std(W)
                                        # (Wu et al. 2022, ACL, section 3 and its listing)

@@ -18,7 +18,8 @@ from jaxstab.config import reference
 from jaxstab.data import dataset as data_lib
 from jaxstab.engine import (child_tuning, memory, models, noisytune, optim, parallel, precision,
                             probe, rxf, stabilisers)
-from jaxstab.engine.losses import task_loss, weighted_mse, weighted_xent  # noqa: F401  # re-exported
+# Re-exported: the losses live in engine/losses.py (the Fisher pass and R3F use them too).
+from jaxstab.engine.losses import task_loss, weighted_mse, weighted_xent  # noqa: F401
 from jaxstab.engine.optim import bias_correction_factor
 
 SEED_AXES = ("auto", "vmap", "map")
