@@ -106,12 +106,15 @@ def test_child_tuning_f_mask_rate_and_rescale(bert):
 
 
 @pytest.mark.parametrize("mode", ["f", "d"])
-def test_child_tuning_mask_applies_to_the_clipped_gradient(bert, mode):
-  _, model, _ = bert
+def test_child_tuning_mask_applies_to_the_clipped_gradient(mode):
+  """A two-tensor tree (the chain is the same for any tree; the tiny BERT's 40 tensors only made
+  the two programs slower to compile: 27 s and 14 s against 3 s and 2 s)."""
   rng = np.random.default_rng(0)
+  params = {"dense": {"kernel": jnp.asarray(rng.standard_normal((32, 16)), jnp.float32),
+                      "bias": jnp.asarray(rng.standard_normal(16), jnp.float32)}}
   grads = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype),
-                                 model.params)  # global norm ~300: clipping to 1 is active
-  guards.check_mask_on_clipped_gradient(mode, model.params, grads)
+                                 params)  # global norm ~23: clipping to 1 is active
+  guards.check_mask_on_clipped_gradient(mode, params, grads)
 
 
 def test_child_tuning_d_mask_matches_a_plain_loop_fisher(bert):
