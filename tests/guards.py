@@ -643,3 +643,97 @@ def check_connectivity_matches_loop(got: dict, want: dict) -> dict:
       "alphas": (float(np.max(np.abs(got["alpha"] - want["alpha"]))), 1e-12),
       "loss curve": (float(np.max(np.abs(got["loss"] - want["loss"]))), 5e-7),
       "barrier": (abs(got["barrier"] - want["barrier"]), 5e-7)})
+
+
+def check_mask_on_clipped_gradient(mode: str, params, grads, reserve_p: float = 0.3) -> dict:
+  """Child-Tuning's mask sits inside optim.from_config's chain between clipping and Adam, where
+  the authors' optimizer applies it: two updates of the chain equal Adam applied to
+  mask(clip(g)), computed here piece by piece from the same mask transformation and key.
+  A mask applied to Adam's output instead (mask(adam(clip(g)))) is off by 1/reserve_p on the
+  kept elements (F) and drops the weight decay of the masked ones (D). Measured error on healthy
+  code: 0 (the same float32 operations in the same order); bound 1e-9 relative to the step."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import child_tuning, optim  # pylint: disable=import-outside-toplevel
+  cfg = ml_collections.ConfigDict(dict(
+      lr=1e-3, b1=0.9, b2=0.999, eps=1e-6, bias_correction=False, eps_mode="hf",
+      warmup_ratio=0.0, weight_decay=0.01, clip_norm=1.0, moments_dtype="float32"))
+  mask_tx = (child_tuning.random_mask(reserve_p) if mode == "f" else child_tuning.fixed_mask())
+  tx, schedule = optim.from_config(cfg, 100, None, mask_tx)
+  key = jax.random.PRNGKey(7)
+  fixed = jax.tree_util.tree_map(lambda p: jax.random.bernoulli(key, reserve_p, p.shape), params)
+
+  def start(state):
+    state = child_tuning.seeded(state, key)
+    return child_tuning.with_mask(state, fixed) if mode == "d" else state
+  state = start(tx.init(params))
+  adam = optim.adamw(schedule, weight_decay=0.01, bias_correction=False, eps_mode="hf")
+  ref_mask, ref_adam = start(mask_tx.init(params)), adam.init(params)
+  clip = optax.clip_by_global_norm(1.0)
+  worst, size = 0.0, 0.0
+  p = params
+
+  @jax.jit
+  def pieces(grads, ref_mask, ref_adam, p):
+    clipped, _ = clip.update(grads, clip.init(p), p)
+    masked, ref_mask = mask_tx.update(clipped, ref_mask, p)
+    want, ref_adam = adam.update(masked, ref_adam, p)
+    return want, ref_mask, ref_adam
+  chain = jax.jit(tx.update)
+  for _ in range(2):
+    got, state = chain(grads, state, p)
+    want, ref_mask, ref_adam = pieces(grads, ref_mask, ref_adam, p)
+    worst = max(worst, max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                           zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want))))
+    size = max(size, max(float(jnp.max(jnp.abs(b))) for b in jax.tree_util.tree_leaves(want)))
+    p = optax.apply_updates(p, want)
+  return enforce("mask_on_clipped_gradient", {f"child_tuning_{mode}": (worst, 1e-9 * size)})
+
+
+def check_r3f_noise_on_token_embeddings(model, params, batch, key, eps: float) -> dict:
+  """R3F's noise lands on the token embeddings as the table outputs them, detached (fairseq:
+  `token_embeddings.detach().clone() + noise`), on a tiny BERT:
+  - the embeddings' output equals LayerNorm(table[ids] + noise + positions + segments) computed
+    here by hand, with the noise of rxf.draw_noise (measured error 4.8e-7 in float32 against
+    float64 for values ~1-3 after the LayerNorm; bound 5e-6);
+  - the noised pass gives the token table no gradient (exactly 0) but the position table one.
+  Noise after the LayerNorm fails the first; noise on the position lookup (whose sum is the same)
+  fails the second."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import rxf  # pylint: disable=import-outside-toplevel
+  name = model.family.token_embeddings
+  captured = []
+
+  def grab(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == "__call__" and context.module.name == "embeddings":
+      captured.append(out)
+    return out
+
+  def noised_logits(p):
+    with rxf.noised_token_embeddings(name, key, eps, "uniform"):
+      return model.logits(p, batch, train=False)
+  @jax.jit
+  def run(p):
+    with nn.intercept_methods(grab):
+      noised_logits(p)
+    grads = jax.grad(lambda q: jnp.sum(noised_logits(q)))(p)["bert"]["embeddings"]
+    return captured[0], grads
+  embeddings, grads = run(params)
+  emb = params["bert"]["embeddings"]
+  ids, tt = np.asarray(batch["input_ids"]), np.asarray(batch["token_type_ids"])
+  x = (np.asarray(emb["word_embeddings"]["embedding"])[ids]
+       + np.asarray(rxf.draw_noise(key, ids.shape + (emb["word_embeddings"]["embedding"].shape[1],),
+                                   eps, "uniform"))
+       + np.asarray(emb["position_embeddings"]["embedding"])[np.arange(ids.shape[1])][None]
+       + np.asarray(emb["token_type_embeddings"]["embedding"])[tt])
+  mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+  want = ((x - mean) / np.sqrt(var + model.config.layer_norm_eps)
+          * np.asarray(emb["LayerNorm"]["scale"]) + np.asarray(emb["LayerNorm"]["bias"]))
+  table = float(jnp.max(jnp.abs(grads["word_embeddings"]["embedding"])))
+  positions = float(jnp.max(jnp.abs(grads["position_embeddings"]["embedding"])))
+  return enforce("r3f_noise_on_token_embeddings", {
+      "embeddings output vs by hand": (float(np.max(np.abs(np.asarray(embeddings) - want))),
+                                       5e-6),
+      "token table's gradient from the noised pass": (table, 0.0),
+      "position table's gradient missing": (float(positions == 0.0), 0.0)})

@@ -34,11 +34,13 @@ def tiny_flax(model_type):
 
 
 def forward_modules_and_grads(model, batch):
-  """The module classes a forward pass runs, and d sum(logits^2) / d params."""
+  """The module classes a forward pass runs (and the names of those called), and
+  d sum(logits^2) / d params."""
   seen = set()
 
   def spy(next_fun, args, kwargs, context):
     seen.add(type(context.module))
+    seen.add(context.module.name)
     return next_fun(*args, **kwargs)
   with nn.intercept_methods(spy):  # a TypeError here: the record's segment_ids is wrong
     grads = jax.grad(lambda p: jnp.sum(model.logits(p, batch) ** 2))(model.params)
@@ -73,6 +75,11 @@ def test_each_record_matches_its_flax_model(model_type):
     rows = np.asarray(table["embedding"])
     assert int(np.argmax(np.any(rows != 0, axis=1))) == fam.position_offset(config)
   assert fam.position_offset(config) == (2 if fam.positions_after_pad else 0)
+  assert fam.token_embeddings in seen  # R3F's noise has a module to land on
+  out_proj = params
+  for key in fam.head_out_proj:  # R4F's output projection: hidden -> the 2 labels
+    out_proj = out_proj[key]
+  assert out_proj["kernel"].shape == (config.hidden_size, 2)
   if fam.segment_ids:  # they reach the model
     assert not np.allclose(model.logits(params, batch),
                            model.logits(params, batch, pass_segment_ids=False))

@@ -277,3 +277,39 @@ def test_barrier_over_the_endpoint_mean_fails_the_connectivity_loop(monkeypatch)
   want = guards.connectivity_loop(model, a, b, arrays, 3)
   assert_caught("barrier over the endpoint mean", guards.check_connectivity_matches_loop,
                 guards.connectivity_package(model, a, b, arrays, 3), want)
+
+# ============================================================ Child-Tuning: where the mask sits
+
+@pytest.mark.parametrize("mode", ["f", "d"])
+def test_child_tuning_mask_after_adam_fails_the_clipped_gradient_check(monkeypatch, mode):
+  """The mask applied to Adam's update instead of to the clipped gradient Adam receives."""
+  import optax  # pylint: disable=import-outside-toplevel
+  real = optim.from_config
+
+  def after_adam(optim_cfg, total_steps, lr_scales=None, grad_mask=None):
+    tx, schedule = real(optim_cfg, total_steps, lr_scales)
+    return optax.chain(tx, grad_mask), schedule
+  monkeypatch.setattr(optim, "from_config", after_adam)
+  rng = np.random.default_rng(0)
+  params = {"dense": {"kernel": jnp.asarray(rng.standard_normal((32, 16)), jnp.float32),
+                      "bias": jnp.asarray(rng.standard_normal(16), jnp.float32)}}
+  grads = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype),
+                                 params)
+  assert_caught(f"Child-Tuning-{mode.upper()}'s mask after Adam",
+                guards.check_mask_on_clipped_gradient, mode, params, grads)
+
+
+# ============================================================ R3F: where the noise goes
+
+@pytest.mark.parametrize("module", ["position_embeddings", "embeddings"],
+                         ids=["noise-on-the-positions", "noise-after-the-layernorm"])
+def test_r3f_noise_on_the_wrong_tensor_fails_the_token_embeddings_check(glue_dir, monkeypatch,
+                                                                        module):
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  from jaxstab.engine import families  # pylint: disable=import-outside-toplevel
+  _, model, arrays = tiny_setup(glue_dir, "bert", n=8, length=8, model__tiny__num_layers=1)
+  monkeypatch.setitem(families.FAMILIES, "bert", dataclasses.replace(
+      families.FAMILIES["bert"], token_embeddings=module))
+  batch = {k: jnp.asarray(v[:4]) for k, v in arrays.items()}
+  assert_caught(f"R3F noise on {module}", guards.check_r3f_noise_on_token_embeddings, model,
+                model.params, batch, jax.random.PRNGKey(3), 0.1)

@@ -19,7 +19,7 @@ from typing import Optional
 import jax
 
 from jaxstab.config import stored
-from jaxstab.engine import inputs as inputs_lib, train as train_lib
+from jaxstab.engine import inputs as inputs_lib, noisytune, train as train_lib
 from jaxstab.infra import checkpoint, fs
 from jaxstab.infra.errors import ConfigError
 from jaxstab.results import outputs, records
@@ -84,7 +84,7 @@ def init_seed(cfg, run: int) -> int:
 
 def initial_params(model, cfg, run: int):
   """The parameters run `run` started training from: train.initial_params with the key of its
-  init seed (init_seed) and the setting's re-initialisation switches. Compiled, with the
+  init seed (init_seed) and the setting's re-initialisation and NoisyTune switches. Compiled, with the
   pretrained weights as an argument, as training's create program runs it: run eagerly, the
   head's normal draw rounds differently (1.9e-9 on a tiny BERT's head, measured on CPU), compiled
   it is bit for bit the run's step-0 parameters (tests/test_seed_grid_and_early_stop.py)."""
@@ -93,7 +93,8 @@ def initial_params(model, cfg, run: int):
 
   def start(pretrained, key):
     return train_lib.initial_params(dataclasses.replace(model, params=pretrained), key,
-                                    reinit_layers, reinit_pooler)
+                                    reinit_layers, reinit_pooler,
+                                    noisytune.scale_of(st))
   return jax.jit(start)(model.params, train_lib.seed_key(init_seed(cfg, run)))
 
 

@@ -129,6 +129,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.stabilisers.reinit_pooler = False  # re-initialise the pooler
   c.stabilisers.llrd = 1.0             # layer-wise lr decay gamma; 1 = off
   c.stabilisers.prior_wd = False       # weight decay toward the pretrained weights
+  c.stabilisers.r3f = False            # R3F: a second pass on noised token embeddings, + lambda x
+                                       # symmetric KL of the two outputs (classification only)
+  c.stabilisers.r3f_lambda = 1.0       # its KL weight (fairseq examples/rxf/rxf_src/
+                                       # sentence_prediction_r3f.py, --r3f-lambda)
+  c.stabilisers.r3f_eps = 1e-5         # its noise scale (same file, --eps)
+  c.stabilisers.r3f_noise = "uniform"  # uniform: U(-eps, eps) | normal: N(0, eps^2) (--noise-type)
+  c.stabilisers.r4f = False            # R4F: R3F + the head's output projection divided by its
+                                       # spectral norm (fairseq examples/rxf/README.md; fairseq/
+                                       # models/roberta/model.py, do_spectral_norm)
+  c.stabilisers.child_tuning = "off"   # off | f | d: Child-Tuning's gradient mask, after clipping
+                                       # (f: a fresh random mask per step; d: fixed, from a Fisher
+                                       # pass before training; alibaba/AliceMind ChildTuning/
+                                       # ChildTuningOptimizer.py and ChildTuningD.py)
+  c.stabilisers.child_tuning_reserve_p = 0.3  # fraction of gradient elements kept
+                                       # (ChildTuning/run.sh, REVERSE_P)
+  c.stabilisers.noisytune = False      # NoisyTune: perturb every tensor of the seed's start once
+  c.stabilisers.noisytune_lambda = 0.15  # its noise scale: W += (U(0,1) - 0.5) * lambda * std(W)
+                                       # (Wu et al. 2022, ACL, section 3 and its listing)
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500       # orbax checkpoint of a seed group every N steps; 0 = off

@@ -92,6 +92,12 @@ class Family:
   # model.roberta_prefix_space (the reference's RoBERTa tokenization) applies to its
   # tokenizer; another family's byte-level BPE (ModernBERT's) is used as the model was trained.
   roberta_tokenizer: bool = False
+  # The module whose output is the token embeddings (the table lookup, before positions and
+  # segments are added): where R3F's noise goes (engine/rxf.py).
+  token_embeddings: str = "word_embeddings"
+  # The head's output projection (the subtree holding its `kernel`, hidden -> labels): what R4F
+  # divides by its spectral norm (engine/rxf.py).
+  head_out_proj: Tuple[str, ...] = ("classifier",)
   tiny_name: str = ""         # the built-in tiny model of the first model type (else tiny-<type>)
   tiny_config: Mapping[str, object] = dataclasses.field(default_factory=dict)  # its own config
 
@@ -122,7 +128,8 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
            {"roberta": ("RobertaConfig", "FlaxRobertaForSequenceClassification"),
             "xlm-roberta": ("XLMRobertaConfig", "FlaxXLMRobertaForSequenceClassification")},
            also=("camembert",), pooler=False, roberta_tokenizer=True,
-           positions_after_pad=True, reference_head=True, mlm="FlaxRobertaForMaskedLM"),
+           positions_after_pad=True, reference_head=True, mlm="FlaxRobertaForMaskedLM",
+           head_out_proj=("classifier", "out_proj")),
     # ALBERT has an MLM head, but forgetting restores layers one by one: refused (shared_layer).
     Family("albert", "ALBERT", {"albert": ("AlbertConfig", "FlaxAlbertForSequenceClassification")},
            shared_layer=True, dropout_keys=BERT_DROPOUT + ("classifier_dropout_prob",),
@@ -132,7 +139,8 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
     Family("electra", "ELECTRA",
            {"electra": ("ElectraConfig", "FlaxElectraForSequenceClassification")},
            note="discriminator", pooler=False,
-           dropout_keys=BERT_DROPOUT + ("classifier_dropout",), narrow_embeddings=True),
+           dropout_keys=BERT_DROPOUT + ("classifier_dropout",), narrow_embeddings=True,
+           head_out_proj=("classifier", "out_proj")),
     # `pre_classifier` (dense + ReLU on the first token) does the pooler's job but is not in the
     # pretrained checkpoint, so it is head. `classifier` comes first: init_head draws it from the
     # seed's head key itself. Its config names sizes and dropouts its own way.
@@ -150,6 +158,7 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
            {"deberta-v2": ("DebertaV2Config", "jaxstab.engine.deberta.DebertaV2Classifier")},
            note="v3 layout; jaxstab's own Flax module", pooler=False, segment_ids=False,
            fused_attention=False, head_pooler=True, tiny_name="tiny-deberta-v3",
+           head_out_proj=("classifier", "out_proj"),
            dropout_keys=BERT_DROPOUT + ("pooler_dropout", "cls_dropout"),
            tiny_config=dict(relative_attention=True, position_buckets=32,
                             max_relative_positions=-1, pos_att_type=["p2c", "c2p"],
@@ -165,7 +174,8 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
                            "jaxstab.engine.modernbert.ModernBertClassifier")},
            note="jaxstab's own Flax module", pooler=False, segment_ids=False,
            fused_attention=False, head_pooler=True, rotary_positions=True,
-           mlm="jaxstab.engine.modernbert.ModernBertMaskedLM",
+           mlm="jaxstab.engine.modernbert.ModernBertMaskedLM", token_embeddings="tok_embeddings",
+           head_out_proj=("classifier", "out_proj"),
            dropout_keys=("embedding_dropout", "attention_dropout", "mlp_dropout",
                          "classifier_dropout"),
            tiny_config=dict(global_attn_every_n_layers=2, local_attention=16,

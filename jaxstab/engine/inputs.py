@@ -53,7 +53,8 @@ def load(cfg) -> Inputs:
   prefix_space = cfg.model.roberta_prefix_space and models.takes_roberta_prefix_space(cfg.model)
   tokenizer = vocab.load(cfg.model, lambda: train_split.text_a + (train_split.text_b or []),
                          prefix_space=prefix_space)
-  model = models.load(cfg.model, task.num_labels, tokenizer)
+  model = dataclasses.replace(models.load(cfg.model, task.num_labels, tokenizer),
+                              spectral_head=bool(cfg.stabilisers.r4f))  # R4F: every use of it
   models.check_fit(model, tokenizer, cfg.train.max_seq_length)
   return Inputs(task, model, tokenizer, train_split, dev_split, extra)
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging as absl_logging
 
-from jaxstab.engine import attention as attention_lib, families
+from jaxstab.engine import attention as attention_lib, families, rxf
 from jaxstab.infra import treepath
 from jaxstab.infra.errors import ConfigError
 
@@ -45,6 +45,8 @@ class Model:
   name: str
   attention: str = "reference"  # 'reference' | 'xla' | 'cudnn' (jaxstab.engine.attention)
   head: str = "transformers"   # one of HEADS (model.head)
+  spectral_head: bool = False  # R4F: the head's output projection divided by its spectral norm
+                               # in every forward pass (stabilisers.r4f; rxf.spectral_normalised)
 
   @property
   def family(self) -> families.Family:
@@ -74,6 +76,8 @@ class Model:
       kw["token_type_ids"] = (batch["token_type_ids"] if pass_segment_ids
                               else jnp.zeros_like(batch["input_ids"]))
     reference_head = self.head == "reference" and self.family.reference_head
+    if self.spectral_head:
+      params = rxf.spectral_normalised(params, self.family.head_out_proj)
     with attention_lib.fused(self.attention), \
         (reference_roberta_head() if reference_head else contextlib.nullcontext()):
       return self.flax_model(batch["input_ids"], attention_mask=batch["attention_mask"],

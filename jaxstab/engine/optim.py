@@ -136,15 +136,18 @@ def total_train_steps(train_cfg, steps_per_epoch: int) -> int:
   return int(round(train_cfg.epochs * steps_per_epoch))
 
 
-def from_config(optim_cfg, total_steps: int, lr_scales=None):
-  """The full chain the recipe describes: [clip] -> adamw(schedule) [-> per-layer lr scales].
-  Returns (tx, schedule)."""
+def from_config(optim_cfg, total_steps: int, lr_scales=None, grad_mask=None):
+  """The full chain the recipe describes: [clip] -> [grad_mask] -> adamw(schedule) [-> per-layer
+  lr scales]. `grad_mask` (Child-Tuning's, engine/child_tuning.py) masks the clipped gradient
+  before Adam's moments see it, where the authors' optimizer applies it. Returns (tx, schedule)."""
   check_warmup(optim_cfg.warmup_ratio)
   schedule = linear_warmup_decay(optim_cfg.lr, warmup_steps(optim_cfg.warmup_ratio, total_steps),
                                  total_steps)
   parts = []
   if optim_cfg.clip_norm and optim_cfg.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(optim_cfg.clip_norm))
+  if grad_mask is not None:
+    parts.append(grad_mask)
   parts.append(adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
                      weight_decay=optim_cfg.weight_decay, bias_correction=optim_cfg.bias_correction,
                      eps_mode=optim_cfg.eps_mode,

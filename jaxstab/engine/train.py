@@ -4,6 +4,7 @@ Pure functions of explicit state: nothing here reads files, flags or seed lists.
 state is a pytree; a group of seeds is the same pytree with a leading axis, and the step is
 mapped over it (`over_seeds`), so K seeds share one compiled program.
 """
+import contextlib
 import dataclasses
 import functools
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -15,7 +16,10 @@ import optax
 
 from jaxstab.config import reference
 from jaxstab.data import dataset as data_lib
-from jaxstab.engine import memory, models, optim, parallel, precision, probe, stabilisers
+from jaxstab.engine import (child_tuning, memory, models, noisytune, optim, parallel, precision,
+                            probe, rxf, stabilisers)
+# Re-exported: the losses live in engine/losses.py (the Fisher pass and R3F use them too).
+from jaxstab.engine.losses import task_loss, weighted_mse, weighted_xent  # noqa: F401
 from jaxstab.engine.optim import bias_correction_factor
 
 SEED_AXES = ("auto", "vmap", "map")
@@ -46,7 +50,7 @@ def over_seeds(fn: Callable, in_axes: Sequence, how: str) -> Callable:
 
 
 # Streams derived from a run's seed key with fold_in: the seed decides all three, independently.
-HEAD, DATA, DROPOUT, REINIT, MIXOUT = 0, 1, 2, 3, 4
+HEAD, DATA, DROPOUT, REINIT, MIXOUT, NOISYTUNE, R3F, CHILD = 0, 1, 2, 3, 4, 5, 6, 7
 
 
 @flax.struct.dataclass
@@ -85,10 +89,12 @@ def seed_key(seed: int):
   return jax.random.PRNGKey(seed)
 
 
-def initial_params(model: models.Model, key, reinit_layers: int = 0, reinit_pooler: bool = False):
+def initial_params(model: models.Model, key, reinit_layers: int = 0, reinit_pooler: bool = False,
+                   noisytune_lambda: float = 0.0):
   """The parameters a seed starts from: the pretrained backbone, a head drawn from the seed and,
-  when asked, the pooler and top layers re-drawn from the seed too (jittable). The analyses call
-  this to rebuild a run's starting point."""
+  when asked, the pooler and top layers re-drawn from the seed too, then NoisyTune's noise on
+  every tensor (noisytune_lambda > 0; jittable). The analyses call this to rebuild a run's
+  starting point."""
   init_range = model.config.initializer_range
   params = models.init_head(model.params, jax.random.fold_in(key, HEAD), init_range,
                             head=model.head)
@@ -96,7 +102,7 @@ def initial_params(model: models.Model, key, reinit_layers: int = 0, reinit_pool
     params = stabilisers.reinit_top_layers(params, jax.random.fold_in(key, REINIT), model.arch,
                                            model.num_layers, reinit_layers, reinit_pooler,
                                            init_range)
-  return params
+  return noisytune.perturb(params, jax.random.fold_in(key, NOISYTUNE), noisytune_lambda)
 
 
 def data_key_of(seed_key):
@@ -108,39 +114,20 @@ def data_key_of(seed_key):
 def create_train_state(model: models.Model, tx: optax.GradientTransformation, key,
                        total_steps: int, probe_every: int, group_names: Sequence[str],
                        reinit_layers: int = 0, reinit_pooler: bool = False, data_key=None,
-                       order_length: int = 0):
+                       order_length: int = 0, noisytune_lambda: float = 0.0):
   """A fresh state for one seed (jittable): initial_params, Adam's zero moments, empty probe.
   `data_key` orders the training examples; default: the seed's own (data_key_of(key)).
   `order_length` is the padded epoch order's length (StepSpec.order_length; 0 only for a state
   that is never stepped). No order is drawn here: the first step draws epoch 0's."""
-  params = initial_params(model, key, reinit_layers, reinit_pooler)
+  params = initial_params(model, key, reinit_layers, reinit_pooler, noisytune_lambda)
   data_key = data_key_of(key) if data_key is None else data_key
-  return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params),
+  opt_state = child_tuning.seeded(tx.init(params), jax.random.fold_in(key, CHILD))
+  return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=opt_state,
                     key=key, data_key=data_key, order=jnp.zeros((order_length,), jnp.int32),
                     order_epoch=jnp.full([], -1, jnp.int32),
                     probe=probe.init_buffers(total_steps, probe_every, len(group_names)),
                     loss_sum=jnp.zeros([], jnp.float32), loss_count=jnp.zeros([], jnp.float32),
                     diverged_at=jnp.full([], -1, jnp.int32))
-
-
-def weighted_xent(logits, labels, weight):
-  """Mean cross-entropy over the real (weight 1) examples of a padded batch."""
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-  return jnp.sum(ce * weight) / jnp.maximum(jnp.sum(weight), 1.0)
-
-
-def weighted_mse(logits, labels, weight):
-  """Mean squared error of a one-output (regression) head over the real examples of a batch."""
-  err = logits[..., 0].astype(jnp.float32) - labels.astype(jnp.float32)
-  return jnp.sum(err * err * weight) / jnp.maximum(jnp.sum(weight), 1.0)
-
-
-def task_loss(logits, labels, weight):
-  """The training loss of a head: MSE for one output (regression, e.g. STS-B), else
-  cross-entropy over the classes. The choice is static (the logits' shape)."""
-  if logits.shape[-1] == 1:
-    return weighted_mse(logits, labels, weight)
-  return weighted_xent(logits, labels, weight)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +147,10 @@ class StepSpec:
   mixout_head: bool = False     # Mixout also mixes the head, toward the seed's initial head
   prior_wd: bool = False        # weight decay toward the pretrained weights
   remat: str = "none"           # 'layers': encoder layers recomputed in the backward pass
+  r3f: bool = False             # R3F's noised second pass and symmetric KL (engine/rxf.py)
+  r3f_lambda: float = 1.0
+  r3f_eps: float = 1e-5
+  r3f_noise: str = "uniform"
 
   @property
   def steps_per_epoch(self) -> int:
@@ -225,21 +216,25 @@ def make_update(model: models.Model, tx, schedule: Callable, spec: StepSpec):
   n_train, batch_size, probe_every = spec.n_train, spec.batch_size, spec.probe_every
   group_names, b1, b2 = list(spec.group_names), spec.b1, spec.b2
   pass_segment_ids, mixout, mixout_head = spec.pass_segment_ids, spec.mixout, spec.mixout_head
-  prior_wd = spec.prior_wd
+  prior_wd, r3f = spec.prior_wd, spec.r3f
 
-  def loss_fn(params, deltas, batch, weight, dropout_key, mixout_key, anchor, head0):
+  def loss_fn(params, deltas, batch, weight, dropout_key, mixout_key, anchor, head0, r3f_key):
     if mixout > 0:
       params = stabilisers.mixout(params, anchor, mixout_key, mixout, head_anchor=head0)
 
-    def forward():
-      return model.logits(params, batch, train=True, dropout_key=dropout_key,
-                          pass_segment_ids=pass_segment_ids)
-    if deltas is not None:
-      with probe.albert_depth_deltas(deltas):
-        logits = forward()
-    else:
-      logits = forward()
-    return task_loss(logits, batch["labels"], weight)
+    def forward(key, noised=contextlib.nullcontext()):
+      with (probe.albert_depth_deltas(deltas) if deltas is not None
+            else contextlib.nullcontext()), noised:
+        return model.logits(params, batch, train=True, dropout_key=key,
+                            pass_segment_ids=pass_segment_ids)
+    logits = forward(dropout_key)
+    loss = task_loss(logits, batch["labels"], weight)
+    if r3f:  # a second pass on noised token embeddings, its own dropout draw
+      noise_key, key = jax.random.split(r3f_key)
+      noised = forward(key, rxf.noised_token_embeddings(model.family.token_embeddings, noise_key,
+                                                        spec.r3f_eps, spec.r3f_noise))
+      loss = loss + spec.r3f_lambda * rxf.symmetric_kl(noised, logits, weight)
+    return loss
 
   def update(state: TrainState, train_arrays: dict, anchor=None) -> TrainState:
     step = state.step
@@ -255,7 +250,8 @@ def make_update(model: models.Model, tx, schedule: Callable, spec: StepSpec):
              if mixout > 0 and mixout_head else None)
     loss, (grads, depth_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1))(
         state.params, deltas, batch, weight, dropout_key,
-        jax.random.fold_in(jax.random.fold_in(state.key, MIXOUT), step), anchor, head0)
+        jax.random.fold_in(jax.random.fold_in(state.key, MIXOUT), step), anchor, head0,
+        jax.random.fold_in(jax.random.fold_in(state.key, R3F), step))
     # Decoupled decay reads only the parameters: decay toward theta_p is decay of theta - theta_p.
     decay_params = (jax.tree_util.tree_map(jnp.subtract, state.params, anchor) if prior_wd
                     else state.params)
@@ -343,6 +339,8 @@ class Programs:
   """
   create: Callable         # create(seed_keys[K, 2], data_keys[K, 2] = each seed's own)
                            # -> TrainState with a leading seed axis
+  prepare: Callable        # prepare(state, train_arrays) -> state, once after `create` (jitted):
+                           # Child-Tuning-D's Fisher mask; the state itself otherwise
   step: Callable           # step(state, train_arrays, anchor) -> state (jitted; the state is
                            # donated; pass `anchor` below)
   eval_logits: Callable    # eval_logits(params, dev_batches) -> [K, batches, B, C]
@@ -371,7 +369,8 @@ def step_spec(cfg, model: models.Model, *, n_train: int) -> StepSpec:
       group_names=tuple(probe.group_names(model.params, model.arch, model.num_layers)),
       b1=cfg.optim.b1, b2=cfg.optim.b2, pass_segment_ids=cfg.model.pass_segment_ids,
       mixout=st.mixout, mixout_head=st.mixout_head, prior_wd=st.prior_wd,
-      remat=cfg.train.remat)
+      remat=cfg.train.remat, r3f=st.r3f, r3f_lambda=st.r3f_lambda, r3f_eps=st.r3f_eps,
+      r3f_noise=st.r3f_noise)
 
 
 def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
@@ -387,9 +386,10 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
   """
   layout = layout or parallel.Layout.create()
   st = cfg.stabilisers
+  model = dataclasses.replace(model, spectral_head=bool(st.r4f))  # R4F (as inputs.load sets it)
   lr_scales = (stabilisers.layerwise_scales(model.params, model.arch, model.num_layers, st.llrd)
                if st.llrd != 1.0 else None)
-  tx, schedule = optim.from_config(cfg.optim, total, lr_scales)
+  tx, schedule = optim.from_config(cfg.optim, total, lr_scales, child_tuning.from_config(st))
   spec = step_spec(cfg, model, n_train=n_train)
   groups, every = list(spec.group_names), spec.probe_every
   axis = seed_axis or seed_axis_for(cfg.train.seed_axis, jax.default_backend(),
@@ -402,7 +402,7 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
   def create_from(params, key, data_key=None):
     return create_train_state(dataclasses.replace(model, params=params), tx, key, total, every,
                               groups, st.reinit_layers, st.reinit_pooler, data_key,
-                              spec.order_length)
+                              spec.order_length, noisytune.scale_of(st))
 
   create_from = precision.at_precision(create_from, matmul)
   step_one = precision.at_precision(make_train_step(model, tx, schedule, spec), matmul)
@@ -420,8 +420,12 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
   step = jax.jit(precision.at_precision(make_group_step(model, tx, schedule, spec, axis), matmul),
                  donate_argnums=0, compiler_options=memory.step_compiler_options(
                      spec.remat, layout.mesh.devices.flat[0].platform))
+  prepare = (jax.jit(precision.at_precision(over_seeds(child_tuning.make_prepare(
+      models.with_remat(model, spec.remat), spec, cfg.optim.clip_norm,
+      st.child_tuning_reserve_p, CHILD), (0, None), axis), matmul), donate_argnums=0)
+             if st.child_tuning == "d" else lambda state, _: state)
   return Programs(
-      create=create,
+      create=create, prepare=prepare,
       step=step,
       eval_logits=jax.jit(over_seeds(eval_one, (0, None), axis)),
       eval_reps=jax.jit(over_seeds(reps_one, (0, None), axis)),

@@ -172,6 +172,7 @@ def _start(plan: Plan, engine: Engine, group, ckpt, initial: Optional[Callable] 
   if initial is not None:
     return initial()
   state = engine.programs.create(*keys(plan, padded(group, engine.programs.seeds_per_group)))
+  state = engine.programs.prepare(state, engine.train_on_device)
   return state, Progress(list(group), {s: [] for s in group}, [None] * len(group))
 
 

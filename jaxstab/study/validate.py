@@ -10,8 +10,9 @@ workdir that a corrected rerun would refuse as "a different config".
 import jax
 
 from jaxstab.config import config_lib, runs as runs_lib
-from jaxstab.data import custom_data, dataset, tasks
-from jaxstab.engine import attention, families, models, optim, precision, stabilisers, train
+from jaxstab.data import custom_data, dataset, metrics, tasks
+from jaxstab.engine import (attention, child_tuning, families, models, noisytune, optim,
+                            precision, rxf, stabilisers, train)
 from jaxstab.infra.errors import ConfigError
 from jaxstab.study import early_stop
 
@@ -22,7 +23,8 @@ ENUMS = {"data.source": dataset.SOURCES, "model.dtype": tuple(models.DTYPES),
          "train.seed_axis": train.SEED_AXES,
          "train.remat": models.REMAT, "fidelity": tuple(config_lib.FIDELITY),
          "model.head": models.HEADS, "train.full_steps_count": ("batches", "reference"),
-         "train.early_stop.by": early_stop.CRITERIA}
+         "train.early_stop.by": early_stop.CRITERIA, "stabilisers.child_tuning": child_tuning.MODES,
+         "stabilisers.r3f_noise": rxf.NOISE_TYPES}
 
 
 def check_config(cfg) -> None:
@@ -62,6 +64,10 @@ def check_config(cfg) -> None:
   early_stop.check(cfg, len(seeds))
   attention.check(cfg.model.attention, cfg.model.dtype)
   stabilisers.check(cfg.stabilisers.mixout, cfg.stabilisers.llrd)
+  noisytune.check(cfg.stabilisers)
+  child_tuning.check(cfg.stabilisers)
+  rxf.check(cfg.stabilisers, metrics.is_regression(cfg.data.metric)
+            if cfg.data.source in dataset.CUSTOM_SOURCES else tasks.get_task(cfg.task).regression)
   if cfg.stabilisers.reinit_layers < 0:
     raise ConfigError(f"stabilisers.reinit_layers={cfg.stabilisers.reinit_layers} must be >= 0")
   reps = cfg.analysis.rep_examples
