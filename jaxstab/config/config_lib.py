@@ -130,6 +130,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.stabilisers.llrd = 1.0             # layer-wise lr decay gamma; 1 = off
   c.stabilisers.prior_wd = False       # weight decay toward the pretrained weights
 
+  c.peft = ml_collections.ConfigDict()  # parameter-efficient fine-tuning (docs/peft.md)
+  c.peft.method = "none"               # none (full fine-tuning) | lora | bitfit (biases, LayerNorm
+                                       # betas included, and the head; BitFit authors' code)
+  c.peft.rank = 8                      # LoRA's r (peft's default)
+  c.peft.alpha = 8.0                   # LoRA's alpha: adapters scaled by alpha / r (peft's default)
+  c.peft.dropout = 0.0                 # dropout on a LoRA adapter's input (peft's default)
+  c.peft.targets = "query,value"       # Dense modules given an adapter: a comma list of names (Hu
+                                       # et al.: query,value) | all-linear (every one but the head)
+  c.peft.init = "kaiming"              # LoRA's A: kaiming (peft's kaiming_uniform(a=sqrt(5))) |
+                                       # gaussian (N(0, 1/r), peft's 'gaussian'); B starts at zero
+  c.peft.train_pooler = False          # True: train the pretrained pooler fully (peft's classifier
+                                       # wrapper freezes it; all-linear then skips it)
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500       # orbax checkpoint of a seed group every N steps; 0 = off
   c.checkpoint.keep = 2                # newest checkpoints kept per seed group
