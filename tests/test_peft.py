@@ -13,6 +13,7 @@ from jaxstab.engine import memory, models, parallel, peft, train as train_lib
 from jaxstab.infra.errors import ConfigError
 from jaxstab.study import validate
 from tests import family_torch, guards
+from tests.cli_runs import assert_ok, run_cli
 from tests.helpers import tiny_setup
 
 # Parity bounds (float32 on CPU, tiny BERT, batch 8, length 32, all-linear r=4, alpha=8):
@@ -296,3 +297,40 @@ def test_no_per_seed_kernel_is_formed(tiny):
     return kernels & set(_value_shapes(jax.make_jaxpr(programs.step)(*args).jaxpr))
   assert per_seed_kernels(cfg) == kernels  # the check sees a per-seed kernel where there is one
   assert not per_seed_kernels(lora_cfg(cfg, rank=1))
+
+
+def test_demo_run_with_lora_records_it(tmp_path):
+  """The one CLI run (in process): the demo with LoRA (r=2), two seeds, four steps,
+  checkpoints and kept final params. summary.json records `peft` and `trainable_params`; the
+  kept params of a seed hold only the trainable tree (adapters and head)."""
+  from jaxstab.infra import checkpoint  # pylint: disable=import-outside-toplevel
+  import json  # pylint: disable=import-outside-toplevel
+  args = ["--config=configs/demo.py", "--config.seeds=1-2", "--config.train.max_steps=4",
+          "--config.peft.method=lora", "--config.peft.rank=2",
+          "--config.checkpoint.every_steps=2", "--config.checkpoint.keep_final_params=True",
+          "--config.analysis.rep_examples=8"]
+  assert_ok(run_cli(args, tmp_path))
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["peft"] == {"method": "lora", "train_pooler": False, "rank": 2, "alpha": 8.0,
+                             "dropout": 0.0, "targets": "query,value", "init": "kaiming"}
+  hidden, layers = 64, 2  # the demo's tiny BERT (config_lib's model.tiny)
+  assert summary["trainable_params"] == layers * 2 * 2 * (2 * hidden) + hidden * 2 + 2
+  kept = checkpoint.load_params(str(tmp_path), 1, None)
+  assert _names_of(kept) == ({"classifier/bias", "classifier/kernel"} | {
+      f"bert/encoder/layer/{i}/attention/self/{m}/lora_{ab}" for i in range(layers)
+      for m in ("query", "value") for ab in "AB"})
+
+
+def test_layerwise_lr_decay_scales_adapters_by_layer(tiny):
+  """stabilisers.llrd reads the trainable tree's paths: layer i's adapters get gamma^(L-i), the
+  head 1 (build_programs passes peft.trained_shapes to layerwise_scales)."""
+  from jaxstab.engine import stabilisers  # pylint: disable=import-outside-toplevel
+  cfg, model, _, _ = tiny
+  adapted = peft.adapt(model, peft.spec_of(lora_cfg(cfg.copy_and_resolve_references(),
+                                                    "query,value").peft))
+  scales = stabilisers.layerwise_scales(peft.trained_shapes(adapted), "bert", 2, 0.5)
+  flat = {"/".join(guards._names(p)): s for p, s in  # pylint: disable=protected-access
+          jax.tree_util.tree_flatten_with_path(scales)[0]}
+  assert flat["bert/encoder/layer/0/attention/self/query/lora_A"] == 0.25
+  assert flat["bert/encoder/layer/1/attention/self/value/lora_B"] == 0.5
+  assert flat["classifier/kernel"] == 1.0 and len(flat) == 10

@@ -243,6 +243,11 @@ def is_adapted(model) -> bool:
   return isinstance(model, PeftModel)
 
 
+def record(model) -> dict:
+  """What summary.json records as `peft` for a model (adapted or not)."""
+  return model.peft.to_json() if is_adapted(model) else {"method": "none"}
+
+
 def inputs(model, params, shared):
   """What model.logits takes: `params` itself, or for a PeftModel the seed's trainable tree with
   the shared backbone (`shared`: the step's replicated device argument)."""

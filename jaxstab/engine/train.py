@@ -405,7 +405,7 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
       eval_one=eval_one, reps_one=reps_one, tx=tx, schedule=schedule, spec=spec, group_names=groups,
       total_steps=total,
       seeds_per_group=seeds_per_group, seed_axis=axis, anchor=anchor, matmul_precision=matmul,
-      peft=model.peft.to_json() if peft.is_adapted(model) else {"method": "none"},
+      peft=peft.record(model),
       trainable_params=peft.trainable_count(model))
 
 
