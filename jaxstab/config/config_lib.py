@@ -34,6 +34,7 @@ ARG_KEYS = {
     "moments": "optim.moments_dtype", "attention": "model.attention",
     "data_seeds": "data_seeds", "stop_at": "train.early_stop.at",
     "stop_keep": "train.early_stop.keep", "stop_by": "train.early_stop.by",
+    "peft": "peft.method", "rank": "peft.rank", "alpha": "peft.alpha",
 }
 
 

@@ -129,8 +129,7 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
            {"roberta": ("RobertaConfig", "FlaxRobertaForSequenceClassification"),
             "xlm-roberta": ("XLMRobertaConfig", "FlaxXLMRobertaForSequenceClassification")},
            also=("camembert",), pooler=False, roberta_tokenizer=True,
-           positions_after_pad=True, reference_head=True, mlm="FlaxRobertaForMaskedLM",
-           linear_names=BERT_LINEAR),
+           positions_after_pad=True, reference_head=True, mlm="FlaxRobertaForMaskedLM"),
     # ALBERT has an MLM head, but forgetting restores layers one by one: refused (shared_layer).
     Family("albert", "ALBERT", {"albert": ("AlbertConfig", "FlaxAlbertForSequenceClassification")},
            shared_layer=True, dropout_keys=BERT_DROPOUT + ("classifier_dropout_prob",),
