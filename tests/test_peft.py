@@ -162,9 +162,9 @@ def test_merged_export_gives_the_adapted_model(tiny):
   trainable = nonzero_adapters(peft.trainable_of(spec, params, jax.random.PRNGKey(0),
                                                  model.family), jax.random.PRNGKey(2))
   batch = {k: jnp.asarray(v) for k, v in arrays.items()}
-  adapted = pm.logits(peft.inputs(pm, trainable, params), batch)
-  full = model.logits(peft.merged(spec, trainable, params), batch)
-  plain = model.logits(params, batch)
+  adapted, full, plain = jax.jit(lambda t, p: (
+      pm.logits(peft.inputs(pm, t, p), batch), model.logits(peft.merged(spec, t, p), batch),
+      model.logits(p, batch)))(trainable, params)
   assert float(jnp.max(jnp.abs(adapted - plain))) > 1e-2  # the adapters change the output
   np.testing.assert_allclose(full, adapted, rtol=0, atol=2e-6)  # measured 2.4e-7
 
@@ -253,16 +253,19 @@ def _per_seed_bytes(cfg, model, arrays):
 def test_lora_group_holds_far_less_per_seed(tiny):
   """From the compiled group step's memory analysis (one and two seeds, vmap, one example of 8
   tokens, so that weights rather than activations dominate): the bytes a further seed adds under
-  LoRA (all-linear, r=1) are far below full fine-tuning's. Measured on XLA:CPU, tiny BERT
-  (107,330 parameters): LoRA 125 KB, full 2.40 MB per seed (x0.052)."""
+  LoRA (all-linear, r=1) are far below what a full fine-tuning seed holds at the least, its
+  weights and two Adam moments (12 bytes a parameter). Measured on XLA:CPU, tiny BERT (107,330
+  parameters): LoRA 125 KB per seed; full fine-tuning 2.40 MB per seed by the same analysis
+  (x0.052), of which its state is 1.29 MB (the bound's base; not compiled here, to save two
+  compiles)."""
   cfg, model, arrays, _ = tiny
   cfg = cfg.copy_and_resolve_references()
   cfg.train.batch_size, cfg.probe.every = 1, 0
   arrays = {k: (v[:1, :8] if v.ndim == 2 else v[:1]) for k, v in arrays.items()}
-  full = _per_seed_bytes(cfg, model, arrays)
   lora = _per_seed_bytes(lora_cfg(cfg, rank=1), model, arrays)
-  print(f"\nper seed: LoRA {lora / 1e3:.1f} KB, full {full / 1e6:.2f} MB")
-  assert 0 < lora < 0.15 * full, (lora, full)
+  full_state = 12 * models.param_count(model.params)
+  print(f"\nper seed: LoRA {lora / 1e3:.1f} KB; a full seed's state {full_state / 1e6:.2f} MB")
+  assert 0 < lora < 0.15 * full_state, (lora, full_state)
 
 
 def _value_shapes(jaxpr):
@@ -278,25 +281,86 @@ def _value_shapes(jaxpr):
   return out
 
 
+def _per_seed_kernels(cfg, model, arrays):
+  """The per-seed kernel shapes [3, in, out] of the backbone that the traced group step (K=3,
+  vmap) computes a value of."""
+  kernels = {(3,) + tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(
+      model.params)[0] if guards._names(p)[-1] == "kernel" and guards._names(p)[0] == "bert"}  # pylint: disable=protected-access
+  programs = _programs(cfg, model, arrays, 3)
+  args = memory.abstract_args(programs, parallel.Layout.create(), arrays)
+  return kernels, kernels & set(_value_shapes(jax.make_jaxpr(programs.step)(*args).jaxpr))
+
+
+def _small(tiny):
+  cfg, model, arrays, _ = tiny
+  cfg = cfg.copy_and_resolve_references()
+  cfg.train.batch_size, cfg.probe.every = 2, 1
+  return cfg, model, {k: v[:2] for k, v in arrays.items()}
+
+
 def test_no_per_seed_kernel_is_formed(tiny):
   """The unmerged forward, checked where memory cannot see it: XLA keeps only one layer's merged
   kernel alive at a time, so W + (alpha/r) B A formed per seed adds one kernel to the per-seed
   bytes (measured +37 KB on the test above), not every kernel. Here the traced group step (K=3,
   vmap) computes no value of a per-seed kernel's shape [3, in, out], while full fine-tuning's
   does (its weights and gradients are per seed)."""
-  cfg, model, arrays, _ = tiny
-  cfg = cfg.copy_and_resolve_references()
-  cfg.train.batch_size, cfg.probe.every = 2, 1
-  arrays = {k: v[:2] for k, v in arrays.items()}
-  kernels = {(3,) + tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(
-      model.params)[0] if guards._names(p)[-1] == "kernel" and guards._names(p)[0] == "bert"}  # pylint: disable=protected-access
+  cfg, model, arrays = _small(tiny)
+  kernels, found = _per_seed_kernels(cfg, model, arrays)
+  assert found == kernels  # the check sees a per-seed kernel where there is one
+  assert not _per_seed_kernels(lora_cfg(cfg, rank=1), model, arrays)[1]
 
-  def per_seed_kernels(c):
-    programs = _programs(c, model, arrays, 3)
-    args = memory.abstract_args(programs, parallel.Layout.create(), arrays)
-    return kernels & set(_value_shapes(jax.make_jaxpr(programs.step)(*args).jaxpr))
-  assert per_seed_kernels(cfg) == kernels  # the check sees a per-seed kernel where there is one
-  assert not per_seed_kernels(lora_cfg(cfg, rank=1))
+
+# ==================================================== planted bugs (tests/test_planted_bugs.py's
+# style: the package is never edited; a monkeypatch plants the bug and the guard must fail)
+
+def test_planted_merge_fails_the_per_seed_kernel_check(tiny, monkeypatch):
+  """LoRA computed by forming W + (alpha/r) B A per seed (what the unmerged forward avoids)."""
+  def merged_forward(self, params, batch, train, dropout_key, pass_segment_ids, hidden=False):
+    full = peft.merged(self.peft, params["trainable"], params["backbone"])
+    return models.Model._forward(self, full, batch, train, dropout_key, pass_segment_ids, hidden)  # pylint: disable=protected-access
+  monkeypatch.setattr(peft.PeftModel, "_forward", merged_forward)
+  cfg, model, arrays = _small(tiny)
+  assert _per_seed_kernels(lora_cfg(cfg, rank=1), model, arrays)[1]
+
+
+def test_lora_starts_from_zero_b_and_peft_a():
+  """A seed's fresh adapters: B = 0 (so the seed starts as the pretrained model, which the group
+  test checks through the logits), A within kaiming_uniform(a=sqrt(5))'s bound 1/sqrt(in) and
+  filling it (max |A| > 0.9 bound), gaussian A with std 1/r (within 10% over 2,048 draws)."""
+  params = {"bert": {"q": {"query": {"kernel": jnp.zeros((256, 8))}}}, "classifier": {}}
+  from jaxstab.engine import families  # pylint: disable=import-outside-toplevel
+  fam = families.family_of("bert")
+  t = peft.trainable_of(peft.Spec("lora", rank=8), params, jax.random.PRNGKey(0), fam)
+  a, b = t["bert"]["q"]["query"]["lora_A"], t["bert"]["q"]["query"]["lora_B"]
+  assert a.shape == (8, 256) and b.shape == (8, 8) and not np.any(np.asarray(b))
+  assert 0.9 / 16 < float(jnp.max(jnp.abs(a))) <= 1 / 16
+  g = peft.trainable_of(peft.Spec("lora", rank=8, init="gaussian"), params,
+                        jax.random.PRNGKey(0), fam)["bert"]["q"]["query"]["lora_A"]
+  assert abs(float(jnp.std(g)) * 8 - 1) < 0.1
+
+
+def test_planted_nonzero_b_fails_the_start_check(monkeypatch):
+  """B drawn like A instead of zero: the seed would not start from the pretrained model."""
+  real = jnp.zeros
+  monkeypatch.setattr(peft.jnp, "zeros", lambda shape, dtype=None: real(shape, dtype) + 0.01)
+  with pytest.raises(AssertionError):
+    test_lora_starts_from_zero_b_and_peft_a()
+
+
+def test_planted_dropped_scale_changes_the_adapted_output(tiny, monkeypatch):
+  """alpha / r dropped (scale 1 instead of 2): the adapted logits move by far more than the
+  parity bound, so the parity test above (same weights in peft, which scales) would fail."""
+  cfg, model, arrays, params = tiny
+  spec = peft.spec_of(lora_cfg(cfg.copy_and_resolve_references()).peft)
+  pm = peft.adapt(model, spec)
+  trainable = nonzero_adapters(peft.trainable_of(spec, params, jax.random.PRNGKey(0),
+                                                 model.family), jax.random.PRNGKey(1))
+  batch = {k: jnp.asarray(v) for k, v in arrays.items()}
+  logits = lambda: jax.jit(lambda t: pm.logits(peft.inputs(pm, t, params), batch))(trainable)
+  right = logits()
+  monkeypatch.setattr(peft.Spec, "scale", property(lambda self: 1.0))
+  planted = logits()
+  assert float(jnp.max(jnp.abs(planted - right))) > 10 * LOGITS_ATOL
 
 
 def test_demo_run_with_lora_records_it(tmp_path):
