@@ -398,3 +398,16 @@ def test_layerwise_lr_decay_scales_adapters_by_layer(tiny):
   assert flat["bert/encoder/layer/0/attention/self/query/lora_A"] == 0.25
   assert flat["bert/encoder/layer/1/attention/self/value/lora_B"] == 0.5
   assert flat["classifier/kernel"] == 1.0 and len(flat) == 10
+
+
+def test_full_tree_analyses_refuse_a_peft_run():
+  """The loss surface and forgetting read full trees: a PEFT setting gets one line, before any
+  checkpoint is opened."""
+  import types  # pylint: disable=import-outside-toplevel
+  from jaxstab import analysis  # pylint: disable=import-outside-toplevel
+  cfg = config_lib.task_config("rte", "model=tiny-bert")
+  cfg.peft.method = "bitfit"
+  with pytest.raises(ConfigError, match=r"^this setting trained with peft.method='bitfit'"):
+    analysis.final_params(types.SimpleNamespace(cfg=cfg, directory="/nonexistent", model=None), 1)
+  with pytest.raises(ConfigError, match=r"^this setting trained with peft.method='bitfit'"):
+    analysis.initial_params(None, cfg, 1)
