@@ -382,8 +382,9 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
   reps_one = precision.at_precision(make_eval_reps(model, spec.pass_segment_ids), matmul)
   create_fn = jax.jit(over_seeds(create_from, (None, 0, 0), axis),
                       out_shardings=layout.seed_sharding(seeds_per_group))
-  eval_logits = jax.jit(over_seeds(eval_one, (0, None, None), axis))
-  eval_reps = jax.jit(over_seeds(reps_one, (0, None, None), axis))
+  axes = (0, None) if shared is None else (0, None, None)  # (params, batches[, backbone])
+  eval_logits = jax.jit(over_seeds(eval_one, axes, axis))
+  eval_reps = jax.jit(over_seeds(reps_one, axes, axis))
   if shared is not None:  # the backbone goes in as an argument; the *_one functions bind it
     eval_logits = _bound_shared(eval_logits, shared)
     eval_reps = _bound_shared(eval_reps, shared)
