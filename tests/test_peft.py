@@ -379,6 +379,9 @@ def test_demo_run_with_lora_records_it(tmp_path):
                              "dropout": 0.0, "targets": "query,value", "init": "kaiming"}
   hidden, layers = 64, 2  # the demo's tiny BERT (config_lib's model.tiny)
   assert summary["trainable_params"] == layers * 2 * 2 * (2 * hidden) + hidden * 2 + 2
+  from jaxstab.results import records  # pylint: disable=import-outside-toplevel
+  typed = records.read_setting(str(tmp_path))  # the schema's typed fields
+  assert (typed.peft, typed.trainable_params) == (summary["peft"], summary["trainable_params"])
   kept = checkpoint.load_params(str(tmp_path), 1, None)
   assert _names_of(kept) == ({"classifier/bias", "classifier/kernel"} | {
       f"bert/encoder/layer/{i}/attention/self/{m}/lora_{ab}" for i in range(layers)
