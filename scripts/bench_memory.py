@@ -11,6 +11,11 @@ only lowered and compiled, so a CPU can estimate what a GPU step will hold.
   # off / on, each compiled at K = 1 and 2; K for the devices in DEVICES.
   python scripts/bench_memory.py --mode=table --json=docs/results/memory/seeds_per_device.json
 
+  # Parameter-efficient fine-tuning: bytes per seed (state and temporaries) of full, LoRA and
+  # BitFit groups (--methods), MiniLM and BERT-large shapes, each at K = 1 and 2.
+  python scripts/bench_memory.py --mode=peft --models=minilm,bert-large \
+      --json=docs/results/memory/peft_per_seed.json
+
 "Measured" is XLA's memory analysis of the compiled program (arguments + outputs - aliased
 outputs + temporaries: what the step holds while it runs), not a process's resident memory.
 Each program is saved to the JSON as soon as it is compiled, and a rerun with the same --json
@@ -41,7 +46,9 @@ SHAPES = {  # hidden, layers, heads, intermediate, vocab, arch
     "bert-base": (768, 12, 12, 3072, 30522, "bert"),
     "bert-large": (1024, 24, 16, 4096, 30522, "bert"),
     "roberta-large": (1024, 24, 16, 4096, 50265, "roberta"),
+    "minilm": (384, 6, 12, 1536, 30522, "bert"),  # MiniLM-L6-H384's shape
 }
+PEFT_METHODS = ("none", "lora", "bitfit")  # peft.method; LoRA at its defaults (r=8, query,value)
 
 
 class _Vocab:  # what models.load needs of a tokenizer to size a random model
@@ -166,9 +173,43 @@ def table(a, out, save, log):
           f"{r['fixed_bytes'] / 1e9:.2f} GB | {ks} |")
 
 
+def peft_table(a, out, save, log):
+  """Per seed, from K = 1 and 2: the state (argument bytes: weights or the trainable part, Adam's
+  moments, the probe) and the temporaries (activations, gradients); the backbone is fixed."""
+  rows = out.setdefault("peft", {}).setdefault("rows", {})
+  for shape in a.models.split(","):
+    cfg, model = build(shape, a.seq)
+    for method in a.methods.split(","):
+      key = f"{shape}/{method}"
+      row = rows.setdefault(key, dict(model=shape, method=method, measured={}))
+      c = cfg.copy_and_resolve_references()
+      c.peft.method = method
+      for k in (1, 2):
+        if str(k) not in row["measured"]:
+          row["measured"][str(k)] = footprint(c, model, k, a.batch, a.seq, a.total)
+          save()
+        log(f"{key} K={k}: peak {row['measured'][str(k)]['peak'] / 1e9:.3f} GB, "
+            f"compile {row['measured'][str(k)]['compile_s']} s")
+      one, two = row["measured"]["1"], row["measured"]["2"]
+      row.update(per_seed_bytes=two["peak"] - one["peak"],
+                 state_bytes=two["argument"] - one["argument"],
+                 temp_bytes=two["temp"] - one["temp"], fixed_bytes=2 * one["peak"] - two["peak"])
+      save()
+  out["peft"].update(batch=a.batch, seq=a.seq)
+  save()
+  log("| model | method | per seed | state | temporaries | fixed |")
+  log("|---|---|---|---|---|---|")
+  for r in rows.values():
+    if "per_seed_bytes" in r:
+      log(f"| {r['model']} | {r['method']} | {r['per_seed_bytes'] / 1e9:.3f} GB | "
+          f"{r['state_bytes'] / 1e9:.3f} GB | {r['temp_bytes'] / 1e9:.3f} GB | "
+          f"{r['fixed_bytes'] / 1e9:.3f} GB |")
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--mode", choices=("validate", "table"), default="validate")
+  p.add_argument("--mode", choices=("validate", "table", "peft"), default="validate")
+  p.add_argument("--methods", default=",".join(PEFT_METHODS), help="peft mode's peft.method values")
   p.add_argument("--shape", default="bert-base", choices=tuple(SHAPES), help="validate's model")
   p.add_argument("--ks", default="1,2,4", help="validate's group sizes (1 and 2 needed)")
   p.add_argument("--models", default="bert-large,roberta-large", help="the table's models")
@@ -195,7 +236,7 @@ def main():
       write_json(a.json, out)
 
   log = lambda line: print(line, flush=True)
-  (validate if a.mode == "validate" else table)(a, out, save, log)
+  {"validate": validate, "table": table, "peft": peft_table}[a.mode](a, out, save, log)
 
 
 if __name__ == "__main__":

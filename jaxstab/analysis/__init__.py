@@ -88,6 +88,7 @@ def initial_params(model, cfg, run: int):
   pretrained weights as an argument, as training's create program runs it: run eagerly, the
   head's normal draw rounds differently (1.9e-9 on a tiny BERT's head, measured on CPU), compiled
   it is bit for bit the run's step-0 parameters (tests/test_seed_grid_and_early_stop.py)."""
+  refuse_peft(cfg)
   st = cfg.stabilisers
   reinit_layers, reinit_pooler = int(st.reinit_layers), bool(st.reinit_pooler)
 
@@ -100,7 +101,18 @@ def initial_params(model, cfg, run: int):
 
 def final_params(inputs: SettingInputs, seed: int):
   """The kept final parameters of `seed` (structure from the pretrained model)."""
+  refuse_peft(inputs.cfg)
   return checkpoint.load_params(inputs.directory, seed, inputs.model.params)
+
+
+def refuse_peft(cfg) -> None:
+  """The analyses that read full parameter trees (loss surface, forgetting) do not read a PEFT
+  run's trainable tree yet: one line instead of a checkpoint-structure error."""
+  if cfg.peft.method != "none":
+    raise ConfigError(f"this setting trained with peft.method={cfg.peft.method!r}: its kept "
+                      "parameters are the trainable part only, and this analysis reads full "
+                      "parameter trees (not yet for PEFT runs; jaxstab.engine.peft.merged "
+                      "exports a run's full weights)")
 
 
 def run_failed(summary: records.SettingSummary) -> dict:

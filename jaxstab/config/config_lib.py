@@ -34,6 +34,7 @@ ARG_KEYS = {
     "moments": "optim.moments_dtype", "attention": "model.attention",
     "data_seeds": "data_seeds", "stop_at": "train.early_stop.at",
     "stop_keep": "train.early_stop.keep", "stop_by": "train.early_stop.by",
+    "peft": "peft.method", "rank": "peft.rank", "alpha": "peft.alpha",
 }
 
 
@@ -147,6 +148,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.stabilisers.noisytune = False      # NoisyTune: perturb every tensor of the seed's start once
   c.stabilisers.noisytune_lambda = 0.15  # its noise scale: W += (U(0,1) - 0.5) * lambda * std(W)
                                        # (Wu et al. 2022, ACL, section 3 and its listing)
+
+  c.peft = ml_collections.ConfigDict()  # parameter-efficient fine-tuning (docs/peft.md)
+  c.peft.method = "none"               # none (full fine-tuning) | lora | bitfit (biases, LayerNorm
+                                       # betas included, and the head; BitFit authors' code)
+  c.peft.rank = 8                      # LoRA's r (peft's default)
+  c.peft.alpha = 8.0                   # LoRA's alpha: adapters scaled by alpha / r (peft's default)
+  c.peft.dropout = 0.0                 # dropout on a LoRA adapter's input (peft's default)
+  c.peft.targets = "query,value"       # Dense modules given an adapter: a comma list of names (Hu
+                                       # et al.: query,value) | all-linear (every one but the head)
+  c.peft.init = "kaiming"              # LoRA's A: kaiming (peft's kaiming_uniform(a=sqrt(5))) |
+                                       # gaussian (N(0, 1/r), peft's 'gaussian'); B starts at zero
+  c.peft.train_pooler = False          # True: train the pretrained pooler fully (peft's classifier
+                                       # wrapper freezes it; all-linear then skips it)
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500       # orbax checkpoint of a seed group every N steps; 0 = off

@@ -53,6 +53,9 @@ from jaxstab.infra.errors import ConfigError
 BERT_SIZES = {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers",
               "num_heads": "num_attention_heads", "intermediate_size": "intermediate_size"}
 BERT_DROPOUT = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+# transformers' Flax BERT-like layers: attention query/key/value, then `dense` in the attention
+# output, the intermediate and the output blocks (and the pooler).
+BERT_LINEAR = ("query", "key", "value", "dense")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +103,10 @@ class Family:
   head_out_proj: Tuple[str, ...] = ("classifier",)
   tiny_name: str = ""         # the built-in tiny model of the first model type (else tiny-<type>)
   tiny_config: Mapping[str, object] = dataclasses.field(default_factory=dict)  # its own config
+  # The names of the backbone's Dense modules a LoRA adapter may sit beside (peft.targets names
+  # some of them; peft.method != 'none' needs the field): empty = no parameter-efficient
+  # fine-tuning for the family (jaxstab/engine/peft.py).
+  linear_names: Tuple[str, ...] = ()
 
   @property
   def backbone(self) -> str:
@@ -123,7 +130,7 @@ class Family:
 
 FAMILIES: Dict[str, Family] = {f.name: f for f in (
     Family("bert", "BERT", {"bert": ("BertConfig", "FlaxBertForSequenceClassification")},
-           mlm="FlaxBertForMaskedLM"),
+           mlm="FlaxBertForMaskedLM", linear_names=BERT_LINEAR),
     Family("roberta", "RoBERTa / XLM-RoBERTa",
            {"roberta": ("RobertaConfig", "FlaxRobertaForSequenceClassification"),
             "xlm-roberta": ("XLMRobertaConfig", "FlaxXLMRobertaForSequenceClassification")},

@@ -16,40 +16,15 @@ import optax
 
 from jaxstab.config import reference
 from jaxstab.data import dataset as data_lib
-from jaxstab.engine import (child_tuning, memory, models, noisytune, optim, parallel, precision,
-                            probe, rxf, stabilisers)
+from jaxstab.engine import (child_tuning, memory, models, noisytune, optim, parallel, peft,
+                            precision, probe, rxf, stabilisers)
 # Re-exported: the losses live in engine/losses.py (the Fisher pass and R3F use them too).
 from jaxstab.engine.losses import task_loss, weighted_mse, weighted_xent  # noqa: F401
 from jaxstab.engine.optim import bias_correction_factor
-
-SEED_AXES = ("auto", "vmap", "map")
-
-
-def seed_axis_for(requested: str, backend: str, num_devices: int) -> str:
-  """'auto': vmap on accelerators (K seeds fill the chip); a sequential map on a single CPU
-  device, where a vmapped step is slower per example than K single-seed steps (BUILD_NOTES)."""
-  if requested != "auto":
-    return requested
-  return "map" if backend == "cpu" and num_devices == 1 else "vmap"
-
-
-def over_seeds(fn: Callable, in_axes: Sequence, how: str) -> Callable:
-  """`jax.vmap(fn, in_axes)`, or with how='map' the same signature computed one seed at a time
-  by `lax.map` (each seed runs the unbatched program; still one compiled function per group)."""
-  if how == "vmap":
-    return jax.vmap(fn, in_axes=tuple(in_axes))
-
-  def mapped(*args):
-    seeded = tuple(a for a, ax in zip(args, in_axes) if ax == 0)
-
-    def one(xs):
-      it = iter(xs)
-      return fn(*[next(it) if ax == 0 else a for a, ax in zip(args, in_axes)])
-    return jax.lax.map(one, seeded)
-  return mapped
-
+from jaxstab.engine.seed_axes import SEED_AXES, over_seeds, seed_axis_for  # noqa: F401
 
 # Streams derived from a run's seed key with fold_in: the seed decides all three, independently.
+# (peft.LORA_STREAM = 8 draws LoRA's A.)
 HEAD, DATA, DROPOUT, REINIT, MIXOUT, NOISYTUNE, R3F, CHILD = 0, 1, 2, 3, 4, 5, 6, 7
 
 
@@ -94,7 +69,8 @@ def initial_params(model: models.Model, key, reinit_layers: int = 0, reinit_pool
   """The parameters a seed starts from: the pretrained backbone, a head drawn from the seed and,
   when asked, the pooler and top layers re-drawn from the seed too, then NoisyTune's noise on
   every tensor (noisytune_lambda > 0; jittable). The analyses call this to rebuild a run's
-  starting point."""
+  starting point. For a peft.PeftModel: only the part the seed trains, its adapters drawn from
+  the seed (peft.start; PEFT refuses NoisyTune)."""
   init_range = model.config.initializer_range
   params = models.init_head(model.params, jax.random.fold_in(key, HEAD), init_range,
                             head=model.head)
@@ -102,7 +78,8 @@ def initial_params(model: models.Model, key, reinit_layers: int = 0, reinit_pool
     params = stabilisers.reinit_top_layers(params, jax.random.fold_in(key, REINIT), model.arch,
                                            model.num_layers, reinit_layers, reinit_pooler,
                                            init_range)
-  return noisytune.perturb(params, jax.random.fold_in(key, NOISYTUNE), noisytune_lambda)
+  params = noisytune.perturb(params, jax.random.fold_in(key, NOISYTUNE), noisytune_lambda)
+  return peft.start(model, params, key)
 
 
 def data_key_of(seed_key):
@@ -223,10 +200,11 @@ def make_update(model: models.Model, tx, schedule: Callable, spec: StepSpec):
       params = stabilisers.mixout(params, anchor, mixout_key, mixout, head_anchor=head0)
 
     def forward(key, noised=contextlib.nullcontext()):
+      # a PEFT model reads the shared backbone from the anchor's place (peft.inputs)
       with (probe.albert_depth_deltas(deltas) if deltas is not None
             else contextlib.nullcontext()), noised:
-        return model.logits(params, batch, train=True, dropout_key=key,
-                            pass_segment_ids=pass_segment_ids)
+        return model.logits(peft.inputs(model, params, anchor), batch, train=True,
+                            dropout_key=key, pass_segment_ids=pass_segment_ids)
     logits = forward(dropout_key)
     loss = task_loss(logits, batch["labels"], weight)
     if r3f:  # a second pass on noised token embeddings, its own dropout draw
@@ -284,11 +262,13 @@ def make_update(model: models.Model, tx, schedule: Callable, spec: StepSpec):
 
 
 def make_eval_logits(model: models.Model, pass_segment_ids: bool = True):
-  """Returns eval_logits(params, dev_batches) -> [num_batches, B, C] (deterministic)."""
+  """Returns eval_logits(params, dev_batches, shared=None) -> [num_batches, B, C]
+  (deterministic); `shared`: a PEFT model's backbone (peft.inputs)."""
 
-  def eval_logits(params, dev_batches):
+  def eval_logits(params, dev_batches, shared=None):
     def one(batch):
-      return model.logits(params, batch, train=False, pass_segment_ids=pass_segment_ids)
+      return model.logits(peft.inputs(model, params, shared), batch, train=False,
+                          pass_segment_ids=pass_segment_ids)
     inputs = {k: dev_batches[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     return jax.lax.map(one, inputs)
 
@@ -296,14 +276,15 @@ def make_eval_logits(model: models.Model, pass_segment_ids: bool = True):
 
 
 def make_eval_reps(model: models.Model, pass_segment_ids: bool = True):
-  """Returns eval_reps(params, batches) -> [L+1, num_batches * B, hidden] float32: each
+  """Returns eval_reps(params, batches, shared=None) -> [L+1, num_batches * B, hidden] float32: each
   example's first-token vector after the embeddings and after every layer
   (Model.first_token_states), in the batches' order, padding rows included (the caller drops
   them). Deterministic: the same forward pass as eval_logits, read one stage earlier."""
 
-  def eval_reps(params, batches):
+  def eval_reps(params, batches, shared=None):
     def one(batch):
-      return model.first_token_states(params, batch, pass_segment_ids=pass_segment_ids)
+      return model.first_token_states(peft.inputs(model, params, shared), batch,
+                                       pass_segment_ids=pass_segment_ids)
     inputs = {k: batches[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     states = jax.lax.map(one, inputs)  # [num_batches, L+1, B, hidden]
     return jnp.moveaxis(states, 1, 0).reshape(states.shape[1], -1, states.shape[-1])
@@ -327,6 +308,8 @@ def total_steps(train_cfg, n_train: int, full_steps_per_epoch: int, task: str = 
 class Programs:
   """Everything compiled for one setting: built once by `build_programs`, used by a study, the
   benchmarks, the analyses and the tests alike, so each of them runs the same program.
+  Under PEFT (jaxstab/engine/peft.py) the state's params are a seed's trainable part and
+  `anchor` is the frozen backbone the group shares.
 
   The `*_one` functions are one seed's pure, unjitted functions (tests jit them directly; the
   analyses call them); `create`, `step`, `eval_logits` and `eval_reps` are those mapped over a
@@ -358,6 +341,8 @@ class Programs:
   seed_axis: str
   anchor: Optional[Any]
   matmul_precision: str    # model.matmul_precision, traced into every function above
+  peft: dict               # peft.Spec.to_json(): what summary.json records as `peft`
+  trainable_params: int    # parameters each seed trains (all of them without PEFT)
 
 
 def step_spec(cfg, model: models.Model, *, n_train: int) -> StepSpec:
@@ -366,7 +351,8 @@ def step_spec(cfg, model: models.Model, *, n_train: int) -> StepSpec:
   st = cfg.stabilisers
   return StepSpec(
       n_train=n_train, batch_size=cfg.train.batch_size, probe_every=max(int(cfg.probe.every), 0),
-      group_names=tuple(probe.group_names(model.params, model.arch, model.num_layers)),
+      group_names=tuple(probe.group_names(peft.trained_shapes(model), model.arch,
+                                          model.num_layers)),
       b1=cfg.optim.b1, b2=cfg.optim.b2, pass_segment_ids=cfg.model.pass_segment_ids,
       mixout=st.mixout, mixout_head=st.mixout_head, prior_wd=st.prior_wd,
       remat=cfg.train.remat, r3f=st.r3f, r3f_lambda=st.r3f_lambda, r3f_eps=st.r3f_eps,
@@ -387,15 +373,22 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
   layout = layout or parallel.Layout.create()
   st = cfg.stabilisers
   model = dataclasses.replace(model, spectral_head=bool(st.r4f))  # R4F (as inputs.load sets it)
-  lr_scales = (stabilisers.layerwise_scales(model.params, model.arch, model.num_layers, st.llrd)
+  model = peft.adapt(model, peft.spec_of(cfg.peft))  # `model` itself under peft.method='none'
+  peft.check_stabilisers(model.peft if peft.is_adapted(model) else peft.Spec(), st)
+  lr_scales = (stabilisers.layerwise_scales(peft.trained_shapes(model), model.arch,
+                                            model.num_layers, st.llrd)
                if st.llrd != 1.0 else None)
   tx, schedule = optim.from_config(cfg.optim, total, lr_scales, child_tuning.from_config(st))
   spec = step_spec(cfg, model, n_train=n_train)
   groups, every = list(spec.group_names), spec.probe_every
   axis = seed_axis or seed_axis_for(cfg.train.seed_axis, jax.default_backend(),
                                     layout.num_devices)
-  anchor = (jax.device_put(stabilisers.anchor_of(model.params), layout.replicated)
-            if stabilisers.uses_anchor(spec.mixout, spec.prior_wd) else None)
+  pretrained = jax.device_put(model.params, layout.replicated)
+  # The step's replicated argument: a PEFT model's frozen backbone, else the stabilisers' anchor.
+  shared = pretrained if peft.is_adapted(model) else None
+  anchor = shared if shared is not None else (
+      jax.device_put(stabilisers.anchor_of(model.params), layout.replicated)
+      if stabilisers.uses_anchor(spec.mixout, spec.prior_wd) else None)
 
   matmul = cfg.model.matmul_precision
 
@@ -410,7 +403,13 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
   reps_one = precision.at_precision(make_eval_reps(model, spec.pass_segment_ids), matmul)
   create_fn = jax.jit(over_seeds(create_from, (None, 0, 0), axis),
                       out_shardings=layout.seed_sharding(seeds_per_group))
-  pretrained = jax.device_put(model.params, layout.replicated)
+  axes = (0, None) if shared is None else (0, None, None)  # (params, batches[, backbone])
+  eval_logits = jax.jit(over_seeds(eval_one, axes, axis))
+  eval_reps = jax.jit(over_seeds(reps_one, axes, axis))
+  if shared is not None:  # the backbone goes in as an argument; the *_one functions bind it
+    eval_logits = _bound_shared(eval_logits, shared)
+    eval_reps = _bound_shared(eval_reps, shared)
+    eval_one, reps_one = _bound_shared(eval_one, shared), _bound_shared(reps_one, shared)
 
   def create(seed_keys, data_keys=None):
     if data_keys is None:
@@ -427,10 +426,16 @@ def build_programs(cfg, model: models.Model, *, n_train: int, total: int,
   return Programs(
       create=create, prepare=prepare,
       step=step,
-      eval_logits=jax.jit(over_seeds(eval_one, (0, None), axis)),
-      eval_reps=jax.jit(over_seeds(reps_one, (0, None), axis)),
+      eval_logits=eval_logits, eval_reps=eval_reps,
       create_one=functools.partial(create_from, model.params), step_one=step_one,
       eval_one=eval_one, reps_one=reps_one, tx=tx, schedule=schedule, spec=spec, group_names=groups,
       total_steps=total,
-      seeds_per_group=seeds_per_group, seed_axis=axis, anchor=anchor, matmul_precision=matmul)
+      seeds_per_group=seeds_per_group, seed_axis=axis, anchor=anchor, matmul_precision=matmul,
+      peft=peft.record(model),
+      trainable_params=peft.trainable_count(model))
+
+
+def _bound_shared(fn: Callable, shared) -> Callable:
+  """fn(params, batches, shared) as fn(params, batches): the PEFT backbone passed each call."""
+  return lambda params, batches: fn(params, batches, shared)
 

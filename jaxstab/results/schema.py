@@ -164,6 +164,8 @@ class SettingSummary(_Json):
   model: Optional[str] = None
   matmul_precision: Optional[str] = None  # model.matmul_precision; None: a summary written
                                           # before the key, whose runs ran at "default"
+  peft: Optional[Mapping[str, Any]] = None  # peft.method and its keys; None: written before PEFT
+  trainable_params: Optional[int] = None    # parameters each seed trained (engine/peft.py)
   total_steps: Optional[int] = None
   seeds: Tuple[int, ...] = ()            # every run started, stopped ones too
   failed_runs: Optional[int] = None
@@ -194,7 +196,7 @@ class SettingSummary(_Json):
   _CONVERT = {"majority": _mapping, "seeds": _tuple, "expected_max": _tuple,
               "expected_max_std": _tuple, "runs": _runs, "stopped_runs": _runs,
               "early_stop": EarlyStop.from_json, "instability": _mapping,
-              "connectivity": _mapping}
+              "connectivity": _mapping, "peft": _mapping}
   _EMIT = {"seeds": list, "expected_max": list, "expected_max_std": list, "runs": _emit_runs,
            "stopped_runs": _emit_runs, "early_stop": lambda es: es.to_json()}
 

@@ -17,7 +17,7 @@ from absl import logging
 
 from jaxstab.config import runs as runs_lib
 from jaxstab.data import dataset, metrics
-from jaxstab.engine import inputs as inputs_lib, memory, models, parallel, train as train_lib
+from jaxstab.engine import inputs as inputs_lib, memory, models, parallel, peft, train as train_lib
 from jaxstab.infra import checkpoint, fs, lock as lock_lib
 from jaxstab.infra.errors import ConfigError
 from jaxstab.study import (early_stop, early_stop_run, evaluation, groups, merge,
@@ -98,10 +98,13 @@ def _prepare(cfg, workdir, loaded: inputs_lib.Inputs) -> Plan:
                                  cfg.train.evals_per_epoch)
   if stop_at is not None:  # the runs are ranked on their dev metric at the stop step
     points = sorted(set(points) | {stop_at.step})
+  adapted = peft.adapt(model, peft.spec_of(cfg.peft))  # what each seed trains (engine/peft.py)
   logging.info("%s: %d train / %d dev examples, %d steps per epoch, %d steps, %d seeds, model %s "
-               "(%s, %.1fM params)", loaded.task.name, n_train, len(arrays.dev["labels"]), spe,
-               total, len(seeds), model.name, model.arch, models.param_count(model.params) / 1e6)
-  return Plan(task=loaded.task, model=model, workdir=workdir, seeds=seeds,
+               "(%s, %.1fM params, %d trained per seed, peft.method=%s)", loaded.task.name,
+               n_train, len(arrays.dev["labels"]), spe, total, len(seeds), model.name, model.arch,
+               models.param_count(model.params) / 1e6, peft.trainable_count(adapted),
+               cfg.peft.method)
+  return Plan(task=loaded.task, model=adapted, workdir=workdir, seeds=seeds,
               runs=runs_lib.by_number(grid), todo=todo,
               arrays=arrays, total_steps=total,
               eval_steps=points, stopping=stop_at,
@@ -110,7 +113,9 @@ def _prepare(cfg, workdir, loaded: inputs_lib.Inputs) -> Plan:
                             keep_final_params=cfg.checkpoint.keep_final_params),
               setting=cfg.setting, select=cfg.select, data_seeds=runs_lib.uses_data_seeds(cfg),
               matmul_precision=cfg.model.matmul_precision,
-              rep_examples=cfg.analysis.rep_examples)
+              rep_examples=cfg.analysis.rep_examples,
+              peft=peft.record(adapted),
+              trainable_params=peft.trainable_count(adapted))
 
 
 def _build(cfg, plan: Plan) -> Engine:

@@ -12,7 +12,7 @@ import json
 import numpy as np
 
 from jaxstab.data import metrics
-from jaxstab.engine import parallel, probe
+from jaxstab.engine import parallel, peft, probe
 from jaxstab.infra import fs
 from jaxstab.results import forecast, outputs, records, stats
 from jaxstab.study import early_stop, instability_io, workdir as workdir_lib
@@ -27,7 +27,8 @@ def merge(plan):
     runs.append(records.read_run(workdir_lib.run_path(workdir, s, "json")).to_json())
     probes.append(fs.load_npz(workdir_lib.run_path(workdir, s, "npz")))
   merged = {k: np.stack([p[k] for p in probes]) for k in probes[0] if k != "step"}
-  groups = probe.group_names(plan.model.params, plan.model.arch, plan.model.num_layers)
+  groups = probe.group_names(peft.trained_shapes(plan.model), plan.model.arch,
+                             plan.model.num_layers)  # a PEFT run's probe: its trained groups
   merged.update(step=probes[0]["step"], groups=np.asarray(groups), seeds=np.asarray(seeds))
   out = summary(plan, runs)
   out["forecast"] = _forecast(out, merged, plan.total_steps)
@@ -82,6 +83,7 @@ def summary(plan, runs):
   out = {"task": plan.task.name, "metric": metric, "majority": majority,
          "setting": plan.setting, "select": plan.select, "model": plan.model.name,
          "matmul_precision": plan.matmul_precision,
+         "peft": plan.peft or {"method": "none"}, "trainable_params": plan.trainable_params,
          "total_steps": plan.total_steps, "seeds": [r["seed"] for r in runs],
          **stats.setting_stats(kept, metric, plan.select), "runs": kept}
   if plan.stopping is not None:

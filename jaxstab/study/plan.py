@@ -28,7 +28,7 @@ class Saving:
 class Plan:
   """What a setting will do, fixed before anything is compiled."""
   task: tasks.Task
-  model: models.Model
+  model: models.Model         # a peft.PeftModel under peft.method != 'none'
   workdir: str
   seeds: List[int]            # run numbers (the seeds; seeds x data_seeds: see runs.py)
   runs: Dict[int, runs_lib.Run]  # run number -> its init and data seeds
@@ -44,6 +44,8 @@ class Plan:
   matmul_precision: str       # model.matmul_precision the programs trace (for the record)
   stopping: Optional[early_stop.Spec] = None  # train.early_stop, when on
   rep_examples: int = 0       # analysis.rep_examples: dev examples whose representations are kept
+  peft: Optional[dict] = None  # peft.Spec.to_json() (summary.json `peft`)
+  trainable_params: int = 0   # parameters each seed trains (summary.json `trainable_params`)
 
 
 @dataclasses.dataclass

@@ -11,7 +11,7 @@ import jax
 
 from jaxstab.config import config_lib, runs as runs_lib
 from jaxstab.data import custom_data, dataset, metrics, tasks
-from jaxstab.engine import (attention, child_tuning, families, models, noisytune, optim,
+from jaxstab.engine import (attention, child_tuning, families, models, noisytune, optim, peft,
                             precision, rxf, stabilisers, train)
 from jaxstab.infra.errors import ConfigError
 from jaxstab.study import early_stop
@@ -70,6 +70,7 @@ def check_config(cfg) -> None:
             if cfg.data.source in dataset.CUSTOM_SOURCES else tasks.get_task(cfg.task).regression)
   if cfg.stabilisers.reinit_layers < 0:
     raise ConfigError(f"stabilisers.reinit_layers={cfg.stabilisers.reinit_layers} must be >= 0")
+  peft.check_stabilisers(peft.spec_of(cfg.peft), cfg.stabilisers)  # peft.* values too
   reps = cfg.analysis.rep_examples
   if isinstance(reps, bool) or not isinstance(reps, int) or reps < 0:
     raise ConfigError(f"analysis.rep_examples={reps!r} must be a whole number >= 0 (dev examples "
@@ -96,6 +97,7 @@ def check_model(cfg, arch: str, num_layers: int) -> None:
                       "value is kept as Mixout's target; use stabilisers.mixout_head=False (or "
                       "fidelity=corrected)")
   models.check_remat(cfg.train.remat, fam, name)
+  peft.check_family(peft.spec_of(cfg.peft), fam, name)
   if fam.shared_layer and st.llrd != 1.0:
     raise ConfigError(f"stabilisers.llrd={st.llrd} is undefined for {fam.title} ({name}): all its "
                       "depths share one layer; use stabilisers.llrd=1.0")
