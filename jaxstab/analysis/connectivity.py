@@ -239,13 +239,15 @@ def full_record(result: Result, block: dict, metric: str) -> dict:
 
 
 # ------------------------------------------------------------------ command line
-def run(workdir: str, setting: Optional[str] = None, **kwargs):
+def run(workdir: str, setting: Optional[str] = None, *, points: int = DEFAULT_POINTS,
+        train_examples: int = DEFAULT_TRAIN_EXAMPLES, max_pairs: int = conn.DEFAULT_MAX_PAIRS,
+        pair_seed: int = 0, threshold: Optional[float] = None, chunk: int = DEFAULT_CHUNK,
+        batch_size: int = DEFAULT_BATCH, subset_seed: int = 0, dev_examples: int = 0):
   """Computes each chosen setting's connectivity and writes it; [(name, path)]."""
-  check_args(kwargs.get("points", DEFAULT_POINTS),
-             kwargs.get("train_examples", DEFAULT_TRAIN_EXAMPLES),
-             kwargs.get("max_pairs", conn.DEFAULT_MAX_PAIRS), kwargs.get("chunk", DEFAULT_CHUNK),
-             kwargs.get("batch_size", DEFAULT_BATCH), kwargs.get("threshold"),
-             kwargs.get("dev_examples", 0))
+  check_args(points, train_examples, max_pairs, chunk, batch_size, threshold, dev_examples)
+  kwargs = dict(points=points, train_examples=train_examples, max_pairs=max_pairs,
+                pair_seed=pair_seed, threshold=threshold, chunk=chunk, batch_size=batch_size,
+                subset_seed=subset_seed, dev_examples=dev_examples)
   chosen = analysis.select_settings(workdir, setting)
   if not setting:
     chosen = [c for c in chosen if len(outputs.kept_seeds(c[1])) >= 2]
@@ -256,7 +258,7 @@ def run(workdir: str, setting: Optional[str] = None, **kwargs):
   for name, directory, summary in chosen:
     inputs = analysis.load_setting(name, directory, summary)
     result = compute(inputs, inputs.dev_arrays, **kwargs)
-    block = summary_block(result, kwargs.get("pair_seed", 0), inputs.summary,
+    block = summary_block(result, pair_seed, inputs.summary,
                           inputs.task.metric)
     record = full_record(result, block, inputs.task.metric)
     path = connectivity_io.write(workdir, name, directory, block, record)

@@ -303,12 +303,12 @@ def check_stabilisers(spec: Spec, st) -> None:
              (st.reinit_layers > 0, f"stabilisers.reinit_layers={st.reinit_layers}", frozen),
              (bool(st.reinit_pooler), "stabilisers.reinit_pooler=True", frozen),
              (bool(st.prior_wd), "stabilisers.prior_wd=True", frozen),
-             (bool(st.get("noisytune", False)), "stabilisers.noisytune=True",
+             (bool(st.noisytune), "stabilisers.noisytune=True",
               "its per-seed noise would change the backbone the seeds share"),
-             (bool(st.get("r3f", False)), "stabilisers.r3f=True", untested),
-             (bool(st.get("r4f", False)), "stabilisers.r4f=True", untested),
-             (st.get("child_tuning", "off") != "off",
-              f"stabilisers.child_tuning={st.get('child_tuning', 'off')!r}", untested)]
+             (bool(st.r3f), "stabilisers.r3f=True", untested),
+             (bool(st.r4f), "stabilisers.r4f=True", untested),
+             (st.child_tuning != "off",
+              f"stabilisers.child_tuning={st.child_tuning!r}", untested)]
   for on, what, why in refused:
     if on:
       raise ConfigError(f"{what} is not defined with peft.method={spec.method!r}: {why}; use it "
