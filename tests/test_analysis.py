@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import json
 import os
+import pathlib
 import shutil
 
 import jax
@@ -21,6 +22,7 @@ from jaxstab.infra import checkpoint
 from jaxstab.infra.errors import ConfigError
 from jaxstab.report import build
 from jaxstab.results import outputs
+from tests import browser
 from tests.helpers import kept_params_config, tree_max_abs_diff
 
 SEEDS = [1, 2, 3]
@@ -341,6 +343,16 @@ def test_report_shows_the_three_analyses(run_dir, surface, forgetting_result,
   assert (f"{len(connectivity_result['basins'])} basin(s)"
           in report.captions[f"connectivity_{name}"])
   assert "Not computed" not in page
+  # in a real browser: every image of the page is drawn, the three analyses' figures among them,
+  # and the console stays clean
+  counts, console = browser.probe(pathlib.Path(report.index), {
+      "loss_surface.npz of": "data-surface", "forgetting.json of": "data-forgetting",
+      "connectivity.json of": "data-connectivity"}, tmp_path / "profile")
+  drawn, total = counts["data-images"]
+  assert total >= 5 and drawn == total, counts
+  for kind in ("data-surface", "data-forgetting", "data-connectivity"):
+    assert counts[kind] == (1, 1), (kind, counts)
+  assert not [l for l in console if "rror" in l], console
 
 
 def test_report_without_analyses_says_how_to_compute_them(run_dir, tmp_path):

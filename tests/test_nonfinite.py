@@ -145,7 +145,7 @@ def _plan(name, n):
       task=types.SimpleNamespace(name="rte", metric="accuracy"), majority={"accuracy": 0.527},
       setting=name, select="final", model=types.SimpleNamespace(name="tiny-bert"),
       total_steps=10, seeds=list(range(1, n + 1)), stopping=None, data_seeds=None,
-      matmul_precision="highest", workdir="/nowhere")
+      matmul_precision="highest", workdir="/nowhere", peft=None, trainable_params=None)
 
 
 def _merged(name, finals):
