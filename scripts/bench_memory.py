@@ -151,12 +151,7 @@ def table(a, out, save, log):
                                         pretrained_bytes=pretrained, measured={}))
         c = cfg.copy_and_resolve_references()
         c.optim.moments_dtype, c.train.remat = moments, remat
-        for k in (1, 2):
-          if str(k) not in row["measured"]:
-            row["measured"][str(k)] = footprint(c, model, k, a.batch, a.seq, a.total)
-            save()
-          log(f"{key} K={k}: peak {row['measured'][str(k)]['peak'] / 1e9:.2f} GB, "
-              f"compile {row['measured'][str(k)]['compile_s']} s")
+        measure_one_and_two(row, key, c, model, a, save, log)
         one, two = row["measured"]["1"]["peak"], row["measured"]["2"]["peak"]
         row["per_seed_bytes"], row["fixed_bytes"] = two - one, 2 * one - two
         row["k"] = {name: seeds_per_device(two - one, 2 * one - two, pretrained, limit,
@@ -173,6 +168,17 @@ def table(a, out, save, log):
           f"{r['fixed_bytes'] / 1e9:.2f} GB | {ks} |")
 
 
+def measure_one_and_two(row, key, cfg, model, a, save, log):
+  """The compiled step's footprint at K = 1 and 2 into row["measured"] (kept across reruns:
+  a row measured before is not compiled again), saved after each."""
+  for k in (1, 2):
+    if str(k) not in row["measured"]:
+      row["measured"][str(k)] = footprint(cfg, model, k, a.batch, a.seq, a.total)
+      save()
+    log(f"{key} K={k}: peak {row['measured'][str(k)]['peak'] / 1e9:.3f} GB, "
+        f"compile {row['measured'][str(k)]['compile_s']} s")
+
+
 def peft_table(a, out, save, log):
   """Per seed, from K = 1 and 2: the state (argument bytes: weights or the trainable part, Adam's
   moments, the probe) and the temporaries (activations, gradients); the backbone is fixed."""
@@ -184,12 +190,7 @@ def peft_table(a, out, save, log):
       row = rows.setdefault(key, dict(model=shape, method=method, measured={}))
       c = cfg.copy_and_resolve_references()
       c.peft.method = method
-      for k in (1, 2):
-        if str(k) not in row["measured"]:
-          row["measured"][str(k)] = footprint(c, model, k, a.batch, a.seq, a.total)
-          save()
-        log(f"{key} K={k}: peak {row['measured'][str(k)]['peak'] / 1e9:.3f} GB, "
-            f"compile {row['measured'][str(k)]['compile_s']} s")
+      measure_one_and_two(row, key, c, model, a, save, log)
       one, two = row["measured"]["1"], row["measured"]["2"]
       row.update(per_seed_bytes=two["peak"] - one["peak"],
                  state_bytes=two["argument"] - one["argument"],
