@@ -18,6 +18,7 @@ from jaxstab.study import studies
 
 def _small(cfg, glue_dir):
   cfg.data.dir = str(glue_dir)
+  cfg.data.train_examples = 64  # 3 steps of 8 need no more; only these are tokenized
   cfg.model.tiny.vocab_size = 300
   cfg.train.max_steps = 3
   cfg.train.max_seq_length = 24

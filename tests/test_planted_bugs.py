@@ -248,6 +248,7 @@ def test_majority_baseline_on_train_labels_fails_the_majority_check(glue_dir, tm
   monkeypatch.setattr(metrics, "majority", lambda metric, labels: real(metric, train_labels))
   cfg = config_lib.task_config("rte", "model=tiny-bert")
   cfg.data.dir = glue_dir
+  cfg.data.train_examples = 32  # one step of 8; only these are tokenized (the plant reads them all)
   cfg.model.tiny.vocab_size = 300
   cfg.train.max_steps = 1
   cfg.train.max_seq_length = 16

@@ -234,6 +234,20 @@ def test_small_data_subset_and_full_data_step_count(glue_dir, tmp_path):
   cfg.model.tiny.vocab_size = 300
   cfg.train.max_seq_length = 16
   cfg.train.evals_per_epoch = 1
+  # The subset is drawn from the texts and only it is tokenized: the very rows the whole set
+  # tokenized gives (200 real RTE pairs stand for the set: tokenizing all 2,490 takes seconds).
+  from jaxstab.engine import inputs  # pylint: disable=import-outside-toplevel
+  loaded = inputs.load(cfg)
+  part = dataset.Split(loaded.train_split.text_a[:200], loaded.train_split.text_b[:200],
+                       loaded.train_split.labels[:200])
+  whole = dataset.subsample(dataset.tokenize(part, loaded.tokenizer, 16), 40, 3)
+  drawn = dataset.tokenize(dataset.subsample_split(part, 40, 3), loaded.tokenizer, 16)
+  assert set(drawn) == set(whole) and all(np.array_equal(drawn[k], whole[k]) for k in whole)
+  assert not np.array_equal(dataset.tokenize(dataset.subsample_split(part, 40, 4),
+                                             loaded.tokenizer, 16)["input_ids"],
+                            whole["input_ids"])  # another subsample seed: other rows
+  arrays = inputs.tokenize(cfg, loaded, None)
+  assert len(arrays.train["labels"]) == 40 and arrays.full_steps_per_epoch == 156
   result = studies.run(cfg, str(tmp_path / "small"))
   full_steps_per_epoch = dataset.num_batches(2490, 16)  # RTE's full training set, batch 16
   assert result["total_steps"] == round(0.02 * full_steps_per_epoch)

@@ -193,14 +193,31 @@ def tokenize_cached(split: Split, tokenizer, max_len: int, cache_dir: Optional[s
   return arrays
 
 
-def subsample(arrays: dict, n: int, seed: int) -> dict:
-  """n training examples drawn without replacement by `seed` (the same subset for every run
-  seed, so runs differ only in what the paper varies); n <= 0 keeps everything."""
-  total = len(arrays["labels"])
+def subsample_indices(total: int, n: int, seed: int) -> Optional[np.ndarray]:
+  """Sorted indices of n of `total` training examples drawn without replacement by `seed` (the
+  same subset for every run seed, so runs differ only in what the paper varies); None keeps all
+  (n <= 0 or n >= total)."""
   if subsample_size(total, n) == total:
-    return arrays
-  idx = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
-  return {k: v[idx] for k, v in arrays.items()}
+    return None
+  return np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+
+
+def subsample(arrays: dict, n: int, seed: int) -> dict:
+  """The rows of `arrays` that subsample_indices keeps."""
+  idx = subsample_indices(len(arrays["labels"]), n, seed)
+  return arrays if idx is None else {k: v[idx] for k, v in arrays.items()}
+
+
+def subsample_split(split: Split, n: int, seed: int) -> Split:
+  """The examples of `split` that subsample_indices keeps, as texts: tokenizing them gives the
+  rows `subsample` takes from the whole set tokenized (each example is tokenized and padded on
+  its own), without tokenizing the examples left out: 1,000 of MNLI's 393k pairs tokenize in
+  a fraction of a second instead of minutes."""
+  idx = subsample_indices(len(split.labels), n, seed)
+  if idx is None:
+    return split
+  pick = lambda texts: None if texts is None else [texts[i] for i in idx]
+  return Split(pick(split.text_a), pick(split.text_b), np.asarray(split.labels)[idx])
 
 
 def subsample_size(total: int, n: int) -> int:

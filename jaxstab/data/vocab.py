@@ -1,6 +1,8 @@
 """Tokenizers: the model's own fast tokenizer, or a small WordPiece vocabulary trained on the
 task's training text (for the built-in tiny models, so nothing has to be downloaded)."""
 import collections
+import copy
+import hashlib
 import os
 import tempfile
 
@@ -9,7 +11,30 @@ from jaxstab.infra.errors import ConfigError
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+# Tokenizers fitted in this process, by corpus and size: the settings of a study (and the runs of
+# a test session) fit the same vocabulary again and again. Each caller gets its own copy.
+_FITTED: "collections.OrderedDict[str, object]" = collections.OrderedDict()
+FITTED_KEEP = 8
+
+
 def train_wordpiece(corpus, vocab_size: int):
+  """`fit_wordpiece(corpus, vocab_size)`, reusing this process's fit of the same texts and size
+  (a fresh copy each call: a tokenizer keeps per-call settings)."""
+  corpus = list(corpus)
+  h = hashlib.sha256(str(vocab_size).encode("utf-8"))
+  for text in corpus:
+    h.update(text.encode("utf-8"))
+    h.update(b"\0")
+  key = h.hexdigest()
+  if key not in _FITTED:
+    _FITTED[key] = fit_wordpiece(corpus, vocab_size)
+    while len(_FITTED) > FITTED_KEEP:
+      _FITTED.popitem(last=False)
+  _FITTED.move_to_end(key)
+  return copy.deepcopy(_FITTED[key])
+
+
+def fit_wordpiece(corpus, vocab_size: int):
   """A lower-casing BERT-style WordPiece tokenizer fitted to `corpus`, fully deterministic.
 
   The vocabulary is every character (alone and as a ##continuation) plus the most frequent

@@ -84,11 +84,12 @@ def token_cache_dir(directory: str) -> str:
 def tokenize(cfg, inputs: Inputs, cache_dir: Optional[str]) -> Arrays:
   """Tokenized train (subsampled per data.train_examples) and dev arrays, cached in cache_dir."""
   length, name = cfg.train.max_seq_length, inputs.task.name
-  train = dataset.tokenize_cached(inputs.train_split, inputs.tokenizer, length, cache_dir,
-                               f"{name}-train")
+  # the subset is drawn from the texts, so only the examples trained on are tokenized
+  subset = dataset.subsample_split(inputs.train_split, cfg.data.train_examples,
+                                   cfg.data.subsample_seed)
+  train = dataset.tokenize_cached(subset, inputs.tokenizer, length, cache_dir, f"{name}-train")
   dev = dataset.tokenize_cached(inputs.dev_split, inputs.tokenizer, length, cache_dir, f"{name}-dev")
   extra = {key: dataset.tokenize_cached(split, inputs.tokenizer, length, cache_dir, f"{name}-{key}")
            for key, split in inputs.extra_dev_splits.items()}
-  full_spe = dataset.num_batches(len(train["labels"]), cfg.train.batch_size)
-  train = dataset.subsample(train, cfg.data.train_examples, cfg.data.subsample_seed)
+  full_spe = dataset.num_batches(len(inputs.train_split.labels), cfg.train.batch_size)
   return Arrays(train=train, dev=dev, full_steps_per_epoch=full_spe, extra_dev=extra)

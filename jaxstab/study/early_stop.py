@@ -112,12 +112,19 @@ def write_decision(workdir: str, spec_: Spec, scores: Dict[int, float], continue
 
 
 def take(state, rows: List[int]):
-  """Rows `rows` of a group state (leading seed axis), on the device."""
-  idx = jnp.asarray(rows, jnp.int32)
+  """Rows `rows` of a group state (leading seed axis), on the device: one compiled program for
+  the whole state (eagerly, every leaf's gather would be a program of its own to compile)."""
+  return _take_rows(state, jnp.asarray(rows, jnp.int32))
+
+
+@jax.jit
+def _take_rows(state, idx):
   return jax.tree_util.tree_map(lambda x: jnp.take(x, idx, axis=0), state)
 
 
+@jax.jit
 def concat(states):
+  """Group states joined along their seed axis (one compiled program, as `take`)."""
   return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *states)
 
 
