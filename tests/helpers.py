@@ -1,10 +1,26 @@
 """Small builders shared by tests: tiny models on real GLUE text, in-process."""
+import contextlib
+
 import jax
 import numpy as np
 
 from jaxstab.config import config_lib
 from jaxstab.data import dataset, tasks, vocab
 from jaxstab.engine import models, train as train_lib
+
+
+@contextlib.contextmanager
+def xla_optimized():
+  """XLA's full optimizations inside the block, as users compile (tests/conftest.py turns them
+  off for the test run): for checks of what the optimized program itself does, its memory
+  analysis, its bits, its agreement with PyTorch. The option is part of XLA's compile options, so
+  the persistent cache keeps the two kinds of executable apart."""
+  before = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", before)
 
 
 def tiny_setup(glue_dir, arch="bert", task="rte", n=64, length=32, **overrides):

@@ -13,7 +13,7 @@ from jaxstab.config import config_lib
 from jaxstab.engine import families, memory, models, parallel, train as train_lib
 from jaxstab.infra.errors import ConfigError
 from jaxstab.study import experiment, sizing, validate, workdir as workdir_lib
-from tests.helpers import demo_config
+from tests.helpers import demo_config, xla_optimized
 
 GB = 10**9
 # What XLA raises when an allocation fails, at compile or at run time (jax 0.10.2:
@@ -268,13 +268,14 @@ def test_remat_trains_identically_with_fewer_temporaries(bert2):
   layout = parallel.Layout.create()
   data = jax.device_put(arrays, layout.replicated)
   temps, states = {}, {}
-  for remat in ("none", "layers"):
-    cfg = config_lib.base_config()
-    cfg.train.batch_size, cfg.train.remat, cfg.probe.every = 8, remat, 0
-    programs = train_lib.build_programs(cfg, bert2, n_train=16, total=4, layout=layout)
-    temps[remat] = memory.footprint(memory.compile_step(programs, layout, arrays)).temp
-    state = programs.create(np.asarray([train_lib.seed_key(7)]))
-    states[remat] = programs.step(state, data, programs.anchor)
+  with xla_optimized():  # the bytes and bits of the program users compile
+    for remat in ("none", "layers"):
+      cfg = config_lib.base_config()
+      cfg.train.batch_size, cfg.train.remat, cfg.probe.every = 8, remat, 0
+      programs = train_lib.build_programs(cfg, bert2, n_train=16, total=4, layout=layout)
+      temps[remat] = memory.footprint(memory.compile_step(programs, layout, arrays)).temp
+      state = programs.create(np.asarray([train_lib.seed_key(7)]))
+      states[remat] = programs.step(state, data, programs.anchor)
   assert temps["layers"] < 0.75 * temps["none"], temps
   assert float(states["none"].loss_sum[0]) > 0 and int(states["none"].step[0]) == 1
   for a, b in zip(jax.tree_util.tree_leaves(states["none"]),

@@ -14,7 +14,8 @@ reference optimizer (old transformers AdamW; NOTES.md, "The reference optimizer 
    correction flipped, optax's epsilon);
 3. the reference code's segment-id quirk (pass_segment_ids=False == token_type_ids all zeros).
 
-Everything runs on CPU in float32 with dropout off.
+Everything runs on CPU in float32 with dropout off, compiled with XLA's full optimizations as
+users compile (the rest of the test run turns them off, tests/conftest.py).
 """
 import math
 
@@ -31,6 +32,7 @@ from jaxstab.engine import models, optim, train as train_lib
 from tests import guards
 from tests.guards import (copy_into_torch, jax_as_torch, torch_batch, torch_group_norms,
                           torch_logits)
+from tests.helpers import xla_optimized
 
 GROUPS = guards.MINILM_GROUPS
 
@@ -61,6 +63,12 @@ def _torch_one_thread():
   torch.set_num_threads(1)
   yield
   torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _as_users_compile():
+  with xla_optimized():
+    yield
 
 
 def rel(a, b):
