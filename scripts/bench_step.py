@@ -3,6 +3,7 @@
 Random weights and random tokens of the requested shape, so it needs no download:
 
   python scripts/bench_step.py --shape=tiny --batch=16 --seq=128 --seeds=1,4 --steps=20
+  python scripts/bench_step.py --shape=minilm --seeds=1,4,16 --peft=lora --torch=off  # LoRA
   python scripts/bench_step.py --shape=bert-large --batch=16 --seq=128 --seeds=1,4,8 \
       --dtypes=float32,bfloat16 --peak_tflops=790 --json=out.json   # one H200, dense bf16
 
@@ -342,6 +343,8 @@ def main():
   p.add_argument("--gemm", type=int, default=0,
                  help="N > 0: first time an N x N matmul per dtype (the chip's reachable rate); "
                       "rows then carry `of_gemm`, their TFLOP/s over it")
+  p.add_argument("--peft", default="none", choices=("none", "lora", "bitfit"),
+                 help="peft.method at its defaults (TFLOP/s and MFU still count full training)")
   p.add_argument("--label", default="", help="free text stored in the JSON")
   p.add_argument("--json", default="", help="write {meta, rows, ratios} here (after every row)")
   a = p.parse_args()
@@ -369,7 +372,7 @@ def main():
                                            SHAPES[a.shape])),
               batch=a.batch, seq=a.seq, steps=a.steps, warmup=a.warmup, n_train=a.n_train,
               repeats=a.repeats,
-              probe_every=a.probe_every, peak_tflops=a.peak_tflops, label=a.label,
+              probe_every=a.probe_every, peak_tflops=a.peak_tflops, label=a.label, peft=a.peft,
               attention=a.attention, dropout=a.dropout, seed_axis=seed_axis,
               matmul_precision=a.matmul_precision,
               compile_cache=a.compile_cache, argv=sys.argv, host=platform.node(),
@@ -422,6 +425,9 @@ def main():
                                   build(a.shape, a.arch, dtype, a.seq, a.attention,
                                         a.dropout, a.matmul_precision))
       cfg, model = models_by_dtype[dtype]
+      if a.peft != "none":  # the trainable part only (train.build_programs adapts the model)
+        cfg = cfg.copy_and_resolve_references()
+        cfg.peft.method = a.peft
       if a.norms_alone and rnd == 0 and "norms_ms" not in meta.setdefault("norms", {}).get(dtype, {}):
         wall, cpu = time_probe_norms(model)
         meta["norms"][dtype] = dict(norms_ms=1e3 * wall, norms_cpu_ms=1e3 * cpu)

@@ -12,7 +12,7 @@ from jaxstab.data import dataset as data_lib
 from jaxstab.engine import child_tuning, noisytune, rxf, train as train_lib
 from jaxstab.infra.errors import ConfigError
 from tests import guards
-from tests.helpers import tiny_setup
+from tests.helpers import demo_config, tiny_setup
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +258,42 @@ def test_r4f_divides_the_heads_output_projection_by_its_spectral_norm(bert):
                                               kernel=3.0 * model.params["classifier"]["kernel"]))
   np.testing.assert_allclose(np.asarray(jax.jit(lambda p: spectral.logits(p, batch))(scaled)),
                              np.asarray(logits), rtol=0, atol=1e-6)
+
+
+# The later stabilisers' randomness and state belong to a run, not to its place in a group: an
+# init x data-order grid (data_seeds) stopped early and regrouped trains its survivors exactly as
+# the uninterrupted runs (the early stop's own guard, tests/test_seed_grid_and_early_stop.py).
+# R3F's noise is R4F's (R4F adds the head's power-iteration vector, per run): R4F covers both.
+LATER = {"r4f": {"r3f": True, "r4f": True, "r3f_eps": 1e-2},
+         "noisytune": {"noisytune": True},
+         "child_tuning_f": {"child_tuning": "f"}}
+
+
+@pytest.mark.parametrize("method", sorted(LATER))
+def test_with_data_seeds_and_early_stop_survivors_train_as_if_never_stopped(method, tmp_path,
+                                                                            monkeypatch):
+  """Init seeds 1-2 x data seeds 3,4 (runs 1003, 1004, 2003, 2004) in groups of 2, 8 steps; at
+  step 4 runs 1004 and 2003, one from each group and each in another slot than before, go on
+  together. Their gradient-norm records and final dev results equal the uninterrupted grid's
+  bit for bit (map over seeds), and the setting records the grid and the stop."""
+  from tests.test_seed_grid_and_early_stop import (  # pylint: disable=import-outside-toplevel
+      _probe, _row)
+  from jaxstab.study import early_stop, experiment  # pylint: disable=import-outside-toplevel
+  over = {f"stabilisers__{k}": v for k, v in LATER[method].items()}
+
+  def config(**stop):
+    return demo_config("1-2", data_seeds="3,4", train__max_steps=8, train__seed_axis="map",
+                       train__seeds_per_step=2, probe__every=1, **over, **stop)
+
+  plain = experiment.run_setting(config(), str(tmp_path / "plain"))
+  monkeypatch.setattr(early_stop, "choose", lambda scores, keep: ([1004, 2003], [1003, 2004]))
+  stopped = experiment.run_setting(config(train__early_stop__at=0.5, train__early_stop__keep=2),
+                                   str(tmp_path / "es"))
+  want, got = _probe(str(tmp_path / "plain")), _probe(str(tmp_path / "es"))
+  for n in (1004, 2003):
+    np.testing.assert_array_equal(got["grad_norm"][_row(got, n)], want["grad_norm"][_row(want, n)])
+    final = lambda s: next(r for r in s["runs"] if r["seed"] == n)["final"]  # pylint: disable=cell-var-from-loop
+    assert final(stopped) == final(plain)
+  assert [r["seed"] for r in stopped["runs"]] == [1004, 2003]
+  assert [(r["seed"], r["stopped_at"]) for r in stopped["stopped_runs"]] == [(1003, 4), (2004, 4)]
+  assert plain["decomposition"]["grid"] == [2, 2]

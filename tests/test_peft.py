@@ -415,3 +415,41 @@ def test_full_tree_analyses_refuse_a_peft_run():
     analysis.final_params(types.SimpleNamespace(cfg=cfg, directory="/nonexistent", model=None), 1)
   with pytest.raises(ConfigError, match=r"^this setting trained with peft.method='bitfit'"):
     analysis.initial_params(None, cfg, 1)
+
+
+def test_table1_compare_and_report_show_the_method(tmp_path):
+  """Once a setting used PEFT, Table 1 (table.md, the study's log), compare (with the paper's
+  rows, which fine-tuned fully) and the report's tables name each row's method and trained
+  parameters; a table without PEFT keeps the paper's shape (no method column)."""
+  from jaxstab.report import compare, html  # pylint: disable=import-outside-toplevel
+  from jaxstab.results import records, tables  # pylint: disable=import-outside-toplevel
+  from tests.test_report import write_study  # pylint: disable=import-outside-toplevel
+  lora = {"method": "lora", "train_pooler": False, "rank": 8, "alpha": 8.0, "dropout": 0.0,
+          "targets": "query,value", "init": "kaiming"}
+  write_study(tmp_path, {
+      "rte_devlin_full": dict(finals=[0.70, 0.45, 0.60], recipe="devlin_full",
+                              summary_keys={"peft": {"method": "none"},
+                                            "trainable_params": 22_713_602}),
+      "rte_devlin_lora": dict(finals=[0.66, 0.64, 0.40], recipe="devlin_lora",
+                              summary_keys={"peft": lora, "trainable_params": 74_498}),
+      "rte_devlin_bitfit": dict(finals=[0.61, 0.62, 0.63], recipe="devlin_bitfit",
+                                summary_keys={"peft": {"method": "bitfit", "train_pooler": True},
+                                              "trainable_params": 2_306})})
+  rows = {"devlin_full": "full (22.7M trained)",
+          "devlin_lora": "LoRA r=8 α=8 query,value (74.5k trained)",
+          "devlin_bitfit": "BitFit, pooler (2,306 trained)"}
+  study = records.load(str(tmp_path))
+  md = tables.table1_markdown([s.summary.to_json() for s in study.settings])
+  assert md.splitlines()[0] == "| setting | method | RTE |"
+  for recipe, label in rows.items():
+    assert f"| {recipe} | {label} | " in md
+  text = compare.markdown(compare.gather([str(tmp_path)]), paper=True)
+  assert "| devlin_lora | LoRA r=8 α=8 query,value (74.5k trained) | " in text
+  assert "| paper, BERT-large: Devlin et al. | full | 7.2 / 52.3 / 47.3 / 71.1 |" in text
+  page = html.table1(study.settings) + html.details_table(study.settings)
+  assert "<th>setting</th><th>method</th><th>RTE</th>" in page
+  for label in rows.values():
+    assert page.count(f"<td>{label}</td>") == 2   # Table 1 and the details table
+  without = [dict(s.summary.to_json(), peft=None) for s in study.settings]  # before PEFT
+  assert tables.table1_markdown(without).splitlines()[0] == "| setting | RTE |"
+  assert tables.method_label(None, 107_330) == "full (107.3k trained)"

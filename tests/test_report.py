@@ -124,10 +124,11 @@ def test_an_unfinished_study_exits_2_naming_summary_json(tmp_path, capsys):
 
 # ------------------------------------------------------------------ synthetic study files
 def write_setting(where, name, finals, majority=0.5, recipe="devlin", bias_correction=False,
-                  diverged=None, total=40, every=10, bests=None, select="final"):
+                  diverged=None, total=40, every=10, bests=None, select="final", summary_keys=None):
   """A setting's files as experiment.py writes them; finals[i] is seed i+1's final accuracy
-  (NaN allowed), diverged maps seed -> step. The probe has one unfilled slot (step -1) at the
-  end, and failed seeds get lower-layer gradients 1000x smaller than successful ones."""
+  (NaN allowed), diverged maps seed -> step; summary_keys go into summary.json as given. The
+  probe has one unfilled slot (step -1) at the end, and failed seeds get lower-layer gradients
+  1000x smaller than successful ones."""
   where = str(where)
   os.makedirs(where, exist_ok=True)
   diverged = diverged or {}
@@ -168,7 +169,7 @@ def write_setting(where, name, finals, majority=0.5, recipe="devlin", bias_corre
   summary = {"task": "rte", "metric": "accuracy", "majority": {"accuracy": majority},
              "setting": recipe, "select": select, "model": "tiny-bert", "total_steps": total,
              "seeds": seeds, **stats.setting_stats(runs, "accuracy", select), "runs": runs,
-             "name": name, "recipe": recipe}
+             "name": name, "recipe": recipe, **(summary_keys or {})}
   with open(os.path.join(where, "summary.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f)
   return summary

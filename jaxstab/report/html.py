@@ -152,11 +152,17 @@ def table1(settings: List[Setting]) -> str:
   rows = list(dict.fromkeys(row_of(s) for s in settings))
   best = sorted({row_of(s) for s in settings if s.select == "best"})
   note = f"; best dev checkpoint for {', '.join(best)}" if best else ""
+  methods = {}  # row -> its method labels, when some setting used PEFT (tables.method_label)
+  if tables.has_peft(s.summary.peft for s in settings):
+    for s in settings:
+      label = tables.method_label(s.summary.peft, s.summary.trainable_params)
+      methods.setdefault(row_of(s), {}).setdefault(label, None)
   out = [f"<table><caption>reported dev metric ×100: std / mean / median / max (end of training"
          f"{note}); failed runs judged at the end of training</caption>",
-         "<tr><th>setting</th>" + "".join(f"<th>{esc(t.upper())}</th>" for t in tasks) + "</tr>"]
+         "<tr><th>setting</th>" + ("<th>method</th>" if methods else "")
+         + "".join(f"<th>{esc(t.upper())}</th>" for t in tasks) + "</tr>"]
   for row in rows:
-    cells = []
+    cells = [f"<td>{esc('; '.join(methods[row]))}</td>"] if methods else []
     for t in tasks:
       hit = [s for s in settings if s.task == t and row_of(s) == row]
       if not hit:
@@ -173,12 +179,13 @@ def table1(settings: List[Setting]) -> str:
 
 
 def details_table(settings: List[Setting]) -> str:
-  head = ["setting", "task", "model", "recipe", "metric", "seeds", "failed", "majority ×100",
-          "final mean ×100", "final min ×100", "best-ckpt mean ×100"]
+  head = ["setting", "task", "model", "recipe", "method", "metric", "seeds", "failed",
+          "majority ×100", "final mean ×100", "final min ×100", "best-ckpt mean ×100"]
   out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
   for s in settings:
     sp, best = final_spread(s), stats.spread_of([r.value("best", s.metric) for r in s.runs])
-    cells = [s.name, s.task, s.model, s.recipe, s.metric, len(s.runs), failed_count(s),
+    method = tables.method_label(s.summary.peft, s.summary.trainable_params)
+    cells = [s.name, s.task, s.model, s.recipe, method, s.metric, len(s.runs), failed_count(s),
              pct(s.majority), shown(sp, "mean"), shown(sp, "min"), shown(best, "mean")]
     out.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
   return "\n".join(out + ["</table>"])

@@ -54,14 +54,48 @@ def started_runs(setting):
   return es.get("started") if isinstance(es, dict) else None
 
 
+def _trained(n) -> str:
+  """A parameter count as people say it: 2,306 / 36.9k / 22.7M."""
+  return f"{n:,}" if n < 10_000 else (f"{n / 1e3:.1f}k" if n < 10**6 else f"{n / 1e6:.1f}M")
+
+
+def method_label(peft, n=None) -> str:
+  """What a setting fine-tuned, from summary.json's `peft` and `trainable_params` (n): "full",
+  "LoRA r=8 α=8 query,value" or "BitFit" (", pooler" when peft.train_pooler), and how many
+  parameters each seed trained. A summary written before PEFT has no `peft`: it fine-tuned
+  everything."""
+  peft = peft or {}
+  method = peft.get("method", "none")
+  if method == "lora":
+    label = f"LoRA r={peft.get('rank')} α={peft.get('alpha'):g} {peft.get('targets')}"
+  else:
+    label = {"none": "full", "bitfit": "BitFit"}.get(method, method)
+  if method != "none" and peft.get("train_pooler"):
+    label += ", pooler"
+  return label + (f" ({_trained(n)} trained)" if isinstance(n, int) and n > 0 else "")
+
+
+def has_peft(pefts) -> bool:
+  """Whether a table needs its method column: some setting (its `peft`) trained only part of its
+  weights."""
+  return any((p or {}).get("method", "none") != "none" for p in pefts)
+
+
 def table1_markdown(settings) -> str:
   """Rows = recipes, columns = tasks; cells std / mean / median / max (x100) of the reported
   metric (see stats.reported) over the finite values ("n of N finite" when not all are), and the
-  failed runs (always judged at the end of training; a non-finite metric is a failed run)."""
+  failed runs (always judged at the end of training; a non-finite metric is a failed run). Where
+  a setting used PEFT, a method column says what each row fine-tuned (method_label)."""
   tasks = list(dict.fromkeys(s["task"] for s in settings))
   recipes = list(dict.fromkeys(s.get("recipe", s["name"]) for s in settings))
-  lines = ["| setting | " + " | ".join(t.upper() for t in tasks) + " |",
-           "|---" * (len(tasks) + 1) + "|"]
+  methods = {}
+  if has_peft(s.get("peft") for s in settings):
+    for s in settings:
+      label = method_label(s.get("peft"), s.get("trainable_params"))
+      methods.setdefault(s.get("recipe", s["name"]), {}).setdefault(label, None)
+  lines = ["| setting | " + ("method | " if methods else "")
+           + " | ".join(t.upper() for t in tasks) + " |",
+           "|---" * (len(tasks) + 1 + bool(methods)) + "|"]
   for rec in recipes:
     cells = []
     for t in tasks:
@@ -73,7 +107,8 @@ def table1_markdown(settings) -> str:
       f = finite.only(values)
       cells.append(_cell(stats.spread_of(values), hit[0]["failed_runs"], f.total,
                          started_runs(hit[0]), f.note()))
-    lines.append(f"| {rec} | " + " | ".join(cells) + " |")
+    method = f"{'; '.join(methods[rec])} | " if methods else ""
+    lines.append(f"| {rec} | {method}" + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
