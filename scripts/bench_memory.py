@@ -12,7 +12,8 @@ only lowered and compiled, so a CPU can estimate what a GPU step will hold.
   python scripts/bench_memory.py --mode=table --json=docs/results/memory/seeds_per_device.json
 
   # Parameter-efficient fine-tuning: bytes per seed (state and temporaries) of full, LoRA and
-  # BitFit groups (--methods), MiniLM and BERT-large shapes, each at K = 1 and 2.
+  # BitFit groups (--methods), remat off and on (--remats), MiniLM and BERT-large shapes, each at
+  # K = 1 and 2, and the seeds per device that follow.
   python scripts/bench_memory.py --mode=peft --models=minilm,bert-large \
       --json=docs/results/memory/peft_per_seed.json
 
@@ -182,35 +183,43 @@ def measure_one_and_two(row, key, cfg, model, a, save, log):
 def peft_table(a, out, save, log):
   """Per seed, from K = 1 and 2: the state (argument bytes: weights or the trainable part, Adam's
   moments, the probe) and the temporaries (activations, gradients); the backbone is fixed."""
+  from jaxstab.engine import memory, models  # pylint: disable=import-outside-toplevel
   rows = out.setdefault("peft", {}).setdefault("rows", {})
   for shape in a.models.split(","):
     cfg, model = build(shape, a.seq)
+    pretrained = 4 * models.param_count(model.params)
     for method in a.methods.split(","):
-      key = f"{shape}/{method}"
-      row = rows.setdefault(key, dict(model=shape, method=method, measured={}))
-      c = cfg.copy_and_resolve_references()
-      c.peft.method = method
-      measure_one_and_two(row, key, c, model, a, save, log)
-      one, two = row["measured"]["1"], row["measured"]["2"]
-      row.update(per_seed_bytes=two["peak"] - one["peak"],
-                 state_bytes=two["argument"] - one["argument"],
-                 temp_bytes=two["temp"] - one["temp"], fixed_bytes=2 * one["peak"] - two["peak"])
-      save()
-  out["peft"].update(batch=a.batch, seq=a.seq)
+      for remat in a.remats.split(","):
+        key = f"{shape}/{method}" + ("" if remat == "none" else f"/remat-{remat}")
+        row = rows.setdefault(key, dict(model=shape, method=method, measured={}))
+        c = cfg.copy_and_resolve_references()
+        c.peft.method, c.train.remat = method, remat
+        measure_one_and_two(row, key, c, model, a, save, log)
+        one, two = row["measured"]["1"], row["measured"]["2"]
+        per, fixed = two["peak"] - one["peak"], 2 * one["peak"] - two["peak"]
+        row.update(remat=remat, per_seed_bytes=per, state_bytes=two["argument"] - one["argument"],
+                   temp_bytes=two["temp"] - one["temp"], fixed_bytes=fixed,
+                   k={name: seeds_per_device(per, fixed, pretrained, limit, memory.HEADROOM)
+                      for name, limit in DEVICES.items()})
+        save()
+  out["peft"].update(batch=a.batch, seq=a.seq, devices=DEVICES, headroom=memory.HEADROOM)
   save()
-  log("| model | method | per seed | state | temporaries | fixed |")
-  log("|---|---|---|---|---|---|")
+  log("| model | method | remat | per seed | state | temporaries | fixed | "
+      + " | ".join(DEVICES) + " |")
+  log("|---|---|---|---|---|---|---|" + "---|" * len(DEVICES))
   for r in rows.values():
     if "per_seed_bytes" in r:
-      log(f"| {r['model']} | {r['method']} | {r['per_seed_bytes'] / 1e9:.3f} GB | "
-          f"{r['state_bytes'] / 1e9:.3f} GB | {r['temp_bytes'] / 1e9:.3f} GB | "
-          f"{r['fixed_bytes'] / 1e9:.3f} GB |")
+      ks = " | ".join(str(r["k"][d]) for d in DEVICES) if "k" in r else " | ".join("" for _ in DEVICES)
+      log(f"| {r['model']} | {r['method']} | {r.get('remat', 'none')} | "
+          f"{r['per_seed_bytes'] / 1e9:.3f} GB | {r['state_bytes'] / 1e9:.3f} GB | "
+          f"{r['temp_bytes'] / 1e9:.3f} GB | {r['fixed_bytes'] / 1e9:.3f} GB | {ks} |")
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--mode", choices=("validate", "table", "peft"), default="validate")
   p.add_argument("--methods", default=",".join(PEFT_METHODS), help="peft mode's peft.method values")
+  p.add_argument("--remats", default="none,layers", help="peft mode's train.remat values")
   p.add_argument("--shape", default="bert-base", choices=tuple(SHAPES), help="validate's model")
   p.add_argument("--ks", default="1,2,4", help="validate's group sizes (1 and 2 needed)")
   p.add_argument("--models", default="bert-large,roberta-large", help="the table's models")

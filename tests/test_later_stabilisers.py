@@ -263,15 +263,15 @@ def test_r4f_divides_the_heads_output_projection_by_its_spectral_norm(bert):
 # The later stabilisers' randomness and state belong to a run, not to its place in a group: an
 # init x data-order grid (data_seeds) stopped early and regrouped trains its survivors exactly as
 # the uninterrupted runs (the early stop's own guard, tests/test_seed_grid_and_early_stop.py).
-# R3F's noise is R4F's (R4F adds the head's power-iteration vector, per run): R4F covers both.
-LATER = {"r4f": {"r3f": True, "r4f": True, "r3f_eps": 1e-2},
-         "noisytune": {"noisytune": True},
-         "child_tuning_f": {"child_tuning": "f"}}
+# One setting holds them all (they compose; one compile instead of three): R4F (R3F's noise, per
+# step, and the head's power-iteration vector, per run), Child-Tuning-F (a mask per step from
+# the run's key) and NoisyTune (the run's own start). Any one of them keyed by the slot, or left
+# behind when the rows are taken, breaks the equality: a take that gave every survivor the first
+# row's keys failed it (checked by hand).
+LATER = {"r3f": True, "r4f": True, "r3f_eps": 1e-2, "child_tuning": "f", "noisytune": True}
 
 
-@pytest.mark.parametrize("method", sorted(LATER))
-def test_with_data_seeds_and_early_stop_survivors_train_as_if_never_stopped(method, tmp_path,
-                                                                            monkeypatch):
+def test_with_data_seeds_and_early_stop_survivors_train_as_if_never_stopped(tmp_path, monkeypatch):
   """Init seeds 1-2 x data seeds 3,4 (runs 1003, 1004, 2003, 2004) in groups of 2, 8 steps; at
   step 4 runs 1004 and 2003, one from each group and each in another slot than before, go on
   together. Their gradient-norm records and final dev results equal the uninterrupted grid's
@@ -279,7 +279,7 @@ def test_with_data_seeds_and_early_stop_survivors_train_as_if_never_stopped(meth
   from tests.test_seed_grid_and_early_stop import (  # pylint: disable=import-outside-toplevel
       _probe, _row)
   from jaxstab.study import early_stop, experiment  # pylint: disable=import-outside-toplevel
-  over = {f"stabilisers__{k}": v for k, v in LATER[method].items()}
+  over = {f"stabilisers__{k}": v for k, v in LATER.items()}
 
   def config(**stop):
     return demo_config("1-2", data_seeds="3,4", train__max_steps=8, train__seed_axis="map",
