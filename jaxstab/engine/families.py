@@ -136,7 +136,7 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
             "xlm-roberta": ("XLMRobertaConfig", "FlaxXLMRobertaForSequenceClassification")},
            also=("camembert",), pooler=False, roberta_tokenizer=True,
            positions_after_pad=True, reference_head=True, mlm="FlaxRobertaForMaskedLM",
-           head_out_proj=("classifier", "out_proj")),
+           head_out_proj=("classifier", "out_proj"), linear_names=BERT_LINEAR),
     # ALBERT has an MLM head, but forgetting restores layers one by one: refused (shared_layer).
     Family("albert", "ALBERT", {"albert": ("AlbertConfig", "FlaxAlbertForSequenceClassification")},
            shared_layer=True, dropout_keys=BERT_DROPOUT + ("classifier_dropout_prob",),
@@ -147,7 +147,8 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
            {"electra": ("ElectraConfig", "FlaxElectraForSequenceClassification")},
            note="discriminator", pooler=False,
            dropout_keys=BERT_DROPOUT + ("classifier_dropout",), narrow_embeddings=True,
-           head_out_proj=("classifier", "out_proj")),
+           head_out_proj=("classifier", "out_proj"),
+           linear_names=BERT_LINEAR + ("embeddings_project",)),
     # `pre_classifier` (dense + ReLU on the first token) does the pooler's job but is not in the
     # pretrained checkpoint, so it is head. `classifier` comes first: init_head draws it from the
     # seed's head key itself. Its config names sizes and dropouts its own way.
