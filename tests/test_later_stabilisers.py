@@ -264,14 +264,18 @@ def test_r4f_divides_the_heads_output_projection_by_its_spectral_norm(bert):
 # init x data-order grid (data_seeds) stopped early and regrouped trains its survivors exactly as
 # the uninterrupted runs (the early stop's own guard, tests/test_seed_grid_and_early_stop.py).
 # One setting holds them all (they compose; one compile instead of three): R4F (R3F's noise, per
-# step, and the head's power-iteration vector, per run), Child-Tuning-F (a mask per step from
-# the run's key) and NoisyTune (the run's own start). Any one of them keyed by the slot, or left
-# behind when the rows are taken, breaks the equality: a take that gave every survivor the first
-# row's keys failed it (checked by hand).
-LATER = {"r3f": True, "r4f": True, "r3f_eps": 1e-2, "child_tuning": "f", "noisytune": True}
+# step, and the head's power-iteration vector, per run), Child-Tuning (F: a mask per step from
+# the run's key; D: the run's fixed mask from its own Fisher pass, each mode once) and NoisyTune
+# (the run's own start). Any one of them keyed by the slot, or left behind when the rows are
+# taken, breaks the equality: a take that gave every survivor the first row's keys failed it,
+# and one that gave every survivor the first row's Child-Tuning-D mask failed the `d` case
+# (both checked by hand).
+LATER = {"r3f": True, "r4f": True, "r3f_eps": 1e-2, "noisytune": True}
 
 
-def test_with_data_seeds_and_early_stop_survivors_train_as_if_never_stopped(tmp_path, monkeypatch):
+@pytest.mark.parametrize("child_tuning", ["f", "d"])
+def test_with_data_seeds_and_early_stop_survivors_train_as_if_never_stopped(child_tuning, tmp_path,
+                                                                            monkeypatch):
   """Init seeds 1-2 x data seeds 3,4 (runs 1003, 1004, 2003, 2004) in groups of 2, 8 steps; at
   step 4 runs 1004 and 2003, one from each group and each in another slot than before, go on
   together. Their gradient-norm records and final dev results equal the uninterrupted grid's
@@ -279,7 +283,7 @@ def test_with_data_seeds_and_early_stop_survivors_train_as_if_never_stopped(tmp_
   from tests.test_seed_grid_and_early_stop import (  # pylint: disable=import-outside-toplevel
       _probe, _row)
   from jaxstab.study import early_stop, experiment  # pylint: disable=import-outside-toplevel
-  over = {f"stabilisers__{k}": v for k, v in LATER.items()}
+  over = {f"stabilisers__{k}": v for k, v in dict(LATER, child_tuning=child_tuning).items()}
 
   def config(**stop):
     return demo_config("1-2", data_seeds="3,4", train__max_steps=8, train__seed_axis="map",
