@@ -62,6 +62,32 @@ def jax_loss_and_grads(pm, trainable, backbone, arrays):
   return float(loss), np.asarray(logits), grads
 
 
+def _jax_lora_side(cfg, model, params, arrays):
+  """jaxstab's all-linear LoRA (RANK, ALPHA) on `params` with non-zero adapters: the trainable
+  tree, and the loss, logits and gradients on `arrays`."""
+  spec = peft.spec_of(lora_cfg(cfg.copy_and_resolve_references()).peft)
+  pm = peft.adapt(model, spec)
+  trainable = nonzero_adapters(peft.trainable_of(spec, params, jax.random.PRNGKey(0),
+                                                 model.family), jax.random.PRNGKey(1))
+  return (trainable, *jax_loss_and_grads(pm, trainable, params, arrays))
+
+
+def _torch_loss_with(torch, wrapped, named, ours, arrays):
+  """peft's wrapped model holding jaxstab's trainable values (`ours`: torch name -> (value,
+  gradient)), its trained set checked against ours by name; its logits and loss on `arrays`,
+  the loss back-propagated (the gradients land in `named`)."""
+  trained = {n for n, p in named.items() if p.requires_grad}
+  assert trained == set(ours), sorted(trained ^ set(ours))
+  with torch.no_grad():
+    for name, (value, _) in ours.items():
+      named[name].copy_(torch.from_numpy(np.array(value, np.float32)))
+  tb = guards.torch_batch(arrays)
+  t_logits = guards.torch_logits(wrapped, tb)
+  t_loss = torch.nn.functional.cross_entropy(t_logits, tb["labels"])
+  t_loss.backward()
+  return t_logits, t_loss
+
+
 def test_lora_matches_the_peft_library(tiny, require):
   """jaxstab's LoRA (all-linear, r=4, alpha=8) against peft's LoraConfig on transformers' PyTorch
   BertForSequenceClassification holding the same weights and the same non-zero A and B: logits,
@@ -69,11 +95,7 @@ def test_lora_matches_the_peft_library(tiny, require):
   torch, peft_lib = require("torch"), require("peft")
   import transformers  # pylint: disable=import-outside-toplevel
   cfg, model, arrays, params = tiny
-  spec = peft.spec_of(lora_cfg(cfg.copy_and_resolve_references()).peft)
-  pm = peft.adapt(model, spec)
-  trainable = nonzero_adapters(peft.trainable_of(spec, params, jax.random.PRNGKey(0),
-                                                 model.family), jax.random.PRNGKey(1))
-  loss, logits, grads = jax_loss_and_grads(pm, trainable, params, arrays)
+  trainable, loss, logits, grads = _jax_lora_side(cfg, model, params, arrays)
 
   torch.manual_seed(0)
   tmodel = transformers.BertForSequenceClassification._from_config(  # pylint: disable=protected-access
@@ -93,15 +115,7 @@ def test_lora_matches_the_peft_library(tiny, require):
       kind = "weight" if names[-1] == "kernel" else "bias"
       t = lambda a: np.asarray(a).T if kind == "weight" else np.asarray(a)
       ours[f"base_model.model.classifier.modules_to_save.default.{kind}"] = (t(leaf), t(g))
-  trained = {n for n, p in named.items() if p.requires_grad}
-  assert trained == set(ours), sorted(trained ^ set(ours))
-  with torch.no_grad():
-    for name, (value, _) in ours.items():
-      named[name].copy_(torch.from_numpy(np.array(value, np.float32)))
-  tb = guards.torch_batch(arrays)
-  t_logits = guards.torch_logits(wrapped, tb)
-  t_loss = torch.nn.functional.cross_entropy(t_logits, tb["labels"])
-  t_loss.backward()
+  t_logits, t_loss = _torch_loss_with(torch, wrapped, named, ours, arrays)
 
   assert np.std(logits) > 1e-3  # the examples' logits differ
   np.testing.assert_allclose(logits, t_logits.detach().numpy(), rtol=0, atol=LOGITS_ATOL)
@@ -126,11 +140,7 @@ def test_lora_matches_the_peft_library_beyond_bert(family, glue_dir, require):
   torch, peft_lib = require("torch"), require("peft")
   cfg, model, arrays = tiny_setup(glue_dir, family, n=8, length=32)
   params = models.init_head(family_torch.scaled(model.params), jax.random.PRNGKey(3), 0.02)
-  spec = peft.spec_of(lora_cfg(cfg.copy_and_resolve_references()).peft)
-  pm = peft.adapt(model, spec)
-  trainable = nonzero_adapters(peft.trainable_of(spec, params, jax.random.PRNGKey(0),
-                                                 model.family), jax.random.PRNGKey(1))
-  loss, logits, grads = jax_loss_and_grads(pm, trainable, params, arrays)
+  trainable, loss, logits, grads = _jax_lora_side(cfg, model, params, arrays)
   torch.manual_seed(0)
   wrapped = peft_lib.get_peft_model(family_torch.torch_twin(model, params, family),
                                     peft_lib.LoraConfig(task_type="SEQ_CLS", r=RANK,
@@ -149,15 +159,7 @@ def test_lora_matches_the_peft_library_beyond_bert(family, glue_dir, require):
       t = lambda a, kind=kind: np.asarray(a).T if kind == "weight" else np.asarray(a)
       ours[".".join(["base_model.model", names[0], "modules_to_save.default"] + names[1:-1]
                     + [kind])] = (t(leaf), t(g))
-  trained = {n for n, p in named.items() if p.requires_grad}
-  assert trained == set(ours), sorted(trained ^ set(ours))
-  with torch.no_grad():
-    for name, (value, _) in ours.items():
-      named[name].copy_(torch.from_numpy(np.array(value, np.float32)))
-  tb = guards.torch_batch(arrays)
-  t_logits = guards.torch_logits(wrapped, tb)
-  t_loss = torch.nn.functional.cross_entropy(t_logits, tb["labels"])
-  t_loss.backward()
+  t_logits, t_loss = _torch_loss_with(torch, wrapped, named, ours, arrays)
   assert np.std(logits) > 1e-3
   np.testing.assert_allclose(logits, t_logits.detach().numpy(), rtol=0, atol=LOGITS_ATOL)
   assert abs(loss - float(t_loss.detach())) <= LOSS_RTOL * abs(float(t_loss.detach()))
