@@ -209,7 +209,7 @@ def peft_table(a, out, save, log):
   log("|---|---|---|---|---|---|---|" + "---|" * len(DEVICES))
   for r in rows.values():
     if "per_seed_bytes" in r:
-      ks = " | ".join(str(r["k"][d]) for d in DEVICES) if "k" in r else " | ".join("" for _ in DEVICES)
+      ks = " | ".join(str(r.get("k", {}).get(d, "")) for d in DEVICES)
       log(f"| {r['model']} | {r['method']} | {r.get('remat', 'none')} | "
           f"{r['per_seed_bytes'] / 1e9:.3f} GB | {r['state_bytes'] / 1e9:.3f} GB | "
           f"{r['temp_bytes'] / 1e9:.3f} GB | {r['fixed_bytes'] / 1e9:.3f} GB | {ks} |")

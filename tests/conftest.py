@@ -22,9 +22,9 @@ for _threads in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 # XLA's backend optimizations off (LLVM's expensive passes skipped) in every test process and its
 # subprocesses: the tests' tiny programs run for milliseconds, and optimizing them cost about a
 # third of the run's CPU time (BUILD_NOTES "Test suite time", sixth round). The programs' meaning is
-# unchanged, only how hard XLA works on the machine code; the parity tests against PyTorch turn it
-# back on for their module (tests/test_parity.py), and JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs
-# everything as users compile it.
+# unchanged, only how hard XLA works on the machine code; checks of the optimized program itself
+# (parity with PyTorch, remat's and PEFT's bytes) turn it back on with tests.helpers.xla_optimized,
+# and JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs everything as users compile it.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 # One persistent XLA cache for the whole test run, shared by the xdist workers (they inherit the

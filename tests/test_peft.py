@@ -510,5 +510,6 @@ def test_table1_compare_and_report_show_the_method(tmp_path):
   for label in rows.values():
     assert page.count(f"<td>{label}</td>") == 2   # Table 1 and the details table
   without = [dict(s.summary.to_json(), peft=None) for s in study.settings]  # before PEFT
+  assert tables.method_column((s["name"], s["peft"], 5) for s in without) == {}
   assert tables.table1_markdown(without).splitlines()[0] == "| setting | RTE |"
   assert tables.method_label(None, 107_330) == "full (107.3k trained)"

@@ -132,7 +132,8 @@ def markdown(settings, paper=False) -> str:
   in_paper = sorted({t for row in PAPER_TABLE1.values() for t in row})
   without = [t for t in tasks if t not in in_paper]
   if paper and len(without) < len(tasks):
-    full = " full |" if tables.has_peft(r.get("peft") for r in rows) else ""  # method column
+    full = (" full |" if tables.method_column((None, r.get("peft"), None) for r in rows)
+            else "")  # the paper's rows in the method column
     table += "".join(
         f"\n| paper, BERT-large: {recipe} |{full} "
         + " | ".join(" / ".join(f"{x:.1f}" for x in row[t]) if t in row else "—" for t in tasks)

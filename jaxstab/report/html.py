@@ -152,17 +152,14 @@ def table1(settings: List[Setting]) -> str:
   rows = list(dict.fromkeys(row_of(s) for s in settings))
   best = sorted({row_of(s) for s in settings if s.select == "best"})
   note = f"; best dev checkpoint for {', '.join(best)}" if best else ""
-  methods = {}  # row -> its method labels, when some setting used PEFT (tables.method_label)
-  if tables.has_peft(s.summary.peft for s in settings):
-    for s in settings:
-      label = tables.method_label(s.summary.peft, s.summary.trainable_params)
-      methods.setdefault(row_of(s), {}).setdefault(label, None)
+  methods = tables.method_column((row_of(s), s.summary.peft, s.summary.trainable_params)
+                                 for s in settings)
   out = [f"<table><caption>reported dev metric ×100: std / mean / median / max (end of training"
          f"{note}); failed runs judged at the end of training</caption>",
          "<tr><th>setting</th>" + ("<th>method</th>" if methods else "")
          + "".join(f"<th>{esc(t.upper())}</th>" for t in tasks) + "</tr>"]
   for row in rows:
-    cells = [f"<td>{esc('; '.join(methods[row]))}</td>"] if methods else []
+    cells = [f"<td>{esc(methods[row])}</td>"] if methods else []
     for t in tasks:
       hit = [s for s in settings if s.task == t and row_of(s) == row]
       if not hit:

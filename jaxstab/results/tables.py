@@ -75,10 +75,16 @@ def method_label(peft, n=None) -> str:
   return label + (f" ({_trained(n)} trained)" if isinstance(n, int) and n > 0 else "")
 
 
-def has_peft(pefts) -> bool:
-  """Whether a table needs its method column: some setting (its `peft`) trained only part of its
-  weights."""
-  return any((p or {}).get("method", "none") != "none" for p in pefts)
+def method_column(rows) -> dict:
+  """The method column of a table whose rows are (row name, peft, trainable_params) per setting:
+  row name -> its method labels joined by '; ', or {} (no column) when no setting used PEFT."""
+  rows = list(rows)
+  if not any((p or {}).get("method", "none") != "none" for _, p, _ in rows):
+    return {}
+  labels = {}
+  for row, peft, n in rows:
+    labels.setdefault(row, {}).setdefault(method_label(peft, n), None)
+  return {row: "; ".join(found) for row, found in labels.items()}
 
 
 def table1_markdown(settings) -> str:
@@ -88,11 +94,8 @@ def table1_markdown(settings) -> str:
   a setting used PEFT, a method column says what each row fine-tuned (method_label)."""
   tasks = list(dict.fromkeys(s["task"] for s in settings))
   recipes = list(dict.fromkeys(s.get("recipe", s["name"]) for s in settings))
-  methods = {}
-  if has_peft(s.get("peft") for s in settings):
-    for s in settings:
-      label = method_label(s.get("peft"), s.get("trainable_params"))
-      methods.setdefault(s.get("recipe", s["name"]), {}).setdefault(label, None)
+  methods = method_column((s.get("recipe", s["name"]), s.get("peft"), s.get("trainable_params"))
+                          for s in settings)
   lines = ["| setting | " + ("method | " if methods else "")
            + " | ".join(t.upper() for t in tasks) + " |",
            "|---" * (len(tasks) + 1 + bool(methods)) + "|"]
@@ -107,7 +110,7 @@ def table1_markdown(settings) -> str:
       f = finite.only(values)
       cells.append(_cell(stats.spread_of(values), hit[0]["failed_runs"], f.total,
                          started_runs(hit[0]), f.note()))
-    method = f"{'; '.join(methods[rec])} | " if methods else ""
+    method = f"{methods[rec]} | " if methods else ""
     lines.append(f"| {rec} | {method}" + " | ".join(cells) + " |")
   return "\n".join(lines)
 
