@@ -24,8 +24,9 @@ GRAD_RTOL = 1.5e-4     # per tensor ||g_jax - g_torch|| / ||g_torch||: measured 
                        # (layer 0 attention.output.dense lora_A, deepest in the backward pass)
 # Beyond BERT, the same check; ELECTRA's narrow embeddings and their projection make its deepest
 # adapter gradients round more: measured worst 1.6e-4 (tests' compile mode) and 2.7e-4 (users'),
-# layer 0's query lora_B; RoBERTa (XLM-R classes) 2.3e-5 / 1.6e-5. Logits: 1.6e-8 to 4.8e-8.
-GRAD_RTOL_OF = {"xlm-roberta": GRAD_RTOL, "electra": 3e-3}
+# layer 0's query lora_B; RoBERTa (XLM-R classes) 2.3e-5 / 1.6e-5; DistilBERT 3.6e-5 (tests'
+# compile mode). Logits: 1.6e-8 to 1.9e-7.
+GRAD_RTOL_OF = {"xlm-roberta": GRAD_RTOL, "electra": 3e-3, "distilbert": GRAD_RTOL}
 RANK, ALPHA = 4, 8.0   # alpha / r = 2: a dropped scale changes every adapter's output
 
 
@@ -72,17 +73,19 @@ def _jax_lora_side(cfg, model, params, arrays):
   return (trainable, *jax_loss_and_grads(pm, trainable, params, arrays))
 
 
-def _torch_loss_with(torch, wrapped, named, ours, arrays):
+def _torch_loss_with(torch, wrapped, named, ours, arrays, segments=True):
   """peft's wrapped model holding jaxstab's trainable values (`ours`: torch name -> (value,
   gradient)), its trained set checked against ours by name; its logits and loss on `arrays`,
-  the loss back-propagated (the gradients land in `named`)."""
+  the loss back-propagated (the gradients land in `named`). `segments`: the model takes
+  token_type_ids (DistilBERT does not)."""
   trained = {n for n, p in named.items() if p.requires_grad}
   assert trained == set(ours), sorted(trained ^ set(ours))
   with torch.no_grad():
     for name, (value, _) in ours.items():
       named[name].copy_(torch.from_numpy(np.array(value, np.float32)))
   tb = guards.torch_batch(arrays)
-  t_logits = guards.torch_logits(wrapped, tb)
+  t_logits = (guards.torch_logits(wrapped, tb) if segments else
+              wrapped(input_ids=tb["input_ids"], attention_mask=tb["attention_mask"]).logits)
   t_loss = torch.nn.functional.cross_entropy(t_logits, tb["labels"])
   t_loss.backward()
   return t_logits, t_loss
@@ -132,11 +135,23 @@ def test_lora_matches_the_peft_library(tiny, require):
   assert errors[worst] <= GRAD_RTOL, (worst, errors[worst])
 
 
-@pytest.mark.parametrize("family", ["xlm-roberta", "electra"])
+# peft's LoraConfig for each family's case: all-linear everywhere, except that DistilBERT's
+# `pre_classifier` (no pretrained value: jaxstab's head, trained fully) would get an adapter from
+# peft's all-linear, so there the linear names are listed and pre_classifier is saved whole.
+PEFT_TARGETS_OF = {
+    "xlm-roberta": dict(target_modules="all-linear"),
+    "electra": dict(target_modules="all-linear"),
+    "distilbert": dict(target_modules=["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
+                       modules_to_save=["pre_classifier"]),
+}
+
+
+@pytest.mark.parametrize("family", list(PEFT_TARGETS_OF))
 def test_lora_matches_the_peft_library_beyond_bert(family, glue_dir, require):
-  """As above for RoBERTa (through XLM-R's classes) and ELECTRA: their whole classification head
-  (dense + out_proj) is trained, as peft's modules_to_save trains it, and every other linear
-  layer gets an adapter, ELECTRA's embeddings_project included, as peft's all-linear picks them."""
+  """As above for RoBERTa (through XLM-R's classes), ELECTRA and DistilBERT: their whole
+  classification head (dense + out_proj; DistilBERT's pre_classifier + classifier) is trained, as
+  peft's modules_to_save trains it, and every other linear layer gets an adapter, ELECTRA's
+  embeddings_project included, as peft's all-linear picks them."""
   torch, peft_lib = require("torch"), require("peft")
   cfg, model, arrays = tiny_setup(glue_dir, family, n=8, length=32)
   params = models.init_head(family_torch.scaled(model.params), jax.random.PRNGKey(3), 0.02)
@@ -145,7 +160,7 @@ def test_lora_matches_the_peft_library_beyond_bert(family, glue_dir, require):
   wrapped = peft_lib.get_peft_model(family_torch.torch_twin(model, params, family),
                                     peft_lib.LoraConfig(task_type="SEQ_CLS", r=RANK,
                                                         lora_alpha=ALPHA, lora_dropout=0.0,
-                                                        target_modules="all-linear")).eval()
+                                                        **PEFT_TARGETS_OF[family])).eval()
   named = dict(wrapped.named_parameters())
   ours = {}  # torch name -> (jax value, jax gradient), both in torch's layout
   for path, leaf in jax.tree_util.tree_flatten_with_path(trainable)[0]:
@@ -159,7 +174,8 @@ def test_lora_matches_the_peft_library_beyond_bert(family, glue_dir, require):
       t = lambda a, kind=kind: np.asarray(a).T if kind == "weight" else np.asarray(a)
       ours[".".join(["base_model.model", names[0], "modules_to_save.default"] + names[1:-1]
                     + [kind])] = (t(leaf), t(g))
-  t_logits, t_loss = _torch_loss_with(torch, wrapped, named, ours, arrays)
+  t_logits, t_loss = _torch_loss_with(torch, wrapped, named, ours, arrays,
+                                      segments=model.family.segment_ids)
   assert np.std(logits) > 1e-3
   np.testing.assert_allclose(logits, t_logits.detach().numpy(), rtol=0, atol=LOGITS_ATOL)
   assert abs(loss - float(t_loss.detach())) <= LOSS_RTOL * abs(float(t_loss.detach()))
@@ -171,6 +187,12 @@ def test_lora_matches_the_peft_library_beyond_bert(family, glue_dir, require):
   assert errors[worst] <= GRAD_RTOL_OF[family], (worst, errors[worst])
   if family == "electra":
     assert "base_model.model.electra.embeddings_project.lora_A.default.weight" in ours
+  # peft.targets' default, query,value, means each family's own attention names (peft's own
+  # default for DistilBERT is q_lin, v_lin): two adapters a layer.
+  default = peft.target_modules(peft.Spec(method="lora"), params, model.family)
+  assert len(default) == 2 * family_torch.LAYERS, default
+  assert {m[-1] for m in default} == {model.family.linear_roles.get(r, r)
+                                      for r in ("query", "value")}, default
 
 
 def _at(tree, names):
@@ -292,6 +314,12 @@ def test_refusals_that_need_the_family():
   with pytest.raises(ConfigError, match=r"^peft.targets='query,qkv': qkv is no Dense module"):
     validate.check_model(cfg, "bert", 2)
   validate.check_model(lora_cfg(cfg, "query,key,value,dense"), "bert", 2)  # all accepted
+  # DistilBERT: its own names, and BERT's attention names as aliases; BERT's `dense` is no alias.
+  cfg = lora_cfg(config_lib.task_config("rte", "model=tiny-distilbert"), "query,dense")
+  with pytest.raises(ConfigError, match=r"^peft.targets='query,dense': dense is no Dense module "
+                     r"of DistilBERT; choose among q_lin, .*lin2, query \(= q_lin\)"):
+    validate.check_model(cfg, "distilbert", 2)
+  validate.check_model(lora_cfg(cfg, "q_lin,value,lin1"), "distilbert", 2)
 
 
 def _programs(cfg, model, arrays, k):

@@ -107,6 +107,10 @@ class Family:
   # some of them; peft.method != 'none' needs the field): empty = no parameter-efficient
   # fine-tuning for the family (jaxstab/engine/peft.py).
   linear_names: Tuple[str, ...] = ()
+  # BERT's attention names (query, key, value) -> this family's own, so that peft.targets'
+  # default, `query,value`, means the same layers in every family (DistilBERT: q_lin, v_lin,
+  # which is also the `peft` library's default there).
+  linear_roles: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   @property
   def backbone(self) -> str:
@@ -156,6 +160,8 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
            {"distilbert": ("DistilBertConfig", "FlaxDistilBertForSequenceClassification")},
            head_keys=("classifier", "pre_classifier"), pooler=False, segment_ids=False,
            fused_attention=False, remat=False,
+           linear_names=("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"),
+           linear_roles={"query": "q_lin", "key": "k_lin", "value": "v_lin"},
            dropout_keys=("dropout", "attention_dropout", "seq_classif_dropout"),
            sizes={"hidden_size": "dim", "num_layers": "n_layers", "num_heads": "n_heads",
                   "intermediate_size": "hidden_dim"}),

@@ -102,6 +102,12 @@ def spec_of(peft_cfg) -> Spec:
               bool(peft_cfg.train_pooler))
 
 
+def family_targets(spec: Spec, fam: Family) -> Tuple[str, ...]:
+  """spec.targets in the family's own module names (BERT's query / key / value through
+  Family.linear_roles; (ALL_LINEAR,) unchanged)."""
+  return tuple(fam.linear_roles.get(t, t) for t in spec.targets)
+
+
 def check_family(spec: Spec, fam: Family, name: str) -> None:
   """PEFT needs a family whose record lists its Dense module names; LoRA's targets among them."""
   if not spec.active:
@@ -110,11 +116,13 @@ def check_family(spec: Spec, fam: Family, name: str) -> None:
     raise ConfigError(f"peft.method={spec.method!r} is not available for {fam.title} ({name}); "
                       "use peft.method='none'")
   if spec.method == "lora" and spec.targets != (ALL_LINEAR,):
-    unknown = [t for t in spec.targets if t not in fam.linear_names]
+    unknown = [t for t, own in zip(spec.targets, family_targets(spec, fam))
+               if own not in fam.linear_names]
     if unknown:
+      roles = "".join(f", {k} (= {v})" for k, v in fam.linear_roles.items())
       raise ConfigError(f"peft.targets={','.join(spec.targets)!r}: {', '.join(unknown)} is no "
                         f"Dense module of {fam.title}; choose among "
-                        f"{', '.join(fam.linear_names)} or '{ALL_LINEAR}'")
+                        f"{', '.join(fam.linear_names)}{roles} or '{ALL_LINEAR}'")
 
 
 def _is_pooler(names) -> bool:
@@ -132,7 +140,7 @@ def target_modules(spec: Spec, params, fam: Family):
       continue
     if spec.train_pooler and _is_pooler(names):
       continue
-    if spec.targets == (ALL_LINEAR,) or names[-2] in spec.targets:
+    if spec.targets == (ALL_LINEAR,) or names[-2] in family_targets(spec, fam):
       out.append(names[:-1])
   return out
 
