@@ -12,9 +12,10 @@ from jaxstab.data import dataset
 from jaxstab.engine import memory, models, parallel, peft, train as train_lib
 from jaxstab.infra.errors import ConfigError
 from jaxstab.study import validate
-from tests import family_torch, guards
+from tests import family_torch, guards, lora_twin
 from tests.cli_runs import assert_ok, run_cli
 from tests.helpers import tiny_setup, xla_optimized
+from tests.lora_twin import ALPHA, RANK, lora_cfg, nonzero_adapters
 
 # Parity bounds (float32 on CPU, tiny BERT, batch 8, length 32, all-linear r=4, alpha=8):
 # measured max |jax - torch| given beside each bound; each bound is about 10x it.
@@ -27,12 +28,6 @@ GRAD_RTOL = 1.5e-4     # per tensor ||g_jax - g_torch|| / ||g_torch||: measured 
 # layer 0's query lora_B; RoBERTa (XLM-R classes) 2.3e-5 / 1.6e-5; DistilBERT 3.6e-5 (tests'
 # compile mode). Logits: 1.6e-8 to 1.9e-7.
 GRAD_RTOL_OF = {"xlm-roberta": GRAD_RTOL, "electra": 3e-3, "distilbert": GRAD_RTOL}
-RANK, ALPHA = 4, 8.0   # alpha / r = 2: a dropped scale changes every adapter's output
-
-
-def lora_cfg(cfg, targets="all-linear", rank=RANK, alpha=ALPHA):
-  cfg.peft.method, cfg.peft.targets, cfg.peft.rank, cfg.peft.alpha = "lora", targets, rank, alpha
-  return cfg
 
 
 @pytest.fixture(scope="module")
@@ -43,52 +38,14 @@ def tiny(glue_dir):
   return cfg, model, arrays, params
 
 
-def nonzero_adapters(trainable, key):
-  """Every lora_A and lora_B replaced by N(0, 0.3) draws: B = 0 would hide a wrong B or scale."""
-  flat, treedef = jax.tree_util.tree_flatten_with_path(trainable)
-  keys = jax.random.split(key, len(flat))
-  out = [0.3 * jax.random.normal(k, x.shape) if guards._names(p)[-1] in peft.LORA_LEAVES else x  # pylint: disable=protected-access
-         for (p, x), k in zip(flat, keys)]
-  return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def jax_loss_and_grads(pm, trainable, backbone, arrays):
-  batch = {k: jnp.asarray(v) for k, v in arrays.items()}
-
-  def loss_fn(t):
-    logits = pm.logits(peft.inputs(pm, t, backbone), batch)
-    return train_lib.task_loss(logits, batch["labels"], jnp.ones_like(batch["labels"],
-                                                                      jnp.float32)), logits
-  (loss, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(trainable)
-  return float(loss), np.asarray(logits), grads
-
-
-def _jax_lora_side(cfg, model, params, arrays):
-  """jaxstab's all-linear LoRA (RANK, ALPHA) on `params` with non-zero adapters: the trainable
-  tree, and the loss, logits and gradients on `arrays`."""
-  spec = peft.spec_of(lora_cfg(cfg.copy_and_resolve_references()).peft)
-  pm = peft.adapt(model, spec)
-  trainable = nonzero_adapters(peft.trainable_of(spec, params, jax.random.PRNGKey(0),
-                                                 model.family), jax.random.PRNGKey(1))
-  return (trainable, *jax_loss_and_grads(pm, trainable, params, arrays))
-
-
-def _torch_loss_with(torch, wrapped, named, ours, arrays, segments=True):
-  """peft's wrapped model holding jaxstab's trainable values (`ours`: torch name -> (value,
-  gradient)), its trained set checked against ours by name; its logits and loss on `arrays`,
-  the loss back-propagated (the gradients land in `named`). `segments`: the model takes
-  token_type_ids (DistilBERT does not)."""
-  trained = {n for n, p in named.items() if p.requires_grad}
-  assert trained == set(ours), sorted(trained ^ set(ours))
-  with torch.no_grad():
-    for name, (value, _) in ours.items():
-      named[name].copy_(torch.from_numpy(np.array(value, np.float32)))
-  tb = guards.torch_batch(arrays)
-  t_logits = (guards.torch_logits(wrapped, tb) if segments else
-              wrapped(input_ids=tb["input_ids"], attention_mask=tb["attention_mask"]).logits)
-  t_loss = torch.nn.functional.cross_entropy(t_logits, tb["labels"])
-  t_loss.backward()
-  return t_logits, t_loss
+def head_saved_whole(family):
+  """jaxstab module path -> torch module path in peft's wrapped model: the head's modules are
+  peft's modules_to_save copies ((saved module, the rest)); the backbone's names are torch's."""
+  def torch_module(names):
+    if names[0] in family.head_keys:
+      return names[0], ".".join(names[1:])
+    return ".".join(names)
+  return torch_module
 
 
 def test_lora_matches_the_peft_library(tiny, require):
@@ -98,7 +55,7 @@ def test_lora_matches_the_peft_library(tiny, require):
   torch, peft_lib = require("torch"), require("peft")
   import transformers  # pylint: disable=import-outside-toplevel
   cfg, model, arrays, params = tiny
-  trainable, loss, logits, grads = _jax_lora_side(cfg, model, params, arrays)
+  trainable, loss, logits, grads = lora_twin.jax_lora_side(cfg, model, params, arrays)
 
   torch.manual_seed(0)
   tmodel = transformers.BertForSequenceClassification._from_config(  # pylint: disable=protected-access
@@ -107,31 +64,16 @@ def test_lora_matches_the_peft_library(tiny, require):
   wrapped = peft_lib.get_peft_model(tmodel, peft_lib.LoraConfig(
       task_type="SEQ_CLS", r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
       target_modules="all-linear")).eval()
-  named = dict(wrapped.named_parameters())
-  ours = {}  # torch name -> (jax value, jax gradient)
-  for path, leaf in jax.tree_util.tree_flatten_with_path(trainable)[0]:
-    names = guards._names(path)  # pylint: disable=protected-access
-    g = np.asarray(_at(grads, names))
-    if names[-1] in peft.LORA_LEAVES:
-      ours[".".join(["base_model.model"] + names[:-1] + [names[-1], "default.weight"])] = (leaf, g)
-    else:  # the head: peft trains a copy (modules_to_save)
-      kind = "weight" if names[-1] == "kernel" else "bias"
-      t = lambda a: np.asarray(a).T if kind == "weight" else np.asarray(a)
-      ours[f"base_model.model.classifier.modules_to_save.default.{kind}"] = (t(leaf), t(g))
-  t_logits, t_loss = _torch_loss_with(torch, wrapped, named, ours, arrays)
+  ours = lora_twin.by_torch_name(trainable, grads, head_saved_whole(model.family))
+  t_logits, t_loss, named = lora_twin.torch_side(torch, wrapped, ours, arrays)
 
   assert np.std(logits) > 1e-3  # the examples' logits differ
-  np.testing.assert_allclose(logits, t_logits.detach().numpy(), rtol=0, atol=LOGITS_ATOL)
-  assert abs(loss - float(t_loss.detach())) <= LOSS_RTOL * abs(float(t_loss.detach()))
-  errors = {}
-  for name, (_, g) in ours.items():
-    tg = named[name].grad.numpy()
-    assert np.linalg.norm(tg) > 0, name
-    errors[name] = np.linalg.norm(g - tg) / np.linalg.norm(tg)
+  np.testing.assert_allclose(logits, t_logits, rtol=0, atol=LOGITS_ATOL)
+  assert abs(loss - t_loss) <= LOSS_RTOL * abs(t_loss)
+  errors = lora_twin.grad_errors(ours, named)
   worst = max(errors, key=errors.get)
-  print(f"\nLoRA parity: logits {np.max(np.abs(logits - t_logits.detach().numpy())):.2g}, loss "
-        f"{abs(loss - float(t_loss.detach())) / float(t_loss.detach()):.2g}, grads "
-        f"{errors[worst]:.2g} ({worst})")
+  print(f"\nLoRA parity: logits {np.max(np.abs(logits - t_logits)):.2g}, loss "
+        f"{abs(loss - t_loss) / t_loss:.2g}, grads {errors[worst]:.2g} ({worst})")
   assert errors[worst] <= GRAD_RTOL, (worst, errors[worst])
 
 
@@ -155,35 +97,22 @@ def test_lora_matches_the_peft_library_beyond_bert(family, glue_dir, require):
   torch, peft_lib = require("torch"), require("peft")
   cfg, model, arrays = tiny_setup(glue_dir, family, n=8, length=32)
   params = models.init_head(family_torch.scaled(model.params), jax.random.PRNGKey(3), 0.02)
-  trainable, loss, logits, grads = _jax_lora_side(cfg, model, params, arrays)
+  trainable, loss, logits, grads = lora_twin.jax_lora_side(cfg, model, params, arrays)
   torch.manual_seed(0)
   wrapped = peft_lib.get_peft_model(family_torch.torch_twin(model, params, family),
                                     peft_lib.LoraConfig(task_type="SEQ_CLS", r=RANK,
                                                         lora_alpha=ALPHA, lora_dropout=0.0,
                                                         **PEFT_TARGETS_OF[family])).eval()
-  named = dict(wrapped.named_parameters())
-  ours = {}  # torch name -> (jax value, jax gradient), both in torch's layout
-  for path, leaf in jax.tree_util.tree_flatten_with_path(trainable)[0]:
-    names = guards._names(path)  # pylint: disable=protected-access
-    g = np.asarray(_at(grads, names))
-    if names[-1] in peft.LORA_LEAVES:
-      ours[".".join(["base_model.model"] + names + ["default.weight"])] = (leaf, g)
-    else:  # the head: peft trains a copy of the whole module (modules_to_save)
-      assert names[0] in model.family.head_keys, names
-      kind = "weight" if names[-1] == "kernel" else "bias"
-      t = lambda a, kind=kind: np.asarray(a).T if kind == "weight" else np.asarray(a)
-      ours[".".join(["base_model.model", names[0], "modules_to_save.default"] + names[1:-1]
-                    + [kind])] = (t(leaf), t(g))
-  t_logits, t_loss = _torch_loss_with(torch, wrapped, named, ours, arrays,
-                                      segments=model.family.segment_ids)
+  ours = lora_twin.by_torch_name(trainable, grads, head_saved_whole(model.family))
+  t_logits, t_loss, named = lora_twin.torch_side(torch, wrapped, ours, arrays,
+                                                 segments=model.family.segment_ids)
   assert np.std(logits) > 1e-3
-  np.testing.assert_allclose(logits, t_logits.detach().numpy(), rtol=0, atol=LOGITS_ATOL)
-  assert abs(loss - float(t_loss.detach())) <= LOSS_RTOL * abs(float(t_loss.detach()))
-  errors = {name: np.linalg.norm(g - named[name].grad.numpy())
-                  / np.linalg.norm(named[name].grad.numpy()) for name, (_, g) in ours.items()}
+  np.testing.assert_allclose(logits, t_logits, rtol=0, atol=LOGITS_ATOL)
+  assert abs(loss - t_loss) <= LOSS_RTOL * abs(t_loss)
+  errors = lora_twin.grad_errors(ours, named)
   worst = max(errors, key=errors.get)
-  print(f"\nLoRA parity ({family}): logits "
-        f"{np.max(np.abs(logits - t_logits.detach().numpy())):.2g}, grads {errors[worst]:.2g}")
+  print(f"\nLoRA parity ({family}): logits {np.max(np.abs(logits - t_logits)):.2g}, grads "
+        f"{errors[worst]:.2g}")
   assert errors[worst] <= GRAD_RTOL_OF[family], (worst, errors[worst])
   if family == "electra":
     assert "base_model.model.electra.embeddings_project.lora_A.default.weight" in ours
@@ -193,12 +122,6 @@ def test_lora_matches_the_peft_library_beyond_bert(family, glue_dir, require):
   assert len(default) == 2 * family_torch.LAYERS, default
   assert {m[-1] for m in default} == {model.family.linear_roles.get(r, r)
                                       for r in ("query", "value")}, default
-
-
-def _at(tree, names):
-  for n in names:
-    tree = tree[n]
-  return tree
 
 
 def _names_of(tree):

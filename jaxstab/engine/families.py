@@ -111,6 +111,9 @@ class Family:
   # default, `query,value`, means the same layers in every family (DistilBERT: q_lin, v_lin,
   # which is also the `peft` library's default there).
   linear_roles: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  # Its layers have bias terms (BitFit trains them); False: peft.method=bitfit is refused, as it
+  # would train the head alone (ModernBERT's checkpoints have no biases).
+  bias_terms: bool = True
 
   @property
   def backbone(self) -> str:
@@ -173,6 +176,8 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
            note="v3 layout; jaxstab's own Flax module", pooler=False, segment_ids=False,
            fused_attention=False, head_pooler=True, tiny_name="tiny-deberta-v3",
            head_out_proj=("classifier", "out_proj"),
+           linear_names=("query_proj", "key_proj", "value_proj", "dense"),
+           linear_roles={"query": "query_proj", "key": "key_proj", "value": "value_proj"},
            dropout_keys=BERT_DROPOUT + ("pooler_dropout", "cls_dropout"),
            tiny_config=dict(relative_attention=True, position_buckets=32,
                             max_relative_positions=-1, pos_att_type=["p2c", "c2p"],
@@ -190,6 +195,9 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
            fused_attention=False, head_pooler=True, rotary_positions=True,
            mlm="jaxstab.engine.modernbert.ModernBertMaskedLM", token_embeddings="tok_embeddings",
            head_out_proj=("classifier", "out_proj"),
+           # q, k and v come from one fused Wqkv: query, key and value each mean all three.
+           linear_names=("Wqkv", "Wo", "Wi"), bias_terms=False,
+           linear_roles={"query": "Wqkv", "key": "Wqkv", "value": "Wqkv"},
            dropout_keys=("embedding_dropout", "attention_dropout", "mlp_dropout",
                          "classifier_dropout"),
            tiny_config=dict(global_attn_every_n_layers=2, local_attention=16,

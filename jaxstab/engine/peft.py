@@ -115,6 +115,10 @@ def check_family(spec: Spec, fam: Family, name: str) -> None:
   if not fam.linear_names:
     raise ConfigError(f"peft.method={spec.method!r} is not available for {fam.title} ({name}); "
                       "use peft.method='none'")
+  if spec.method == "bitfit" and not fam.bias_terms:
+    raise ConfigError(f"peft.method='bitfit' is not available for {fam.title} ({name}): its "
+                      "layers have no bias terms, so BitFit would train the head alone; use "
+                      "peft.method='lora'")
   if spec.method == "lora" and spec.targets != (ALL_LINEAR,):
     unknown = [t for t, own in zip(spec.targets, family_targets(spec, fam))
                if own not in fam.linear_names]
