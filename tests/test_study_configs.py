@@ -120,3 +120,34 @@ def test_peft_study_is_three_methods_per_recipe_with_their_rates():
   assert lora.train.epochs == 20 and settings["rte_devlin_lora"].train.epochs == 3
   assert sorted(_expanded("study_peft", "tasks=cola,methods=lora,lora_lr=1e-3")) == [
       "cola_devlin_lora", "cola_ours_lora"]
+
+
+def test_the_reduced_cpu_studies_script_runs_valid_reduced_settings():
+  """scripts/cpu_reduced_studies.sh (PRINT_ONLY=1): each training command's config, with its
+  overrides, expands to validated settings of MiniLM on 500 RTE examples at length 64; together
+  they cover the stabiliser study's Devlin half (plus devlin_bc) and the PEFT study's Devlin half."""
+  import os  # pylint: disable=import-outside-toplevel
+  import shlex  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  from jaxstab import main  # pylint: disable=import-outside-toplevel
+  root = CONFIG_DIR.parent
+  out = subprocess.run(["bash", str(root / "scripts" / "cpu_reduced_studies.sh"), "R"],
+                       env=dict(os.environ, PRINT_ONLY="1"), capture_output=True, text=True,
+                       check=True, cwd=root).stdout
+  names, minilm = set(), config_lib.task_config("rte", "model=minilm").model.name_or_path
+  for argv in (shlex.split(line) for line in out.splitlines()):
+    if argv[2] != "jaxstab.main":
+      assert argv[2] in ("jaxstab.report", "jaxstab.compare"), argv
+      continue
+    flags = [a for a in argv[3:] if not a.startswith("--workdir=")]
+    spec = flags[0].split("=", 1)[1]
+    overrides = [tuple(a[len("--config."):].split("=", 1)) for a in flags[1:]]
+    for name, cfg in studies.expand(main.load_config(spec, overrides)):
+      validate.check_config(cfg)
+      assert (cfg.model.name_or_path, cfg.task, cfg.data.train_examples,
+              cfg.train.max_seq_length) == (minilm, "rte", 500, 64), name
+      names.add(name)
+  later = {"devlin", "r3f", "r4f", "child_tuning_d", "child_tuning_f", "noisytune"}
+  zhang = {"devlin_bc", "mixout", "reinit", "llrd", "prior_wd"}
+  assert names == ({f"rte_{s}_lr5e-5" for s in later | zhang}
+                   | {f"rte_devlin_{m}" for m in ("full", "lora", "bitfit")})
