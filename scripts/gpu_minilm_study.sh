@@ -21,6 +21,13 @@
 #     reference mode, ~6 min                9 RTE Devlin 2e-5 vs ours in reference mode, ~5 min
 #   10 RTE Devlin 5e-5, 5 init x 5 data seeds (data_seeds): decomposition, failure forecast and
 #      early stopping at full size, ~3 min (like stage 2's 5e-5 setting)
+#   11 RTE at 5e-5, Devlin and the later stabilisers on it (configs/study_stabilisers.py: R3F,
+#      R4F, Child-Tuning-D and -F, NoisyTune), ~6 min    12 RTE at 5e-5, Devlin with bias
+#      correction and Zhang et al.'s four (Mixout, re-init, LLRD, prior WD), ~5 min
+#   13 RTE full / LoRA / BitFit on Devlin's recipe (configs/study_peft.py), ~2 min
+#   14 RTE full / LoRA / BitFit on the 20-epoch baseline, ~7 min
+#   (11-14 estimated from stage 1's throughput and the CPU's relative step costs; they are the
+#   full-size versions of the reduced CPU runs of scripts/cpu_reduced_studies.sh)
 # Stages 1-7 and 10 run in fidelity=corrected, the mode of the rows committed in docs/results/gpu/
 # (they extend or sit beside them); 8 and 9 in the paper presets' default, fidelity=reference.
 # The committed rows ran before model.matmul_precision existed, at XLA's `default` (TF32 on the
@@ -36,7 +43,7 @@
 # $OUT gets run.log and minilm_gpu.tgz (the workdirs without token caches, rewritten after
 # every stage).
 #
-# Env: BUDGET (seconds, default 520), STAGES (default "1 2 3 4 5 6 7"), SEEDS (default: 1-25,
+# Env: BUDGET (seconds, default 520), STAGES (default "1 2 ... 14"), SEEDS (default: 1-25,
 # and the halves for 6 and 7; when set, every stage uses it), WORK (default /tmp/jaxstab_gpu),
 # OUT, PRINT_ONLY=1 (print the stages' commands, run nothing); extra arguments go to every
 # jaxstab.main call
@@ -56,7 +63,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
   exit 0
 fi
 
-BUDGET=${BUDGET:-520}; STAGES=${STAGES:-1 2 3 4 5 6 7 8 9 10}; SEEDS_GIVEN=${SEEDS:-}
+BUDGET=${BUDGET:-520}; STAGES=${STAGES:-1 2 3 4 5 6 7 8 9 10 11 12 13 14}; SEEDS_GIVEN=${SEEDS:-}
 WORK=${WORK:-/tmp/jaxstab_gpu}
 
 stage_arg() {  # the study_minilm argument and workdir of each stage
@@ -73,7 +80,12 @@ stage_arg() {  # the study_minilm argument and workdir of each stage
     # the seed analyses at full size: 5 init x 5 data seeds where failures are common (their
     # probe records test the failure forecast; early stopping replays on them)
     10) echo "tasks=rte,lrs=5e-5,settings=devlin,fidelity=corrected,data_seeds=1-5,seeds=1-5 minilm_rte_grid" ;;
-    *) echo "unknown stage $1 (stages: 1-10)" >&2; exit 2 ;;
+    # another study config than study_minilm.py: CONFIG.py:ARGUMENT
+    11) echo "study_stabilisers.py:tasks=rte,lrs=5e-5,settings=devlin+r3f+r4f+child_tuning_d+child_tuning_f+noisytune,seeds=1-25 minilm_rte_stabilisers" ;;
+    12) echo "study_stabilisers.py:tasks=rte,lrs=5e-5,settings=devlin_bc+mixout+reinit+llrd+prior_wd,seeds=1-25 minilm_rte_zhang" ;;
+    13) echo "study_peft.py:tasks=rte,settings=devlin,seeds=1-25 minilm_rte_peft" ;;
+    14) echo "study_peft.py:tasks=rte,settings=ours,seeds=1-25 minilm_rte_peft_ours" ;;
+    *) echo "unknown stage $1 (stages: 1-14)" >&2; exit 2 ;;
   esac
 }
 stage_command() {  # stage_command ARG WORKDIR EXTRA...: the jaxstab.main call of one stage
@@ -81,7 +93,9 @@ stage_command() {  # stage_command ARG WORKDIR EXTRA...: the jaxstab.main call o
   [[ -n "$SEEDS_GIVEN" ]] && arg="${arg%seeds=*}seeds=$SEEDS_GIVEN"
   local precision=""
   [[ $arg == *fidelity=corrected* ]] && precision=" --config.model.matmul_precision=default"
-  echo "python3 -m jaxstab.main --config=configs/study_minilm.py:$arg,model=carry/minilm_fp16" \
+  local config=study_minilm.py
+  [[ $arg == *.py:* ]] && { config=${arg%%:*}; arg=${arg#*:}; }
+  echo "python3 -m jaxstab.main --config=configs/$config:$arg,model=carry/minilm_fp16" \
     "--config.data.dir=carry/glue --config.checkpoint.every_steps=0$precision --workdir=$WORK/$wd $*"
 }
 for s in $STAGES; do stage_arg "$s" > /dev/null || exit 2; done

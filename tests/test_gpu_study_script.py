@@ -1,6 +1,6 @@
 """scripts/gpu_minilm_study.sh: its stages, printed with PRINT_ONLY=1, are valid jaxstab configs
-that together cover the paper's comparison (Devlin 2e-5 vs ours, 25 seeds, every task) and the
-learning-rate ablation on RTE."""
+that together cover the paper's comparison (Devlin 2e-5 vs ours, 25 seeds, every task), the
+learning-rate ablation on RTE, and the stabiliser and PEFT studies on RTE."""
 import collections
 import importlib.util
 import os
@@ -23,8 +23,8 @@ def _stage_commands(env=None, *extra):
   return [shlex.split(line) for line in out.stdout.splitlines() if line.strip()]
 
 
-def _study_minilm(arg):
-  spec = importlib.util.spec_from_file_location("study_minilm", ROOT / "configs" / "study_minilm.py")
+def _study(path, arg):
+  spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
@@ -36,10 +36,11 @@ def test_the_stages_cover_the_comparison_the_ablations_and_reference_mode_with_2
     assert argv[:3] == ["python3", "-m", "jaxstab.main"]
     flags = dict(a.split("=", 1) for a in argv[3:])
     path, arg = flags["--config"].split(":", 1)
-    assert path == "configs/study_minilm.py"
+    assert path in ("configs/study_minilm.py", "configs/study_stabilisers.py",
+                    "configs/study_peft.py"), path
     assert flags["--config.data.dir"] == "carry/glue"
     workdir = os.path.basename(flags["--workdir"])
-    cfg = _study_minilm(arg)
+    cfg = _study(path, arg)
     for name, sub in studies.expand(cfg):
       assert sub.model.name_or_path == "carry/minilm_fp16"
       assert sub.train.max_seq_length == 128 and sub.train.batch_size == 16
@@ -52,6 +53,14 @@ def test_the_stages_cover_the_comparison_the_ablations_and_reference_mode_with_2
   reference = {("minilm_rte_bc", f"rte_{s}_lr{lr}") for s in ("devlin", "devlin_bc")
                for lr in ("1e-5", "2e-5", "3e-5")}
   reference |= {("minilm_rte_reference", f"rte_{s}") for s in ("devlin_lr2e-5", "ours")}
+  # 11-14: the stabiliser and PEFT studies on RTE, each setting in its preset's fidelity
+  reference |= {("minilm_rte_stabilisers", f"rte_{s}_lr5e-5") for s in (
+      "devlin", "r3f", "r4f", "child_tuning_d", "child_tuning_f", "noisytune")}
+  reference |= {("minilm_rte_zhang", f"rte_{s}_lr5e-5") for s in ("devlin_bc", "mixout")}
+  corrected |= {("minilm_rte_zhang", f"rte_{s}_lr5e-5") for s in ("reinit", "llrd", "prior_wd")}
+  reference |= {(f"minilm_rte_peft{w}", f"rte_{r}_{m}") for w, r in (("", "devlin"),
+                                                                      ("_ours", "ours"))
+                for m in ("full", "lora", "bitfit")}
   grid = ("minilm_rte_grid", "corrected", "rte_devlin_lr5e-5")
   assert set(seeds_of) == ({(w, "corrected", n) for w, n in corrected}
                            | {(w, "reference", n) for w, n in reference} | {grid})
@@ -64,5 +73,5 @@ def test_seeds_override_every_stage_and_an_unknown_stage_is_refused():
   assert len(commands) == 2
   assert all(",seeds=1-2," in c[3] and c[-1] == "--config.train.max_steps=2" for c in commands)
   with pytest.raises(subprocess.CalledProcessError) as e:
-    _stage_commands({"STAGES": "1 11"})
-  assert "unknown stage 11" in e.value.stderr
+    _stage_commands({"STAGES": "1 15"})
+  assert "unknown stage 15" in e.value.stderr
