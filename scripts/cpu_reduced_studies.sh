@@ -14,6 +14,7 @@
 #        PRINT_ONLY=1 bash scripts/cpu_reduced_studies.sh    lists the commands and runs nothing
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/run_commands.sh
 RUNS=${1:-runs}
 REDUCED="--config.train.max_seq_length=64 --config.train.evals_per_epoch=1 --config.train.eval_every_steps=0"
 STAB="configs/study_stabilisers.py:model=minilm,tasks=rte,lrs=5e-5,seeds=1-5,train_examples=500"
@@ -29,9 +30,4 @@ commands=(
   "python -m jaxstab.compare $RUNS/peft_rte --out=$RUNS/peft_table.md"
 )
 
-printf '%s\n' "${commands[@]}"
-[[ -n "${PRINT_ONLY:-}" ]] && exit 0
-for c in "${commands[@]}"; do
-  echo "[$(date -u +%H:%M:%S)] $c"
-  eval "$c"
-done
+run_commands "${commands[@]}"

@@ -13,6 +13,7 @@
 #        PRINT_ONLY=1 bash scripts/proxy_cpu.sh    lists the commands and runs nothing
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/run_commands.sh
 RUNS=${1:-runs}
 
 commands=()
@@ -27,9 +28,4 @@ study tasks=cola,seeds=1-5,lrs=2e-5,ours_epochs=3 32 minilm_cola
 commands+=("python -m jaxstab.compare $RUNS/minilm_rte $RUNS/minilm_mrpc $RUNS/minilm_cola \
 --out=$RUNS/proxy_table.md")
 
-printf '%s\n' "${commands[@]}"
-[[ -n "${PRINT_ONLY:-}" ]] && exit 0
-for c in "${commands[@]}"; do
-  echo "[$(date -u +%H:%M:%S)] $c"
-  eval "$c"
-done
+run_commands "${commands[@]}"
