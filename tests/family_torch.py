@@ -46,11 +46,12 @@ def flax_leaf_of(name: str, flat: dict):
   raise AssertionError(f"no Flax leaf for {name}")
 
 
-def torch_twin(model, params, family):
-  """transformers' PyTorch classifier of the same config holding `params` (every leaf once)."""
+def torch_twin(model, params, family, cls_name=None):
+  """transformers' PyTorch classifier of the same config holding `params` (every leaf once);
+  `cls_name` for a family beyond FAMILIES (whose leaves have the same names in both)."""
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
-  cls = getattr(transformers, FAMILIES[family][1])
+  cls = getattr(transformers, cls_name or FAMILIES[family][1])
   tmodel = cls._from_config(model.config, attn_implementation="eager").eval()  # no dropout
   flat = {tuple(guards._names(p)): v  # pylint: disable=protected-access
           for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}

@@ -147,7 +147,10 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
     # ALBERT has an MLM head, but forgetting restores layers one by one: refused (shared_layer).
     Family("albert", "ALBERT", {"albert": ("AlbertConfig", "FlaxAlbertForSequenceClassification")},
            shared_layer=True, dropout_keys=BERT_DROPOUT + ("classifier_dropout_prob",),
-           narrow_embeddings=True, remat=False),
+           narrow_embeddings=True, remat=False,
+           # the shared layer's adapters are shared too, one per module as in peft
+           linear_names=("query", "key", "value", "dense", "ffn", "ffn_output",
+                         "embedding_hidden_mapping_in", "pooler")),
     # The head falls back to hidden_dropout_prob only when classifier_dropout is None. Small
     # ELECTRAs project narrower embeddings up (embeddings_project); the tiny one has it too.
     Family("electra", "ELECTRA",

@@ -229,6 +229,22 @@ def adapters(spec: Spec, trainable, dropout_key=None):
     yield
 
 
+def depth_adapters(model, trainable, dropout_key=None):
+  """For probe.albert_depth_deltas under LoRA: `inner(delta, group)`, the context in which the
+  i-th application of ALBERT's shared layer group sees its adapters shifted by that depth's
+  delta, under the group-relative paths its modules have there. None when nothing is adapted."""
+  if not is_adapted(model) or model.peft.method != "lora":
+    return None
+  groups = probe.albert_shared(trainable)
+
+  def inner(delta, group):
+    if group not in groups:  # no adapter in this group
+      return contextlib.nullcontext()
+    return adapters(model.peft, jax.tree_util.tree_map(jnp.add, groups[group], delta),
+                    dropout_key)
+  return inner
+
+
 @dataclasses.dataclass
 class PeftModel(models.Model):
   """A Model whose forward takes {'trainable': a seed's trainable tree, 'backbone': the shared

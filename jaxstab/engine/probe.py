@@ -72,16 +72,32 @@ def group_norms(grads, arch: str, names: Sequence[str], depth_grads=None):
 
 
 def albert_shared(params):
-  return params["albert"]["encoder"]["albert_layer_groups"]
+  """ALBERT's shared layer groups ({} where a PEFT run trains nothing in them)."""
+  return params["albert"]["encoder"].get("albert_layer_groups", {}) if "albert" in params else {}
+
+
+def _add_where_present(params, delta):
+  """`params` with each leaf of `delta` added at the same path; leaves `delta` lacks stay as they
+  are, and leaves `params` lacks (a PEFT run's adapters) are left to `inner`."""
+  if not isinstance(delta, dict):
+    return params + delta
+  out = dict(params)
+  for k, v in delta.items():
+    if k in params:
+      out[k] = _add_where_present(params[k], v)
+  return out
 
 
 @contextlib.contextmanager
-def albert_depth_deltas(deltas):
+def albert_depth_deltas(deltas, inner=None):
   """While active, the i-th application of ALBERT's shared layer group uses shared + deltas[i].
 
   Implemented with a flax method interceptor, so transformers' modules are used unchanged. The
   layer group is recognised by its class name (transformers' FlaxAlbertLayerCollections), so that
-  importing the probe does not load transformers' ALBERT code.
+  importing the probe does not load transformers' ALBERT code. `deltas[i]` may cover only part
+  of the group (a PEFT run's trainable part: its biases are added here); `inner(delta, group)`,
+  when given, is a context entered around the i-th application, where the group's modules see
+  paths relative to the group (peft.depth_adapters: the adapters shifted by the delta).
   """
   depth, inside = [0], [False]
 
@@ -93,13 +109,15 @@ def albert_depth_deltas(deltas):
     depth[0] += 1
     module = context.module
     group = module.name  # the group index as a string
-    shifted = jax.tree_util.tree_map(jnp.add, module.variables["params"], deltas[i][group])
+    delta = deltas[i].get(group, {})
+    shifted = _add_where_present(module.variables["params"], delta)
     rngs = {}
     if module.has_rng("dropout"):
       rngs["dropout"] = module.make_rng("dropout")
     inside[0] = True
     try:
-      return module.clone(parent=None).apply({"params": shifted}, *args, rngs=rngs, **kwargs)
+      with inner(delta, group) if inner else contextlib.nullcontext():
+        return module.clone(parent=None).apply({"params": shifted}, *args, rngs=rngs, **kwargs)
     finally:
       inside[0] = False
 

@@ -201,8 +201,8 @@ def make_update(model: models.Model, tx, schedule: Callable, spec: StepSpec):
 
     def forward(key, noised=contextlib.nullcontext()):
       # a PEFT model reads the shared backbone from the anchor's place (peft.inputs)
-      with (probe.albert_depth_deltas(deltas) if deltas is not None
-            else contextlib.nullcontext()), noised:
+      with (probe.albert_depth_deltas(deltas, peft.depth_adapters(model, params, key))
+            if deltas is not None else contextlib.nullcontext()), noised:
         return model.logits(peft.inputs(model, params, anchor), batch, train=True,
                             dropout_key=key, pass_segment_ids=pass_segment_ids)
     logits = forward(dropout_key)
