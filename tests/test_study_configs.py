@@ -134,7 +134,8 @@ def test_the_reduced_cpu_studies_script_runs_valid_reduced_settings():
   out = subprocess.run(["bash", str(root / "scripts" / "cpu_reduced_studies.sh"), "R"],
                        env=dict(os.environ, PRINT_ONLY="1"), capture_output=True, text=True,
                        check=True, cwd=root).stdout
-  names, minilm = set(), config_lib.task_config("rte", "model=minilm").model.name_or_path
+  names, seeds = set(), {}
+  minilm = config_lib.task_config("rte", "model=minilm").model.name_or_path
   for argv in (shlex.split(line) for line in out.splitlines()):
     if argv[2] != "jaxstab.main":
       assert argv[2] in ("jaxstab.report", "jaxstab.compare"), argv
@@ -147,7 +148,11 @@ def test_the_reduced_cpu_studies_script_runs_valid_reduced_settings():
       assert (cfg.model.name_or_path, cfg.task, cfg.data.train_examples,
               cfg.train.max_seq_length) == (minilm, "rte", 500, 64), name
       names.add(name)
+      seeds[name] = len(config_lib.parse_seeds(cfg))
   later = {"devlin", "r3f", "r4f", "child_tuning_d", "child_tuning_f", "noisytune"}
   zhang = {"devlin_bc", "mixout", "reinit", "llrd", "prior_wd"}
   assert names == ({f"rte_{s}_lr5e-5" for s in later | zhang}
                    | {f"rte_devlin_{m}" for m in ("full", "lora", "bitfit")})
+  assert {n for n, k in seeds.items() if k == 3} == {f"rte_{s}_lr5e-5" for s in zhang
+                                                     if s != "devlin_bc"}
+  assert {k for n, k in seeds.items() if n.startswith("rte_devlin_")} == {8}
