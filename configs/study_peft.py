@@ -11,10 +11,12 @@ al. searched (1e-4, 4e-4, 7e-4, 1e-3), not tuned here.
 
 Arguments: `methods=full+lora+bitfit` narrows the methods, `lora_lr=`, `bitfit_lr=` change the
 rates, and the study grid's own (tasks=, settings=, seeds=, model=, ...). Settings are named
-<task>_<recipe>_<method>. The CPU-sized run of docs/peft.md:
+<task>_<recipe>_<method>. The reduced CPU run of docs/peft.md (RTE, Devlin, 500 examples,
+8 seeds) is the PEFT line of scripts/cpu_reduced_studies.sh:
   python -m jaxstab.main --workdir=/tmp/peft_study \
-    --config=configs/study_peft.py:tasks=rte,seeds=1-5,train_examples=1000,epochs=3 \
-    --config.train.max_seq_length=64 --config.train.evals_per_epoch=1
+    --config=configs/study_peft.py:tasks=rte,settings=devlin,seeds=1-8,train_examples=500 \
+    --config.train.max_seq_length=64 --config.train.evals_per_epoch=1 \
+    --config.train.eval_every_steps=0
 """
 from jaxstab.config import config_lib
 
