@@ -125,7 +125,8 @@ def test_peft_study_is_three_methods_per_recipe_with_their_rates():
 def test_the_reduced_cpu_studies_script_runs_valid_reduced_settings():
   """scripts/cpu_reduced_studies.sh (PRINT_ONLY=1): each training command's config, with its
   overrides, expands to validated settings of MiniLM on 500 RTE examples at length 64; together
-  they cover the stabiliser study's Devlin half (plus devlin_bc) and the PEFT study's Devlin half."""
+  they cover the stabiliser study's Devlin half (plus devlin_bc, Mixout and re-init) and the PEFT
+  study's Devlin half."""
   import os  # pylint: disable=import-outside-toplevel
   import shlex  # pylint: disable=import-outside-toplevel
   import subprocess  # pylint: disable=import-outside-toplevel
@@ -150,7 +151,7 @@ def test_the_reduced_cpu_studies_script_runs_valid_reduced_settings():
       names.add(name)
       seeds[name] = len(config_lib.parse_seeds(cfg))
   later = {"devlin", "r3f", "r4f", "child_tuning_d", "child_tuning_f", "noisytune"}
-  zhang = {"devlin_bc", "mixout", "reinit", "llrd", "prior_wd"}
+  zhang = {"devlin_bc", "mixout", "reinit"}
   assert names == ({f"rte_{s}_lr5e-5" for s in later | zhang}
                    | {f"rte_devlin_{m}" for m in ("full", "lora", "bitfit")})
   assert {n for n, k in seeds.items() if k == 3} == {f"rte_{s}_lr5e-5" for s in zhang
