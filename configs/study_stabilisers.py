@@ -5,9 +5,11 @@ baseline: R3F, R4F, Child-Tuning-D, Child-Tuning-F and NoisyTune (`r3f` / `ours_
 docs/running.md, "Later stabilisers"). 16 settings per task.
 
 Narrow it with the usual grid arguments (joined with '+'): `tasks=`, `settings=`, `lrs=`, and
-pick the model with `model=` (default BERT-large, the paper's). The reduced run of
-docs/studies.md ("Comparing every stabiliser"):
-  --config=configs/study_stabilisers.py:model=minilm,tasks=rte,lrs=5e-5,seeds=1-10
+pick the model with `model=` (default BERT-large, the paper's). The reduced CPU run of
+docs/results/README.md (MiniLM, 500 RTE examples, lr 5e-5, Devlin's half) is in
+scripts/cpu_reduced_studies.sh; e.g. its first line:
+  --config=configs/study_stabilisers.py:model=minilm,tasks=rte,lrs=5e-5,train_examples=500,\
+    seeds=1-5,settings=devlin+r3f+r4f+child_tuning_d+child_tuning_f+noisytune
 """
 from jaxstab.config import config_lib
 
